@@ -1,0 +1,47 @@
+# iserd: a userspace iSCSI/iSER target.
+#   make run      build and start the target on the embedded default
+#   make test     install what the tests need (root), then run every test
+#   make test-vm  run the Linux-initiator / rdma_rxe scenarios in a qemu VM
+#   make bench    side-by-side benchmark against tgt (and LIO in the VM)
+export CGO_ENABLED := 0
+GO ?= go
+BIN := bin
+
+.PHONY: all build run test deps vet unit fuzz conformance test-vm bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+run: build
+	$(BIN)/iserd $(ARGS)
+
+deps:
+	scripts/install-deps.sh
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+	@! grep -rl --include='*.go' '^import "C"' . || { echo 'cgo is not allowed'; exit 1; }
+
+unit:
+	$(GO) test -count=1 -race ./...
+
+fuzz:
+	scripts/fuzz-short.sh
+
+conformance: build
+	scripts/conformance.sh
+
+test-vm: build
+	scripts/vm/run-all.sh
+
+test: deps vet unit fuzz conformance
+	@if scripts/vm/can-run.sh; then $(MAKE) test-vm; else echo "test-vm skipped: qemu cannot run here (see scripts/vm/can-run.sh)"; fi
+
+bench: build
+	bench/run.sh
+
+clean:
+	rm -rf $(BIN)
