@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Builds the cached VM base: the Debian kernel (vmlinuz) and a base initramfs holding busybox,
+# the kernel modules the tests need and the host's RDMA/iSCSI/storage tools with their shared
+# libraries. Both are rebuilt only when their inputs change (kernel package, host package
+# versions, this script). Prints nothing on success but progress notes on stderr.
+# The per-run layer (init, helpers, scenarios, project binaries) is added by run.sh.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+# Kernel modules to include; their dependencies are resolved from the kernel's modules.dep.
+MODULES=(configfs crc32_generic crc32c_generic crc32c-intel crc32-pclmul
+  rdma_rxe ib_uverbs rdma_ucm ib_iser iscsi_tcp
+  target_core_mod target_core_file target_core_iblock iscsi_target_mod ib_isert
+  dummy veth ext4 sd_mod sg loop brd null_blk)
+# Packages whose every ELF program under bin/ or sbin/ is included.
+PACKAGES=(open-iscsi fio sg3-utils libiscsi-bin ibverbs-utils rdmacm-utils tgt)
+# Single programs from other packages.
+PROGRAMS=(/usr/sbin/ip /usr/bin/rdma /usr/bin/ss /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/bin/bash)
+# Loaded with dlopen, so ldd does not list them: the rxe verbs provider, and libgcc_s that
+# glibc loads for pthread_cancel.
+DLOPENED=(/usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav34.so /usr/lib/x86_64-linux-gnu/libgcc_s.so.1)
+HOST_PACKAGES=("${PACKAGES[@]}" busybox-static iproute2 e2fsprogs bash rdma-core ibverbs-providers libc6)
+
+BASE=$CACHE_DIR/base
+ROOT=$CACHE_DIR/base-root
+
+# copy_file SRC: copies SRC (following symlinks) to the same path under $ROOT.
+copy_file() {
+  local dst=$ROOT$1
+  mkdir -p "$(dirname "$dst")"
+  rm -f "$dst"
+  cp -L "$1" "$dst"
+}
+
+# copy_elf PROGRAM: copies a program or library and every shared library ldd says it needs.
+copy_elf() {
+  local lib
+  copy_file "$1"
+  for lib in $(ldd "$1" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+    [ -e "$ROOT$lib" ] || copy_file "$lib"
+  done
+}
+
+is_elf() { [ "$(head -c 4 "$1" 2>/dev/null)" = $'\x7fELF' ]; }
+
+pkg=$(kernel_package)
+deb=$(fetch_kernel "$pkg")
+kver=${pkg#linux-image-}
+versions=$(dpkg-query -W -f='${Package}=${Version}\n' "${HOST_PACKAGES[@]}" 2>/dev/null) ||
+  die "host packages missing (run scripts/install-deps.sh as root): $(dpkg-query -W "${HOST_PACKAGES[@]}" 2>&1 | grep -i 'no packages' | tr '\n' ' ')"
+stamp=$( { basename "$deb"; echo "$versions"; cat "${BASH_SOURCE[0]}"; } | sha256sum | cut -d' ' -f1)
+if [ -f "$BASE/stamp" ] && [ "$(cat "$BASE/stamp")" = "$stamp" ] && [ -f "$BASE/vmlinuz" ] && [ -f "$BASE/base.cpio" ]; then
+  exit 0
+fi
+
+note "building base initramfs for kernel $kver"
+tmp=$CACHE_DIR/kernel-x
+rm -rf "$tmp" "$ROOT" "$BASE"
+mkdir -p "$tmp" "$BASE"
+dpkg-deb -x "$deb" "$tmp" || die "could not extract $deb"
+depmod -b "$tmp" "$kver"
+
+mkdir -p "$ROOT"/usr/{bin,sbin,lib,lib64} "$ROOT"/{dev,proc,sys,run,tmp,etc,var,root}
+for d in bin sbin lib lib64; do ln -s "usr/$d" "$ROOT/$d"; done
+ln -s ../run "$ROOT/var/run"
+
+# Kernel and modules (with their dependencies), then a modules.dep for just those.
+cp "$tmp/boot/vmlinuz-$kver" "$BASE/vmlinuz"
+for m in "${MODULES[@]}"; do
+  modprobe -d "$tmp" -S "$kver" --show-depends "$m" >"$tmp/deps" || die "kernel $kver has no module $m"
+  while read -r verb path _; do
+    [ "$verb" = insmod ] || continue
+    rel=${path#"$tmp"}
+    mkdir -p "$ROOT$(dirname "$rel")"
+    cp "$path" "$ROOT$rel"
+  done <"$tmp/deps"
+done
+cp "$tmp/lib/modules/$kver"/modules.{builtin,builtin.modinfo,order} "$ROOT/lib/modules/$kver/"
+depmod -b "$ROOT" "$kver"
+rm -rf "$tmp"
+
+# Host programs with their libraries.
+for p in "${PACKAGES[@]}"; do
+  for f in $(dpkg -L "$p" | grep -E '/s?bin/[^/]+$'); do
+    [ -f "$f" ] && is_elf "$f" && copy_elf "$f"
+  done
+done
+for f in "${PROGRAMS[@]}" "${DLOPENED[@]}"; do copy_elf "$f"; done
+ln -sf mke2fs "$ROOT/usr/sbin/mkfs.ext4"
+ln -sf e2fsck "$ROOT/usr/sbin/fsck.ext4"
+
+# busybox for everything else (never shadowing a real program).
+copy_file /bin/busybox
+for a in $(busybox --list); do
+  [ -e "$ROOT/usr/bin/$a" ] || [ -e "$ROOT/usr/sbin/$a" ] || ln -s busybox "$ROOT/usr/bin/$a"
+done
+
+# Configuration files.
+mkdir -p "$ROOT"/etc/{libibverbs.d,iscsi/ifaces} "$ROOT"/var/lib/iscsi
+cp /etc/libibverbs.d/rxe.driver "$ROOT/etc/libibverbs.d/"
+cp /etc/mke2fs.conf "$ROOT/etc/"
+echo 'root:x:0:0:root:/root:/bin/sh' >"$ROOT/etc/passwd"
+echo 'root:x:0:' >"$ROOT/etc/group"
+printf '127.0.0.1 localhost\n192.0.2.1 vm\n' >"$ROOT/etc/hosts"
+# Short timeouts so that a broken target fails a test quickly instead of stalling it.
+cat >"$ROOT/etc/iscsi/iscsid.conf" <<'CONF'
+node.startup = manual
+node.session.timeo.replacement_timeout = 10
+node.conn[0].timeo.login_timeout = 10
+node.conn[0].timeo.logout_timeout = 10
+node.conn[0].timeo.noop_out_interval = 5
+node.conn[0].timeo.noop_out_timeout = 5
+node.session.initial_login_retry_max = 2
+node.session.err_timeo.abort_timeout = 15
+node.session.err_timeo.lu_reset_timeout = 20
+node.session.err_timeo.tgt_reset_timeout = 20
+node.session.cmds_max = 128
+node.session.queue_depth = 32
+node.session.iscsi.InitialR2T = No
+node.session.iscsi.ImmediateData = Yes
+node.session.iscsi.FirstBurstLength = 262144
+node.session.iscsi.MaxBurstLength = 16776192
+node.conn[0].iscsi.MaxRecvDataSegmentLength = 262144
+node.conn[0].iscsi.HeaderDigest = None
+discovery.sendtargets.iscsi.MaxRecvDataSegmentLength = 32768
+CONF
+
+(cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$BASE/base.cpio.tmp"
+mv "$BASE/base.cpio.tmp" "$BASE/base.cpio"
+echo "$kver" >"$BASE/kver"
+echo "$stamp" >"$BASE/stamp"
+rm -rf "$ROOT"
+note "base ready: $(du -h "$BASE/base.cpio" | cut -f1) initramfs, kernel $kver"

@@ -1,0 +1,335 @@
+# Helpers for VM scenarios. Sourced by bash inside the VM before each scenario (which runs
+# with `set -e -o pipefail`) and by the cleanup between scenarios.
+# Helpers print what went wrong and return nonzero (so set -e ends the scenario, and they can
+# still be used in `if`); assert_* and fail print "FAIL: ..." and exit the scenario.
+. /etc/vm-run.conf                      # VM_ADDR, VM_INITIATOR, VM_TOKEN, ...
+LIO=/sys/kernel/config/target
+ISERD_LOG=/tmp/iserd.log
+ISERD_PIDFILE=/tmp/iserd.pid
+
+# ---- general ----------------------------------------------------------------------------
+
+log() { echo "[${SCENARIO:-vm} $(cut -d' ' -f1 /proc/uptime)s] $*"; }
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# assert_eq EXPECTED ACTUAL [WHAT]
+assert_eq() { [ "$1" = "$2" ] || fail "${3:-value}: expected '$1', got '$2'"; }
+
+# assert_contains TEXT NEEDLE [WHAT]
+assert_contains() { [[ $1 == *"$2"* ]] || fail "${3:-output} does not contain '$2'; it is:"$'\n'"$1"; }
+
+# assert_ok CMD...: CMD must succeed (it runs in a subshell, its output goes to the console).
+assert_ok() { ("$@") || fail "command failed with status $?: $*"; }
+
+# assert_fail CMD...: CMD must fail.
+assert_fail() { if ("$@"); then fail "command succeeded but should have failed: $*"; fi; }
+
+# timed LABEL CMD...: runs CMD and prints "TIME LABEL: N.NNs" on stderr; returns CMD's status.
+timed() {
+  local label=$1 t0 st=0
+  shift
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  "$@" || st=$?
+  awk -v l="$label" -v a="$t0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "TIME %s: %.2fs\n", l, b - a }' >&2
+  return $st
+}
+
+# wait_until SECONDS WHAT CMD...: polls CMD every 0.2 s until it succeeds.
+wait_until() {
+  local limit=$1 what=$2 end
+  shift 2
+  end=$(($(cut -d. -f1 /proc/uptime) + limit))
+  until "$@"; do
+    if [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ]; then
+      echo "timed out after ${limit}s waiting for $what" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# to_bytes SIZE: prints SIZE (a number with optional K, M or G suffix, powers of 1024) in bytes.
+to_bytes() {
+  case $1 in
+    *[0-9]) echo "$1" ;;
+    *[kK]) echo $((${1%?} << 10)) ;;
+    *[mM]) echo $((${1%?} << 20)) ;;
+    *[gG]) echo $((${1%?} << 30)) ;;
+    *) echo "bad size '$1' (want N, NK, NM or NG)" >&2; return 1 ;;
+  esac
+}
+
+# port_listening PORT: true when a TCP socket listens on PORT.
+port_listening() {
+  awk -v p="$(printf ':%04X' "$1")" '$2 ~ p "$" && $4 == "0A" { found = 1 } END { exit !found }' \
+    /proc/net/tcp /proc/net/tcp6
+}
+
+# rxe_gid_index [IPV4]: prints the GID table index of rxe0 holding IPV4 (default $VM_ADDR) as
+# an IPv4-mapped RoCE v2 GID, e.g. for ibv_rc_pingpong -g.
+rxe_gid_index() {
+  local want gid
+  want=$(printf '0000:0000:0000:0000:0000:ffff:%02x%02x:%02x%02x' $(tr . ' ' <<<"${1:-$VM_ADDR}"))
+  for gid in /sys/class/infiniband/rxe0/ports/1/gids/*; do
+    [ "$(cat "$gid")" = "$want" ] && { echo "${gid##*/}"; return 0; }
+  done
+  echo "rxe_gid_index: no GID of rxe0 holds ${1:-$VM_ADDR}" >&2
+  return 1
+}
+
+# ---- iserd ------------------------------------------------------------------------------
+
+# iserd_start CONFIG_FILE [PORT]: starts /usr/bin/iserd -config CONFIG_FILE in the background
+# (log in $ISERD_LOG, pid in $ISERD_PID) and waits until it listens on PORT (default 3260).
+# Call it from the scenario's own shell, not in a subshell, so that ISERD_PID stays set.
+iserd_start() {
+  local config=$1 port=${2:-3260} end
+  [ -f "$config" ] || { echo "iserd_start: no config file '$config'" >&2; return 1; }
+  iserd -config "$config" >>"$ISERD_LOG" 2>&1 &
+  ISERD_PID=$!
+  echo "$ISERD_PID" >"$ISERD_PIDFILE"
+  end=$(($(cut -d. -f1 /proc/uptime) + 30))
+  until port_listening "$port"; do
+    if ! kill -0 "$ISERD_PID" 2>/dev/null; then
+      wait "$ISERD_PID"
+      echo "iserd_start: iserd exited with status $? before listening on port $port; its log:" >&2
+      cat "$ISERD_LOG" >&2
+      return 1
+    fi
+    if [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ]; then
+      echo "iserd_start: iserd does not listen on port $port after 30s; its log:" >&2
+      cat "$ISERD_LOG" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+  log "iserd running (pid $ISERD_PID, port $port)"
+}
+
+# iserd_stop: sends SIGTERM to the iserd started by iserd_start and waits up to 15 s.
+# Fails when it had to be killed or exited with a status other than 0 or 143 (SIGTERM).
+iserd_stop() {
+  local pid st
+  pid=${ISERD_PID:-$(cat "$ISERD_PIDFILE" 2>/dev/null)}
+  [ -n "$pid" ] || return 0
+  rm -f "$ISERD_PIDFILE"
+  ISERD_PID=
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid"
+  if ! wait_until 15 "iserd to exit" eval "! kill -0 $pid 2>/dev/null"; then
+    kill -KILL "$pid" 2>/dev/null
+    echo "iserd_stop: iserd ignored SIGTERM for 15s and was killed; log tail:" >&2
+    tail -20 "$ISERD_LOG" >&2
+    return 1
+  fi
+  wait "$pid" 2>/dev/null && st=0 || st=$?
+  # wait only knows our own children; a pid from the pid file reports 127.
+  case $st in 0 | 127 | 143) return 0 ;; esac
+  echo "iserd_stop: iserd exited with status $st; log tail:" >&2
+  tail -20 "$ISERD_LOG" >&2
+  return 1
+}
+
+# ---- initiator (open-iscsi) --------------------------------------------------------------
+
+# iscsi_login IQN PORTAL TRANSPORT: discovers PORTAL over TCP, checks that IQN is offered,
+# points the node record at TRANSPORT (tcp or iser) and logs in.
+iscsi_login() {
+  local iqn=$1 portal=${2:-$VM_ADDR} transport=$3 out
+  [ -n "$iqn" ] || { echo "iscsi_login: no target name given" >&2; return 1; }
+  out=$(iscsiadm -m discovery -t sendtargets -p "$portal" 2>&1) ||
+    { echo "discovery at $portal failed:"$'\n'"$out" >&2; return 1; }
+  if ! grep -q " $iqn\$" <<<"$out"; then
+    echo "discovery at $portal does not offer $iqn; it returned:"$'\n'"$out" >&2
+    return 1
+  fi
+  if ! iscsiadm -m node -T "$iqn" -p "$portal" >/dev/null 2>&1; then
+    echo "note: discovery did not report portal $portal for $iqn (it said: $out); adding a node record"
+    out=$(iscsiadm -m node -o new -T "$iqn" -p "$portal" 2>&1) ||
+      { echo "creating node record $iqn at $portal failed:"$'\n'"$out" >&2; return 1; }
+  fi
+  out=$(iscsiadm -m node -T "$iqn" -p "$portal" -o update -n iface.transport_name -v "$transport" 2>&1) ||
+    { echo "setting transport $transport on $iqn at $portal failed:"$'\n'"$out" >&2; return 1; }
+  out=$(iscsiadm -m node -T "$iqn" -p "$portal" -l 2>&1) ||
+    { echo "login to $iqn at $portal over $transport failed:"$'\n'"$out" >&2; return 1; }
+  log "logged in to $iqn at $portal over $transport"
+}
+
+# login_tcp IQN [PORTAL]: logs in over iscsi_tcp (PORTAL defaults to $VM_ADDR, port 3260).
+login_tcp() { iscsi_login "$1" "${2:-$VM_ADDR}" tcp; }
+
+# login_iser IQN [PORTAL]: discovers over TCP, then logs in over ib_iser (rdma_rxe).
+login_iser() { iscsi_login "$1" "${2:-$VM_ADDR}" iser; }
+
+# session_disks [IQN]: lists sdX of the newest session (to IQN when given), lowest LUN first.
+session_disks() {
+  local n s last=
+  for n in $(ls /sys/class/iscsi_session 2>/dev/null | sed 's/^session//' | sort -n); do
+    s=/sys/class/iscsi_session/session$n
+    [ -z "${1:-}" ] || [ "$(cat "$s/targetname")" = "$1" ] || continue
+    last=$s
+  done
+  [ -n "$last" ] || return 1
+  ls -d "$last"/device/target*/*:*:*:*/block/* 2>/dev/null | sort -t: -k 4 -n | xargs -r -n1 basename
+}
+
+# wait_disk [IQN] [SECONDS]: waits (default 30 s) for the disk of the newest iSCSI session (to
+# IQN when given) and prints its /dev/sdX.
+wait_disk() {
+  local dev end
+  end=$(($(cut -d. -f1 /proc/uptime) + ${2:-30}))
+  while :; do
+    dev=$(session_disks "${1:-}" | head -1)
+    if [ -n "$dev" ] && [ -b "/dev/$dev" ]; then
+      echo "/dev/$dev"
+      return 0
+    fi
+    if [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ]; then
+      echo "wait_disk: no disk appeared for ${1:-any session} within ${2:-30}s; sessions:" >&2
+      iscsiadm -m session -P 3 >&2 2>&1
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+# logout_all: logs out of every session and forgets all node and discovery records.
+logout_all() {
+  local out st=0
+  if [ -n "$(ls /sys/class/iscsi_session 2>/dev/null)" ]; then
+    out=$(iscsiadm -m node -U all 2>&1) || { echo "logout failed:"$'\n'"$out" >&2; st=1; }
+  fi
+  rm -rf /var/lib/iscsi/nodes /var/lib/iscsi/send_targets
+  if [ -n "$(ls /sys/class/iscsi_session 2>/dev/null)" ]; then
+    echo "logout_all: sessions remain: $(ls /sys/class/iscsi_session)" >&2
+    st=1
+  fi
+  return $st
+}
+
+# fio_verify DEV SIZE [FIO_OPTION...]: random writes of mixed sizes (4k-256k) over the first
+# SIZE bytes of DEV with crc32c checksums, then reads everything back and verifies it.
+# Extra options (e.g. --bs=4k, --iodepth=1) override the defaults.
+fio_verify() {
+  local dev=$1 size=$2 out st=0
+  shift 2
+  out=$(fio --name=verify --filename="$dev" --ioengine=libaio --direct=1 --iodepth=16 \
+    --rw=randwrite --bssplit=4k/50:64k/30:256k/20 --size="$size" --verify=crc32c \
+    --do_verify=1 --verify_fatal=1 --exitall_on_error "$@" 2>&1) || st=$?
+  if [ $st -ne 0 ]; then
+    echo "fio_verify $dev $size failed with status $st:"$'\n'"$out" >&2
+    return 1
+  fi
+  log "fio_verify $dev $size ok:"
+  grep -E '^ +(read|write): IOPS=' <<<"$out"
+}
+
+# ---- LIO (kernel target, configured through configfs) -----------------------------------
+
+# cfs_write VALUE FILE: writes a configfs attribute, reporting which one failed.
+cfs_write() { echo "$1" >"$2" || { echo "writing '$1' to $2 failed" >&2; return 1; }; }
+
+# lio_setup_fileio NAME FILE SIZE IQN [iser]: exports FILE (created with SIZE if missing) as
+# the next LUN of target IQN, portal $LIO_PORTAL (default $VM_ADDR:3260), open to every
+# initiator without authentication; with "iser" the portal also accepts iSER.
+lio_setup_fileio() {
+  local name=$1 file=$2 size=$3 iqn=$4 iser=${5:-} bytes so tpg np lun
+  [ $# -ge 4 ] || { echo "usage: lio_setup_fileio NAME FILE SIZE IQN [iser]" >&2; return 1; }
+  bytes=$(to_bytes "$size") || return 1
+  modprobe -a target_core_mod target_core_file iscsi_target_mod || return 1
+  if [ "$iser" = iser ]; then modprobe ib_isert || return 1; fi
+  [ -e "$file" ] || truncate -s "$bytes" "$file" || return 1
+  so=$LIO/core/fileio_0/$name
+  mkdir -p "$so" || return 1
+  cfs_write "fd_dev_name=$file,fd_dev_size=$bytes" "$so/control" &&
+    cfs_write 1 "$so/enable" || return 1
+  tpg=$LIO/iscsi/$iqn/tpgt_1
+  mkdir -p "$tpg" || return 1
+  lun=$tpg/lun/lun_$(ls "$tpg/lun" | wc -l)
+  mkdir "$lun" && ln -s "$so" "$lun/$name" || return 1
+  np=$tpg/np/${LIO_PORTAL:-$VM_ADDR:3260}
+  if [ ! -d "$np" ]; then
+    mkdir "$np" || return 1
+  fi
+  if [ "$iser" = iser ]; then cfs_write 1 "$np/iser" || return 1; fi
+  cfs_write 0 "$tpg/attrib/authentication" &&
+    cfs_write 1 "$tpg/attrib/generate_node_acls" &&
+    cfs_write 1 "$tpg/attrib/cache_dynamic_acls" &&
+    cfs_write 0 "$tpg/attrib/demo_mode_write_protect" &&
+    cfs_write 1 "$tpg/enable" || return 1
+  log "LIO: $iqn ${lun##*/} = $file ($size) on ${np##*/}${iser:+ (tcp+iser)}"
+}
+
+# lio_teardown: removes every LIO target and backstore.
+lio_teardown() {
+  local t tpg d st=0
+  [ -d "$LIO/iscsi" ] || [ -d "$LIO/core" ] || return 0
+  for t in "$LIO"/iscsi/*; do
+    [ "${t##*/}" != discovery_auth ] && [ -d "$t" ] || continue
+    for tpg in "$t"/tpgt_*; do
+      [ -d "$tpg" ] || continue
+      echo 0 >"$tpg/enable" 2>/dev/null
+      for d in "$tpg"/acls/*/lun_* "$tpg"/lun/lun_*; do
+        [ -d "$d" ] || continue
+        find "$d" -maxdepth 1 -type l -exec rm -f {} +
+        rmdir "$d" || st=1
+      done
+      for d in "$tpg"/acls/* "$tpg"/np/*; do
+        [ -d "$d" ] && { rmdir "$d" || st=1; }
+      done
+      rmdir "$tpg" || st=1
+    done
+    rmdir "$t" || st=1
+  done
+  for d in "$LIO"/core/*_[0-9]*/*; do
+    [ -d "$d" ] && [ "${d##*/}" != alua ] && { rmdir "$d" || st=1; }
+  done
+  for d in "$LIO"/core/*_[0-9]*; do
+    [ -d "$d" ] && { rmdir "$d" || st=1; }
+  done
+  [ $st -eq 0 ] || echo "lio_teardown: some configfs entries could not be removed" >&2
+  return $st
+}
+
+# ---- tgt (userspace reference target, TCP) ---------------------------------------------
+
+# tgt_setup IQN FILE [SIZE]: starts tgtd on $TGT_PORTAL (default $VM_ADDR:3260) if needed and
+# exports FILE (created with SIZE if missing) as LUN 1 of a new target IQN, open to all.
+tgt_setup() {
+  local iqn=$1 file=$2 size=${3:-} tid out
+  [ $# -ge 2 ] || { echo "usage: tgt_setup IQN FILE [SIZE]" >&2; return 1; }
+  if [ ! -e "$file" ]; then
+    [ -n "$size" ] || { echo "tgt_setup: $file does not exist and no SIZE given" >&2; return 1; }
+    truncate -s "$(to_bytes "$size")" "$file" || return 1
+  fi
+  if ! pidof tgtd >/dev/null; then
+    tgtd --iscsi portal="${TGT_PORTAL:-$VM_ADDR:3260}" >>/tmp/tgtd.log 2>&1 ||
+      { echo "tgtd failed to start:" >&2; cat /tmp/tgtd.log >&2; return 1; }
+    wait_until 10 "tgtd" eval 'tgtadm --op show --mode sys >/dev/null 2>&1' || return 1
+  fi
+  tid=$(($(tgtadm --lld iscsi --op show --mode target | grep -c '^Target ') + 1))
+  out=$( { tgtadm --lld iscsi --op new --mode target --tid "$tid" -T "$iqn" &&
+    tgtadm --lld iscsi --op new --mode logicalunit --tid "$tid" --lun 1 -b "$file" &&
+    tgtadm --lld iscsi --op bind --mode target --tid "$tid" -I ALL; } 2>&1) ||
+    { echo "tgt_setup: tgtadm failed:"$'\n'"$out" >&2; return 1; }
+  log "tgt: $iqn (tid $tid) LUN 1 = $file on ${TGT_PORTAL:-$VM_ADDR:3260}"
+}
+
+# tgt_teardown: stops tgtd.
+tgt_teardown() {
+  local pid
+  pid=$(pidof tgtd) || return 0
+  kill $pid
+  wait_until 10 "tgtd to exit" eval '! pidof tgtd >/dev/null' || { kill -KILL $pid; return 1; }
+}
+
+# vm_cleanup: undoes what a scenario may have left behind; run between scenarios.
+vm_cleanup() {
+  local st=0
+  logout_all || st=1
+  iserd_stop || st=1
+  tgt_teardown || st=1
+  lio_teardown || st=1
+  return $st
+}
