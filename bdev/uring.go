@@ -1,0 +1,693 @@
+package bdev
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/iserd/iserd/bdev/uring"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNoUring means io_uring cannot be used on this host: the kernel lacks
+// it (ENOSYS), it is disabled (sysctl kernel.io_uring_disabled, seccomp:
+// EPERM) or too old for this engine. Callers fall back to NewFile.
+var ErrNoUring = errors.New("io_uring unavailable")
+
+// newRing creates a ring; tests replace it to simulate a kernel without io_uring.
+var newRing = uring.New
+
+// UringOptions configure NewUring.
+type UringOptions struct {
+	// FileOptions open the backing store as for NewFile; Workers is unused.
+	FileOptions
+	// Pool, when set, has its regions registered as fixed buffers with
+	// every ring, so requests whose Buf comes from it skip the kernel's
+	// per-I/O page pinning.
+	Pool *Pool
+	// Rings is the number of rings and workers (default GOMAXPROCS).
+	Rings int
+	// Entries is the submission ring size of each ring (default 128).
+	Entries int
+	// Buffered disables O_DIRECT.
+	Buffered bool
+}
+
+// Uring is a Device driven by io_uring: one ring per worker goroutine and
+// one worker per core. Requests reach a worker through lock-free rings:
+// a Queue (one producer, from NewQueue) or, for Submit from any goroutine,
+// the worker's multi-producer ring. The worker batches them into its ring,
+// submits with one io_uring_enter, reaps completions and calls Done.
+//
+// Reads and writes use O_DIRECT when the buffer address, offset and length
+// fit the store's direct-I/O alignment, and the page cache otherwise; the
+// kernel keeps both views coherent. Buffers from the configured Pool go
+// out as READ_FIXED/WRITE_FIXED. FUA writes carry RWF_DSYNC, a flush is an
+// fdatasync and unmap punches a hole (writing zeroes where that is not
+// supported).
+//
+// Waiting: a worker with nothing to do sleeps in a read of an eventfd
+// through the Go netpoller. The same eventfd is registered with the ring
+// (IORING_REGISTER_EVENTFD), so it wakes for a completion or for a new
+// request, whichever comes first; submitters write it only when the worker
+// announced that it sleeps. This was chosen over io_uring_enter(GETEVENTS)
+// on a locked OS thread because a sleeping worker then holds no OS thread,
+// Done callbacks run on an ordinary goroutine, and one wait covers both
+// event sources; while busy the worker turns the eventfd off
+// (IORING_CQ_EVENTFD_DISABLED) so completions cost no extra signal.
+type Uring struct {
+	file     *File // buffered descriptor, size, Mapped, Resize, final flush
+	direct   int   // O_DIRECT descriptor, or -1
+	memAlign uintptr
+	offAlign int64
+	pool     *Pool
+	unhook   func()
+	workers  []*worker
+	closed   atomic.Bool
+	qmu      sync.Mutex // queue registration
+	nextQ    int
+}
+
+// NewUring opens path as an io_uring Device. When the kernel cannot run
+// io_uring it fails with an error that errors.Is ErrNoUring; other errors
+// concern the backing store.
+func NewUring(path string, o UringOptions) (*Uring, error) {
+	if o.Rings <= 0 {
+		o.Rings = runtime.GOMAXPROCS(0)
+	}
+	if o.Entries <= 0 {
+		o.Entries = 128
+	}
+	fo := o.FileOptions
+	fo.Workers = 1 // the File serves only as descriptor and metadata holder
+	f, err := NewFile(path, fo)
+	if err != nil {
+		return nil, err
+	}
+	d := &Uring{file: f, direct: -1, pool: o.Pool}
+	for range o.Rings {
+		w, err := newWorker(d, o.Entries)
+		if err != nil {
+			d.release()
+			return nil, err
+		}
+		d.workers = append(d.workers, w)
+	}
+	if !o.Buffered {
+		d.openDirect(path, o.ReadOnly)
+	}
+	if o.Pool != nil {
+		d.unhook = o.Pool.OnRegion(d.registerRegion)
+	}
+	for _, w := range d.workers {
+		go w.run()
+	}
+	return d, nil
+}
+
+// openDirect opens a second, O_DIRECT descriptor and learns its alignment;
+// a store that refuses O_DIRECT is simply served through the page cache.
+func (d *Uring) openDirect(path string, readOnly bool) {
+	flags := unix.O_RDWR
+	if readOnly {
+		flags = unix.O_RDONLY
+	}
+	fd, err := unix.Open(path, flags|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	d.direct, d.memAlign, d.offAlign = fd, 4096, 4096
+	var st unix.Statx_t
+	if unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_DIOALIGN, &st) == nil &&
+		st.Mask&unix.STATX_DIOALIGN != 0 && st.Dio_offset_align != 0 {
+		d.memAlign, d.offAlign = uintptr(st.Dio_mem_align), int64(st.Dio_offset_align)
+	} else if d.file.block {
+		if lbs, err := unix.IoctlGetInt(fd, unix.BLKSSZGET); err == nil && lbs > 0 {
+			d.memAlign, d.offAlign = uintptr(lbs), int64(lbs)
+		}
+	}
+}
+
+// registerRegion installs a pool region as a fixed buffer in every ring
+// that has a fixed-buffer table; a ring that refuses keeps using plain
+// reads and writes for it.
+func (d *Uring) registerRegion(idx int, mem []byte) {
+	for _, w := range d.workers {
+		if w.fixed != nil && idx < len(w.fixed) && w.ring.UpdateBuffer(idx, mem) == nil {
+			w.fixed[idx].Store(true)
+		}
+	}
+}
+
+// Direct reports whether an O_DIRECT path exists and its alignment (of
+// buffer addresses, and of offsets and lengths).
+func (d *Uring) Direct() (ok bool, memAlign, offAlign int) {
+	return d.direct >= 0, int(d.memAlign), int(d.offAlign)
+}
+
+// Size reports the capacity in bytes.
+func (d *Uring) Size() int64 { return d.file.Size() }
+
+// Mapped reports whether data is allocated at off (see File.Mapped).
+func (d *Uring) Mapped(off, length int64) (bool, int64, error) { return d.file.Mapped(off, length) }
+
+// Resize changes the capacity of a regular file.
+func (d *Uring) Resize(size int64) error { return d.file.Resize(size) }
+
+// Submit hands r to a worker picked at random (a per-thread generator, no
+// shared state) through that worker's multi-producer ring. Connections
+// that submit from one goroutine should use NewQueue instead.
+func (d *Uring) Submit(r *Request) {
+	w := d.workers[rand.N(len(d.workers))]
+	w.submitters.Add(1)
+	if d.closed.Load() {
+		w.submitters.Add(-1)
+		fail(r, ErrClosed)
+		return
+	}
+	if !w.shared.push(r) {
+		w.spill(r)
+	}
+	w.submitters.Add(-1)
+	w.wake()
+}
+
+// Queue is a submission path from one goroutine to one worker: a
+// single-producer/single-consumer ring, so Submit costs two atomic stores
+// and, only if the worker sleeps, one eventfd write.
+type Queue struct {
+	d    *Uring
+	w    *worker
+	q    *spsc[*Request]
+	busy atomic.Bool // a Submit is between its closed check and its push
+}
+
+// NewQueue registers a submitter (for instance a connection's reader) and
+// binds it to a worker, spreading queues round-robin. Its Submit must not
+// be called from two goroutines at once.
+func (d *Uring) NewQueue() *Queue {
+	d.qmu.Lock()
+	defer d.qmu.Unlock()
+	w := d.workers[d.nextQ%len(d.workers)]
+	d.nextQ++
+	q := &Queue{d: d, w: w, q: newSPSC[*Request](1024)}
+	w.setQueues(append(w.queueList(), q))
+	return q
+}
+
+// Submit starts r on the queue's worker; Done runs on that worker.
+func (q *Queue) Submit(r *Request) {
+	q.busy.Store(true)
+	if q.d.closed.Load() {
+		q.busy.Store(false)
+		fail(r, ErrClosed)
+		return
+	}
+	if !q.q.push(r) {
+		q.w.spill(r)
+	}
+	q.busy.Store(false)
+	q.w.wake()
+}
+
+// Close detaches the queue once the worker has taken everything submitted
+// through it; requests already started still complete.
+func (q *Queue) Close() {
+	for !q.q.empty() && !q.w.exited() {
+		q.w.wake()
+		runtime.Gosched()
+	}
+	q.d.qmu.Lock()
+	defer q.d.qmu.Unlock()
+	old := q.w.queueList()
+	list := make([]*Queue, 0, len(old))
+	for _, o := range old {
+		if o != q {
+			list = append(list, o)
+		}
+	}
+	q.w.setQueues(list)
+}
+
+// Close stops accepting requests, waits for those in flight, flushes and
+// releases the rings and the store.
+func (d *Uring) Close() error {
+	if d.closed.Swap(true) {
+		return nil
+	}
+	// Every submitter either saw closed or finished its push: after this
+	// the workers can drain to empty and stop.
+	for _, w := range d.workers {
+		for w.submitters.Load() != 0 {
+			runtime.Gosched()
+		}
+		for _, q := range w.queueList() {
+			for q.busy.Load() {
+				runtime.Gosched()
+			}
+		}
+	}
+	for _, w := range d.workers {
+		w.stop.Store(true)
+		w.signal()
+	}
+	for _, w := range d.workers {
+		<-w.done
+	}
+	return d.release()
+}
+
+// release frees rings, descriptors and the pool hook.
+func (d *Uring) release() error {
+	if d.unhook != nil {
+		d.unhook()
+	}
+	var errs []error
+	for _, w := range d.workers {
+		if err := w.close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if d.direct >= 0 {
+		if err := unix.Close(d.direct); err != nil {
+			errs = append(errs, fmt.Errorf("close direct descriptor: %w", err))
+		}
+	}
+	if err := d.file.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func fail(r *Request, err error) {
+	r.Err = err
+	r.Done(r)
+}
+
+// worker owns one ring. Only its goroutine touches ring, slots and free.
+type worker struct {
+	d          *Uring
+	ring       *uring.Ring
+	efd        int
+	ev         *os.File // efd, read through the netpoller
+	evbuf      [8]byte
+	fixed      []atomic.Bool // pool region registered in this ring; nil: no table
+	shared     *mpsc[*Request]
+	queues     atomic.Pointer[[]*Queue]
+	rr         int // queue to look at first, for fairness
+	submitters atomic.Int64
+	sleeping   atomic.Bool
+	stop       atomic.Bool
+	done       chan struct{}
+
+	// Overflow for full rings, so Submit never blocks (a Done callback
+	// submitting to its own worker would otherwise deadlock). Rarely used.
+	spillMu sync.Mutex
+	spilled []*Request
+	nSpill  atomic.Int64
+
+	slots []slot
+	free  []uint32
+	cqes  []uring.CQE
+}
+
+// slot tracks one request in flight; the ring's user data is its index.
+type slot struct {
+	r       *Request
+	off     int64  // where the next step reads or writes
+	buf     []byte // what the next step reads or writes
+	zeroing int64  // unmap by writing zeroes: bytes left after buf
+}
+
+// zeroes is the source of the writes that stand in for an unsupported hole punch.
+var zeroes = make([]byte, 1<<20)
+
+// wakeVal is what submitters add to the eventfd.
+var wakeVal = [8]byte{1}
+
+func newWorker(d *Uring, entries int) (*worker, error) {
+	ring, err := newRing(uint32(entries))
+	if err != nil {
+		return nil, noUring(err)
+	}
+	w := &worker{d: d, ring: ring, efd: -1, shared: newMPSC[*Request](1024), done: make(chan struct{})}
+	w.setQueues(nil)
+	if w.efd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+		w.close()
+		return nil, fmt.Errorf("io_uring worker eventfd: %w", err)
+	}
+	w.ev = os.NewFile(uintptr(w.efd), "io_uring-eventfd")
+	if err := ring.RegisterEventfd(w.efd); err != nil {
+		w.close()
+		return nil, noUring(err)
+	}
+	if d.pool != nil && ring.RegisterSparseBuffers(d.pool.MaxRegions()) == nil {
+		w.fixed = make([]atomic.Bool, d.pool.MaxRegions())
+	}
+	ring.SetEventfdEnabled(false)
+	n := ring.CQEntries() // never more in flight than completion slots
+	w.slots = make([]slot, n)
+	w.free = make([]uint32, n)
+	for i := range w.free {
+		w.free[i] = uint32(n - 1 - i)
+	}
+	w.cqes = make([]uring.CQE, ring.CQEntries())
+	return w, nil
+}
+
+// noUring marks a ring setup failure as ErrNoUring, naming the sysctl when
+// it is what forbids io_uring.
+func noUring(err error) error {
+	if b, rerr := os.ReadFile("/proc/sys/kernel/io_uring_disabled"); rerr == nil && len(b) > 0 && b[0] != '0' {
+		return fmt.Errorf("%w (kernel.io_uring_disabled=%c): %w", ErrNoUring, b[0], err)
+	}
+	return fmt.Errorf("%w: %w", ErrNoUring, err)
+}
+
+func (w *worker) close() error {
+	var errs []error
+	if w.ring != nil {
+		if err := w.ring.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if w.ev != nil {
+		if err := w.ev.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close worker eventfd: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (w *worker) queueList() []*Queue { return *w.queues.Load() }
+
+func (w *worker) setQueues(list []*Queue) { w.queues.Store(&list) }
+
+func (w *worker) exited() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (w *worker) spill(r *Request) {
+	w.spillMu.Lock()
+	w.spilled = append(w.spilled, r)
+	w.nSpill.Add(1)
+	w.spillMu.Unlock()
+}
+
+// wake rouses the worker if, and only if, it announced that it sleeps.
+func (w *worker) wake() {
+	if w.sleeping.Load() && w.sleeping.CompareAndSwap(true, false) {
+		w.signal()
+	}
+}
+
+func (w *worker) signal() {
+	// An eventfd write fails only when the counter would overflow, and
+	// then the worker is already due to wake.
+	unix.Write(w.efd, wakeVal[:])
+}
+
+func (w *worker) run() {
+	defer close(w.done)
+	for {
+		busy := w.reap()
+		busy = w.pull() || busy
+		w.submit()
+		if busy {
+			continue
+		}
+		if w.stop.Load() && len(w.free) == len(w.slots) && !w.hasWork() {
+			return
+		}
+		w.sleep()
+	}
+}
+
+// sleep parks the worker until a completion or a submitter's wakeup. The
+// flag is set before the last look at both sources, and submitters set
+// their ring index before looking at the flag, so a request is never left
+// behind with the worker asleep.
+func (w *worker) sleep() {
+	w.ring.SetEventfdEnabled(true)
+	w.sleeping.Store(true)
+	if w.ring.Ready() == 0 && !w.hasWork() && !w.stop.Load() {
+		for {
+			_, err := w.ev.Read(w.evbuf[:])
+			if err == nil || !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+	}
+	w.sleeping.Store(false)
+	w.ring.SetEventfdEnabled(false)
+}
+
+func (w *worker) hasWork() bool {
+	if !w.shared.empty() || w.nSpill.Load() != 0 {
+		return true
+	}
+	for _, q := range w.queueList() {
+		if !q.q.empty() {
+			return true
+		}
+	}
+	return false
+}
+
+// next takes one request from the sources, queues round-robin first.
+func (w *worker) next() *Request {
+	qs := w.queueList()
+	for i := range qs {
+		q := qs[(w.rr+i)%len(qs)]
+		if r, ok := q.q.pop(); ok {
+			w.rr = (w.rr + i + 1) % len(qs)
+			return r
+		}
+	}
+	if r, ok := w.shared.pop(); ok {
+		return r
+	}
+	if w.nSpill.Load() != 0 {
+		w.spillMu.Lock()
+		defer w.spillMu.Unlock()
+		if n := len(w.spilled); n > 0 {
+			r := w.spilled[n-1]
+			w.spilled[n-1] = nil
+			w.spilled = w.spilled[:n-1]
+			w.nSpill.Add(-1)
+			return r
+		}
+	}
+	return nil
+}
+
+// pull starts new requests while slots are free; it reports whether it
+// found any.
+func (w *worker) pull() bool {
+	got := false
+	for len(w.free) > 0 {
+		r := w.next()
+		if r == nil {
+			break
+		}
+		got = true
+		w.start(r)
+	}
+	return got
+}
+
+func (w *worker) start(r *Request) {
+	r.Err = nil
+	if r.Op != OpFlush {
+		if err := checkRange(r.Offset, r.length(), w.d.Size()); err != nil {
+			fail(r, err)
+			return
+		}
+	}
+	switch r.Op {
+	case OpRead, OpWrite:
+		if len(r.Buf) == 0 {
+			fail(r, nil)
+			return
+		}
+		s := w.alloc(r)
+		s.off, s.buf = r.Offset, r.Buf
+		w.issueRW(s)
+	case OpFlush:
+		s := w.alloc(r)
+		sqe := w.sqe(s)
+		sqe.Opcode, sqe.Fd, sqe.OpFlags = uring.OpFsync, int32(w.d.file.fd), uring.FsyncDatasync
+	case OpUnmap:
+		if r.Length == 0 {
+			fail(r, nil)
+			return
+		}
+		s := w.alloc(r)
+		sqe := w.sqe(s)
+		sqe.Opcode, sqe.Fd, sqe.Off = uring.OpFallocate, int32(w.d.file.fd), uint64(r.Offset)
+		sqe.Addr, sqe.Len = uint64(r.Length), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE
+	default:
+		fail(r, fmt.Errorf("bdev: unknown operation %v", r.Op))
+	}
+}
+
+func (w *worker) alloc(r *Request) *slot {
+	i := w.free[len(w.free)-1]
+	w.free = w.free[:len(w.free)-1]
+	s := &w.slots[i]
+	*s = slot{r: r}
+	return s
+}
+
+// sqe returns an SQE tagged with s, submitting first when the ring is full.
+func (w *worker) sqe(s *slot) *uring.SQE {
+	for {
+		if sqe := w.ring.GetSQE(); sqe != nil {
+			sqe.UserData = uint64(w.index(s))
+			return sqe
+		}
+		w.submit()
+	}
+}
+
+func (w *worker) index(s *slot) uintptr {
+	return (uintptr(unsafe.Pointer(s)) - uintptr(unsafe.Pointer(&w.slots[0]))) / unsafe.Sizeof(slot{})
+}
+
+// maxStep bounds one read or write SQE (its length is 32 bits).
+const maxStep = 1 << 30
+
+// issueRW queues the next read or write step of s: direct when aligned,
+// fixed when the buffer is a registered pool region.
+func (w *worker) issueRW(s *slot) {
+	buf := s.buf[:min(len(s.buf), maxStep)]
+	write := s.r.Op != OpRead
+	sqe := w.sqe(s)
+	sqe.Fd, sqe.Off = int32(w.d.file.fd), uint64(s.off)
+	sqe.Addr, sqe.Len = uint64(uintptr(unsafe.Pointer(&buf[0]))), uint32(len(buf))
+	if w.d.direct >= 0 && sqe.Addr%uint64(w.d.memAlign) == 0 &&
+		s.off%w.d.offAlign == 0 && int64(len(buf))%w.d.offAlign == 0 {
+		sqe.Fd = int32(w.d.direct)
+	}
+	sqe.Opcode = uring.OpRead
+	if write {
+		sqe.Opcode = uring.OpWrite
+		if s.r.FUA {
+			sqe.OpFlags = unix.RWF_DSYNC
+		}
+	}
+	if w.fixed != nil {
+		if idx, ok := w.d.pool.Index(buf); ok && w.fixed[idx].Load() {
+			sqe.BufIndex = uint16(idx)
+			if write {
+				sqe.Opcode = uring.OpWriteFixed
+			} else {
+				sqe.Opcode = uring.OpReadFixed
+			}
+		}
+	}
+}
+
+// submit hands queued SQEs to the kernel. Failures of io_uring_enter
+// itself (EAGAIN, EBUSY under memory pressure) are transient: the SQEs stay
+// queued and are offered again on the next call.
+func (w *worker) submit() {
+	if w.ring.Pending() == 0 {
+		return
+	}
+	if _, err := w.ring.Submit(0); err != nil {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// reap handles every ready completion; it reports whether there were any.
+func (w *worker) reap() bool {
+	got := false
+	for {
+		n := w.ring.Reap(w.cqes)
+		if n == 0 {
+			return got
+		}
+		got = true
+		for _, c := range w.cqes[:n] {
+			w.complete(&w.slots[c.UserData], c.Res)
+		}
+	}
+}
+
+func (w *worker) complete(s *slot, res int32) {
+	if res == -int32(unix.EAGAIN) || res == -int32(unix.EINTR) {
+		w.retry(s)
+		return
+	}
+	r := s.r
+	switch {
+	case r.Op == OpFlush:
+		w.finish(s, errnoErr("flush", res))
+	case r.Op == OpUnmap && s.buf == nil && res == -int32(unix.EOPNOTSUPP):
+		s.off, s.zeroing = r.Offset, r.Length
+		w.nextZeroes(s)
+	case r.Op == OpUnmap && s.buf == nil:
+		w.finish(s, errnoErr("unmap", res))
+	case res < 0:
+		w.finish(s, errnoErr(r.Op.String(), res))
+	case res == 0 && r.Op == OpRead: // past the end of a file that shrank
+		clear(s.buf)
+		w.finish(s, nil)
+	case res == 0:
+		w.finish(s, fmt.Errorf("write: %w (no progress at offset %d)", ErrMedium, s.off))
+	default:
+		s.buf, s.off = s.buf[res:], s.off+int64(res)
+		switch {
+		case len(s.buf) > 0:
+			w.issueRW(s)
+		case s.zeroing > 0:
+			w.nextZeroes(s)
+		default:
+			w.finish(s, nil)
+		}
+	}
+}
+
+// retry reissues the step of s that the kernel asked to repeat.
+func (w *worker) retry(s *slot) {
+	if s.buf == nil { // flush or hole punch
+		r := s.r
+		w.free = append(w.free, uint32(w.index(s)))
+		w.start(r)
+		return
+	}
+	w.issueRW(s)
+}
+
+func (w *worker) nextZeroes(s *slot) {
+	n := min(s.zeroing, int64(len(zeroes)))
+	s.buf, s.zeroing = zeroes[:n], s.zeroing-n
+	w.issueRW(s)
+}
+
+func (w *worker) finish(s *slot, err error) {
+	r := s.r
+	*s = slot{}
+	w.free = append(w.free, uint32(w.index(s)))
+	r.Err = err
+	r.Done(r)
+}
+
+func errnoErr(what string, res int32) error {
+	if res >= 0 {
+		return nil
+	}
+	return classify(what, unix.Errno(-res))
+}

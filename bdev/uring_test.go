@@ -1,0 +1,552 @@
+package bdev
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/iserd/iserd/bdev/uring"
+	"golang.org/x/sys/unix"
+)
+
+const testSize = 8 << 20
+
+// openUring opens a fresh sparse file in dir as a Uring device, skipping
+// the test when the host has no io_uring.
+func openUring(t testing.TB, dir string, o UringOptions) *Uring {
+	t.Helper()
+	o.Create = true
+	if o.Size == 0 {
+		o.Size = testSize
+	}
+	d, err := NewUring(filepath.Join(dir, "lun"), o)
+	if errors.Is(err, ErrNoUring) {
+		t.Skipf("no io_uring: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// submitter is what Uring and Queue share.
+type submitter interface{ Submit(*Request) }
+
+// run submits r and waits for its completion.
+func run(s submitter, r *Request) error {
+	done := make(chan struct{})
+	r.Done = func(*Request) { close(done) }
+	s.Submit(r)
+	<-done
+	return r.Err
+}
+
+func pattern(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = seed + byte(i*7)
+	}
+	return b
+}
+
+// TestUringReadWrite writes and reads back through every path: direct and
+// buffered, fixed pool buffers and heap buffers, both submission routes.
+func TestUringReadWrite(t *testing.T) {
+	pool := newTestPool(t, 4*DefaultRegionSize)
+	dirs := map[string]string{"disk": t.TempDir(), "shm": shmDir(t)}
+	for _, c := range []struct {
+		name     string
+		dir      string
+		buffered bool
+		off      int64
+		n        int
+		fromPool bool
+		fua      bool
+		queue    bool
+	}{
+		{"4k pool direct", "disk", false, 4096, 4096, true, false, false},
+		{"4k pool queue", "disk", false, 8192, 4096, true, false, true},
+		{"128k pool fua", "disk", false, 1 << 20, 128 << 10, true, true, false},
+		{"512 unaligned heap", "disk", false, 512, 512, false, false, false},
+		{"odd offset and length", "disk", false, 12345, 3001, false, false, true},
+		{"2MiB pool at end", "disk", false, testSize - 2<<20, 2 << 20, true, false, false},
+		{"buffered only", "disk", true, 4096, 65536, true, true, true},
+		{"shm 4k pool", "shm", false, 40960, 4096, true, false, false},
+		{"shm odd heap", "shm", false, 777, 10000, false, true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := openUring(t, dirs[c.dir], UringOptions{Pool: pool, Buffered: c.buffered})
+			var s submitter = d
+			if c.queue {
+				q := d.NewQueue()
+				defer q.Close()
+				s = q
+			}
+			buf := make([]byte, c.n)
+			if c.fromPool {
+				b, err := pool.Get(c.n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer pool.Put(b)
+				buf = b.Bytes()
+				for _, w := range d.workers {
+					if w.fixed != nil && !w.fixed[b.Region()].Load() {
+						t.Errorf("pool region %d not registered as a fixed buffer", b.Region())
+					}
+				}
+			}
+			want := pattern(c.n, byte(c.off))
+			copy(buf, want)
+			if err := run(s, &Request{Op: OpWrite, Offset: c.off, Buf: buf, FUA: c.fua}); err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			clear(buf)
+			if err := run(s, &Request{Op: OpRead, Offset: c.off, Buf: buf}); err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			if !bytes.Equal(buf, want) {
+				t.Fatal("read back differs from what was written")
+			}
+			if err := run(s, &Request{Op: OpFlush}); err != nil {
+				t.Fatalf("flush: %v", err)
+			}
+			// What another reader of the file sees, through the page cache.
+			got := make([]byte, c.n)
+			if _, err := d.file.f.ReadAt(got, c.off); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("file content differs (%v)", err)
+			}
+		})
+	}
+}
+
+func shmDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("/dev/shm", "bdevtest")
+	if err != nil {
+		t.Skipf("no /dev/shm: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func TestUringDirect(t *testing.T) {
+	d := openUring(t, t.TempDir(), UringOptions{})
+	ok, mem, off := d.Direct()
+	if !ok {
+		t.Skip("filesystem of the test directory refuses O_DIRECT")
+	}
+	if mem <= 0 || off <= 0 || off&(off-1) != 0 {
+		t.Fatalf("direct alignment mem %d off %d", mem, off)
+	}
+	b := openUring(t, t.TempDir(), UringOptions{Buffered: true})
+	if ok, _, _ := b.Direct(); ok {
+		t.Fatal("Buffered option still opened O_DIRECT")
+	}
+}
+
+func TestUringErrors(t *testing.T) {
+	d := openUring(t, t.TempDir(), UringOptions{})
+	buf := make([]byte, 4096)
+	for _, c := range []struct {
+		name string
+		r    Request
+		want error
+	}{
+		{"read past end", Request{Op: OpRead, Offset: testSize - 2048, Buf: buf}, ErrRange},
+		{"write negative offset", Request{Op: OpWrite, Offset: -4096, Buf: buf}, ErrRange},
+		{"unmap past end", Request{Op: OpUnmap, Offset: testSize, Length: 1}, ErrRange},
+		{"unknown op", Request{Op: Op(9), Buf: buf}, nil},
+		{"empty read", Request{Op: OpRead, Offset: 0}, nil},
+		{"empty unmap", Request{Op: OpUnmap, Offset: 0}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := run(d, &c.r)
+			switch {
+			case c.r.Op == Op(9):
+				if err == nil {
+					t.Fatal("unknown operation succeeded")
+				}
+			case !errors.Is(err, c.want) || (c.want == nil && err != nil):
+				t.Fatalf("err %v, want %v", err, c.want)
+			}
+		})
+	}
+}
+
+func TestUringUnmap(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		dir     string
+		off, n  int64
+		mapped0 bool
+	}{
+		{"disk whole MiB", t.TempDir(), 1 << 20, 1 << 20, false},
+		{"disk partial blocks", t.TempDir(), 1<<20 + 100, 9000, true},
+		{"shm", shmDir(t), 1 << 20, 1 << 20, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := openUring(t, c.dir, UringOptions{})
+			data := pattern(3<<20, 1)
+			if err := run(d, &Request{Op: OpWrite, Offset: 0, Buf: data}); err != nil {
+				t.Fatal(err)
+			}
+			if err := run(d, &Request{Op: OpUnmap, Offset: c.off, Length: c.n}); err != nil {
+				t.Fatalf("unmap: %v", err)
+			}
+			got := make([]byte, len(data))
+			if err := run(d, &Request{Op: OpRead, Offset: 0, Buf: got}); err != nil {
+				t.Fatal(err)
+			}
+			want := bytes.Clone(data)
+			clear(want[c.off : c.off+c.n])
+			if !bytes.Equal(got, want) {
+				t.Fatal("unmapped range does not read back as zeroes, or neighbours changed")
+			}
+			mapped, _, err := d.Mapped(c.off, c.n)
+			if err != nil || mapped != c.mapped0 {
+				t.Fatalf("Mapped = %v (%v), want %v", mapped, err, c.mapped0)
+			}
+		})
+	}
+}
+
+// TestUnmapZeroFallback drives the write-zeroes path taken when the store
+// cannot punch holes, by feeding the worker the EOPNOTSUPP completion.
+func TestUnmapZeroFallback(t *testing.T) {
+	data := pattern(3<<20, 5)
+	f, err := os.OpenFile(filepath.Join(t.TempDir(), "z"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	d := &Uring{file: &File{f: f, fd: int(f.Fd())}, direct: -1}
+	d.file.size.Store(int64(len(data)))
+	w, err := newWorker(d, 8) // driven by this goroutine, not run
+	if errors.Is(err, ErrNoUring) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.close()
+	var finished bool
+	r := &Request{Op: OpUnmap, Offset: 100, Length: 1<<20 + 5000, Done: func(*Request) { finished = true }}
+	s := w.alloc(r)
+	w.complete(s, -int32(unix.EOPNOTSUPP))
+	for !finished {
+		w.submit()
+		if _, err := w.ring.Submit(1); err != nil {
+			t.Fatal(err)
+		}
+		w.reap()
+	}
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	got := make([]byte, len(data))
+	f.ReadAt(got, 0)
+	want := bytes.Clone(data)
+	clear(want[100 : 100+1<<20+5000])
+	if !bytes.Equal(got, want) {
+		t.Fatal("zero-writing fallback left the wrong content")
+	}
+}
+
+func TestErrnoMapping(t *testing.T) {
+	for _, c := range []struct {
+		errno unix.Errno
+		want  error
+	}{
+		{unix.EIO, ErrMedium},
+		{unix.ENOSPC, ErrNoSpace},
+		{unix.EDQUOT, ErrNoSpace},
+		{unix.EBADF, ErrMedium},
+	} {
+		if err := errnoErr("write", -int32(c.errno)); !errors.Is(err, c.want) {
+			t.Errorf("%v: got %v, want %v", c.errno, err, c.want)
+		}
+	}
+	if errnoErr("read", 0) != nil {
+		t.Error("success mapped to an error")
+	}
+}
+
+// TestUringNoSpace fills a tiny tmpfs through the device.
+func TestUringNoSpace(t *testing.T) {
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v", err)
+	}
+	defer unix.Unmount(dir, 0)
+	d := openUring(t, dir, UringOptions{})
+	defer d.Close()
+	err := run(d, &Request{Op: OpWrite, Offset: 0, Buf: make([]byte, 1<<20)})
+	if !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("1 MiB write on a 256 KiB tmpfs: err %v, want ErrNoSpace", err)
+	}
+}
+
+func TestUringReadOnly(t *testing.T) {
+	dir := t.TempDir()
+	openUring(t, dir, UringOptions{}).Close()
+	d, err := NewUring(filepath.Join(dir, "lun"), UringOptions{FileOptions: FileOptions{ReadOnly: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := run(d, &Request{Op: OpRead, Buf: make([]byte, 4096)}); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if err := run(d, &Request{Op: OpWrite, Buf: make([]byte, 4096)}); !errors.Is(err, ErrMedium) {
+		t.Fatalf("write to a read-only device: %v, want ErrMedium", err)
+	}
+}
+
+func TestUringClosed(t *testing.T) {
+	d := openUring(t, t.TempDir(), UringOptions{})
+	q := d.NewQueue()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	for name, s := range map[string]submitter{"device": d, "queue": q} {
+		if err := run(s, &Request{Op: OpRead, Buf: make([]byte, 512)}); !errors.Is(err, ErrClosed) {
+			t.Errorf("%s: submit after close: %v, want ErrClosed", name, err)
+		}
+	}
+	q.Close() // detaching after the device closed is harmless
+}
+
+// TestUringCloseDrains closes while requests are in flight: each completes.
+func TestUringCloseDrains(t *testing.T) {
+	d := openUring(t, t.TempDir(), UringOptions{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for i := range 500 {
+		wg.Add(1)
+		d.Submit(&Request{Op: OpWrite, Offset: int64(i) * 4096, Buf: make([]byte, 4096), Done: func(r *Request) {
+			mu.Lock()
+			errs = append(errs, r.Err)
+			mu.Unlock()
+			wg.Done()
+		}})
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestNoUringFallback(t *testing.T) {
+	for _, errno := range []unix.Errno{unix.ENOSYS, unix.EPERM} {
+		t.Run(errno.Error(), func(t *testing.T) {
+			newRing = func(uint32) (*uring.Ring, error) { return nil, fmt.Errorf("io_uring_setup: %w", errno) }
+			defer func() { newRing = uring.New }()
+			path := filepath.Join(t.TempDir(), "lun")
+			_, err := NewUring(path, UringOptions{FileOptions: FileOptions{Create: true, Size: 1 << 20}})
+			if !errors.Is(err, ErrNoUring) || !errors.Is(err, errno) {
+				t.Fatalf("err %v, want ErrNoUring wrapping %v", err, errno)
+			}
+			// The caller's fallback works on the same path.
+			f, err := NewFile(path, FileOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+		})
+	}
+	if _, err := NewUring(filepath.Join(t.TempDir(), "missing"), UringOptions{}); err == nil || errors.Is(err, ErrNoUring) {
+		t.Fatalf("missing file: err %v, want an open error that is not ErrNoUring", err)
+	}
+}
+
+// TestUringConcurrent hammers both submission routes from many goroutines,
+// each owning a disjoint range, including submits from Done callbacks and
+// enough at once to overflow the rings.
+func TestUringConcurrent(t *testing.T) {
+	pool := newTestPool(t, 4*DefaultRegionSize)
+	d := openUring(t, t.TempDir(), UringOptions{Pool: pool, Rings: 2, Entries: 8})
+	const goroutines, blocks = 6, 64
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var s submitter = d
+			if g%2 == 0 {
+				q := d.NewQueue()
+				defer q.Close()
+				s = q
+			}
+			base := int64(g) * blocks * 4096
+			// Write every block at once, chaining a read-back from each Done.
+			var inner sync.WaitGroup
+			bufs := make([]*Buf, blocks)
+			for i := range blocks {
+				bufs[i], _ = pool.Get(4096)
+				copy(bufs[i].Bytes(), pattern(4096, byte(g*blocks+i)))
+				inner.Add(1)
+				s.Submit(&Request{Op: OpWrite, Offset: base + int64(i)*4096, Buf: bufs[i].Bytes(), Done: func(r *Request) {
+					if r.Err != nil {
+						t.Error(r.Err)
+					}
+					clear(r.Buf)
+					r.Op, r.Done = OpRead, func(r *Request) {
+						if r.Err != nil || !bytes.Equal(r.Buf, pattern(4096, byte(g*blocks+i))) {
+							t.Errorf("goroutine %d block %d: bad read back (%v)", g, i, r.Err)
+						}
+						inner.Done()
+					}
+					d.Submit(r)
+				}})
+			}
+			inner.Wait()
+			for _, b := range bufs {
+				pool.Put(b)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// TestUringSpill overflows one queue's ring from a single goroutine.
+func TestUringSpill(t *testing.T) {
+	d := openUring(t, t.TempDir(), UringOptions{Rings: 1})
+	q := d.NewQueue()
+	defer q.Close()
+	const n = 5000
+	var wg sync.WaitGroup
+	wg.Add(n)
+	buf := make([]byte, 512)
+	for range n {
+		q.Submit(&Request{Op: OpRead, Offset: int64(rand.N(testSize/512)) * 512, Buf: buf, Done: func(r *Request) {
+			if r.Err != nil {
+				t.Error(r.Err)
+			}
+			wg.Done()
+		}})
+	}
+	wg.Wait()
+}
+
+// loop keeps len(bufs) requests in flight against s without allocating:
+// each completion resubmits its request until total have been issued.
+type loop struct {
+	s                       submitter
+	reqs                    []Request
+	done                    chan struct{}
+	mu                      sync.Mutex
+	total, issued, finished int
+	seq                     bool
+	next, limit, stride     int64
+}
+
+func newLoop(s submitter, bufs [][]byte, op Op, seq bool, limit int64) *loop {
+	l := &loop{s: s, reqs: make([]Request, len(bufs)), done: make(chan struct{}, 1), seq: seq, limit: limit, stride: int64(len(bufs[0]))}
+	for i := range l.reqs {
+		l.reqs[i] = Request{Op: op, Buf: bufs[i], Done: l.complete}
+	}
+	return l
+}
+
+// offset picks the next position; l.mu is held.
+func (l *loop) offset() int64 {
+	if l.seq {
+		off := l.next
+		l.next = (l.next + l.stride) % l.limit
+		return off
+	}
+	return rand.Int64N(l.limit/l.stride) * l.stride
+}
+
+func (l *loop) complete(r *Request) {
+	l.mu.Lock()
+	if r.Err != nil {
+		panic(r.Err) // a harness failure, not device input
+	}
+	l.finished++
+	switch {
+	case l.finished == l.total:
+		l.mu.Unlock()
+		l.done <- struct{}{}
+	case l.issued < l.total:
+		l.issued++
+		r.Offset = l.offset()
+		l.mu.Unlock()
+		l.s.Submit(r)
+	default:
+		l.mu.Unlock()
+	}
+}
+
+// run completes n requests and returns when the last one has.
+func (l *loop) run(n int) {
+	l.mu.Lock()
+	l.total, l.finished = n, 0
+	l.issued = min(n, len(l.reqs))
+	for i := range l.issued {
+		l.reqs[i].Offset = l.offset()
+	}
+	start := l.issued
+	l.mu.Unlock()
+	for i := range start {
+		l.s.Submit(&l.reqs[i])
+	}
+	<-l.done
+}
+
+// poolBufs takes qd buffers from p until the end of the test.
+func poolBufs(t testing.TB, p *Pool, qd, size int) [][]byte {
+	bufs := make([][]byte, qd)
+	for i := range bufs {
+		b, err := p.Get(size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Put(b) })
+		bufs[i] = b.Bytes()
+	}
+	return bufs
+}
+
+func TestUringNoAllocs(t *testing.T) {
+	pool := newTestPool(t, 4*DefaultRegionSize)
+	d := openUring(t, t.TempDir(), UringOptions{Pool: pool})
+	q := d.NewQueue()
+	defer q.Close()
+	for _, c := range []struct {
+		name string
+		s    submitter
+		op   Op
+	}{
+		{"queue read", q, OpRead},
+		{"queue write", q, OpWrite},
+		{"device read", d, OpRead},
+		{"device write", d, OpWrite},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l := newLoop(c.s, poolBufs(t, pool, 8, 4096), c.op, false, testSize)
+			l.run(100) // warm up
+			if a := testing.AllocsPerRun(50, func() { l.run(64) }); a != 0 {
+				t.Fatalf("%.1f allocations per 64 requests", a)
+			}
+		})
+	}
+}
