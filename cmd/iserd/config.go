@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/iserd/iserd/iscsi"
+)
+
+// Config is the daemon's YAML configuration.
+type Config struct {
+	// DataDir holds relative LUN paths and state files.
+	DataDir string         `yaml:"data_dir"`
+	Portals []PortalConfig `yaml:"portals"`
+	Targets []TargetConfig `yaml:"targets"`
+	Log     LogConfig      `yaml:"log"`
+}
+
+// PortalConfig is one listening address.
+type PortalConfig struct {
+	Address string `yaml:"address"` // host:port
+}
+
+// TargetConfig is one iSCSI target.
+type TargetConfig struct {
+	Name  string      `yaml:"name"`
+	Alias string      `yaml:"alias"`
+	LUNs  []LUNConfig `yaml:"luns"`
+}
+
+// LUNConfig is one logical unit.
+type LUNConfig struct {
+	LUN       uint64 `yaml:"lun"`
+	Backend   string `yaml:"backend"` // file (default) or memory
+	Path      string `yaml:"path"`
+	Size      Size   `yaml:"size"`
+	BlockSize uint32 `yaml:"block_size"`
+	Thin      *bool  `yaml:"thin"`
+	ReadOnly  bool   `yaml:"read_only"`
+	Serial    string `yaml:"serial"`
+}
+
+// LogConfig selects log verbosity and format.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // console or json
+}
+
+// Size is a byte count written as a number with an optional unit
+// (K, M, G, T with or without "iB").
+type Size int64
+
+// UnmarshalYAML reads sizes such as 1GiB, 512M or 1048576.
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*s = Size(v)
+	return nil
+}
+
+// ParseSize parses a byte count with an optional binary unit suffix.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		m      int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}} {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.m
+			break
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v < 0 || v > (1<<62)/mult {
+		return 0, fmt.Errorf("size %q is not a byte count such as 1GiB, 512MiB or 4096", s)
+	}
+	return v * mult, nil
+}
+
+// DefaultConfig is the embedded zero-config target: one thin 1 GiB LUN on
+// 127.0.0.1:3260.
+func DefaultConfig() *Config {
+	thin := true
+	return &Config{
+		DataDir: "data",
+		Portals: []PortalConfig{{Address: "127.0.0.1:3260"}},
+		Targets: []TargetConfig{{
+			Name: "iqn.2026-11.org.iserd:disk0",
+			LUNs: []LUNConfig{{LUN: 0, Path: "lun0.img", Size: 1 << 30, BlockSize: 512, Thin: &thin}},
+		}},
+		Log: LogConfig{Level: "info", Format: "console"},
+	}
+}
+
+// LoadConfig reads and checks a YAML file. Unknown fields are errors.
+func LoadConfig(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) { // an empty file is an empty config
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = filepath.Dir(path)
+	}
+	if err := cfg.Check(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Check validates the configuration and fills defaults.
+func (c *Config) Check() error {
+	if len(c.Portals) == 0 {
+		c.Portals = []PortalConfig{{Address: "127.0.0.1:3260"}}
+	}
+	for i, p := range c.Portals {
+		host, port, err := net.SplitHostPort(p.Address)
+		if err != nil {
+			return fmt.Errorf("portals[%d]: address %q is not host:port (e.g. 0.0.0.0:3260)", i, p.Address)
+		}
+		if host != "" && net.ParseIP(host) == nil {
+			return fmt.Errorf("portals[%d]: %q is not an IP address", i, host)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("portals[%d]: port %q is not 1-65535", i, port)
+		}
+	}
+	if len(c.Targets) == 0 {
+		return errors.New("no targets: add at least one under targets:")
+	}
+	names := map[string]bool{}
+	for i := range c.Targets {
+		t := &c.Targets[i]
+		if err := iscsi.ValidName(t.Name); err != nil {
+			return fmt.Errorf("targets[%d].name: %w", i, err)
+		}
+		if names[t.Name] {
+			return fmt.Errorf("targets[%d]: target %s is declared twice", i, t.Name)
+		}
+		names[t.Name] = true
+		luns := map[uint64]bool{}
+		for j := range t.LUNs {
+			l := &t.LUNs[j]
+			where := fmt.Sprintf("target %s lun %d", t.Name, l.LUN)
+			if luns[l.LUN] {
+				return fmt.Errorf("%s: LUN number used twice", where)
+			}
+			luns[l.LUN] = true
+			if l.LUN > 16383 {
+				return fmt.Errorf("%s: LUN numbers go from 0 to 16383", where)
+			}
+			if l.BlockSize == 0 {
+				l.BlockSize = 512
+			}
+			if l.BlockSize != 512 && l.BlockSize != 4096 {
+				return fmt.Errorf("%s: block_size %d is neither 512 nor 4096", where, l.BlockSize)
+			}
+			if l.Thin == nil {
+				thin := true
+				l.Thin = &thin
+			}
+			switch l.Backend {
+			case "", "file":
+				l.Backend = "file"
+				if l.Path == "" {
+					return fmt.Errorf("%s: path is required for a file backend", where)
+				}
+			case "memory":
+				if l.Size == 0 {
+					return fmt.Errorf("%s: a memory backend needs a size", where)
+				}
+			default:
+				return fmt.Errorf("%s: backend %q is neither file nor memory", where, l.Backend)
+			}
+			if l.Size != 0 && int64(l.Size)%int64(l.BlockSize) != 0 {
+				return fmt.Errorf("%s: size %d is not a multiple of the block size %d", where, l.Size, l.BlockSize)
+			}
+		}
+	}
+	return nil
+}

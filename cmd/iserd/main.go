@@ -1,0 +1,212 @@
+// Command iserd is a userspace iSCSI target. Without a configuration file it
+// serves one thin 1 GiB LUN on 127.0.0.1:3260 from ./data.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/iserd/iserd/bdev"
+	"github.com/iserd/iserd/iscsi"
+	"github.com/iserd/iserd/scsi"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "iserd:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	configPath := flag.String("config", "", "YAML configuration file (default: the embedded single-LUN target)")
+	dataDir := flag.String("data", "", "data directory for relative LUN paths (overrides data_dir)")
+	listen := flag.String("listen", "", "portal address host:port (overrides the configured portals)")
+	logLevel := flag.String("log-level", "", "debug, info, warn or error (overrides log.level)")
+	flag.Parse()
+
+	cfg := DefaultConfig()
+	if *configPath != "" {
+		var err error
+		if cfg, err = LoadConfig(*configPath); err != nil {
+			return err
+		}
+	}
+	if *dataDir != "" {
+		cfg.DataDir = *dataDir
+	}
+	if *listen != "" {
+		cfg.Portals = []PortalConfig{{Address: *listen}}
+	}
+	if *logLevel != "" {
+		cfg.Log.Level = *logLevel
+	}
+	if err := cfg.Check(); err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+
+	d, err := build(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer d.closeDisks()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, len(cfg.Portals))
+	for _, p := range cfg.Portals {
+		l, err := net.Listen("tcp", p.Address)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w (is another target running on that port?)", p.Address, err)
+		}
+		d.srv.AddPortal(iscsi.Portal{Addr: l.Addr().String()})
+		log.Info("listening", zap.String("portal", l.Addr().String()), zap.String("transport", "tcp"))
+		go func() { errc <- d.srv.Serve(ctx, l) }()
+	}
+	for _, t := range cfg.Targets {
+		log.Info("target ready", zap.String("target", t.Name), zap.Int("luns", len(t.LUNs)))
+	}
+	if *configPath == "" {
+		fmt.Fprintf(os.Stderr, "\niserd is serving %s on %s (data in %s).\nLog in with:\n"+
+			"  iscsiadm -m discovery -t sendtargets -p %s\n  iscsiadm -m node -T %s -p %s --login\n"+
+			"or test with libiscsi:\n  iscsi-inq iscsi://%s/%s/0\n\n",
+			cfg.Targets[0].Name, cfg.Portals[0].Address, cfg.DataDir, cfg.Portals[0].Address,
+			cfg.Targets[0].Name, cfg.Portals[0].Address, cfg.Portals[0].Address, cfg.Targets[0].Name)
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if err != nil {
+			log.Error("portal failed", zap.Error(err))
+		}
+	}
+	log.Info("shutting down: finishing in-flight commands")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown", zap.Error(err))
+	}
+	return nil
+}
+
+// daemon is what build wires together from the configuration.
+type daemon struct {
+	srv   *iscsi.Server
+	disks []*scsi.Disk
+	log   *zap.Logger
+}
+
+// build opens every LUN's backing store and registers the targets.
+func build(cfg *Config, log *zap.Logger) (*daemon, error) {
+	d := &daemon{srv: iscsi.NewServer(log, iscsi.DefaultOptions()), log: log}
+	for _, tc := range cfg.Targets {
+		st := scsi.NewTarget(tc.Name)
+		for _, lc := range tc.LUNs {
+			disk, err := openLUN(cfg.DataDir, tc.Name, lc)
+			if err != nil {
+				d.closeDisks()
+				return nil, fmt.Errorf("target %s lun %d: %w", tc.Name, lc.LUN, err)
+			}
+			d.disks = append(d.disks, disk)
+			if err := st.AddLUN(lc.LUN, disk); err != nil {
+				d.closeDisks()
+				return nil, fmt.Errorf("target %s lun %d: %w", tc.Name, lc.LUN, err)
+			}
+		}
+		if err := d.srv.AddTarget(&iscsi.Target{Name: tc.Name, Alias: tc.Alias, SCSI: st}); err != nil {
+			d.closeDisks()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// openLUN opens the backing store of one LUN and wraps it in a SCSI disk.
+func openLUN(dataDir, target string, lc LUNConfig) (*scsi.Disk, error) {
+	var dev bdev.Device
+	switch lc.Backend {
+	case "memory":
+		dev = bdev.NewMemory(int64(lc.Size))
+	default:
+		path := lc.Path
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(dataDir, path)
+			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+				return nil, fmt.Errorf("create data directory: %w", err)
+			}
+		}
+		f, err := bdev.NewFile(path, bdev.FileOptions{Size: int64(lc.Size), ReadOnly: lc.ReadOnly, Create: lc.Size > 0})
+		if err != nil {
+			return nil, err
+		}
+		if f.Size() == 0 {
+			f.Close()
+			return nil, fmt.Errorf("backing store %s is empty: give the LUN a size", path)
+		}
+		dev = f
+	}
+	disk, err := scsi.NewDisk(dev, scsi.DiskConfig{BlockSize: lc.BlockSize, ReadOnly: lc.ReadOnly,
+		Thin: *lc.Thin, Serial: lc.Serial, NAA: naaFor(target, lc.LUN)})
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
+	return disk, nil
+}
+
+// naaFor derives a stable identifier from the target name and LUN, so a
+// LUN keeps its WWN across restarts.
+func naaFor(target string, lun uint64) uint64 {
+	h := uint64(14695981039346656037)
+	for _, b := range []byte(target) {
+		h = (h ^ uint64(b)) * 1099511628211
+	}
+	return h ^ lun*0x9e3779b97f4a7c15
+}
+
+func (d *daemon) closeDisks() {
+	for _, disk := range d.disks {
+		if err := disk.Close(); err != nil {
+			d.log.Error("closing LUN", zap.Error(err))
+		}
+	}
+	d.disks = nil
+}
+
+func newLogger(c LogConfig) (*zap.Logger, error) {
+	lvl := zapcore.InfoLevel
+	if c.Level != "" {
+		if err := lvl.UnmarshalText([]byte(c.Level)); err != nil {
+			return nil, fmt.Errorf("log.level %q is not debug, info, warn or error", c.Level)
+		}
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.Sampling = nil
+	zc.DisableStacktrace = true
+	switch c.Format {
+	case "", "console":
+		zc.Encoding = "console"
+		zc.EncoderConfig = zap.NewDevelopmentEncoderConfig()
+	case "json":
+	default:
+		return nil, errors.New("log.format must be console or json")
+	}
+	return zc.Build()
+}

@@ -1,0 +1,242 @@
+package iscsi
+
+import (
+	"encoding/binary"
+
+	"go.uber.org/zap"
+
+	"github.com/iserd/iserd/scsi"
+)
+
+// maxTransfer bounds one command's data; larger commands get CHECK CONDITION.
+const maxTransfer = 64 << 20
+
+// SCSI Command flag bits (byte 1).
+const (
+	cmdFinal = 0x80
+	cmdRead  = 0x40
+	cmdWrite = 0x20
+)
+
+// noLUN stands for a LUN field the target cannot decode: no LU has it.
+const noLUN = ^uint64(0)
+
+// handleCommand starts a SCSI command: it collects immediate data, asks for
+// the rest with R2Ts, and executes the command once all data is in.
+func (c *conn) handleCommand(h *header, pl *payload) error {
+	s := c.sess
+	flags := h.Flags()
+	dsl := uint32(h.DataLen())
+	edtl := h.U32(offTTT)
+	p := &s.params
+	protoErr := func(why string) error {
+		c.log.Warn("SCSI Command rejected: "+why, zap.Uint32("itt", h.ITT()))
+		if !h.Immediate() {
+			s.maxCmdSN.Add(1)
+		}
+		return c.rejectPDU(h, pl, rejectProtocol)
+	}
+	switch {
+	case s.discovery:
+		return protoErr("SCSI commands are not allowed in a discovery session")
+	case dsl > 0 && flags&cmdWrite == 0:
+		return protoErr("data segment without the W bit")
+	case dsl > edtl:
+		return protoErr("immediate data longer than the expected transfer length")
+	case dsl > 0 && !p.ImmediateData:
+		return protoErr("immediate data sent but ImmediateData=No")
+	case dsl > p.FirstBurstLength:
+		return protoErr("immediate data longer than FirstBurstLength")
+	case flags&cmdFinal == 0 && (p.InitialR2T || flags&cmdWrite == 0):
+		return protoErr("F bit clear but no unsolicited data may follow")
+	}
+	s.mu.Lock()
+	_, busy := s.tasks[h.ITT()]
+	s.mu.Unlock()
+	if busy {
+		return protoErr("initiator task tag already in use")
+	}
+
+	t := getTask(c)
+	t.itt = h.ITT()
+	t.lunField = h.LUN()
+	t.cmdSN = h.U32(offCmdSN)
+	t.immed = h.Immediate()
+	t.read = flags&cmdRead != 0
+	t.write = flags&cmdWrite != 0
+	t.edtl = edtl
+	n := copy(t.cdb[:], h.BHS[32:48])
+	n += extendedCDB(h.AHS, t.cdb[16:])
+	lun, ok := DecodeLUN(t.lunField)
+	if !ok {
+		lun = noLUN
+	}
+	t.cmd.Nexus = s.nexus
+	t.cmd.LUN = lun
+	t.cmd.CDB = t.cdb[:n]
+	t.cmd.Attr = scsi.TaskAttr(flags & 0x07)
+	t.cmd.Tag = uint64(t.itt)
+	s.mu.Lock()
+	if s.tasks == nil {
+		s.tasks = make(map[uint32]*task)
+	}
+	s.tasks[t.itt] = t
+	s.mu.Unlock()
+
+	if edtl > maxTransfer {
+		c.log.Warn("command transfer length beyond the target's limit", zap.Uint32("edtl", edtl))
+		if err := pl.discard(); err != nil {
+			return err
+		}
+		c.checkCondition(t, 0x05, 0x24, 0x00) // INVALID FIELD IN CDB
+		return nil
+	}
+	if t.read || t.write {
+		t.buf = getBuf(int(edtl))
+	}
+	if !t.write {
+		if err := pl.discard(); err != nil {
+			return err
+		}
+		c.execute(t)
+		return nil
+	}
+	ok, err := pl.read(t.buf[:dsl])
+	if err != nil {
+		return err
+	}
+	if !ok {
+		c.log.Warn("data digest error in immediate data", zap.Uint32("itt", t.itt))
+		c.reject(&h.BHS, rejectDataDigest)
+		t.corrupt = true
+	}
+	t.received = dsl
+	t.unsolEnd = dsl
+	if flags&cmdFinal == 0 {
+		t.unsolEnd = min(p.FirstBurstLength, edtl)
+	}
+	t.nextOffset = t.unsolEnd
+	c.progress(t)
+	return nil
+}
+
+// extendedCDB copies the bytes of an Extended CDB AHS (type 1) into dst.
+func extendedCDB(ahs []byte, dst []byte) int {
+	for len(ahs) >= 4 {
+		l := int(binary.BigEndian.Uint16(ahs))
+		typ := ahs[2]
+		total := (l + 3 + 3) &^ 3
+		if total > len(ahs) {
+			return 0
+		}
+		if typ == 1 && l > 1 {
+			return copy(dst, ahs[4:3+l])
+		}
+		ahs = ahs[total:]
+	}
+	return 0
+}
+
+// progress executes a write once its data is complete, or asks for more.
+func (c *conn) progress(t *task) {
+	if t.received >= t.edtl {
+		c.execute(t)
+		return
+	}
+	p := &c.sess.params
+	for len(t.r2ts) < int(p.MaxOutstandingR2T) && t.nextOffset < t.edtl {
+		r := r2tRange{sn: t.r2tSN, offset: t.nextOffset, length: min(p.MaxBurstLength, t.edtl-t.nextOffset)}
+		r.ttt = c.nextTTT()
+		t.r2tSN++
+		t.nextOffset += r.length
+		t.r2ts = append(t.r2ts, r)
+		c.enqueue(outItem{kind: outR2T, task: t, r2t: r})
+	}
+}
+
+// nextTTT returns a fresh target transfer tag (reader-owned counter).
+func (c *conn) nextTTT() uint32 {
+	c.tttSeq++
+	if c.tttSeq == NoTag {
+		c.tttSeq = 1
+	}
+	return c.tttSeq
+}
+
+// execute hands a task to the SCSI layer.
+func (c *conn) execute(t *task) {
+	t.executed = true
+	if t.corrupt {
+		c.checkCondition(t, 0x0b, 0x47, 0x05) // ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR
+		return
+	}
+	t.cmd.Reset()
+	t.cmd.DataOut, t.cmd.DataIn = nil, nil
+	if t.write {
+		t.cmd.DataOut = t.buf[:t.received]
+	} else if t.read {
+		t.cmd.DataIn = t.buf
+	}
+	c.sess.target.SCSI.Execute(&t.cmd)
+}
+
+// handleDataOut takes one Data-Out PDU of unsolicited or solicited data.
+func (c *conn) handleDataOut(h *header, pl *payload) error {
+	s := c.sess
+	s.mu.Lock()
+	t := s.tasks[h.ITT()]
+	s.mu.Unlock()
+	if t == nil || !t.write || t.executed {
+		c.log.Info("Data-Out for no task waiting for data: ignored", zap.Uint32("itt", h.ITT()))
+		return pl.discard()
+	}
+	n := uint32(h.DataLen())
+	off, sn, ttt := h.U32(offOffset), h.U32(offDataSN), h.U32(offTTT)
+	var r *r2tRange
+	ri := -1
+	var expOff, end uint32
+	var expSN *uint32
+	if ttt == NoTag {
+		expOff, end, expSN = t.received, t.unsolEnd, &t.unsolDataSN
+		if len(t.r2ts) > 0 || t.r2tSN > 0 {
+			expOff = min(t.received, t.unsolEnd) // solicited data may have come first
+		}
+	} else {
+		for i := range t.r2ts {
+			if t.r2ts[i].ttt == ttt {
+				r, ri = &t.r2ts[i], i
+			}
+		}
+		if r == nil {
+			c.log.Warn("Data-Out with an unknown target transfer tag: rejected",
+				zap.Uint32("itt", t.itt), zap.Uint32("ttt", ttt))
+			return c.rejectPDU(h, pl, rejectInvalidField)
+		}
+		expOff, end, expSN = r.offset+r.received, r.offset+r.length, &r.dataSN
+	}
+	if sn != *expSN || off != expOff || off+n > end || n == 0 && !h.Final() {
+		c.log.Warn("Data-Out out of sequence: rejected", zap.Uint32("itt", t.itt),
+			zap.Uint32("datasn", sn), zap.Uint32("expected_datasn", *expSN),
+			zap.Uint32("offset", off), zap.Uint32("expected_offset", expOff), zap.Uint32("length", n))
+		return c.rejectPDU(h, pl, rejectProtocol)
+	}
+	ok, err := pl.read(t.buf[off : off+n])
+	if err != nil {
+		return err
+	}
+	if !ok {
+		c.log.Warn("data digest error in Data-Out", zap.Uint32("itt", t.itt))
+		c.reject(&h.BHS, rejectDataDigest)
+		t.corrupt = true
+	}
+	*expSN++
+	t.received += n
+	if r != nil {
+		r.received += n
+		if r.received == r.length {
+			t.r2ts = append(t.r2ts[:ri], t.r2ts[ri+1:]...)
+		}
+	}
+	c.progress(t)
+	return nil
+}

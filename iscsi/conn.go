@@ -1,0 +1,134 @@
+package iscsi
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// conn is one iSCSI connection over a byte-stream transport (TCP). Its
+// reader goroutine runs login and then handles every request in order; its
+// writer goroutine owns StatSN and sends whatever is queued.
+type conn struct {
+	srv  *Server
+	nc   net.Conn
+	f    *framer
+	log  *zap.Logger
+	sess *Session
+	cid  uint16
+
+	// written by the reader during login only, then read-only
+	params Params
+
+	// writer queue
+	wmu      sync.Mutex
+	wq       []outItem
+	wspare   []outItem
+	wsig     chan struct{}
+	wstopped bool   // the writer has exited: nothing more is sent
+	statSN   uint32 // writer-owned after login
+	expStat  atomic.Uint32
+
+	lastRecv   atomic.Int64 // unix nanoseconds of the last PDU received
+	nopPending atomic.Uint32
+	nopTTT     atomic.Uint32
+
+	closeOnce sync.Once
+	closing   chan struct{} // closed when the connection must end
+	draining  atomic.Bool   // shutdown: finish in-flight commands, take no new ones
+	done      chan struct{} // closed when serve has returned
+	textCont  *textContinuation
+	tttSeq    uint32 // reader-owned target transfer tag counter
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	c := &conn{srv: s, nc: nc, f: newFramer(nc), wsig: make(chan struct{}, 1),
+		closing: make(chan struct{}), done: make(chan struct{}), params: DefaultParams()}
+	c.log = s.log.With(zap.String("remote", nc.RemoteAddr().String()))
+	return c
+}
+
+// close ends the connection at once: reader and writer stop.
+func (c *conn) close() {
+	c.closeOnce.Do(func() {
+		close(c.closing)
+		c.nc.Close()
+	})
+}
+
+// shutdown asks the connection to end gracefully: in-flight commands
+// complete and are answered, then the connection closes.
+func (c *conn) shutdown() {
+	c.draining.Store(true)
+	c.nc.SetReadDeadline(time.Now()) // wake the reader
+}
+
+func (c *conn) serve() {
+	defer close(c.done)
+	defer c.close()
+	c.nc.SetDeadline(time.Now().Add(c.srv.opts.LoginTimeout))
+	if err := c.login(); err != nil {
+		c.logEnd("login ended", err)
+		return
+	}
+	c.nc.SetDeadline(time.Time{})
+	c.lastRecv.Store(time.Now().UnixNano())
+	writerDone := make(chan struct{})
+	go func() { c.writer(); close(writerDone) }()
+	go c.pinger()
+	err := c.readLoop()
+	c.teardown()
+	c.logEnd("connection closed", err)
+	c.close()
+	<-writerDone
+}
+
+func (c *conn) logEnd(msg string, err error) {
+	switch {
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		c.log.Info(msg)
+	default:
+		c.log.Warn(msg, zap.Error(err))
+	}
+}
+
+// pinger sends a NOP-In when the initiator has been silent for NopInterval
+// and closes the connection when no answer comes within NopTimeout.
+func (c *conn) pinger() {
+	iv := c.srv.opts.NopInterval
+	if iv <= 0 {
+		return
+	}
+	t := time.NewTicker(iv / 2)
+	defer t.Stop()
+	var sentAt time.Time
+	for {
+		select {
+		case <-c.closing:
+			return
+		case now := <-t.C:
+			last := time.Unix(0, c.lastRecv.Load())
+			if c.nopPending.Load() != 0 {
+				if last.After(sentAt) {
+					continue // traffic is flowing; the answer may still come
+				}
+				if now.Sub(sentAt) > c.srv.opts.NopTimeout {
+					c.log.Warn("initiator did not answer NOP-In ping: closing connection",
+						zap.Duration("waited", now.Sub(sentAt)))
+					c.close()
+					return
+				}
+				continue
+			}
+			if now.Sub(last) >= iv {
+				sentAt = now
+				c.sendPing()
+			}
+		}
+	}
+}

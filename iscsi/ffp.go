@@ -1,0 +1,257 @@
+package iscsi
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/iserd/iserd/scsi"
+)
+
+// Reject reasons (RFC 7143 11.17.1).
+const (
+	rejectDataDigest    = 0x02
+	rejectSNACK         = 0x03
+	rejectProtocol      = 0x04
+	rejectNotSupported  = 0x05
+	rejectImmediate     = 0x06
+	rejectTaskInProg    = 0x07
+	rejectInvalidField  = 0x09
+	rejectOutOfResource = 0x0a
+	rejectWaitLogout    = 0x0c
+)
+
+// payload is the data segment of a request: still on the wire, or read
+// ahead (for a command held back by CmdSN ordering).
+type payload struct {
+	c   *conn
+	n   int
+	pre []byte // read-ahead data, or nil when it is on the wire
+}
+
+// read fills dst (len n) with the data; ok is false on a data digest error.
+func (p *payload) read(dst []byte) (ok bool, err error) {
+	if p.pre != nil {
+		copy(dst, p.pre)
+		return true, nil
+	}
+	return p.c.f.readData(dst, p.n)
+}
+
+// bytes returns the data in a new buffer.
+func (p *payload) bytes() ([]byte, bool, error) {
+	if p.pre != nil || p.n == 0 {
+		return p.pre, true, nil
+	}
+	b := make([]byte, p.n)
+	ok, err := p.read(b)
+	return b, ok, err
+}
+
+// discard consumes data nobody wants.
+func (p *payload) discard() error {
+	if p.pre != nil {
+		return nil
+	}
+	_, err := p.c.f.readData(nil, p.n)
+	return err
+}
+
+// readLoop handles requests in full feature phase until the connection ends.
+func (c *conn) readLoop() error {
+	var h header
+	for {
+		if err := c.f.readHeader(&h); err != nil {
+			if c.draining.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+				return c.drain()
+			}
+			if errors.Is(err, errHeaderDigest) {
+				c.log.Warn("header digest error: closing connection (ErrorRecoveryLevel 0)")
+			}
+			return err
+		}
+		c.lastRecv.Store(time.Now().UnixNano())
+		if err := c.dispatch(&h); err != nil {
+			return err
+		}
+		select {
+		case <-c.closing:
+			return nil
+		default:
+		}
+	}
+}
+
+// drain waits for in-flight commands during shutdown, then says goodbye.
+func (c *conn) drain() error {
+	c.waitTasks(func(*task) bool { return true }, false)
+	c.enqueue(outItem{kind: outClose})
+	<-c.closing
+	return nil
+}
+
+// dispatch handles one request whose header has been read.
+func (c *conn) dispatch(h *header) error {
+	op := h.Opcode()
+	pl := payload{c: c, n: h.DataLen()}
+	switch op {
+	case OpDataOut:
+		return c.handleDataOut(h, &pl)
+	case OpSCSICmd, OpTaskMgmt, OpTextReq, OpLogoutReq, OpNOPOut:
+	case OpSNACK:
+		c.log.Warn("SNACK received but ErrorRecoveryLevel is 0: rejected")
+		return c.rejectPDU(h, &pl, rejectNotSupported)
+	case OpLoginReq:
+		c.log.Warn("Login Request in full feature phase: rejected")
+		return c.rejectPDU(h, &pl, rejectProtocol)
+	default:
+		c.log.Warn("unknown opcode: rejected", zap.Stringer("opcode", op))
+		return c.rejectPDU(h, &pl, rejectNotSupported)
+	}
+	s := c.sess
+	c.expStat.Store(h.U32(offExpStatSN))
+	if h.Immediate() || (op == OpNOPOut && h.ITT() == NoTag) {
+		return c.handleRequest(h, &pl)
+	}
+	sn, exp := h.U32(offCmdSN), s.expCmdSN.Load()
+	if sn != exp {
+		if snLess(exp, sn) && !snLess(s.maxCmdSN.Load(), sn) {
+			data, _, err := pl.bytes()
+			if err != nil {
+				return err
+			}
+			hp := &heldPDU{hdr: *h, ahs: append([]byte(nil), h.AHS...), data: data}
+			s.mu.Lock()
+			if s.held == nil {
+				s.held = make(map[uint32]*heldPDU)
+			}
+			s.held[sn] = hp
+			s.mu.Unlock()
+			return nil
+		}
+		c.log.Info("command outside the CmdSN window ignored", zap.Uint32("cmdsn", sn),
+			zap.Uint32("expcmdsn", exp), zap.Uint32("maxcmdsn", s.maxCmdSN.Load()), zap.Stringer("opcode", op))
+		return pl.discard()
+	}
+	s.expCmdSN.Store(exp + 1)
+	if err := c.handleRequest(h, &pl); err != nil {
+		return err
+	}
+	for {
+		exp := s.expCmdSN.Load()
+		s.mu.Lock()
+		hp := s.held[exp]
+		delete(s.held, exp)
+		s.mu.Unlock()
+		if hp == nil {
+			return nil
+		}
+		s.expCmdSN.Store(exp + 1)
+		hp.hdr.AHS = hp.ahs
+		if err := c.handleRequest(&hp.hdr, &payload{c: c, n: len(hp.data), pre: hp.data}); err != nil {
+			return err
+		}
+	}
+}
+
+// snLess compares sequence numbers in serial number arithmetic (RFC 1982).
+func snLess(a, b uint32) bool { return a != b && int32(b-a) > 0 }
+
+// handleRequest handles a request in CmdSN order. A non-immediate request
+// that completes here opens the CmdSN window by one.
+func (c *conn) handleRequest(h *header, pl *payload) error {
+	op := h.Opcode()
+	if op == OpSCSICmd {
+		return c.handleCommand(h, pl) // the window opens when the task ends
+	}
+	if !h.Immediate() && !(op == OpNOPOut && h.ITT() == NoTag) {
+		defer c.sess.maxCmdSN.Add(1)
+	}
+	switch op {
+	case OpNOPOut:
+		return c.handleNOPOut(h, pl)
+	case OpTaskMgmt:
+		return c.handleTMF(h, pl)
+	case OpTextReq:
+		return c.handleText(h, pl)
+	case OpLogoutReq:
+		return c.handleLogout(h, pl)
+	}
+	return fmt.Errorf("internal: unexpected %v in handleRequest", op)
+}
+
+// rejectPDU discards a request's data and answers it with a Reject.
+func (c *conn) rejectPDU(h *header, pl *payload, reason byte) error {
+	if err := pl.discard(); err != nil {
+		return err
+	}
+	c.reject(&h.BHS, reason)
+	return nil
+}
+
+// reject sends a Reject PDU carrying the offending header.
+func (c *conn) reject(bad *BHS, reason byte) {
+	var b BHS
+	b[0] = byte(OpReject)
+	b[1] = 0x80
+	b[2] = reason
+	b.SetU32(offITT, NoTag)
+	data := make([]byte, BHSLen)
+	copy(data, bad[:])
+	c.send(&b, data, true)
+}
+
+// handleNOPOut answers pings and takes answers to ours.
+func (c *conn) handleNOPOut(h *header, pl *payload) error {
+	data, ok, err := pl.bytes()
+	if err != nil {
+		return err
+	}
+	if !ok {
+		c.reject(&h.BHS, rejectDataDigest)
+		return nil
+	}
+	if h.ITT() == NoTag { // an answer to our NOP-In, or a one-way ping
+		if ttt := h.U32(offTTT); ttt != NoTag && ttt == c.nopTTT.Load() {
+			c.nopPending.Store(0)
+		}
+		return nil
+	}
+	var b BHS
+	b[0] = byte(OpNOPIn)
+	b[1] = 0x80
+	b.SetLUN(h.LUN())
+	b.SetU32(offITT, h.ITT())
+	b.SetU32(offTTT, NoTag)
+	c.send(&b, data[:min(len(data), int(c.params.MaxXmitDataSegmentLength))], true)
+	return nil
+}
+
+// sendPing sends a NOP-In that asks the initiator for a NOP-Out.
+func (c *conn) sendPing() {
+	ttt := c.nopTTT.Add(1)
+	if ttt == NoTag {
+		ttt = c.nopTTT.Add(1)
+	}
+	c.nopPending.Store(1)
+	var b BHS
+	b[0] = byte(OpNOPIn)
+	b[1] = 0x80
+	b.SetU32(offITT, NoTag)
+	b.SetU32(offTTT, ttt)
+	c.send(&b, nil, false)
+}
+
+// checkCondition completes t at once with CHECK CONDITION and fixed sense.
+func (c *conn) checkCondition(t *task, key, asc, ascq byte) {
+	t.cmd.Reset()
+	t.cmd.Status = scsi.StatusCheckCondition
+	s := t.cmd.Sense[:18]
+	clear(s)
+	s[0], s[2], s[7], s[12], s[13] = 0x70, key, 10, asc, ascq
+	t.cmd.SenseLen = 18
+	scsiDone(&t.cmd)
+}

@@ -1,0 +1,320 @@
+package iscsi
+
+import (
+	"fmt"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/iserd/iserd/scsi"
+)
+
+// Login stages (CSG/NSG values).
+const (
+	stageSecurity    = 0
+	stageOperational = 1
+	stageFullFeature = 3
+)
+
+// loginState is the progress of one connection's login phase.
+type loginState struct {
+	first    bool
+	isid     [6]byte
+	itt      uint32
+	cmdSN    uint32
+	csg      int
+	neg      *negotiator
+	target   *Target
+	authDone bool // AuthMethod settled (None)
+	pending  []byte
+	sawTPGT  bool
+}
+
+// login runs the login phase. On success the connection has a session and
+// is in full feature phase.
+func (c *conn) login() error {
+	st := &loginState{first: true}
+	st.neg = newNegotiator(&c.params, c.srv.opts.Limits)
+	var h header
+	for {
+		if err := c.f.readHeader(&h); err != nil {
+			return fmt.Errorf("read login request: %w", err)
+		}
+		if h.Opcode() != OpLoginReq {
+			c.f.readData(nil, h.DataLen())
+			if st.first {
+				return fmt.Errorf("first PDU is a %v, not a Login Request", h.Opcode())
+			}
+			return c.loginFail(&h, loginErr(LoginInvalidDuringLogin, "%v during login", h.Opcode()))
+		}
+		data := make([]byte, h.DataLen())
+		ok, err := c.f.readData(data, len(data))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("data digest error during login") // digests are not active yet
+		}
+		done, lerr := c.loginStep(st, &h, data)
+		if lerr != nil {
+			return c.loginFail(&h, lerr)
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// loginFail answers with a failure status; the connection then closes.
+func (c *conn) loginFail(h *header, e *LoginError) error {
+	fields := []zap.Field{zap.String("status", fmt.Sprintf("%04x", uint16(e.Status))), zap.String("reason", e.Reason)}
+	if c.params.InitiatorName != "" {
+		fields = append(fields, zap.String("initiator", c.params.InitiatorName))
+	}
+	if c.params.TargetName != "" {
+		fields = append(fields, zap.String("target", c.params.TargetName))
+	}
+	c.log.Warn("login refused", fields...)
+	var b BHS
+	b[0] = byte(OpLoginResp)
+	copy(b[8:14], h.BHS[8:14]) // ISID
+	b.SetU32(offITT, h.ITT())
+	b.SetU32(offCmdSN, c.statSN)
+	b.SetU32(offExpStatSN, h.U32(offCmdSN))
+	b.SetU32(offMaxCmdSN, h.U32(offCmdSN))
+	b[36], b[37] = byte(e.Status>>8), byte(e.Status)
+	c.f.queue(&b, nil)
+	c.f.flush()
+	return e
+}
+
+// loginStep handles one Login Request. done is true when the connection
+// has entered full feature phase.
+func (c *conn) loginStep(st *loginState, h *header, data []byte) (done bool, _ *LoginError) {
+	flags := h.Flags()
+	transit, cont := flags&0x80 != 0, flags&0x40 != 0
+	csg, nsg := int(flags>>2&3), int(flags&3)
+	if st.first {
+		if vmin := h.BHS[3]; vmin > 0 {
+			return false, loginErr(LoginUnsupportedVersion, "initiator needs iSCSI version %d or later; the target speaks version 0", vmin)
+		}
+		copy(st.isid[:], h.BHS[8:14])
+		st.itt = h.ITT()
+		st.cmdSN = h.U32(offCmdSN)
+		c.cid = h.U16(20)
+		c.statSN = h.U32(offExpStatSN)
+		if h.U16(14) != 0 {
+			return false, loginErr(LoginTooManyConnections, "adding a connection to session %d: MaxConnections is 1", h.U16(14))
+		}
+		st.csg = csg
+	}
+	switch {
+	case transit && cont:
+		return false, loginErr(LoginInitiatorError, "T and C bits both set")
+	case csg == 2 || csg != st.csg:
+		return false, loginErr(LoginInitiatorError, "current stage %d where %d was expected", csg, st.csg)
+	case transit && (nsg == 2 || nsg <= csg):
+		return false, loginErr(LoginInitiatorError, "cannot move from stage %d to stage %d", csg, nsg)
+	case h.ITT() != st.itt && !st.first:
+		return false, loginErr(LoginInitiatorError, "initiator task tag changed during login")
+	}
+	if len(st.pending)+len(data) > maxTextLen {
+		return false, loginErr(LoginInitiatorError, "login text longer than %d bytes", maxTextLen)
+	}
+	st.pending = append(st.pending, data...)
+	if cont { // more text follows: acknowledge with an empty response
+		c.loginRespond(st, h, false, 0, nil, 0)
+		return false, nil
+	}
+	kvs, err := ParseText(st.pending)
+	st.pending = st.pending[:0]
+	if err != nil {
+		return false, loginErr(LoginInitiatorError, "malformed login text: %v", err)
+	}
+	var resp []KV
+	if st.first {
+		r, lerr := c.loginIdentify(st, kvs)
+		if lerr != nil {
+			return false, lerr
+		}
+		resp = append(resp, r...)
+		st.first = false
+	}
+	for _, kv := range kvs {
+		if kv.Key != "AuthMethod" {
+			continue
+		}
+		if csg != stageSecurity {
+			return false, loginErr(LoginInitiatorError, "AuthMethod outside the security stage")
+		}
+		if !hasValue(kv.Value, "None") {
+			return false, loginErr(LoginAuthFailure, "initiator requires authentication %q; the target has no credentials configured", kv.Value)
+		}
+		st.authDone = true
+		resp = append(resp, KV{"AuthMethod", "None"})
+	}
+	r, lerr := st.neg.negotiate(kvs)
+	if lerr != nil {
+		return false, lerr
+	}
+	resp = append(resp, r...)
+	if !transit {
+		c.loginRespond(st, h, false, 0, resp, 0)
+		return false, nil
+	}
+	if nsg == stageFullFeature || csg == stageOperational {
+		resp = append(resp, st.neg.finish()...)
+	}
+	if nsg != stageFullFeature {
+		st.csg = nsg
+		c.loginRespond(st, h, true, nsg, resp, 0)
+		return false, nil
+	}
+	tsih, lerr := c.startSession(st)
+	if lerr != nil {
+		return false, lerr
+	}
+	c.loginRespond(st, h, true, nsg, resp, tsih)
+	if err := c.f.flush(); err != nil {
+		return false, loginErr(LoginTargetError, "send final login response: %v", err)
+	}
+	c.f.hdrDigest, c.f.dataDigest = c.params.HeaderDigest, c.params.DataDigest
+	return true, nil
+}
+
+// loginIdentify checks the identity keys of the first Login Request.
+func (c *conn) loginIdentify(st *loginState, kvs []KV) ([]KV, *LoginError) {
+	p := &c.params
+	for _, kv := range kvs {
+		switch kv.Key {
+		case "InitiatorName":
+			p.InitiatorName = kv.Value
+		case "InitiatorAlias":
+			p.InitiatorAlias = kv.Value
+		case "TargetName":
+			p.TargetName = kv.Value
+		case "SessionType":
+			if kv.Value != "Normal" && kv.Value != "Discovery" {
+				return nil, loginErr(LoginSessionTypeUnsupp, "SessionType=%s is neither Normal nor Discovery", truncate(kv.Value))
+			}
+			p.SessionType = kv.Value
+		}
+	}
+	if p.InitiatorName == "" {
+		return nil, loginErr(LoginMissingParameter, "InitiatorName missing from the first Login Request")
+	}
+	if err := ValidName(p.InitiatorName); err != nil {
+		return nil, loginErr(LoginInitiatorError, "InitiatorName: %v", err)
+	}
+	c.log = c.log.With(zap.String("initiator", p.InitiatorName))
+	if p.SessionType == "Discovery" {
+		st.neg.discovery = true
+		return nil, nil
+	}
+	if p.TargetName == "" {
+		return nil, loginErr(LoginMissingParameter, "TargetName missing from a normal session's first Login Request")
+	}
+	st.target = c.srv.target(p.TargetName)
+	if st.target == nil {
+		return nil, loginErr(LoginNotFound, "no target named %s", truncate(p.TargetName))
+	}
+	c.log = c.log.With(zap.String("target", p.TargetName))
+	resp := []KV{{"TargetPortalGroupTag", fmt.Sprint(st.target.TPGT)}}
+	if st.target.Alias != "" {
+		resp = append(resp, KV{"TargetAlias", st.target.Alias})
+	}
+	return resp, nil
+}
+
+// startSession creates (or reinstates) the session at the end of login.
+func (c *conn) startSession(st *loginState) (uint16, *LoginError) {
+	if st.csg == stageSecurity && !st.authDone {
+		return 0, loginErr(LoginAuthFailure, "leaving the security stage without AuthMethod")
+	}
+	s := &Session{srv: c.srv, target: st.target, isid: st.isid, params: c.params,
+		discovery: c.params.SessionType == "Discovery", conn: c}
+	s.expCmdSN.Store(st.cmdSN)
+	s.maxCmdSN.Store(st.cmdSN + c.srv.opts.CmdWindow - 1)
+	if !s.discovery {
+		s.nexus = &scsi.Nexus{
+			ID:            c.srv.nexusID.Add(1),
+			InitiatorPort: fmt.Sprintf("%s,i,0x%x", c.params.InitiatorName, st.isid),
+			InitiatorName: c.params.InitiatorName,
+			TargetPort:    fmt.Sprintf("%s,t,0x%04x", st.target.Name, st.target.TPGT),
+			RelativePort:  st.target.TPGT,
+			PortGroup:     st.target.TPGT,
+		}
+	}
+	c.srv.register(s)
+	if s.nexus != nil {
+		st.target.SCSI.AddNexus(s.nexus)
+	}
+	c.sess = s
+	c.log = c.log.With(zap.Uint16("tsih", s.tsih), zap.String("isid", s.ISID()))
+	c.log.Info("login complete", zap.String("session_type", c.params.SessionType),
+		zap.Bool("header_digest", c.params.HeaderDigest), zap.Bool("data_digest", c.params.DataDigest),
+		zap.Uint32("max_burst", c.params.MaxBurstLength), zap.Bool("immediate_data", c.params.ImmediateData),
+		zap.Bool("initial_r2t", c.params.InitialR2T))
+	return s.tsih, nil
+}
+
+// loginRespond queues a Login Response; it is written at the next flush.
+func (c *conn) loginRespond(st *loginState, h *header, transit bool, nsg int, kvs []KV, tsih uint16) {
+	var b BHS
+	b[0] = byte(OpLoginResp)
+	b[1] = byte(st.csg << 2)
+	if transit {
+		b[1] |= 0x80 | byte(nsg)
+	}
+	copy(b[8:14], st.isid[:])
+	b.SetU16(14, tsih)
+	b.SetU32(offITT, st.itt)
+	b.SetU32(offCmdSN, c.statSN)
+	c.statSN++
+	b.SetU32(offExpStatSN, st.cmdSN)
+	b.SetU32(offMaxCmdSN, st.cmdSN+c.srv.opts.CmdWindow-1)
+	c.f.queue(&b, EncodeText(kvs))
+	if !transit || nsg != stageFullFeature {
+		c.f.flush()
+	}
+}
+
+// hasValue reports whether a comma-separated list holds v.
+func hasValue(list, v string) bool {
+	for _, x := range strings.Split(list, ",") {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// ValidName checks an iSCSI name: iqn., eui. or naa. format (RFC 7143 4.2.7).
+func ValidName(n string) error {
+	if len(n) > 223 {
+		return fmt.Errorf("%q is longer than 223 bytes", truncate(n))
+	}
+	lower := strings.ToLower(n)
+	switch {
+	case strings.HasPrefix(lower, "iqn."):
+		if len(n) < 12 || n[8] != '-' {
+			return fmt.Errorf("%q is not of the form iqn.yyyy-mm.reversed.domain[:name]", truncate(n))
+		}
+	case strings.HasPrefix(lower, "eui."):
+		if len(n) != 20 {
+			return fmt.Errorf("%q is not eui. followed by 16 hex digits", truncate(n))
+		}
+	case strings.HasPrefix(lower, "naa."):
+		if len(n) != 20 && len(n) != 36 {
+			return fmt.Errorf("%q is not naa. followed by 16 or 32 hex digits", truncate(n))
+		}
+	default:
+		return fmt.Errorf("%q does not start with iqn., eui. or naa.", truncate(n))
+	}
+	for _, r := range n {
+		if r <= ' ' || r == 0x7f {
+			return fmt.Errorf("%q contains a control or space character", truncate(n))
+		}
+	}
+	return nil
+}

@@ -1,0 +1,199 @@
+package iscsi
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/iserd/iserd/scsi"
+)
+
+// Target is an iSCSI target node: a name, the SCSI target behind it and the
+// portal group it is reachable through.
+type Target struct {
+	Name  string
+	Alias string
+	SCSI  *scsi.Target
+	// TPGT is the target portal group tag (1 by default).
+	TPGT uint16
+}
+
+// Portal is an address the server listens on, reported by SendTargets.
+type Portal struct {
+	Addr string // host:port; an unspecified host is reported as the connection's local address
+}
+
+// Options tune a Server.
+type Options struct {
+	Limits TargetLimits
+	// CmdWindow is the CmdSN window (commands in flight) per session.
+	CmdWindow uint32
+	// NopInterval is how long a connection may stay silent before the target
+	// pings it with a NOP-In; NopTimeout is how long it waits for the answer.
+	NopInterval, NopTimeout time.Duration
+	// LoginTimeout bounds the whole login phase.
+	LoginTimeout time.Duration
+}
+
+// DefaultOptions are the server defaults.
+func DefaultOptions() Options {
+	return Options{Limits: DefaultLimits(), CmdWindow: 128, NopInterval: 15 * time.Second,
+		NopTimeout: 30 * time.Second, LoginTimeout: 30 * time.Second}
+}
+
+// Server holds targets and sessions. Transports hand it connections.
+type Server struct {
+	log  *zap.Logger
+	opts Options
+
+	mu       sync.Mutex
+	targets  map[string]*Target
+	portals  []Portal
+	sessions map[uint16]*Session // by TSIH
+	conns    map[*conn]struct{}
+	lastTSIH uint16
+	closed   bool
+	wg       sync.WaitGroup
+
+	nexusID atomic.Uint64
+}
+
+// NewServer returns a server with no targets.
+func NewServer(log *zap.Logger, opts Options) *Server {
+	if opts.CmdWindow == 0 {
+		opts.CmdWindow = 128
+	}
+	return &Server{log: log, opts: opts, targets: make(map[string]*Target),
+		sessions: make(map[uint16]*Session), conns: make(map[*conn]struct{})}
+}
+
+// AddTarget makes a target available to logins.
+func (s *Server) AddTarget(t *Target) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.targets[t.Name]; dup {
+		return fmt.Errorf("target %s already exists", t.Name)
+	}
+	if t.TPGT == 0 {
+		t.TPGT = 1
+	}
+	s.targets[t.Name] = t
+	return nil
+}
+
+// AddPortal records an address reported to discovery sessions.
+func (s *Server) AddPortal(p Portal) {
+	s.mu.Lock()
+	s.portals = append(s.portals, p)
+	s.mu.Unlock()
+}
+
+func (s *Server) target(name string) *Target {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.targets[name]
+}
+
+// Serve accepts connections from l until it is closed or ctx ends.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
+		}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+			tc.SetKeepAlive(true)
+			tc.SetKeepAlivePeriod(30 * time.Second)
+		}
+		if !s.ServeConn(nc) {
+			nc.Close()
+		}
+	}
+}
+
+// ServeConn runs one transport connection in its own goroutines. It returns
+// false when the server is shutting down and did not take the connection.
+func (s *Server) ServeConn(nc net.Conn) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	c := newConn(s, nc)
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		c.serve()
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+	return true
+}
+
+// Shutdown stops taking connections, asks every connection to finish its
+// in-flight commands and close, and waits until they have or ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.shutdown()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		for _, c := range conns {
+			c.close()
+		}
+		return fmt.Errorf("shutdown: %d connections still busy: %w", len(conns), ctx.Err())
+	}
+}
+
+// Sessions lists the current sessions.
+func (s *Server) Sessions() []*Session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Session, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		out = append(out, ss)
+	}
+	return out
+}
+
+// sessionsOf returns the sessions logged in to target t.
+func (s *Server) sessionsOf(t *Target) []*Session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*Session
+	for _, ss := range s.sessions {
+		if ss.target == t {
+			out = append(out, ss)
+		}
+	}
+	return out
+}

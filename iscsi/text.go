@@ -1,0 +1,91 @@
+package iscsi
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+)
+
+// KV is one key=value pair of a text or login data segment.
+type KV struct{ Key, Value string }
+
+// Limits on text keys (RFC 7143 6.1).
+const (
+	maxKeyLen   = 63
+	maxValueLen = 8192 // generous: lists and CHAP values can be long
+	// maxTextLen bounds a multi-PDU text sequence so a peer cannot make the
+	// target hold unbounded memory.
+	maxTextLen = 64 * 1024
+)
+
+// ParseText splits a data segment of NUL-terminated key=value pairs. It
+// rejects a key without '=', an empty or over-long or badly spelled key name,
+// and a key given twice.
+func ParseText(data []byte) ([]KV, error) {
+	var kvs []KV
+	seen := make(map[string]bool)
+	for len(data) > 0 {
+		end := bytes.IndexByte(data, 0)
+		if end < 0 {
+			end = len(data) // tolerate a missing final NUL
+		}
+		pair := data[:end]
+		data = data[min(end+1, len(data)):]
+		if len(pair) == 0 {
+			if len(bytes.Trim(data, "\x00")) == 0 {
+				break // trailing padding
+			}
+			return nil, fmt.Errorf("empty key=value pair")
+		}
+		eq := bytes.IndexByte(pair, '=')
+		if eq < 0 {
+			return nil, fmt.Errorf("text %q has no '='", truncate(string(pair)))
+		}
+		k, v := string(pair[:eq]), string(pair[eq+1:])
+		if err := checkKeyName(k); err != nil {
+			return nil, err
+		}
+		if len(v) > maxValueLen {
+			return nil, fmt.Errorf("value of %s is %d bytes, more than %d", k, len(v), maxValueLen)
+		}
+		if seen[k] {
+			return nil, fmt.Errorf("key %s given twice", k)
+		}
+		seen[k] = true
+		kvs = append(kvs, KV{k, v})
+	}
+	return kvs, nil
+}
+
+func checkKeyName(k string) error {
+	if k == "" || len(k) > maxKeyLen {
+		return fmt.Errorf("key name %q must be 1 to %d characters", truncate(k), maxKeyLen)
+	}
+	for _, c := range []byte(k) {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '.' || c == '-' || c == '+' || c == '@' || c == '_'
+		if !ok {
+			return fmt.Errorf("key name %q has a character not allowed in a key", truncate(k))
+		}
+	}
+	return nil
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}
+
+// EncodeText joins pairs into a data segment.
+func EncodeText(kvs []KV) []byte {
+	var b strings.Builder
+	for _, kv := range kvs {
+		b.WriteString(kv.Key)
+		b.WriteByte('=')
+		b.WriteString(kv.Value)
+		b.WriteByte(0)
+	}
+	return []byte(b.String())
+}

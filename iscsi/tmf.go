@@ -1,0 +1,218 @@
+package iscsi
+
+import (
+	"sync"
+
+	"go.uber.org/zap"
+)
+
+// Task management functions and responses (RFC 7143 11.5, 11.6).
+const (
+	tmfAbortTask       = 1
+	tmfAbortTaskSet    = 2
+	tmfClearACA        = 3
+	tmfClearTaskSet    = 4
+	tmfLUReset         = 5
+	tmfTargetWarmReset = 6
+	tmfTargetColdReset = 7
+	tmfTaskReassign    = 8
+
+	tmfComplete       = 0
+	tmfNoTask         = 1
+	tmfNoLUN          = 2
+	tmfNotSupported   = 5
+	tmfRejected       = 255
+	tmfReassignNotSup = 4
+)
+
+var tmfNames = map[byte]string{
+	tmfAbortTask: "ABORT TASK", tmfAbortTaskSet: "ABORT TASK SET", tmfClearACA: "CLEAR ACA",
+	tmfClearTaskSet: "CLEAR TASK SET", tmfLUReset: "LOGICAL UNIT RESET", tmfTargetWarmReset: "TARGET WARM RESET",
+	tmfTargetColdReset: "TARGET COLD RESET", tmfTaskReassign: "TASK REASSIGN",
+}
+
+// handleTMF runs a task management function. Aborted tasks finish before
+// the response is sent; the reader goes on meanwhile.
+func (c *conn) handleTMF(h *header, pl *payload) error {
+	if err := pl.discard(); err != nil {
+		return err
+	}
+	s := c.sess
+	fn := h.Flags() & 0x7f
+	lunField := h.LUN()
+	lun, lunOK := DecodeLUN(lunField)
+	log := c.log.With(zap.String("function", tmfNames[fn]), zap.Uint32("itt", h.ITT()))
+	respond := func(code byte) {
+		var b BHS
+		b[0] = byte(OpTaskResp)
+		b[1] = 0x80
+		b[2] = code
+		b.SetU32(offITT, h.ITT())
+		c.send(&b, nil, true)
+	}
+	if s.discovery {
+		respond(tmfRejected)
+		return nil
+	}
+	scsiT := s.target.SCSI
+	hasLUN := lunOK && scsiT.HasLUN(lun)
+	var wg sync.WaitGroup
+	var after func()
+	switch fn {
+	case tmfAbortTask:
+		ref := h.U32(offTTT)
+		s.mu.Lock()
+		t := s.tasks[ref]
+		s.mu.Unlock()
+		if t == nil {
+			refSN := h.U32(offMaxCmdSN)
+			// A command not yet received within the window counts as
+			// received and aborted (RFC 7143 11.5.1).
+			if snLess(refSN, h.U32(offCmdSN)) && !snLess(refSN, s.expCmdSN.Load()) {
+				s.mu.Lock()
+				delete(s.held, refSN)
+				s.mu.Unlock()
+				respond(tmfComplete)
+				return nil
+			}
+			respond(tmfNoTask)
+			return nil
+		}
+		if t.lunField != lunField {
+			respond(tmfNoTask)
+			return nil
+		}
+		c.abortTasks(s, &wg, func(x *task) bool { return x == t })
+	case tmfAbortTaskSet, tmfClearTaskSet:
+		if !hasLUN {
+			respond(tmfNoLUN)
+			return nil
+		}
+		c.abortTasks(s, &wg, func(x *task) bool { return x.cmd.LUN == lun && x.itt != h.ITT() })
+		if fn == tmfClearTaskSet {
+			for _, o := range c.srv.sessionsOf(s.target) {
+				if o != s && o.conn != nil {
+					o.conn.abortTasks(o, &wg, func(x *task) bool { return x.cmd.LUN == lun })
+				}
+			}
+			after = func() { scsiT.ClearTaskSet(s.nexus, lun) }
+		}
+	case tmfLUReset:
+		if !hasLUN {
+			respond(tmfNoLUN)
+			return nil
+		}
+		for _, o := range c.srv.sessionsOf(s.target) {
+			if o.conn != nil {
+				o.conn.abortTasks(o, &wg, func(x *task) bool { return x.cmd.LUN == lun })
+			}
+		}
+		after = func() { scsiT.LogicalUnitReset(s.nexus, lun) }
+	case tmfTargetWarmReset, tmfTargetColdReset:
+		for _, o := range c.srv.sessionsOf(s.target) {
+			if o.conn != nil {
+				o.conn.abortTasks(o, &wg, func(*task) bool { return true })
+			}
+		}
+		cold := fn == tmfTargetColdReset
+		after = func() { scsiT.TargetReset(s.nexus, cold) }
+	case tmfClearACA:
+		respond(tmfComplete) // NACA is not supported, so there is never an ACA
+		return nil
+	case tmfTaskReassign:
+		respond(tmfReassignNotSup)
+		return nil
+	default:
+		log.Warn("unknown task management function")
+		respond(tmfRejected)
+		return nil
+	}
+	log.Info("task management function")
+	go func() {
+		wg.Wait()
+		if after != nil {
+			after()
+		}
+		respond(tmfComplete)
+		if fn == tmfTargetColdReset {
+			for _, o := range c.srv.sessionsOf(s.target) {
+				if o.conn != nil && o.conn != c {
+					o.conn.close()
+				}
+			}
+			c.enqueue(outItem{kind: outClose})
+		}
+	}()
+	return nil
+}
+
+// abortTasks marks the matching tasks of session s (on connection c)
+// aborted. Tasks still collecting data end now; tasks in the SCSI layer end
+// when it completes them. wg counts them until they have.
+func (c *conn) abortTasks(s *Session, wg *sync.WaitGroup, match func(*task) bool) {
+	var idle []*task
+	s.mu.Lock()
+	for _, t := range s.tasks {
+		if t.aborted.Load() || !match(t) {
+			continue
+		}
+		t.aborted.Store(true)
+		if t.abortWG == nil {
+			t.abortWG = wg
+			wg.Add(1)
+		}
+		if !t.executed {
+			idle = append(idle, t)
+		}
+	}
+	s.mu.Unlock()
+	for _, t := range idle {
+		t.executed = true
+		t.c.enqueue(outItem{kind: outResponse, task: t})
+	}
+}
+
+// waitTasks waits until the matching tasks of this connection have ended.
+// With abort, tasks that have not reached the SCSI layer are aborted.
+func (c *conn) waitTasks(match func(*task) bool, abort bool) {
+	var wg sync.WaitGroup
+	if abort {
+		c.abortTasks(c.sess, &wg, match)
+		wg.Wait()
+		return
+	}
+	s := c.sess
+	var idle []*task
+	s.mu.Lock()
+	for _, t := range s.tasks {
+		if !match(t) || t.abortWG != nil {
+			continue
+		}
+		if !t.executed {
+			idle = append(idle, t)
+			t.aborted.Store(true)
+		}
+		t.abortWG = &wg
+		wg.Add(1)
+	}
+	s.mu.Unlock()
+	for _, t := range idle {
+		t.executed = true
+		c.enqueue(outItem{kind: outResponse, task: t})
+	}
+	wg.Wait()
+}
+
+// teardown ends the connection's session: every task ends, the session is
+// forgotten.
+func (c *conn) teardown() {
+	s := c.sess
+	if s == nil {
+		return
+	}
+	var wg sync.WaitGroup
+	c.abortTasks(s, &wg, func(*task) bool { return true })
+	c.close() // the writer stops; responses still queued are released
+	wg.Wait()
+	c.srv.unregister(s)
+}
