@@ -1,0 +1,312 @@
+//go:build linux
+
+package rdma
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// WCStatus is enum ib_wc_status.
+type WCStatus uint32
+
+// Work completion statuses.
+const (
+	WCSuccess        WCStatus = 0
+	WCLocLenErr      WCStatus = 1
+	WCLocQPOpErr     WCStatus = 2
+	WCLocProtErr     WCStatus = 4
+	WCWRFlushErr     WCStatus = 5
+	WCBadRespErr     WCStatus = 7
+	WCLocAccessErr   WCStatus = 8
+	WCRemInvReqErr   WCStatus = 9
+	WCRemAccessErr   WCStatus = 10
+	WCRemOpErr       WCStatus = 11
+	WCRetryExcErr    WCStatus = 12
+	WCRNRRetryExcErr WCStatus = 13
+	WCRemAbortErr    WCStatus = 16
+	WCFatalErr       WCStatus = 19
+	WCRespTimeoutErr WCStatus = 20
+	WCGeneralErr     WCStatus = 21
+)
+
+var wcStatusNames = map[WCStatus]string{
+	WCSuccess: "success", WCLocLenErr: "local length error", WCLocQPOpErr: "local QP operation error",
+	WCLocProtErr: "local protection error", WCWRFlushErr: "work request flushed",
+	WCBadRespErr: "bad response", WCLocAccessErr: "local access error",
+	WCRemInvReqErr: "remote invalid request", WCRemAccessErr: "remote access error",
+	WCRemOpErr: "remote operation error", WCRetryExcErr: "transport retry counter exceeded",
+	WCRNRRetryExcErr: "RNR retry counter exceeded", WCRemAbortErr: "remote aborted",
+	WCFatalErr: "fatal error", WCRespTimeoutErr: "response timeout", WCGeneralErr: "general error",
+}
+
+func (s WCStatus) String() string {
+	if n, ok := wcStatusNames[s]; ok {
+		return n
+	}
+	return fmt.Sprintf("status %d", uint32(s))
+}
+
+// WCOpcode is enum ib_wc_opcode.
+type WCOpcode uint32
+
+// Completion opcodes.
+const (
+	WCSend      WCOpcode = 0
+	WCRDMAWrite WCOpcode = 1
+	WCRDMARead  WCOpcode = 2
+	WCRecv      WCOpcode = 128
+)
+
+// WorkCompletion is one completion (ibv_wc).
+type WorkCompletion struct {
+	ID        uint64 // the work request's ID
+	Status    WCStatus
+	Opcode    WCOpcode // only valid when Status is WCSuccess
+	ByteLen   uint32   // received bytes (receive completions)
+	Ex        uint32   // immediate data or invalidated rkey, per Flags
+	QPNum     uint32
+	Flags     uint32 // ib_wc_flags
+	VendorErr uint32
+}
+
+// Err returns nil for a successful completion, else an error naming the status.
+func (wc *WorkCompletion) Err() error {
+	if wc.Status == WCSuccess {
+		return nil
+	}
+	return fmt.Errorf("rdma: work request %d on QP %d: %v (vendor error %#x)", wc.ID, wc.QPNum, wc.Status, wc.VendorErr)
+}
+
+// CompChannel is a completion event channel. Its fd is registered with the Go netpoller, so
+// Wait parks the goroutine until the kernel signals a completion on an armed CQ.
+type CompChannel struct {
+	ctx  *Context
+	f    *os.File
+	fd   int
+	mu   sync.Mutex
+	cqs  map[uint64]*CQ
+	dead bool
+}
+
+// NewCompChannel creates a completion event channel.
+func (c *Context) NewCompChannel() (*CompChannel, error) {
+	var r uverbsCreateCompChannelResp
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, fmt.Errorf("rdma: create completion channel: %w", ErrClosed)
+	}
+	if err := c.executeLocked(cmdCreateCompChannel, asBytes(&r), asBytes(&uverbsRespCmd{})); err != nil {
+		return nil, fmt.Errorf("rdma: %s: %w", c.Device.Name, err)
+	}
+	f, err := pollableFile(int(r.FD), c.Device.Name+"-comp")
+	if err != nil {
+		unix.Close(int(r.FD))
+		return nil, err
+	}
+	ch := &CompChannel{ctx: c, f: f, fd: int(r.FD), cqs: map[uint64]*CQ{}}
+	c.chans[ch] = struct{}{}
+	return ch, nil
+}
+
+// Wait blocks until a completion event arrives and returns the CQ it is for. The CQ must be
+// re-armed (CQ.Arm) to get another event. Wait returns ctx.Err() when ctx ends and ErrClosed
+// after Close.
+func (ch *CompChannel) Wait(ctx context.Context) (*CQ, error) {
+	stop := context.AfterFunc(ctx, func() { _ = ch.f.SetReadDeadline(time.Unix(1, 0)) })
+	defer func() {
+		if !stop() {
+			_ = ch.f.SetReadDeadline(time.Time{})
+		}
+	}()
+	var buf [unsafe.Sizeof(uverbsCompEventDesc{})]byte
+	for {
+		n, err := ch.f.Read(buf[:])
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if errors.Is(err, os.ErrClosed) {
+				return nil, fmt.Errorf("rdma: completion channel: %w", ErrClosed)
+			}
+			return nil, fmt.Errorf("rdma: read completion channel: %w", err)
+		}
+		if n != len(buf) {
+			return nil, fmt.Errorf("rdma: completion channel returned %d bytes", n)
+		}
+		ch.mu.Lock()
+		cq := ch.cqs[binary.NativeEndian.Uint64(buf[:])]
+		ch.mu.Unlock()
+		if cq != nil {
+			return cq, nil
+		}
+	}
+}
+
+// Close closes the channel; its CQs must be destroyed first.
+func (ch *CompChannel) Close() error {
+	c := ch.ctx
+	c.mu.Lock()
+	delete(c.chans, ch)
+	c.mu.Unlock()
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.dead {
+		return nil
+	}
+	if len(ch.cqs) != 0 {
+		return fmt.Errorf("rdma: close completion channel: %d CQs still use it", len(ch.cqs))
+	}
+	ch.dead = true
+	if err := ch.f.Close(); err != nil {
+		return fmt.Errorf("rdma: close completion channel: %w", err)
+	}
+	return nil
+}
+
+// CQ is a completion queue.
+type CQ struct {
+	ctx    *Context
+	ch     *CompChannel
+	handle uint32
+	uh     uint64
+	ring   CQRing
+	// Size is the number of completions the CQ holds (as granted by the kernel).
+	Size int
+	// Spin is how many empty polls Wait makes before it arms the CQ and sleeps; 0 (the default)
+	// sleeps at once. A few hundred suits a loaded connection.
+	Spin int
+
+	mu   sync.Mutex
+	dead bool
+}
+
+// CreateCQ creates a completion queue of at least cqe entries whose events go to ch (nil for a
+// CQ that is only polled), on completion vector vector.
+func (c *Context) CreateCQ(cqe int, ch *CompChannel, vector int) (*CQ, error) {
+	if cqe < 1 {
+		return nil, fmt.Errorf("rdma: bad CQ size %d", cqe)
+	}
+	if ch != nil && ch.ctx != c {
+		return nil, errors.New("rdma: completion channel belongs to another device")
+	}
+	drvIn, drvOutLen := c.prov.CQDriverData()
+	resp := make([]byte, int(unsafe.Sizeof(uverbsCreateCQResp{}))+drvOutLen)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("rdma: create CQ: %w", ErrClosed)
+	}
+	uh := c.newUserHandle()
+	cmd := uverbsCreateCQ{UserHandle: uh, CQE: uint32(cqe), CompVector: uint32(vector), CompChannel: -1}
+	if ch != nil {
+		cmd.CompChannel = int32(ch.fd)
+	}
+	err := c.executeLocked(cmdCreateCQ, resp, asBytes(&cmd), drvIn)
+	c.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("rdma: %s: %w", c.Device.Name, err)
+	}
+	core := (*uverbsCreateCQResp)(unsafe.Pointer(&resp[0]))
+	cq := &CQ{ctx: c, ch: ch, handle: core.CQHandle, uh: uh, Size: int(core.CQE)}
+	cq.ring, err = c.prov.NewCQRing(c, resp[unsafe.Sizeof(*core):])
+	if err != nil {
+		_ = c.execute(cmdDestroyCQ, make([]byte, 8), asBytes(&uverbsDestroyObj{Handle: cq.handle}))
+		return nil, err
+	}
+	c.mu.Lock()
+	c.cqs[uh] = cq
+	c.mu.Unlock()
+	if ch != nil {
+		ch.mu.Lock()
+		ch.cqs[uh] = cq
+		ch.mu.Unlock()
+	}
+	return cq, nil
+}
+
+// Poll moves up to len(wc) completions into wc and returns how many; it never blocks.
+func (cq *CQ) Poll(wc []WorkCompletion) (int, error) {
+	cq.mu.Lock()
+	defer cq.mu.Unlock()
+	if cq.dead {
+		return 0, fmt.Errorf("rdma: poll CQ: %w", ErrClosed)
+	}
+	return cq.ring.Poll(wc), nil
+}
+
+// Arm asks for a completion event on the channel for the next completion (or the next
+// solicited one). Completions that arrived before Arm raise no event: poll after arming.
+func (cq *CQ) Arm(solicitedOnly bool) error {
+	var so uint32
+	if solicitedOnly {
+		so = 1
+	}
+	if err := cq.ctx.execute(cmdReqNotifyCQ, nil, asBytes(&uverbsReqNotifyCQ{CQHandle: cq.handle, SolicitedOnly: so})); err != nil {
+		return fmt.Errorf("rdma: arm CQ: %w", err)
+	}
+	return nil
+}
+
+// Wait returns at least one completion: it polls (Spin times), then arms the CQ, polls again and
+// sleeps on the completion channel until an event comes. The CQ must have a channel of its own.
+func (cq *CQ) Wait(ctx context.Context, wc []WorkCompletion) (int, error) {
+	if cq.ch == nil {
+		return 0, errors.New("rdma: CQ has no completion channel")
+	}
+	for {
+		for i := 0; i <= cq.Spin; i++ {
+			if n, err := cq.Poll(wc); n > 0 || err != nil {
+				return n, err
+			}
+		}
+		if err := cq.Arm(false); err != nil {
+			return 0, err
+		}
+		if n, err := cq.Poll(wc); n > 0 || err != nil {
+			return n, err
+		}
+		if _, err := cq.ch.Wait(ctx); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// Destroy destroys the CQ; QPs using it must be destroyed first.
+func (cq *CQ) Destroy() error {
+	c := cq.ctx
+	cq.mu.Lock()
+	defer cq.mu.Unlock()
+	if cq.dead {
+		return nil
+	}
+	var r uverbsDestroyCQResp
+	c.mu.Lock()
+	var err error
+	if !c.closed {
+		err = c.executeLocked(cmdDestroyCQ, asBytes(&r), asBytes(&uverbsDestroyObj{Handle: cq.handle}))
+	}
+	if err == nil {
+		delete(c.cqs, cq.uh)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("rdma: destroy CQ: %w", err)
+	}
+	cq.dead = true
+	if cq.ch != nil {
+		cq.ch.mu.Lock()
+		delete(cq.ch.cqs, cq.uh)
+		cq.ch.mu.Unlock()
+	}
+	return cq.ring.Close()
+}
