@@ -1,0 +1,29 @@
+package scsi
+
+import "encoding/binary"
+
+// readCapacity10 implements READ CAPACITY (10): the last LBA, or
+// FFFFFFFFh when it does not fit and READ CAPACITY (16) is needed.
+func (d *Disk) readCapacity10(c *Command) result {
+	cdb := c.CDB
+	if cdb[8]&0x01 == 0 && binary.BigEndian.Uint32(cdb[2:]) != 0 { // LBA needs PMI
+		return fail(invalidCDB(2, 7))
+	}
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint32(b, uint32(min(d.blocks()-1, 0xffffffff)))
+	binary.BigEndian.PutUint32(b[4:], d.cfg.BlockSize)
+	return respond(c, b, len(b))
+}
+
+// readCapacity16 implements READ CAPACITY (16) with the logical blocks
+// per physical block exponent and, on thin units, LBPME and LBPRZ.
+func (d *Disk) readCapacity16(c *Command) result {
+	b := make([]byte, 32)
+	binary.BigEndian.PutUint64(b, d.blocks()-1)
+	binary.BigEndian.PutUint32(b[8:], d.cfg.BlockSize)
+	b[13] = byte(d.lbppbe)
+	if d.cfg.Thin {
+		b[14] = 0x80 | 0x40 // LBPME, LBPRZ
+	}
+	return respond(c, b, int(binary.BigEndian.Uint32(c.CDB[10:])))
+}

@@ -1,0 +1,140 @@
+package scsi
+
+import (
+	"sync"
+
+	"github.com/iserd/iserd/bdev"
+)
+
+// maxKeptScratch bounds the scratch buffer a pooled ioCtx keeps.
+const maxKeptScratch = 1 << 20
+
+// ioCtx carries one command through its asynchronous I/O steps. It is
+// pooled, and its bdev.Request callback and lock continuation are bound
+// once, so the READ/WRITE path allocates nothing in steady state.
+type ioCtx struct {
+	req  bdev.Request
+	lock lockReq
+	d    *Disk
+	c    *Command // nil for fire-and-forget work (SYNCHRONIZE CACHE IMMED)
+
+	locked bool
+	// start runs once the range lock is granted; next runs when req
+	// completes. Either returns pending after submitting the next request.
+	start func(io *ioCtx) result
+	next  func(io *ioCtx, err error) result
+
+	lba     uint64 // per-command cursor for multi-step commands
+	left    uint64 // blocks still to process
+	fua     bool
+	scratch []byte
+}
+
+// ioPool recycles ioCtx values; New is set in init because the callbacks
+// it binds refer back to the pool.
+var ioPool sync.Pool
+
+func init() {
+	ioPool.New = func() any {
+		io := &ioCtx{}
+		io.req.Done = io.done
+		io.lock.grant = io.granted
+		return io
+	}
+}
+
+// newIO takes a pooled context for command c on d.
+func (d *Disk) newIO(c *Command) *ioCtx {
+	io := ioPool.Get().(*ioCtx)
+	io.d, io.c = d, c
+	return io
+}
+
+// buf returns an n-byte scratch buffer owned by io.
+func (io *ioCtx) buf(n int) []byte {
+	if cap(io.scratch) < n {
+		io.scratch = make([]byte, n)
+	}
+	io.scratch = io.scratch[:n]
+	return io.scratch
+}
+
+// submit starts req; next runs when it completes.
+func (io *ioCtx) submit(op bdev.Op, off int64, buf []byte, next func(*ioCtx, error) result) result {
+	io.req.Op, io.req.Offset, io.req.Buf, io.req.Length = op, off, buf, 0
+	io.req.FUA = op == bdev.OpWrite && io.fua
+	io.next = next
+	io.d.dev.Submit(&io.req)
+	return pending
+}
+
+// unmapRange starts an OpUnmap of n bytes at off.
+func (io *ioCtx) unmapRange(off, n int64, next func(*ioCtx, error) result) result {
+	io.req.Op, io.req.Offset, io.req.Buf, io.req.Length, io.req.FUA = bdev.OpUnmap, off, nil, n, false
+	io.next = next
+	io.d.dev.Submit(&io.req)
+	return pending
+}
+
+// done is the bdev completion callback.
+func (io *ioCtx) done(r *bdev.Request) {
+	if res := io.next(io, r.Err); !res.pending {
+		io.finish(res)
+	}
+}
+
+// lockAndRun takes the range lock for [lba, lba+n) (exclusively for
+// read-modify-write) and runs start once it is granted.
+func (io *ioCtx) lockAndRun(lba, n uint64, excl bool, start func(*ioCtx) result) result {
+	io.lock.lba, io.lock.n = lba, n
+	io.start = start
+	io.locked = true
+	var now bool
+	if excl {
+		io.lock.excl = true
+		now = io.d.locks.acquire(&io.lock)
+	} else {
+		now = io.d.locks.beginWrite(&io.lock)
+	}
+	if !now {
+		return pending
+	}
+	if res := start(io); !res.pending {
+		io.finish(res)
+	}
+	return pending
+}
+
+// granted is the range lock continuation.
+func (io *ioCtx) granted() {
+	if res := io.start(io); !res.pending {
+		io.finish(res)
+	}
+}
+
+// finish releases the lock, recycles io and completes its command.
+func (io *ioCtx) finish(res result) {
+	d, c := io.d, io.c
+	if io.locked {
+		d.locks.release(&io.lock)
+		io.locked = false
+	}
+	io.d, io.c, io.start, io.next = nil, nil, nil, nil
+	io.req.Buf, io.req.Err = nil, nil
+	io.lba, io.left, io.fua = 0, 0, false
+	if cap(io.scratch) > maxKeptScratch {
+		io.scratch = nil
+	}
+	ioPool.Put(io)
+	if c != nil {
+		d.complete(c, res)
+	}
+}
+
+// ioResult ends an I/O step: CHECK CONDITION for err, else GOOD.
+func ioResult(err error, write bool) result {
+	if err != nil {
+		return fail(ioError(err, write))
+	}
+	return good
+}

@@ -1,0 +1,226 @@
+package scsi
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// maxLUN is the largest LUN REPORT LUNS can encode with flat addressing.
+const maxLUN = 0x3fff
+
+// Target is a SCSI target device: a set of logical units addressed by LUN
+// and the I_T nexuses that reach them. Its methods are safe for concurrent
+// use; Execute takes no lock.
+type Target struct {
+	name string
+	luns atomic.Pointer[map[uint64]*Disk] // replaced whole on change
+
+	mu      sync.Mutex // serialises LUN and nexus changes
+	nexuses map[uint64]*Nexus
+}
+
+// NewTarget returns an empty target named name (its iSCSI name).
+func NewTarget(name string) *Target {
+	t := &Target{name: name, nexuses: make(map[uint64]*Nexus)}
+	t.luns.Store(&map[uint64]*Disk{})
+	return t
+}
+
+// Name is the target name given to NewTarget.
+func (t *Target) Name() string { return t.name }
+
+// LUNs lists the logical unit numbers in ascending order.
+func (t *Target) LUNs() []uint64 { return slices.Sorted(maps.Keys(*t.luns.Load())) }
+
+// LUN returns the logical unit at lun, or nil.
+func (t *Target) LUN(lun uint64) *Disk { return (*t.luns.Load())[lun] }
+
+// HasLUN reports whether a logical unit is attached at lun.
+func (t *Target) HasLUN(lun uint64) bool { return t.LUN(lun) != nil }
+
+// AddLUN attaches d at lun and raises REPORTED LUNS DATA HAS CHANGED to
+// every nexus. A Disk belongs to at most one Target.
+func (t *Target) AddLUN(lun uint64, d *Disk) error {
+	if d == nil {
+		return errors.New("add LUN: nil disk")
+	}
+	if lun > maxLUN {
+		return fmt.Errorf("add LUN %d: LUNs above %d are not supported", lun, maxLUN)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := *t.luns.Load()
+	if _, ok := old[lun]; ok {
+		return fmt.Errorf("add LUN %d: already in use", lun)
+	}
+	if !d.tgt.CompareAndSwap(nil, t) {
+		return fmt.Errorf("add LUN %d: disk already belongs to a target", lun)
+	}
+	m := maps.Clone(old)
+	m[lun] = d
+	t.luns.Store(&m)
+	t.raiseAll(ascReportedLUNsChanged, 0, false)
+	return nil
+}
+
+// RemoveLUN detaches the logical unit at lun and returns it (still open)
+// after raising REPORTED LUNS DATA HAS CHANGED to every nexus.
+func (t *Target) RemoveLUN(lun uint64) (*Disk, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := *t.luns.Load()
+	d, ok := old[lun]
+	if !ok {
+		return nil, fmt.Errorf("remove LUN %d: no such logical unit", lun)
+	}
+	m := maps.Clone(old)
+	delete(m, lun)
+	t.luns.Store(&m)
+	d.tgt.Store(nil)
+	t.raiseAll(ascReportedLUNsChanged, 0, false)
+	return d, nil
+}
+
+// raiseAll queues code on every logical unit for every nexus, except the
+// nexus except when skip is set. The caller holds t.mu.
+func (t *Target) raiseAll(code asc, except uint64, skip bool) {
+	for _, d := range *t.luns.Load() {
+		t.raise(d, code, except, skip)
+	}
+}
+
+// raise queues code on d for every nexus (but except, when skip is set).
+// The caller holds t.mu.
+func (t *Target) raise(d *Disk, code asc, except uint64, skip bool) {
+	for id := range t.nexuses {
+		if !skip || id != except {
+			d.ua.add(id, code)
+		}
+	}
+}
+
+// AddNexus registers a new I_T nexus: every logical unit reports POWER
+// ON, RESET, OR BUS DEVICE RESET OCCURRED to it first.
+func (t *Target) AddNexus(n *Nexus) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.nexuses[n.ID] = n
+	for _, d := range *t.luns.Load() {
+		d.ua.add(n.ID, ascPowerOnReset)
+	}
+}
+
+// RemoveNexus forgets a nexus: its unit attentions and the SCSI-2
+// reservations it holds.
+func (t *Target) RemoveNexus(n *Nexus) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.nexuses, n.ID)
+	for _, d := range *t.luns.Load() {
+		d.ua.remove(n.ID, 0, true)
+		d.releaseHeldBy(n.ID)
+	}
+}
+
+// LogicalUnitReset performs the SCSI side of LOGICAL UNIT RESET received on
+// nexus n: the SCSI-2 reservation is released and every other nexus is
+// told BUS DEVICE RESET FUNCTION OCCURRED. The transport aborts the tasks.
+func (t *Target) LogicalUnitReset(n *Nexus, lun uint64) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d := (*t.luns.Load())[lun]
+	if d == nil {
+		return fmt.Errorf("logical unit reset: no LUN %d", lun)
+	}
+	d.res.Store(nil)
+	t.raise(d, ascBusDeviceReset, nexusIDOf(n), true)
+	return nil
+}
+
+// TargetReset performs the SCSI side of TARGET WARM RESET (cold=false) or
+// TARGET COLD RESET: reservations are released and every nexus, on every
+// logical unit, is told SCSI BUS RESET OCCURRED or POWER ON OCCURRED.
+func (t *Target) TargetReset(n *Nexus, cold bool) {
+	code := ascBusResetOccurred
+	if cold {
+		code = ascPowerOnOccurred
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, d := range *t.luns.Load() {
+		d.res.Store(nil)
+	}
+	t.raiseAll(code, 0, false)
+}
+
+// ClearTaskSet performs the SCSI side of CLEAR TASK SET received on nexus n:
+// the other nexuses are told COMMANDS CLEARED BY ANOTHER INITIATOR.
+func (t *Target) ClearTaskSet(n *Nexus, lun uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if d := (*t.luns.Load())[lun]; d != nil {
+		t.raise(d, ascCommandsCleared, nexusIDOf(n), true)
+	}
+}
+
+// nexusIDOf is n.ID, or 0 for a nil nexus.
+func nexusIDOf(n *Nexus) uint64 {
+	if n == nil {
+		return 0
+	}
+	return n.ID
+}
+
+// Execute runs cmd and calls cmd.Done exactly once, possibly before
+// Execute returns and possibly from another goroutine.
+func (t *Target) Execute(cmd *Command) {
+	cmd.Reset()
+	if d := (*t.luns.Load())[cmd.LUN]; d != nil {
+		d.execute(cmd)
+		return
+	}
+	var r result
+	switch {
+	case len(cmd.CDB) == 0:
+		r = fail(illegal(ascInvalidOpcode))
+	case cmd.CDB[0] == 0x12 && len(cmd.CDB) >= 6 && cmd.CDB[1] == 0 && cmd.CDB[2] == 0:
+		r = absentInquiry(cmd)
+	case cmd.CDB[0] == 0xa0 && len(cmd.CDB) >= 12:
+		r = t.reportLUNs(cmd)
+	case cmd.CDB[0] == 0x03 && len(cmd.CDB) >= 6:
+		s := illegal(ascLUNotSupported)
+		r = senseResponse(cmd, &s)
+	default:
+		r = fail(illegal(ascLUNotSupported))
+	}
+	(*Disk)(nil).complete(cmd, r)
+}
+
+// execute runs a command addressed to d.
+func (d *Disk) execute(c *Command) {
+	e, s, ok := d.lookup(c.CDB)
+	if !ok || e.flags&fUAExempt == 0 {
+		if ua, has := d.ua.take(nexusIDOf(c.Nexus)); has {
+			d.complete(c, fail(ua))
+			return
+		}
+	}
+	if ok {
+		s, ok = e.check(c.CDB)
+	}
+	if !ok {
+		d.complete(c, fail(s))
+		return
+	}
+	if e.flags&fResOK == 0 && d.conflict(c) {
+		d.complete(c, result{status: StatusReservationConflict})
+		return
+	}
+	if r := e.fn(d, c); !r.pending {
+		d.complete(c, r)
+	}
+}
