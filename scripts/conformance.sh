@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs libiscsi's conformance suite (iscsi-test-cu) against iserd on
+# 127.0.0.1 with a thin file-backed LUN, scores it (skips are not passes) and
+# fails when a test fails outside the suites left to later work.
+#   scripts/conformance.sh [FAMILY]     default ALL
+set -euo pipefail
+cd "$(dirname "$0")/.."
+family=${1:-ALL}
+port=${ISERD_TEST_PORT:-3270}
+work=$(mktemp -d /tmp/iserd-conformance.XXXXXX)
+iqn=iqn.2026-11.org.iserd:conformance
+# Suites that belong to later issues (persistent reservations, copy offload,
+# multipath); their failures are reported but do not fail the run.
+later='^(ALL\.)?(Prin|Prout|ExtendedCopy|ReceiveCopyResults|MultipathIO)'
+
+command -v iscsi-test-cu >/dev/null || { echo "conformance: iscsi-test-cu missing (apt-get install libiscsi-bin)" >&2; exit 1; }
+cat > "$work/iserd.yaml" <<EOC
+data_dir: $work
+portals: [{address: "127.0.0.1:$port"}]
+targets:
+  - name: $iqn
+    luns:
+      - {lun: 0, path: lun0.img, size: 64MiB, block_size: 512, thin: true}
+log: {level: warn}
+EOC
+bin/iserd -config "$work/iserd.yaml" > "$work/iserd.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+  (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+  kill -0 $pid 2>/dev/null || { cat "$work/iserd.log"; exit 1; }
+  sleep 0.1
+done
+scripts/libiscsi-score.sh -t "$family" -o "$work/score" \
+  "iscsi://127.0.0.1:$port/$iqn/0" | tee "$work/score.txt"
+kill -0 $pid 2>/dev/null || { echo "conformance: iserd died during the suite" >&2; tail -20 "$work/iserd.log"; exit 1; }
+fails=$(awk -F'\t' '$2=="failed" {print $1}' "$work/score/results.tsv" | grep -Ev "$later" || true)
+if [ -n "$fails" ]; then
+  echo "conformance: failures outside the later suites:" >&2
+  echo "$fails" >&2
+  echo "(iserd log: $work/iserd.log)" >&2
+  exit 1
+fi
+echo "conformance: no failures outside Prin/Prout/ExtendedCopy/ReceiveCopyResults/MultipathIO (details in $work)"
