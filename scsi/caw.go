@@ -19,9 +19,6 @@ func (d *Disk) compareAndWrite(c *Command) result {
 	if s, ok := d.writable(); !ok {
 		return fail(s)
 	}
-	if nb > maxCAWBlocks {
-		return fail(invalidCDB(13, 7))
-	}
 	if s, ok := d.checkRange(lba, nb); !ok {
 		return fail(s)
 	}
