@@ -215,10 +215,21 @@ func (c *conn) handleDataOut(h *header, pl *payload) error {
 		expOff, end, expSN = r.offset+r.received, r.offset+r.length, &r.dataSN
 	}
 	if sn != *expSN || off != expOff || off+n > end || n == 0 && !h.Final() {
-		c.log.Warn("Data-Out out of sequence: rejected", zap.Uint32("itt", t.itt),
+		// ErrorRecoveryLevel 0 cannot ask for the data again: reject the
+		// PDU and end the command, keeping the connection usable.
+		c.log.Warn("Data-Out out of sequence: PDU rejected, command ended", zap.Uint32("itt", t.itt),
 			zap.Uint32("datasn", sn), zap.Uint32("expected_datasn", *expSN),
 			zap.Uint32("offset", off), zap.Uint32("expected_offset", expOff), zap.Uint32("length", n))
-		return c.rejectPDU(h, pl, rejectProtocol)
+		if err := c.rejectPDU(h, pl, rejectProtocol); err != nil {
+			return err
+		}
+		t.executed = true
+		ascq := byte(0x00) // DATA PHASE ERROR
+		if off != expOff || off+n > end {
+			ascq = 0x05 // DATA OFFSET ERROR
+		}
+		c.checkCondition(t, 0x0b, 0x4b, ascq)
+		return nil
 	}
 	ok, err := pl.read(t.buf[off : off+n])
 	if err != nil {
