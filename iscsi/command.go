@@ -23,7 +23,7 @@ const noLUN = ^uint64(0)
 
 // handleCommand starts a SCSI command: it collects immediate data, asks for
 // the rest with R2Ts, and executes the command once all data is in.
-func (c *conn) handleCommand(h *header, pl *payload) error {
+func (c *conn) handleCommand(h *Header, pl *payload) error {
 	s := c.sess
 	flags := h.Flags()
 	dsl := uint32(h.DataLen())
@@ -181,7 +181,7 @@ func (c *conn) execute(t *task) {
 }
 
 // handleDataOut takes one Data-Out PDU of unsolicited or solicited data.
-func (c *conn) handleDataOut(h *header, pl *payload) error {
+func (c *conn) handleDataOut(h *Header, pl *payload) error {
 	s := c.sess
 	s.mu.Lock()
 	t := s.tasks[h.ITT()]

@@ -11,13 +11,12 @@ import (
 	"go.uber.org/zap"
 )
 
-// conn is one iSCSI connection over a byte-stream transport (TCP). Its
+// conn is one iSCSI connection over a Transport. Its
 // reader goroutine runs login and then handles every request in order; its
 // writer goroutine owns StatSN and sends whatever is queued.
 type conn struct {
 	srv  *Server
-	nc   net.Conn
-	f    *framer
+	tr   Transport
 	log  *zap.Logger
 	sess *Session
 	cid  uint16
@@ -46,10 +45,10 @@ type conn struct {
 	tttSeq    uint32 // reader-owned target transfer tag counter
 }
 
-func newConn(s *Server, nc net.Conn) *conn {
-	c := &conn{srv: s, nc: nc, f: newFramer(nc), wsig: make(chan struct{}, 1),
+func newConn(s *Server, tr Transport) *conn {
+	c := &conn{srv: s, tr: tr, wsig: make(chan struct{}, 1),
 		closing: make(chan struct{}), done: make(chan struct{}), params: DefaultParams()}
-	c.log = s.log.With(zap.String("remote", nc.RemoteAddr().String()))
+	c.log = s.log.With(zap.String("remote", tr.RemoteAddr().String()))
 	return c
 }
 
@@ -57,7 +56,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 func (c *conn) close() {
 	c.closeOnce.Do(func() {
 		close(c.closing)
-		c.nc.Close()
+		c.tr.Close()
 	})
 }
 
@@ -65,18 +64,18 @@ func (c *conn) close() {
 // complete and are answered, then the connection closes.
 func (c *conn) shutdown() {
 	c.draining.Store(true)
-	c.nc.SetReadDeadline(time.Now()) // wake the reader
+	c.tr.SetReadDeadline(time.Now()) // wake the reader
 }
 
 func (c *conn) serve() {
 	defer close(c.done)
 	defer c.close()
-	c.nc.SetDeadline(time.Now().Add(c.srv.opts.LoginTimeout))
+	c.tr.SetDeadline(time.Now().Add(c.srv.opts.LoginTimeout))
 	if err := c.login(); err != nil {
 		c.logEnd("login ended", err)
 		return
 	}
-	c.nc.SetDeadline(time.Time{})
+	c.tr.SetDeadline(time.Time{})
 	c.lastRecv.Store(time.Now().UnixNano())
 	writerDone := make(chan struct{})
 	go func() { c.writer(); close(writerDone) }()

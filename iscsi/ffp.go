@@ -38,7 +38,7 @@ func (p *payload) read(dst []byte) (ok bool, err error) {
 		copy(dst, p.pre)
 		return true, nil
 	}
-	return p.c.f.readData(dst, p.n)
+	return p.c.tr.ReadData(dst, p.n)
 }
 
 // bytes returns the data in a new buffer.
@@ -56,15 +56,15 @@ func (p *payload) discard() error {
 	if p.pre != nil {
 		return nil
 	}
-	_, err := p.c.f.readData(nil, p.n)
+	_, err := p.c.tr.ReadData(nil, p.n)
 	return err
 }
 
 // readLoop handles requests in full feature phase until the connection ends.
 func (c *conn) readLoop() error {
-	var h header
+	var h Header
 	for {
-		if err := c.f.readHeader(&h); err != nil {
+		if err := c.tr.ReadHeader(&h); err != nil {
 			if c.draining.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
 				return c.drain()
 			}
@@ -94,7 +94,7 @@ func (c *conn) drain() error {
 }
 
 // dispatch handles one request whose header has been read.
-func (c *conn) dispatch(h *header) error {
+func (c *conn) dispatch(h *Header) error {
 	op := h.Opcode()
 	pl := payload{c: c, n: h.DataLen()}
 	switch op {
@@ -162,7 +162,7 @@ func snLess(a, b uint32) bool { return a != b && int32(b-a) > 0 }
 
 // handleRequest handles a request in CmdSN order. A non-immediate request
 // that completes here opens the CmdSN window by one.
-func (c *conn) handleRequest(h *header, pl *payload) error {
+func (c *conn) handleRequest(h *Header, pl *payload) error {
 	op := h.Opcode()
 	if op == OpSCSICmd {
 		return c.handleCommand(h, pl) // the window opens when the task ends
@@ -184,7 +184,7 @@ func (c *conn) handleRequest(h *header, pl *payload) error {
 }
 
 // rejectPDU discards a request's data and answers it with a Reject.
-func (c *conn) rejectPDU(h *header, pl *payload, reason byte) error {
+func (c *conn) rejectPDU(h *Header, pl *payload, reason byte) error {
 	if err := pl.discard(); err != nil {
 		return err
 	}
@@ -205,7 +205,7 @@ func (c *conn) reject(bad *BHS, reason byte) {
 }
 
 // handleNOPOut answers pings and takes answers to ours.
-func (c *conn) handleNOPOut(h *header, pl *payload) error {
+func (c *conn) handleNOPOut(h *Header, pl *payload) error {
 	data, ok, err := pl.bytes()
 	if err != nil {
 		return err

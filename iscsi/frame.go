@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"net"
+	"time"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -20,11 +21,33 @@ const hardMaxData = 16 << 20
 // trusted to find the next PDU (RFC 7143 7.8, ERL 0).
 var errHeaderDigest = errors.New("header digest error")
 
-// framer reads and writes PDU framing (BHS, AHS, data, padding, digests) on
-// a byte stream.
-type framer struct {
+// Transport carries one connection's PDUs. TCP is one (NewTCPTransport);
+// iSER another. Transports that move task data themselves implement
+// DataMover as well.
+type Transport interface {
+	// ReadHeader reads the next PDU's BHS and AHS.
+	ReadHeader(h *Header) error
+	// ReadData reads the data segment of the PDU last read into dst[:n]
+	// (a nil dst discards it); ok is false when its digest did not match.
+	ReadData(dst []byte, n int) (ok bool, err error)
+	// Queue adds a PDU to the outgoing batch; Flush sends the batch.
+	Queue(bhs *BHS, data []byte) error
+	Flush() error
+	// SetDigests turns CRC32C header and data digests on or off.
+	SetDigests(header, data bool)
+	// SetDeadline and SetReadDeadline bound blocking reads and writes.
+	SetDeadline(t time.Time) error
+	SetReadDeadline(t time.Time) error
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
+	Close() error
+}
+
+// tcpTransport frames PDUs (BHS, AHS, data, padding, digests) on a TCP
+// byte stream.
+type tcpTransport struct {
+	net.Conn
 	r          *bufio.Reader
-	w          net.Conn
 	hdrDigest  bool
 	dataDigest bool
 	ahs        [256 * 4]byte
@@ -33,18 +56,22 @@ type framer struct {
 	hdrs       []byte // scratch for outgoing headers of one batch
 }
 
-func newFramer(c net.Conn) *framer {
-	return &framer{r: bufio.NewReaderSize(c, 64<<10), w: c, hdrs: make([]byte, 0, 64*maxHdrBytes)}
+// NewTCPTransport frames iSCSI PDUs over a stream connection.
+func NewTCPTransport(c net.Conn) Transport {
+	return &tcpTransport{Conn: c, r: bufio.NewReaderSize(c, 64<<10), hdrs: make([]byte, 0, 64*maxHdrBytes)}
 }
 
-// header is a received BHS with its AHS.
-type header struct {
+// SetDigests turns CRC32C header and data digests on or off.
+func (f *tcpTransport) SetDigests(header, data bool) { f.hdrDigest, f.dataDigest = header, data }
+
+// Header is a received BHS with its AHS.
+type Header struct {
 	BHS
 	AHS []byte
 }
 
-// readHeader reads the next BHS and AHS and checks the header digest.
-func (f *framer) readHeader(h *header) error {
+// ReadHeader reads the next BHS and AHS and checks the header digest.
+func (f *tcpTransport) ReadHeader(h *Header) error {
 	if _, err := io.ReadFull(f.r, h.BHS[:]); err != nil {
 		return err
 	}
@@ -68,10 +95,10 @@ func (f *framer) readHeader(h *header) error {
 	return nil
 }
 
-// readData reads the data segment announced by the last header into dst
+// ReadData reads the data segment announced by the last header into dst
 // (len(dst) must equal the DataSegmentLength; nil discards it), then the
 // padding and data digest. ok is false when the digest did not match.
-func (f *framer) readData(dst []byte, n int) (ok bool, err error) {
+func (f *tcpTransport) ReadData(dst []byte, n int) (ok bool, err error) {
 	var crc uint32
 	if dst != nil {
 		if _, err := io.ReadFull(f.r, dst[:n]); err != nil {
@@ -110,11 +137,11 @@ var zeroPad [4]byte
 // maxHdrBytes is the header-buffer room one PDU may need: BHS and two digests.
 const maxHdrBytes = BHSLen + 8
 
-// queue adds one PDU (header and data segment) to the batch being built,
+// Queue adds one PDU (header and data segment) to the batch being built,
 // writing the batch out first when its header buffer is full.
-func (f *framer) queue(bhs *BHS, data []byte) error {
+func (f *tcpTransport) Queue(bhs *BHS, data []byte) error {
 	if cap(f.hdrs)-len(f.hdrs) < maxHdrBytes && len(f.hdrs) > 0 {
-		if err := f.flush(); err != nil {
+		if err := f.Flush(); err != nil {
 			return err
 		}
 	}
@@ -142,10 +169,10 @@ func (f *framer) queue(bhs *BHS, data []byte) error {
 	return nil
 }
 
-// flush writes the batch with one writev where possible.
-func (f *framer) flush() error {
+// Flush writes the batch with one writev where possible.
+func (f *tcpTransport) Flush() error {
 	bufs := f.wbufs
-	_, err := bufs.WriteTo(f.w)
+	_, err := bufs.WriteTo(f.Conn)
 	clear(f.wbufs)
 	f.wbufs = f.wbufs[:0]
 	f.hdrs = f.hdrs[:0]

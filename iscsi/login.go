@@ -35,20 +35,20 @@ type loginState struct {
 func (c *conn) login() error {
 	st := &loginState{first: true}
 	st.neg = newNegotiator(&c.params, c.srv.opts.Limits)
-	var h header
+	var h Header
 	for {
-		if err := c.f.readHeader(&h); err != nil {
+		if err := c.tr.ReadHeader(&h); err != nil {
 			return fmt.Errorf("read login request: %w", err)
 		}
 		if h.Opcode() != OpLoginReq {
-			c.f.readData(nil, h.DataLen())
+			c.tr.ReadData(nil, h.DataLen())
 			if st.first {
 				return fmt.Errorf("first PDU is a %v, not a Login Request", h.Opcode())
 			}
 			return c.loginFail(&h, loginErr(LoginInvalidDuringLogin, "%v during login", h.Opcode()))
 		}
 		data := make([]byte, h.DataLen())
-		ok, err := c.f.readData(data, len(data))
+		ok, err := c.tr.ReadData(data, len(data))
 		if err != nil {
 			return err
 		}
@@ -66,7 +66,7 @@ func (c *conn) login() error {
 }
 
 // loginFail answers with a failure status; the connection then closes.
-func (c *conn) loginFail(h *header, e *LoginError) error {
+func (c *conn) loginFail(h *Header, e *LoginError) error {
 	fields := []zap.Field{zap.String("status", fmt.Sprintf("%04x", uint16(e.Status))), zap.String("reason", e.Reason)}
 	if c.params.InitiatorName != "" {
 		fields = append(fields, zap.String("initiator", c.params.InitiatorName))
@@ -83,14 +83,14 @@ func (c *conn) loginFail(h *header, e *LoginError) error {
 	b.SetU32(offExpStatSN, h.U32(offCmdSN))
 	b.SetU32(offMaxCmdSN, h.U32(offCmdSN))
 	b[36], b[37] = byte(e.Status>>8), byte(e.Status)
-	c.f.queue(&b, nil)
-	c.f.flush()
+	c.tr.Queue(&b, nil)
+	c.tr.Flush()
 	return e
 }
 
 // loginStep handles one Login Request. done is true when the connection
 // has entered full feature phase.
-func (c *conn) loginStep(st *loginState, h *header, data []byte) (done bool, _ *LoginError) {
+func (c *conn) loginStep(st *loginState, h *Header, data []byte) (done bool, _ *LoginError) {
 	flags := h.Flags()
 	transit, cont := flags&0x80 != 0, flags&0x40 != 0
 	csg, nsg := int(flags>>2&3), int(flags&3)
@@ -175,10 +175,10 @@ func (c *conn) loginStep(st *loginState, h *header, data []byte) (done bool, _ *
 		return false, lerr
 	}
 	c.loginRespond(st, h, true, nsg, resp, tsih)
-	if err := c.f.flush(); err != nil {
+	if err := c.tr.Flush(); err != nil {
 		return false, loginErr(LoginTargetError, "send final login response: %v", err)
 	}
-	c.f.hdrDigest, c.f.dataDigest = c.params.HeaderDigest, c.params.DataDigest
+	c.tr.SetDigests(c.params.HeaderDigest, c.params.DataDigest)
 	return true, nil
 }
 
@@ -259,7 +259,7 @@ func (c *conn) startSession(st *loginState) (uint16, *LoginError) {
 }
 
 // loginRespond queues a Login Response; it is written at the next flush.
-func (c *conn) loginRespond(st *loginState, h *header, transit bool, nsg int, kvs []KV, tsih uint16) {
+func (c *conn) loginRespond(st *loginState, h *Header, transit bool, nsg int, kvs []KV, tsih uint16) {
 	var b BHS
 	b[0] = byte(OpLoginResp)
 	b[1] = byte(st.csg << 2)
@@ -273,9 +273,9 @@ func (c *conn) loginRespond(st *loginState, h *header, transit bool, nsg int, kv
 	c.statSN++
 	b.SetU32(offExpStatSN, st.cmdSN)
 	b.SetU32(offMaxCmdSN, st.cmdSN+c.srv.opts.CmdWindow-1)
-	c.f.queue(&b, EncodeText(kvs))
+	c.tr.Queue(&b, EncodeText(kvs))
 	if !transit || nsg != stageFullFeature {
-		c.f.flush()
+		c.tr.Flush()
 	}
 }
 

@@ -120,21 +120,22 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			tc.SetKeepAlive(true)
 			tc.SetKeepAlivePeriod(30 * time.Second)
 		}
-		if !s.ServeConn(nc) {
-			nc.Close()
+		tr := NewTCPTransport(nc)
+		if !s.ServeTransport(tr) {
+			tr.Close()
 		}
 	}
 }
 
-// ServeConn runs one transport connection in its own goroutines. It returns
+// ServeTransport runs one connection in its own goroutines. It returns
 // false when the server is shutting down and did not take the connection.
-func (s *Server) ServeConn(nc net.Conn) bool {
+func (s *Server) ServeTransport(tr Transport) bool {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return false
 	}
-	c := newConn(s, nc)
+	c := newConn(s, tr)
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()

@@ -35,7 +35,7 @@ type Session struct {
 
 // heldPDU is a non-immediate command received ahead of a gap in CmdSN.
 type heldPDU struct {
-	hdr  header
+	hdr  Header
 	ahs  []byte
 	data []byte
 }

@@ -17,7 +17,7 @@ type textContinuation struct {
 
 // handleText answers a Text Request: SendTargets and renegotiation of
 // keys; long answers go out over several PDUs with the C bit.
-func (c *conn) handleText(h *header, pl *payload) error {
+func (c *conn) handleText(h *Header, pl *payload) error {
 	data, ok, err := pl.bytes()
 	if err != nil {
 		return err
@@ -119,7 +119,7 @@ func (c *conn) portalAddrs() []string {
 	c.srv.mu.Lock()
 	portals := append([]Portal(nil), c.srv.portals...)
 	c.srv.mu.Unlock()
-	local, _, _ := net.SplitHostPort(c.nc.LocalAddr().String())
+	local, _, _ := net.SplitHostPort(c.tr.LocalAddr().String())
 	var out []string
 	seen := map[string]bool{}
 	for _, p := range portals {
@@ -137,7 +137,7 @@ func (c *conn) portalAddrs() []string {
 		}
 	}
 	if len(out) == 0 {
-		out = append(out, c.nc.LocalAddr().String())
+		out = append(out, c.tr.LocalAddr().String())
 	}
 	return out
 }
@@ -151,7 +151,7 @@ func sortStrings(s []string) {
 }
 
 // handleLogout closes the session or connection after its tasks end.
-func (c *conn) handleLogout(h *header, pl *payload) error {
+func (c *conn) handleLogout(h *Header, pl *payload) error {
 	if err := pl.discard(); err != nil {
 		return err
 	}

@@ -33,7 +33,7 @@ var tmfNames = map[byte]string{
 
 // handleTMF runs a task management function. Aborted tasks finish before
 // the response is sent; the reader goes on meanwhile.
-func (c *conn) handleTMF(h *header, pl *payload) error {
+func (c *conn) handleTMF(h *Header, pl *payload) error {
 	if err := pl.discard(); err != nil {
 		return err
 	}

@@ -80,14 +80,14 @@ func (c *conn) writer() {
 				closeAfter = true
 			default:
 				c.stamp(&it.bhs, it.kind == outStatus)
-				err = c.f.queue(&it.bhs, it.data)
+				err = c.tr.Queue(&it.bhs, it.data)
 			}
 			if err != nil {
 				break
 			}
 		}
 		if err == nil {
-			err = c.f.flush()
+			err = c.tr.Flush()
 		}
 		for i := range batch {
 			if batch[i].kind == outResponse {
@@ -173,7 +173,7 @@ func (c *conn) writeResponse(t *task) error {
 			c.stamp(&b, false)
 			b.SetU32(offCmdSN, 0)
 		}
-		if err := c.f.queue(&b, data[off:off+n]); err != nil {
+		if err := c.tr.Queue(&b, data[off:off+n]); err != nil {
 			return err
 		}
 		off += n
@@ -195,7 +195,7 @@ func (c *conn) writeResponse(t *task) error {
 		copy(t.senseBuf[2:], cmd.Sense[:cmd.SenseLen])
 		sense = t.senseBuf[:2+cmd.SenseLen]
 	}
-	return c.f.queue(&b, sense)
+	return c.tr.Queue(&b, sense)
 }
 
 // writeR2T emits one R2T for a range of a task's data.
@@ -210,5 +210,5 @@ func (c *conn) writeR2T(t *task, r r2tRange) error {
 	b.SetU32(offOffset, r.offset)
 	b.SetU32(offResidual, r.length)
 	c.stamp(&b, false)
-	return c.f.queue(&b, nil)
+	return c.tr.Queue(&b, nil)
 }
