@@ -143,6 +143,14 @@ func (c *conn) progress(t *task) {
 		c.execute(t)
 		return
 	}
+	if c.mover != nil {
+		// RDMA: once the unsolicited data is in, read the rest at once.
+		if t.received == t.unsolEnd && t.nextOffset < t.edtl {
+			t.nextOffset = t.edtl
+			c.mover.GetData(t.itt, t.buf[t.unsolEnd:t.edtl], t)
+		}
+		return
+	}
 	p := &c.sess.params
 	for len(t.r2ts) < int(p.MaxOutstandingR2T) && t.nextOffset < t.edtl {
 		r := r2tRange{sn: t.r2tSN, offset: t.nextOffset, length: min(p.MaxBurstLength, t.edtl-t.nextOffset)}
@@ -250,4 +258,16 @@ func (c *conn) handleDataOut(h *Header, pl *payload) error {
 	}
 	c.progress(t)
 	return nil
+}
+
+// DataArrived completes a write whose solicited data a DataMover fetched.
+func (t *task) DataArrived(err error) {
+	if err != nil {
+		t.c.log.Warn("fetching write data failed", zap.Uint32("itt", t.itt), zap.Error(err))
+		t.executed = true
+		t.c.checkCondition(t, 0x0b, 0x4b, 0x00) // ABORTED COMMAND, DATA PHASE ERROR
+		return
+	}
+	t.received = t.edtl
+	t.c.execute(t)
 }

@@ -15,11 +15,12 @@ import (
 // reader goroutine runs login and then handles every request in order; its
 // writer goroutine owns StatSN and sends whatever is queued.
 type conn struct {
-	srv  *Server
-	tr   Transport
-	log  *zap.Logger
-	sess *Session
-	cid  uint16
+	srv   *Server
+	tr    Transport
+	mover DataMover // set when the transport moves task data itself (iSER)
+	log   *zap.Logger
+	sess  *Session
+	cid   uint16
 
 	// written by the reader during login only, then read-only
 	params Params
@@ -48,6 +49,7 @@ type conn struct {
 func newConn(s *Server, tr Transport) *conn {
 	c := &conn{srv: s, tr: tr, wsig: make(chan struct{}, 1),
 		closing: make(chan struct{}), done: make(chan struct{}), params: DefaultParams()}
+	c.mover, _ = tr.(DataMover)
 	c.log = s.log.With(zap.String("remote", tr.RemoteAddr().String()))
 	return c
 }

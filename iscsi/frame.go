@@ -178,3 +178,24 @@ func (f *tcpTransport) Flush() error {
 	f.hdrs = f.hdrs[:0]
 	return err
 }
+
+// DataMover is implemented by transports that move task data by RDMA
+// instead of Data-In, R2T and solicited Data-Out PDUs (iSER, RFC 7145).
+type DataMover interface {
+	// PutData places a read command's data in the initiator's buffer of
+	// task itt. The status PDU is queued after PutData returns, so the
+	// transport must deliver it after the data (RC ordering does that).
+	PutData(itt uint32, data []byte) error
+	// GetData fetches the solicited data of write task itt (everything the
+	// initiator did not send as immediate or unsolicited data) into dst and
+	// calls done.DataArrived once it is there or has failed.
+	GetData(itt uint32, dst []byte, done DataWaiter)
+	// FullFeature is called once login has succeeded, with the negotiated
+	// parameters, before any full feature phase PDU is read.
+	FullFeature(p *Params) error
+}
+
+// DataWaiter is told when data fetched by a DataMover has arrived.
+type DataWaiter interface {
+	DataArrived(err error)
+}

@@ -34,7 +34,9 @@ type loginState struct {
 // is in full feature phase.
 func (c *conn) login() error {
 	st := &loginState{first: true}
-	st.neg = newNegotiator(&c.params, c.srv.opts.Limits)
+	limits := c.srv.opts.Limits
+	limits.RDMA = c.mover != nil
+	st.neg = newNegotiator(&c.params, limits)
 	var h Header
 	for {
 		if err := c.tr.ReadHeader(&h); err != nil {
@@ -177,6 +179,15 @@ func (c *conn) loginStep(st *loginState, h *Header, data []byte) (done bool, _ *
 	c.loginRespond(st, h, true, nsg, resp, tsih)
 	if err := c.tr.Flush(); err != nil {
 		return false, loginErr(LoginTargetError, "send final login response: %v", err)
+	}
+	if c.mover != nil {
+		if c.params.RDMAExtensions {
+			c.params.MaxXmitDataSegmentLength = c.params.InitiatorRecvDataSegmentLength
+		}
+		if err := c.mover.FullFeature(&c.params); err != nil {
+			return false, loginErr(LoginTargetError, "enter full feature phase: %v", err)
+		}
+		return true, nil
 	}
 	c.tr.SetDigests(c.params.HeaderDigest, c.params.DataDigest)
 	return true, nil

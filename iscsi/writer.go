@@ -147,6 +147,12 @@ func (c *conn) writeResponse(t *task) error {
 	data := t.dataIn()
 	residual, resFlags := t.residual()
 	collapse := len(data) > 0 && cmd.Status == scsi.StatusGood
+	if c.mover != nil && len(data) > 0 {
+		if err := c.mover.PutData(t.itt, data); err != nil {
+			return err
+		}
+		data, collapse = nil, false
+	}
 	maxSeg := int(c.params.MaxXmitDataSegmentLength)
 	maxBurst := int(c.sess.params.MaxBurstLength)
 	var b BHS
