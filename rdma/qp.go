@@ -243,6 +243,11 @@ func (qp *QP) Modify(a *QPAttr, mask QPAttrMask) error {
 	if a.AH.IsGlobal {
 		cmd.Dest.IsGlobal = 1
 	}
+	qp.mu.Lock()
+	defer qp.mu.Unlock()
+	if qp.dead {
+		return fmt.Errorf("rdma: modify QP %d: %w", qp.Num, ErrClosed)
+	}
 	if err := qp.ctx.execute(cmdModifyQP, nil, asBytes(&cmd)); err != nil {
 		return fmt.Errorf("rdma: modify QP %d to state %d (mask %#x): %w", qp.Num, a.State, uint32(mask), err)
 	}
