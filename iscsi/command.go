@@ -67,10 +67,7 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 	t.edtl = edtl
 	n := copy(t.cdb[:], h.BHS[32:48])
 	n += extendedCDB(h.AHS, t.cdb[16:])
-	lun, ok := DecodeLUN(t.lunField)
-	if !ok {
-		lun = noLUN
-	}
+	lun := s.targetLUN(t.lunField)
 	t.cmd.Nexus = s.nexus
 	t.cmd.LUN = lun
 	t.cmd.CDB = t.cdb[:n]
@@ -270,4 +267,17 @@ func (t *task) DataArrived(err error) {
 	}
 	t.received = t.edtl
 	t.c.execute(t)
+}
+
+// targetLUN decodes a LUN field and maps it to the target's numbering;
+// LUNs the initiator may not see become noLUN.
+func (s *Session) targetLUN(field uint64) uint64 {
+	lun, ok := DecodeLUN(field)
+	if ok {
+		lun, ok = s.view.target(lun)
+	}
+	if !ok {
+		return noLUN
+	}
+	return lun
 }

@@ -74,7 +74,10 @@ func (c *conn) serve() {
 	defer c.close()
 	c.tr.SetDeadline(time.Now().Add(c.srv.opts.LoginTimeout))
 	if err := c.login(); err != nil {
-		c.logEnd("login ended", err)
+		var le *LoginError
+		if !errors.As(err, &le) { // refusals were logged with their reason already
+			c.logEnd("login ended", err)
+		}
 		return
 	}
 	c.tr.SetDeadline(time.Time{})

@@ -25,9 +25,11 @@ type loginState struct {
 	csg      int
 	neg      *negotiator
 	target   *Target
-	authDone bool // AuthMethod settled (None)
+	acl      *ACL
+	creds    *CHAPSecret // CHAP the initiator must pass, nil for none
+	chap     *chapState  // the CHAP exchange once AuthMethod=CHAP
+	authDone bool        // authentication finished (or AuthMethod=None)
 	pending  []byte
-	sawTPGT  bool
 }
 
 // login runs the login phase. On success the connection has a session and
@@ -142,20 +144,18 @@ func (c *conn) loginStep(st *loginState, h *Header, data []byte) (done bool, _ *
 		resp = append(resp, r...)
 		st.first = false
 	}
-	for _, kv := range kvs {
-		if kv.Key != "AuthMethod" {
-			continue
-		}
-		if csg != stageSecurity {
-			return false, loginErr(LoginInitiatorError, "AuthMethod outside the security stage")
-		}
-		if !hasValue(kv.Value, "None") {
-			return false, loginErr(LoginAuthFailure, "initiator requires authentication %q; the target has no credentials configured", kv.Value)
-		}
-		st.authDone = true
-		resp = append(resp, KV{"AuthMethod", "None"})
+	r, lerr := c.authenticate(st, csg, kvs)
+	if lerr != nil {
+		return false, lerr
 	}
-	r, lerr := st.neg.negotiate(kvs)
+	resp = append(resp, r...)
+	if transit && csg == stageSecurity && !st.authDone {
+		if st.chap == nil {
+			return false, loginErr(LoginAuthFailure, "leaving the security stage before authenticating")
+		}
+		transit = false // CHAP is still going: stay in the security stage
+	}
+	r, lerr = st.neg.negotiate(kvs)
 	if lerr != nil {
 		return false, lerr
 	}
@@ -220,6 +220,7 @@ func (c *conn) loginIdentify(st *loginState, kvs []KV) ([]KV, *LoginError) {
 	c.log = c.log.With(zap.String("initiator", p.InitiatorName))
 	if p.SessionType == "Discovery" {
 		st.neg.discovery = true
+		st.creds = c.srv.discoveryCHAP.Load()
 		return nil, nil
 	}
 	if p.TargetName == "" {
@@ -230,6 +231,12 @@ func (c *conn) loginIdentify(st *loginState, kvs []KV) ([]KV, *LoginError) {
 		return nil, loginErr(LoginNotFound, "no target named %s", truncate(p.TargetName))
 	}
 	c.log = c.log.With(zap.String("target", p.TargetName))
+	access := st.target.Access()
+	acl, ok := access.lookup(p.InitiatorName)
+	if !ok {
+		return nil, loginErr(LoginAuthzFailure, "initiator %s is not in the ACL of %s", p.InitiatorName, p.TargetName)
+	}
+	st.acl, st.creds = acl, access.credentials(acl)
 	resp := []KV{{"TargetPortalGroupTag", fmt.Sprint(st.target.TPGT)}}
 	if st.target.Alias != "" {
 		resp = append(resp, KV{"TargetAlias", st.target.Alias})
@@ -239,11 +246,11 @@ func (c *conn) loginIdentify(st *loginState, kvs []KV) ([]KV, *LoginError) {
 
 // startSession creates (or reinstates) the session at the end of login.
 func (c *conn) startSession(st *loginState) (uint16, *LoginError) {
-	if st.csg == stageSecurity && !st.authDone {
-		return 0, loginErr(LoginAuthFailure, "leaving the security stage without AuthMethod")
+	if !st.authDone && (st.creds != nil || st.csg == stageSecurity) {
+		return 0, loginErr(LoginAuthFailure, "authentication required but not done")
 	}
 	s := &Session{srv: c.srv, target: st.target, isid: st.isid, params: c.params,
-		discovery: c.params.SessionType == "Discovery", conn: c}
+		discovery: c.params.SessionType == "Discovery", conn: c, view: newLUNView(st.acl)}
 	s.expCmdSN.Store(st.cmdSN)
 	s.maxCmdSN.Store(st.cmdSN + c.srv.opts.CmdWindow - 1)
 	if !s.discovery {
@@ -254,6 +261,10 @@ func (c *conn) startSession(st *loginState) (uint16, *LoginError) {
 			TargetPort:    fmt.Sprintf("%s,t,0x%04x", st.target.Name, st.target.TPGT),
 			RelativePort:  st.target.TPGT,
 			PortGroup:     st.target.TPGT,
+			ReadOnly:      st.acl != nil && st.acl.ReadOnly,
+		}
+		if s.view != nil {
+			s.nexus.LUNs = s.view.visible()
 		}
 	}
 	c.srv.register(s)
@@ -288,6 +299,63 @@ func (c *conn) loginRespond(st *loginState, h *Header, transit bool, nsg int, kv
 	if !transit || nsg != stageFullFeature {
 		c.tr.Flush()
 	}
+}
+
+// authenticate handles AuthMethod and the CHAP keys of one request.
+func (c *conn) authenticate(st *loginState, csg int, kvs []KV) ([]KV, *LoginError) {
+	keys := make(map[string]string)
+	for _, kv := range kvs {
+		if kv.Key == "AuthMethod" || strings.HasPrefix(kv.Key, "CHAP_") {
+			if csg != stageSecurity {
+				return nil, loginErr(LoginInitiatorError, "%s outside the security stage", kv.Key)
+			}
+			keys[kv.Key] = kv.Value
+		}
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	var resp []KV
+	if m, ok := keys["AuthMethod"]; ok {
+		switch {
+		case st.creds != nil && hasValue(m, "CHAP"):
+			st.chap = &chapState{secret: st.creds}
+			resp = append(resp, KV{"AuthMethod", "CHAP"})
+		case st.creds == nil && hasValue(m, "None"):
+			st.authDone = true
+			resp = append(resp, KV{"AuthMethod", "None"})
+		case st.creds != nil:
+			return nil, loginErr(LoginAuthFailure, "CHAP is required but the initiator offered AuthMethod=%s", truncate(m))
+		default:
+			return nil, loginErr(LoginAuthFailure, "initiator requires AuthMethod=%s; no credentials are configured for it", truncate(m))
+		}
+	}
+	if st.chap == nil {
+		if _, ok := keys["CHAP_A"]; ok {
+			return nil, loginErr(LoginInitiatorError, "CHAP keys before AuthMethod=CHAP was agreed")
+		}
+		return resp, nil
+	}
+	if a, ok := keys["CHAP_A"]; ok && st.chap.step == 0 {
+		r, lerr := st.chap.chapAlgorithm(a)
+		if lerr != nil {
+			return nil, lerr
+		}
+		return append(resp, r...), nil
+	}
+	if _, ok := keys["CHAP_R"]; ok && st.chap.step == 1 {
+		r, lerr := st.chap.chapResponse(keys)
+		if lerr != nil {
+			return nil, lerr
+		}
+		st.authDone = true
+		c.log.Info("CHAP authentication succeeded", zap.Bool("mutual", len(r) > 0))
+		return append(resp, r...), nil
+	}
+	if len(resp) == 0 {
+		return nil, loginErr(LoginAuthFailure, "CHAP keys out of order")
+	}
+	return resp, nil
 }
 
 // hasValue reports whether a comma-separated list holds v.

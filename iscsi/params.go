@@ -176,6 +176,11 @@ var keyDefs = map[string]keyDef{
 	"TargetName":         {kind: kindSkip},
 	"SessionType":        {kind: kindSkip},
 	"AuthMethod":         {kind: kindSkip},
+	"CHAP_A":             {kind: kindSkip},
+	"CHAP_I":             {kind: kindSkip},
+	"CHAP_C":             {kind: kindSkip},
+	"CHAP_N":             {kind: kindSkip},
+	"CHAP_R":             {kind: kindSkip},
 }
 
 // targetOnlyKeys may only be sent by a target; an initiator sending one

@@ -21,7 +21,16 @@ type Target struct {
 	SCSI  *scsi.Target
 	// TPGT is the target portal group tag (1 by default).
 	TPGT uint16
+
+	access atomic.Pointer[Access]
 }
+
+// SetAccess replaces the target's access policy; logins after the call use
+// it, sessions already in place keep theirs.
+func (t *Target) SetAccess(a *Access) { t.access.Store(a) }
+
+// Access returns the target's access policy (nil: open to all, no CHAP).
+func (t *Target) Access() *Access { return t.access.Load() }
 
 // Portal is an address the server listens on, reported by SendTargets.
 type Portal struct {
@@ -60,8 +69,12 @@ type Server struct {
 	closed   bool
 	wg       sync.WaitGroup
 
-	nexusID atomic.Uint64
+	nexusID       atomic.Uint64
+	discoveryCHAP atomic.Pointer[CHAPSecret]
 }
+
+// SetDiscoveryCHAP requires CHAP from discovery sessions (nil: none).
+func (s *Server) SetDiscoveryCHAP(c *CHAPSecret) { s.discoveryCHAP.Store(c) }
 
 // NewServer returns a server with no targets.
 func NewServer(log *zap.Logger, opts Options) *Server {

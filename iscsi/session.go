@@ -21,6 +21,7 @@ type Session struct {
 	params    Params
 	nexus     *scsi.Nexus
 	discovery bool
+	view      *lunView // the initiator's LUN numbering, nil when it is the target's
 
 	// Command numbering (RFC 7143 4.2.2.1). expCmdSN and maxCmdSN are read
 	// by the writer when it stamps outgoing PDUs.

@@ -89,8 +89,10 @@ func (c *conn) sendTargets(which string) []KV {
 	switch {
 	case which == "All" && s.discovery:
 		c.srv.mu.Lock()
-		for n := range c.srv.targets {
-			names = append(names, n)
+		for n, t := range c.srv.targets {
+			if _, ok := t.Access().lookup(c.params.InitiatorName); ok {
+				names = append(names, n)
+			}
 		}
 		c.srv.mu.Unlock()
 		sortStrings(names)

@@ -40,7 +40,7 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 	s := c.sess
 	fn := h.Flags() & 0x7f
 	lunField := h.LUN()
-	lun, lunOK := DecodeLUN(lunField)
+	lun := c.sess.targetLUN(lunField)
 	log := c.log.With(zap.String("function", tmfNames[fn]), zap.Uint32("itt", h.ITT()))
 	respond := func(code byte) {
 		var b BHS
@@ -55,7 +55,7 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 		return nil
 	}
 	scsiT := s.target.SCSI
-	hasLUN := lunOK && scsiT.HasLUN(lun)
+	hasLUN := lun != noLUN && scsiT.HasLUN(lun)
 	var wg sync.WaitGroup
 	var after func()
 	switch fn {

@@ -19,6 +19,7 @@ data_dir: $work
 portals: [{address: "127.0.0.1:$port"}]
 targets:
   - name: $iqn
+    open: true
     luns:
       - {lun: 0, path: lun0.img, size: 64MiB, block_size: 512, thin: true}
 log: {level: warn}

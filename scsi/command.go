@@ -49,6 +49,11 @@ type Nexus struct {
 	RelativePort uint16
 	// PortGroup is the target port group the nexus came in through.
 	PortGroup uint16
+	// ReadOnly refuses writes from this nexus (an ACL setting).
+	ReadOnly bool
+	// LUNs, when not nil, is the list of LUNs this nexus may see (REPORT
+	// LUNS answers with it); the transport maps them to the target's LUNs.
+	LUNs []uint64
 }
 
 // Command is one SCSI command and, once Done is called, its outcome. The

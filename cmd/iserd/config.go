@@ -23,6 +23,26 @@ type Config struct {
 	Portals []PortalConfig `yaml:"portals"`
 	Targets []TargetConfig `yaml:"targets"`
 	Log     LogConfig      `yaml:"log"`
+	// DiscoveryCHAP, when set, is required from discovery sessions.
+	DiscoveryCHAP *CHAPConfig `yaml:"discovery_chap"`
+}
+
+// CHAPConfig holds CHAP credentials; mutual_* authenticate the target too.
+type CHAPConfig struct {
+	User         string `yaml:"user"`
+	Secret       string `yaml:"secret"`
+	MutualUser   string `yaml:"mutual_user"`
+	MutualSecret string `yaml:"mutual_secret"`
+}
+
+// ACLConfig lets one initiator in.
+type ACLConfig struct {
+	Initiator string `yaml:"initiator"`
+	// LUNs maps the LUN numbers the initiator sees to the target's; empty
+	// shows every LUN under its own number.
+	LUNs     map[uint64]uint64 `yaml:"luns"`
+	ReadOnly bool              `yaml:"read_only"`
+	CHAP     *CHAPConfig       `yaml:"chap"`
 }
 
 // PortalConfig is one listening address.
@@ -35,6 +55,11 @@ type TargetConfig struct {
 	Name  string      `yaml:"name"`
 	Alias string      `yaml:"alias"`
 	LUNs  []LUNConfig `yaml:"luns"`
+	// Open lets every initiator in (demo mode). Without it only the
+	// initiators in ACLs may log in.
+	Open bool        `yaml:"open"`
+	CHAP *CHAPConfig `yaml:"chap"`
+	ACLs []ACLConfig `yaml:"acls"`
 }
 
 // LUNConfig is one logical unit.
@@ -98,6 +123,7 @@ func DefaultConfig() *Config {
 		Portals: []PortalConfig{{Address: "127.0.0.1:3260"}},
 		Targets: []TargetConfig{{
 			Name: "iqn.2026-11.org.iserd:disk0",
+			Open: true,
 			LUNs: []LUNConfig{{LUN: 0, Path: "lun0.img", Size: 1 << 30, BlockSize: 512, Thin: &thin}},
 		}},
 		Log: LogConfig{Level: "info", Format: "console"},
@@ -155,6 +181,9 @@ func (c *Config) Check() error {
 			return fmt.Errorf("targets[%d]: target %s is declared twice", i, t.Name)
 		}
 		names[t.Name] = true
+		if err := checkAccess(t); err != nil {
+			return fmt.Errorf("targets[%d] (%s): %w", i, t.Name, err)
+		}
 		luns := map[uint64]bool{}
 		for j := range t.LUNs {
 			l := &t.LUNs[j]
@@ -194,5 +223,56 @@ func (c *Config) Check() error {
 			}
 		}
 	}
+	if c.DiscoveryCHAP != nil {
+		if err := c.DiscoveryCHAP.secret().Check(); err != nil {
+			return fmt.Errorf("discovery_chap: %w", err)
+		}
+	}
 	return nil
+}
+
+// checkAccess validates a target's ACLs and CHAP settings.
+func checkAccess(t *TargetConfig) error {
+	if t.CHAP != nil {
+		if err := t.CHAP.secret().Check(); err != nil {
+			return fmt.Errorf("chap: %w", err)
+		}
+	}
+	seen := map[string]bool{}
+	for i, a := range t.ACLs {
+		if err := iscsi.ValidName(a.Initiator); err != nil {
+			return fmt.Errorf("acls[%d].initiator: %w", i, err)
+		}
+		if seen[a.Initiator] {
+			return fmt.Errorf("acls[%d]: initiator %s listed twice", i, a.Initiator)
+		}
+		seen[a.Initiator] = true
+		if a.CHAP != nil {
+			if err := a.CHAP.secret().Check(); err != nil {
+				return fmt.Errorf("acls[%d].chap: %w", i, err)
+			}
+		}
+	}
+	return nil
+}
+
+// secret converts the YAML form to the protocol's.
+func (c *CHAPConfig) secret() *iscsi.CHAPSecret {
+	if c == nil {
+		return nil
+	}
+	return &iscsi.CHAPSecret{User: c.User, Secret: c.Secret, MutualUser: c.MutualUser, MutualSecret: c.MutualSecret}
+}
+
+// access builds a target's access policy.
+func (t *TargetConfig) access() *iscsi.Access {
+	a := &iscsi.Access{Open: t.Open, CHAP: t.CHAP.secret(), ACLs: map[string]*iscsi.ACL{}}
+	for _, ac := range t.ACLs {
+		acl := &iscsi.ACL{Initiator: ac.Initiator, ReadOnly: ac.ReadOnly, CHAP: ac.CHAP.secret()}
+		if len(ac.LUNs) > 0 {
+			acl.LUNs = ac.LUNs
+		}
+		a.ACLs[ac.Initiator] = acl
+	}
+	return a
 }

@@ -55,6 +55,14 @@ func run() error {
 	if err := cfg.Check(); err != nil {
 		return err
 	}
+	if *configPath == "" {
+		for _, p := range cfg.Portals {
+			if host, _, _ := net.SplitHostPort(p.Address); !net.ParseIP(host).IsLoopback() {
+				return fmt.Errorf("the embedded default target is open to every initiator, so it only listens on loopback; "+
+					"to serve %s write a config file with ACLs (see README)", p.Address)
+			}
+		}
+	}
 	log, err := newLogger(cfg.Log)
 	if err != nil {
 		return err
@@ -115,6 +123,7 @@ type daemon struct {
 // build opens every LUN's backing store and registers the targets.
 func build(cfg *Config, log *zap.Logger) (*daemon, error) {
 	d := &daemon{srv: iscsi.NewServer(log, iscsi.DefaultOptions()), log: log}
+	d.srv.SetDiscoveryCHAP(cfg.DiscoveryCHAP.secret())
 	for _, tc := range cfg.Targets {
 		st := scsi.NewTarget(tc.Name)
 		for _, lc := range tc.LUNs {
@@ -129,7 +138,9 @@ func build(cfg *Config, log *zap.Logger) (*daemon, error) {
 				return nil, fmt.Errorf("target %s lun %d: %w", tc.Name, lc.LUN, err)
 			}
 		}
-		if err := d.srv.AddTarget(&iscsi.Target{Name: tc.Name, Alias: tc.Alias, SCSI: st}); err != nil {
+		it := &iscsi.Target{Name: tc.Name, Alias: tc.Alias, SCSI: st}
+		it.SetAccess(tc.access())
+		if err := d.srv.AddTarget(it); err != nil {
 			d.closeDisks()
 			return nil, err
 		}

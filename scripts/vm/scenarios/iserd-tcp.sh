@@ -10,6 +10,7 @@ data_dir: $DATA
 portals: [{address: "0.0.0.0:3260"}]
 targets:
   - name: $IQN
+    open: true
     luns:
       - {lun: 0, path: lun0.img, size: 512MiB, block_size: 512, thin: true}
 EOC
