@@ -47,7 +47,10 @@ type UringOptions struct {
 //
 // Reads and writes use O_DIRECT when the buffer address, offset and length
 // fit the store's direct-I/O alignment, and the page cache otherwise; the
-// kernel keeps both views coherent. Buffers from the configured Pool go
+// kernel keeps both views coherent. A store on tmpfs is memory already:
+// tmpfs has no non-blocking read path (RWF_NOWAIT fails with EOPNOTSUPP),
+// so io_uring would hand every copy to an io-wq thread; the worker copies
+// with preadv2/pwritev2 itself instead, which measured about twice as fast. Buffers from the configured Pool go
 // out as READ_FIXED/WRITE_FIXED. FUA writes carry RWF_DSYNC, a flush is an
 // fdatasync and unmap punches a hole (writing zeroes where that is not
 // supported).
@@ -64,6 +67,7 @@ type UringOptions struct {
 type Uring struct {
 	file     *File // buffered descriptor, size, Mapped, Resize, final flush
 	direct   int   // O_DIRECT descriptor, or -1
+	inline   bool  // memory-backed store: copy on the worker, see start
 	memAlign uintptr
 	offAlign int64
 	pool     *Pool
@@ -99,7 +103,10 @@ func NewUring(path string, o UringOptions) (*Uring, error) {
 		}
 		d.workers = append(d.workers, w)
 	}
-	if !o.Buffered {
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(f.fd, &fs); err == nil && fs.Type == unix.TMPFS_MAGIC {
+		d.inline = true
+	} else if !o.Buffered {
 		d.openDirect(path, o.ReadOnly)
 	}
 	if o.Pool != nil {
@@ -521,6 +528,10 @@ func (w *worker) start(r *Request) {
 			fail(r, nil)
 			return
 		}
+		if w.d.inline {
+			fail(r, w.d.copyNow(r))
+			return
+		}
 		s := w.alloc(r)
 		s.off, s.buf = r.Offset, r.Buf
 		w.issueRW(s)
@@ -540,6 +551,18 @@ func (w *worker) start(r *Request) {
 	default:
 		fail(r, fmt.Errorf("bdev: unknown operation %v", r.Op))
 	}
+}
+
+// copyNow performs a read or write with a positioned system call.
+func (d *Uring) copyNow(r *Request) error {
+	if r.Op == OpRead {
+		return d.file.read(r.Buf, r.Offset)
+	}
+	flags := 0
+	if r.FUA {
+		flags = unix.RWF_DSYNC
+	}
+	return d.file.write(r.Buf, r.Offset, flags)
 }
 
 func (w *worker) alloc(r *Request) *slot {

@@ -144,9 +144,14 @@ func TestUringDirect(t *testing.T) {
 	if mem <= 0 || off <= 0 || off&(off-1) != 0 {
 		t.Fatalf("direct alignment mem %d off %d", mem, off)
 	}
-	b := openUring(t, t.TempDir(), UringOptions{Buffered: true})
-	if ok, _, _ := b.Direct(); ok {
-		t.Fatal("Buffered option still opened O_DIRECT")
+	for name, dir := range map[string]string{"buffered": t.TempDir(), "tmpfs": shmDir(t)} {
+		b := openUring(t, dir, UringOptions{Buffered: name == "buffered"})
+		if ok, _, _ := b.Direct(); ok {
+			t.Errorf("%s: O_DIRECT opened", name)
+		}
+		if b.inline != (name == "tmpfs") {
+			t.Errorf("%s: inline copying %v", name, b.inline)
+		}
 	}
 }
 
@@ -487,10 +492,12 @@ func (l *loop) complete(r *Request) {
 		l.mu.Unlock()
 		l.done <- struct{}{}
 	case l.issued < l.total:
+		// Submitting under l.mu keeps a Queue single-producer while
+		// completions on the worker and run race to submit.
 		l.issued++
 		r.Offset = l.offset()
-		l.mu.Unlock()
 		l.s.Submit(r)
+		l.mu.Unlock()
 	default:
 		l.mu.Unlock()
 	}
@@ -498,17 +505,17 @@ func (l *loop) complete(r *Request) {
 
 // run completes n requests and returns when the last one has.
 func (l *loop) run(n int) {
+	if n <= 0 {
+		return
+	}
 	l.mu.Lock()
 	l.total, l.finished = n, 0
 	l.issued = min(n, len(l.reqs))
 	for i := range l.issued {
 		l.reqs[i].Offset = l.offset()
-	}
-	start := l.issued
-	l.mu.Unlock()
-	for i := range start {
 		l.s.Submit(&l.reqs[i])
 	}
+	l.mu.Unlock()
 	<-l.done
 }
 
@@ -531,6 +538,9 @@ func TestUringNoAllocs(t *testing.T) {
 	d := openUring(t, t.TempDir(), UringOptions{Pool: pool})
 	q := d.NewQueue()
 	defer q.Close()
+	shm := openUring(t, shmDir(t), UringOptions{Pool: pool})
+	sq := shm.NewQueue()
+	defer sq.Close()
 	for _, c := range []struct {
 		name string
 		s    submitter
@@ -540,6 +550,9 @@ func TestUringNoAllocs(t *testing.T) {
 		{"queue write", q, OpWrite},
 		{"device read", d, OpRead},
 		{"device write", d, OpWrite},
+		{"tmpfs queue read", sq, OpRead},
+		{"tmpfs queue write", sq, OpWrite},
+		{"tmpfs device write", shm, OpWrite},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			l := newLoop(c.s, poolBufs(t, pool, 8, 4096), c.op, false, testSize)
