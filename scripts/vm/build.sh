@@ -12,8 +12,9 @@ MODULES=(configfs crc32_generic crc32c_generic crc32c-intel crc32-pclmul
   rdma_rxe ib_uverbs rdma_ucm ib_iser iscsi_tcp
   target_core_mod target_core_file target_core_iblock iscsi_target_mod ib_isert
   dummy veth ext4 sd_mod sg loop brd null_blk)
-# Packages whose every ELF program under bin/ or sbin/ is included.
-PACKAGES=(open-iscsi fio sg3-utils libiscsi-bin ibverbs-utils rdmacm-utils tgt)
+# Packages whose every ELF program under bin/ or sbin/ is included (GNU coreutils so that
+# scenarios get the usual options; busybox fills in the rest).
+PACKAGES=(open-iscsi fio sg3-utils libiscsi-bin ibverbs-utils rdmacm-utils tgt coreutils)
 # Single programs from other packages.
 PROGRAMS=(/usr/sbin/ip /usr/bin/rdma /usr/bin/ss /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/bin/bash)
 # Loaded with dlopen, so ldd does not list them: the rxe verbs provider, and libgcc_s that

@@ -35,6 +35,7 @@ fetch_kernel() {
     }
     deb=$(ls "$dir/${pkg}"_*.deb 2>/dev/null | head -1)
     [ -n "$deb" ] || die "apt-get download reported success but no $pkg .deb is in $dir"
+    find "$dir" -name '*.deb' ! -path "$deb" -delete   # older kernels
     echo "$pkg" >"$dir/package"
   fi
   echo "$deb"

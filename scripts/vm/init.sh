@@ -4,7 +4,7 @@
 # lib.sh sourced, prints a marker line with its status, and powers off.
 # Markers: @@VM:<token>:BEGIN:<name>, @@VM:<token>:END:<name>:<status>:<seconds>,
 #          @@VM:<token>:DONE:<status>  (run.sh and run-all.sh parse them).
-export PATH=/usr/local/bin:/usr/sbin:/usr/bin HOME=/root TERM=dumb
+export PATH=/usr/sbin:/usr/bin:/usr/local/bin HOME=/root TERM=dumb
 . /etc/vm-run.conf
 
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -33,7 +33,7 @@ setup() {
   # crc32 crypto first: rdma_rxe cannot init without it. The -intel/-pclmul ones need CPU features.
   modprobe -q crc32c-intel 2>/dev/null
   modprobe -q crc32-pclmul 2>/dev/null
-  for m in configfs crc32_generic crc32c_generic rdma_rxe ib_uverbs rdma_ucm ib_iser iscsi_tcp dummy veth sd_mod sg; do
+  for m in configfs crc32_generic crc32c_generic rdma_rxe ib_uverbs rdma_ucm ib_iser iscsi_tcp dummy veth sd_mod sg ext4; do
     modprobe "$m" || { echo "vm: modprobe $m failed"; return 1; }
   done
   mount -t configfs configfs /sys/kernel/config || return
@@ -41,7 +41,7 @@ setup() {
   ip addr add "$VM_ADDR/24" dev d0 &&
   ip link set d0 up &&
   rdma link add rxe0 type rxe netdev d0 || { echo "vm: rdma_rxe setup failed"; return 1; }
-  mkdir -p /run/lock/iscsi /etc/iscsi/ifaces /var/lib/iscsi &&
+  mkdir -p /run/lock/iscsi /etc/iscsi/ifaces /var/lib/iscsi /etc/target &&
   echo "InitiatorName=$VM_INITIATOR" >/etc/iscsi/initiatorname.iscsi || return
   iscsid -f >/tmp/iscsid.log 2>&1 &
   i=0
@@ -58,14 +58,15 @@ run_one() {
   marker "BEGIN:$name"
   start=$(now)
   dir=$(mktemp -d /tmp/scenario.XXXXXX)
-  (cd "$dir" && exec setsid bash -c 'SCENARIO=$0; set -e -o pipefail; . /usr/lib/vm/lib.sh; . "$1"' "$name" "$file" </dev/null 2>&1) &
+  (cd "$dir" && exec setsid bash -c 'SCENARIO=$0; set -eE -o pipefail; . /usr/lib/vm/lib.sh; trap vm_err_trace ERR; . "$1"' \
+    "$name" "$file" </dev/null 2>&1) &
   pid=$!
-  setsid sh -c "sleep $limit; echo 'vm: scenario $name timed out after ${limit}s, killing it'; kill -KILL -- -$pid" &
+  setsid sh -c "sleep $limit; echo 'vm: scenario $name timed out after ${limit}s, killing it'; kill -9 -$pid" &
   watchdog=$!
   wait $pid
   status=$?
-  kill -KILL -- -$watchdog 2>/dev/null
-  kill -KILL -- -$pid 2>/dev/null
+  kill -9 "-$watchdog" 2>/dev/null
+  kill -9 "-$pid" 2>/dev/null
   bash -c '. /usr/lib/vm/lib.sh; vm_cleanup' >/tmp/cleanup.log 2>&1 || {
     echo "vm: cleanup after $name failed:"; cat /tmp/cleanup.log
   }

@@ -4,6 +4,7 @@
 # still be used in `if`); assert_* and fail print "FAIL: ..." and exit the scenario.
 . /etc/vm-run.conf                      # VM_ADDR, VM_INITIATOR, VM_TOKEN, ...
 LIO=/sys/kernel/config/target
+ISERD_BIN=${ISERD_BIN:-/usr/bin/iserd}  # the project's bin/iserd
 ISERD_LOG=/tmp/iserd.log
 ISERD_PIDFILE=/tmp/iserd.pid
 
@@ -60,6 +61,25 @@ to_bytes() {
   esac
 }
 
+# alive PID...: true when one of the PIDs is a live process (zombies do not count: PID 1 of
+# this VM is a shell that does not reap daemons it inherits).
+alive() {
+  local p
+  for p; do
+    [ -r "/proc/$p/stat" ] && [ "$(sed 's/.*) //; s/ .*//' "/proc/$p/stat" 2>/dev/null)" != Z ] && return 0
+  done
+  return 1
+}
+
+# vm_err_trace: the ERR trap of scenarios; names the failed command and where it ran.
+vm_err_trace() {
+  local st=$? i where=
+  for ((i = 1; i < ${#BASH_SOURCE[@]}; i++)); do
+    where+=" ${BASH_SOURCE[i]##*/}:${BASH_LINENO[i - 1]}"
+  done
+  echo "FAIL: status $st from '$BASH_COMMAND' at$where" >&2
+}
+
 # port_listening PORT: true when a TCP socket listens on PORT.
 port_listening() {
   awk -v p="$(printf ':%04X' "$1")" '$2 ~ p "$" && $4 == "0A" { found = 1 } END { exit !found }' \
@@ -80,18 +100,19 @@ rxe_gid_index() {
 
 # ---- iserd ------------------------------------------------------------------------------
 
-# iserd_start CONFIG_FILE [PORT]: starts /usr/bin/iserd -config CONFIG_FILE in the background
+# iserd_start CONFIG_FILE [PORT]: starts $ISERD_BIN -config CONFIG_FILE in the background
 # (log in $ISERD_LOG, pid in $ISERD_PID) and waits until it listens on PORT (default 3260).
 # Call it from the scenario's own shell, not in a subshell, so that ISERD_PID stays set.
 iserd_start() {
   local config=$1 port=${2:-3260} end
   [ -f "$config" ] || { echo "iserd_start: no config file '$config'" >&2; return 1; }
-  iserd -config "$config" >>"$ISERD_LOG" 2>&1 &
+  [ -x "$ISERD_BIN" ] || { echo "iserd_start: $ISERD_BIN is missing (run make build)" >&2; return 1; }
+  "$ISERD_BIN" -config "$config" >>"$ISERD_LOG" 2>&1 &
   ISERD_PID=$!
   echo "$ISERD_PID" >"$ISERD_PIDFILE"
   end=$(($(cut -d. -f1 /proc/uptime) + 30))
   until port_listening "$port"; do
-    if ! kill -0 "$ISERD_PID" 2>/dev/null; then
+    if ! alive "$ISERD_PID"; then
       wait "$ISERD_PID"
       echo "iserd_start: iserd exited with status $? before listening on port $port; its log:" >&2
       cat "$ISERD_LOG" >&2
@@ -115,9 +136,9 @@ iserd_stop() {
   [ -n "$pid" ] || return 0
   rm -f "$ISERD_PIDFILE"
   ISERD_PID=
-  kill -0 "$pid" 2>/dev/null || return 0
+  alive "$pid" || return 0
   kill -TERM "$pid"
-  if ! wait_until 15 "iserd to exit" eval "! kill -0 $pid 2>/dev/null"; then
+  if ! wait_until 15 "iserd to exit" eval "! alive $pid"; then
     kill -KILL "$pid" 2>/dev/null
     echo "iserd_stop: iserd ignored SIGTERM for 15s and was killed; log tail:" >&2
     tail -20 "$ISERD_LOG" >&2
@@ -210,12 +231,14 @@ logout_all() {
 
 # fio_verify DEV SIZE [FIO_OPTION...]: random writes of mixed sizes (4k-256k) over the first
 # SIZE bytes of DEV with crc32c checksums, then reads everything back and verifies it.
-# Extra options (e.g. --bs=4k, --iodepth=1) override the defaults.
+# Extra options (e.g. --bs=4k, --iodepth=1) override the defaults; any --bs* option replaces
+# the default block size mix.
 fio_verify() {
-  local dev=$1 size=$2 out st=0
+  local dev=$1 size=$2 bs=--bssplit=4k/50:64k/30:256k/20 out st=0
   shift 2
+  [[ " $* " == *" --bs"* ]] && bs=
   out=$(fio --name=verify --filename="$dev" --ioengine=libaio --direct=1 --iodepth=16 \
-    --rw=randwrite --bssplit=4k/50:64k/30:256k/20 --size="$size" --verify=crc32c \
+    --rw=randwrite $bs --size="$size" --verify=crc32c \
     --do_verify=1 --verify_fatal=1 --exitall_on_error "$@" 2>&1) || st=$?
   if [ $st -ne 0 ]; then
     echo "fio_verify $dev $size failed with status $st:"$'\n'"$out" >&2
@@ -303,12 +326,12 @@ tgt_setup() {
     [ -n "$size" ] || { echo "tgt_setup: $file does not exist and no SIZE given" >&2; return 1; }
     truncate -s "$(to_bytes "$size")" "$file" || return 1
   fi
-  if ! pidof tgtd >/dev/null; then
+  if ! alive $(pidof tgtd); then
     tgtd --iscsi portal="${TGT_PORTAL:-$VM_ADDR:3260}" >>/tmp/tgtd.log 2>&1 ||
       { echo "tgtd failed to start:" >&2; cat /tmp/tgtd.log >&2; return 1; }
     wait_until 10 "tgtd" eval 'tgtadm --op show --mode sys >/dev/null 2>&1' || return 1
   fi
-  tid=$(($(tgtadm --lld iscsi --op show --mode target | grep -c '^Target ') + 1))
+  tid=$(($(tgtadm --lld iscsi --op show --mode target | grep -c '^Target ' || true) + 1))
   out=$( { tgtadm --lld iscsi --op new --mode target --tid "$tid" -T "$iqn" &&
     tgtadm --lld iscsi --op new --mode logicalunit --tid "$tid" --lun 1 -b "$file" &&
     tgtadm --lld iscsi --op bind --mode target --tid "$tid" -I ALL; } 2>&1) ||
@@ -316,12 +339,16 @@ tgt_setup() {
   log "tgt: $iqn (tid $tid) LUN 1 = $file on ${TGT_PORTAL:-$VM_ADDR:3260}"
 }
 
-# tgt_teardown: stops tgtd.
+# tgt_teardown: deletes tgt's targets and stops tgtd (it ignores SIGTERM and only exits on
+# request once it has no targets).
 tgt_teardown() {
-  local pid
-  pid=$(pidof tgtd) || return 0
-  kill $pid
-  wait_until 10 "tgtd to exit" eval '! pidof tgtd >/dev/null' || { kill -KILL $pid; return 1; }
+  local pid tid
+  pid=$(pidof tgtd) && alive $pid || return 0
+  for tid in $(tgtadm --lld iscsi --op show --mode target | sed -n 's/^Target \([0-9]*\):.*/\1/p'); do
+    tgtadm --lld iscsi --op delete --mode target --tid "$tid" --force
+  done
+  tgtadm --op delete --mode system
+  wait_until 10 "tgtd to exit" eval "! alive $pid" || { kill -KILL $pid; return 1; }
 }
 
 # vm_cleanup: undoes what a scenario may have left behind; run between scenarios.
