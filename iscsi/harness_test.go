@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -38,7 +39,10 @@ func newEnv(t testing.TB, tune func(*iscsi.Options)) *env {
 	if tune != nil {
 		tune(&opts)
 	}
-	srv := iscsi.NewServer(zap.NewNop(), opts)
+	srv, err := iscsi.NewServer(zap.NewNop(), opts)
+	if err != nil {
+		t.Fatalf("new server: %v", err)
+	}
 	for _, name := range []string{testTarget, otherTarget} {
 		addTarget(t, srv, name)
 	}
@@ -195,4 +199,14 @@ func loginStatus(t testing.TB, err error) iscsi.LoginStatus {
 		t.Fatalf("login: got %v, want a refusal", err)
 	}
 	return le.Status
+}
+
+// knownBug skips a test that shows an engine bug not fixed yet, unless
+// ISERD_KNOWN_BUGS is set: the test fails until the engine is fixed, then
+// the call is removed.
+func knownBug(t testing.TB, what string) {
+	t.Helper()
+	if os.Getenv("ISERD_KNOWN_BUGS") == "" {
+		t.Skipf("known engine bug (set ISERD_KNOWN_BUGS=1 to run): %s", what)
+	}
 }

@@ -296,11 +296,40 @@ func (c *Conn) WriteRaw(b []byte) error {
 
 // writeLocked frames and sends one PDU; wmu is held.
 func (c *Conn) writeLocked(bhs *iscsi.BHS, ahs, data []byte) error {
+	bufs, err := c.frame(bhs, ahs, data)
+	if err != nil {
+		return err
+	}
+	if _, err := bufs.WriteTo(c.nc); err != nil {
+		return fmt.Errorf("send %v: %w", bhs.Opcode(), err)
+	}
+	return nil
+}
+
+// Encode returns the bytes WritePDU would send for p, for tests that
+// corrupt them before WriteRaw.
+func (c *Conn) Encode(p *PDU) ([]byte, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	bufs, err := c.frame(&p.BHS, p.AHS, p.Data)
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for _, b := range bufs {
+		out = append(out, b...)
+	}
+	return out, nil
+}
+
+// frame lays out one PDU: header (with AHS and digest), data, padding and
+// data digest. The header lives in c.hbuf: wmu is held until it is sent.
+func (c *Conn) frame(bhs *iscsi.BHS, ahs, data []byte) (net.Buffers, error) {
 	if len(ahs)%4 != 0 || len(ahs) > 255*4 {
-		return fmt.Errorf("AHS of %d bytes is not a whole number of words up to 1020", len(ahs))
+		return nil, fmt.Errorf("AHS of %d bytes is not a whole number of words up to 1020", len(ahs))
 	}
 	if len(data) > 1<<24-1 {
-		return fmt.Errorf("data segment of %d bytes does not fit the length field", len(data))
+		return nil, fmt.Errorf("data segment of %d bytes does not fit the length field", len(data))
 	}
 	bhs[4] = byte(len(ahs) / 4)
 	bhs.SetDataLen(len(data))
@@ -309,25 +338,24 @@ func (c *Conn) writeLocked(bhs *iscsi.BHS, ahs, data []byte) error {
 	if c.hdrDigest {
 		h = binary.LittleEndian.AppendUint32(h, crc32.Checksum(h, castagnoli))
 	}
-	bufs := net.Buffers{h}
-	var tail [8]byte
-	if len(data) > 0 {
-		bufs = append(bufs, data)
-		pad := iscsi.Padded(len(data)) - len(data)
-		t := tail[:pad]
-		if c.dataDigest {
-			crc := crc32.Update(crc32.Checksum(data, castagnoli), castagnoli, tail[:pad])
-			t = binary.LittleEndian.AppendUint32(t, crc)
-		}
-		if len(t) > 0 {
-			bufs = append(bufs, t)
-		}
-	}
 	c.hbuf = h[:0]
-	if _, err := bufs.WriteTo(c.nc); err != nil {
-		return fmt.Errorf("send %v: %w", bhs.Opcode(), err)
+	bufs := net.Buffers{h}
+	if len(data) == 0 {
+		return bufs, nil
 	}
-	return nil
+	bufs = append(bufs, data)
+	var tail []byte
+	if pad := iscsi.Padded(len(data)) - len(data); pad > 0 {
+		tail = make([]byte, pad, pad+4)
+	}
+	if c.dataDigest {
+		crc := crc32.Update(crc32.Checksum(data, castagnoli), castagnoli, tail)
+		tail = binary.LittleEndian.AppendUint32(tail, crc)
+	}
+	if len(tail) > 0 {
+		bufs = append(bufs, tail)
+	}
+	return bufs, nil
 }
 
 // readPDU reads one PDU, checking digests when they are in force.

@@ -1,6 +1,7 @@
 package initiator
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 
@@ -108,15 +109,29 @@ func (c *Conn) Text(ctx context.Context, kvs []iscsi.KV) ([]iscsi.KV, error) {
 		}
 		answer = append(answer, p.Data...)
 		if p.BHS.Flags()&0x40 == 0 {
-			kvs, err := iscsi.ParseText(answer)
-			if err != nil {
-				return nil, fmt.Errorf("text response: %w", err)
-			}
-			return kvs, nil
+			return parseList(answer)
 		}
 		ttt, data = p.BHS.U32(20), nil
 	}
 	return nil, fmt.Errorf("text response still continues after 1024 PDUs")
+}
+
+// parseList parses a text answer whose keys may repeat (SendTargets lists
+// TargetName and TargetAddress once per target and portal): each pair is
+// checked by iscsi.ParseText on its own, which refuses repeats within one call.
+func parseList(data []byte) ([]iscsi.KV, error) {
+	var out []iscsi.KV
+	for _, pair := range bytes.Split(data, []byte{0}) {
+		if len(pair) == 0 {
+			continue
+		}
+		kvs, err := iscsi.ParseText(pair)
+		if err != nil {
+			return nil, fmt.Errorf("text response: %w", err)
+		}
+		out = append(out, kvs...)
+	}
+	return out, nil
 }
 
 // SendTargets runs a SendTargets request (value "All" in a discovery
