@@ -63,7 +63,7 @@ func checkKeyName(k string) error {
 	}
 	for _, c := range []byte(k) {
 		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
-			c == '.' || c == '-' || c == '+' || c == '@' || c == '_'
+			c == '.' || c == '-' || c == '+' || c == '@' || c == '_' || c == '#' // '#': X# keys (RFC 7143 13.5.4)
 		if !ok {
 			return fmt.Errorf("key name %q has a character not allowed in a key", truncate(k))
 		}
