@@ -3,13 +3,16 @@ package iscsi
 import (
 	"encoding/binary"
 
+	"github.com/iserd/iserd/bdev"
 	"go.uber.org/zap"
 
 	"github.com/iserd/iserd/scsi"
 )
 
-// maxTransfer bounds one command's data; larger commands get CHECK CONDITION.
-const maxTransfer = 64 << 20
+// maxTransfer bounds one command's data (the largest pool buffer, and the
+// MAXIMUM TRANSFER LENGTH the SCSI layer reports); larger commands get
+// CHECK CONDITION.
+const maxTransfer = bdev.MaxBufSize
 
 // SCSI Command flag bits (byte 1).
 const (
@@ -88,8 +91,20 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 		c.checkCondition(t, 0x05, 0x24, 0x00) // INVALID FIELD IN CDB
 		return nil
 	}
-	if t.read || t.write {
-		t.buf = getBuf(int(edtl))
+	if (t.read || t.write) && edtl > 0 {
+		b, err := c.srv.pool.Get(int(edtl))
+		if err != nil {
+			c.log.Warn("no buffer for the command: answering BUSY", zap.Uint32("edtl", edtl), zap.Error(err))
+			if err := pl.discard(); err != nil {
+				return err
+			}
+			t.executed = true
+			t.cmd.Reset()
+			t.cmd.Status = scsi.StatusBusy
+			scsiDone(&t.cmd)
+			return nil
+		}
+		t.pbuf, t.buf = b, b.Bytes()
 	}
 	if !t.write {
 		if err := pl.discard(); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/scsi"
 )
 
@@ -47,6 +48,9 @@ type Options struct {
 	NopInterval, NopTimeout time.Duration
 	// LoginTimeout bounds the whole login phase.
 	LoginTimeout time.Duration
+	// Pool supplies command data buffers; RDMA transports and io_uring
+	// register its regions. NewServer makes one when it is nil.
+	Pool *bdev.Pool
 }
 
 // DefaultOptions are the server defaults.
@@ -59,6 +63,7 @@ func DefaultOptions() Options {
 type Server struct {
 	log  *zap.Logger
 	opts Options
+	pool *bdev.Pool
 
 	mu       sync.Mutex
 	targets  map[string]*Target
@@ -77,13 +82,23 @@ type Server struct {
 func (s *Server) SetDiscoveryCHAP(c *CHAPSecret) { s.discoveryCHAP.Store(c) }
 
 // NewServer returns a server with no targets.
-func NewServer(log *zap.Logger, opts Options) *Server {
+func NewServer(log *zap.Logger, opts Options) (*Server, error) {
 	if opts.CmdWindow == 0 {
 		opts.CmdWindow = 128
 	}
-	return &Server{log: log, opts: opts, targets: make(map[string]*Target),
-		sessions: make(map[uint16]*Session), conns: make(map[*conn]struct{})}
+	if opts.Pool == nil {
+		p, err := bdev.NewPool(bdev.PoolOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("buffer pool: %w", err)
+		}
+		opts.Pool = p
+	}
+	return &Server{log: log, opts: opts, pool: opts.Pool, targets: make(map[string]*Target),
+		sessions: make(map[uint16]*Session), conns: make(map[*conn]struct{})}, nil
 }
+
+// Pool is the server's command buffer pool.
+func (s *Server) Pool() *bdev.Pool { return s.pool }
 
 // AddTarget makes a target available to logins.
 func (s *Server) AddTarget(t *Target) error {

@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/scsi"
 )
 
@@ -19,8 +20,9 @@ type task struct {
 	edtl     uint32 // expected data transfer length
 	cdb      [260]byte
 
-	cmd scsi.Command
-	buf []byte // data-out collected, or data-in buffer
+	cmd  scsi.Command
+	buf  []byte    // data-out collected, or data-in buffer
+	pbuf *bdev.Buf // the pool buffer behind buf
 
 	// Data-Out collection.
 	received    uint32 // bytes of data-out received
@@ -65,7 +67,9 @@ func getTask(c *conn) *task {
 
 // release returns the task and its buffer to their pools.
 func (t *task) release() {
-	putBuf(t.buf)
+	if t.pbuf != nil {
+		t.c.srv.pool.Put(t.pbuf)
+	}
 	r2ts := t.r2ts[:0]
 	ctx := t.cmd.Ctx
 	*t = task{}
@@ -122,43 +126,4 @@ func (c *conn) taskSent(t *task) {
 		wg.Done()
 	}
 	t.release()
-}
-
-// Buffers by size class, from 4 KiB up.
-var bufPools [16]sync.Pool
-
-func sizeClass(n int) int {
-	c := 0
-	for size := 4096; size < n; size <<= 1 {
-		c++
-	}
-	return c
-}
-
-// getBuf returns a buffer of length n from a pool.
-func getBuf(n int) []byte {
-	if n == 0 {
-		return nil
-	}
-	c := sizeClass(n)
-	if c >= len(bufPools) {
-		return make([]byte, n)
-	}
-	if p, ok := bufPools[c].Get().(*[]byte); ok {
-		return (*p)[:n]
-	}
-	return make([]byte, n, 4096<<c)
-}
-
-// putBuf returns a buffer from getBuf.
-func putBuf(b []byte) {
-	if cap(b) < 4096 {
-		return
-	}
-	c := sizeClass(cap(b))
-	if c >= len(bufPools) || 4096<<c != cap(b) {
-		return
-	}
-	b = b[:cap(b)]
-	bufPools[c].Put(&b)
 }

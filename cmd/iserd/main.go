@@ -122,7 +122,11 @@ type daemon struct {
 
 // build opens every LUN's backing store and registers the targets.
 func build(cfg *Config, log *zap.Logger) (*daemon, error) {
-	d := &daemon{srv: iscsi.NewServer(log, iscsi.DefaultOptions()), log: log}
+	srv, err := iscsi.NewServer(log, iscsi.DefaultOptions())
+	if err != nil {
+		return nil, err
+	}
+	d := &daemon{srv: srv, log: log}
 	d.srv.SetDiscoveryCHAP(cfg.DiscoveryCHAP.secret())
 	for _, tc := range cfg.Targets {
 		st := scsi.NewTarget(tc.Name)
