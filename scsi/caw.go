@@ -9,7 +9,8 @@ import (
 // compareAndWrite implements COMPARE AND WRITE (SBC-3 5.2): under an
 // exclusive range lock it reads the blocks, compares them with the first
 // half of the data-out buffer and, only if equal, writes the second half.
-// The data-out buffer must hold exactly 2 * NUMBER OF LOGICAL BLOCKS.
+// The data-out buffer must hold exactly 2 * NUMBER OF LOGICAL BLOCKS
+// blocks, else INVALID FIELD IN CDB points at that field.
 func (d *Disk) compareAndWrite(c *Command) result {
 	cdb := c.CDB
 	if s, ok := protectField(cdb); !ok {
@@ -23,11 +24,11 @@ func (d *Disk) compareAndWrite(c *Command) result {
 		return fail(s)
 	}
 	c.Wanted = int(2 * nb << d.shift)
+	if len(c.DataOut) != c.Wanted { // also catches 256 blocks wrapped to 0
+		return fail(invalidCDB(13, 7))
+	}
 	if nb == 0 {
 		return good
-	}
-	if len(c.DataOut) != c.Wanted {
-		return fail(invalidCDB(13, 7))
 	}
 	io := d.newIO(c)
 	io.fua = cdb[1]&0x08 != 0 || !d.mode.Load().wce

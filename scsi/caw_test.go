@@ -36,6 +36,10 @@ func TestCompareAndWrite(t *testing.T) {
 		t.Fatal("CAW wrote despite the miscompare")
 	}
 	h.mustGood(h.a, cdbCAW(100, 0))
+	// 256 blocks do not fit the one-byte field: the data-out size gives it away.
+	if c := h.exec(h.a, 0, cdbCAW(100, 0), make([]byte, 2*256*512), 0); senseOf(c).code != ascInvalidFieldInCDB {
+		t.Fatalf("CAW with NB 0 and data: status %#x sense %+v", c.Status, senseOf(c))
+	}
 }
 
 func TestOrWrite(t *testing.T) {

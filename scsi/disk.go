@@ -41,11 +41,10 @@ type DiskConfig struct {
 const (
 	maxTransferBytes  = 16 << 20   // MAXIMUM TRANSFER LENGTH
 	optTransferBytes  = 1 << 20    // OPTIMAL TRANSFER LENGTH
-	maxWriteSameBytes = 32 << 20   // MAXIMUM WRITE SAME LENGTH
+	maxWriteSameBytes = 16 << 20   // MAXIMUM WRITE SAME LENGTH (< 65536 blocks)
 	maxCAWBlocks      = 255        // MAXIMUM COMPARE AND WRITE LENGTH
 	maxUnmapDescs     = 2048       // MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
 	maxUnmapBlocks    = 0xffffffff // MAXIMUM UNMAP LBA COUNT: no limit
-	physicalBlock     = 4096       // reported physical block size
 	naaMask           = 1<<60 - 1
 )
 
@@ -56,7 +55,6 @@ type Disk struct {
 	mapper bdev.Mapper // nil when not thin
 	cfg    DiskConfig
 	shift  uint // log2(BlockSize)
-	lbppbe uint // log2(logical blocks per physical block)
 
 	tgt    atomic.Pointer[Target] // the target the disk is attached to
 	mode   atomic.Pointer[modeState]
@@ -81,9 +79,6 @@ func NewDisk(dev bdev.Device, cfg DiskConfig) (*Disk, error) {
 	d := &Disk{dev: dev, cfg: cfg}
 	for 1<<d.shift < cfg.BlockSize {
 		d.shift++
-	}
-	for cfg.BlockSize<<d.lbppbe < physicalBlock {
-		d.lbppbe++
 	}
 	if cfg.Thin {
 		m, ok := dev.(bdev.Mapper)

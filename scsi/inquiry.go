@@ -149,15 +149,15 @@ func (d *Disk) deviceIdentification(n *Nexus) []byte {
 func (d *Disk) blockLimits() []byte {
 	b := make([]byte, 0x3c)
 	b[1] = maxCAWBlocks
-	binary.BigEndian.PutUint16(b[2:], 1<<d.lbppbe) // OPTIMAL TRANSFER LENGTH GRANULARITY
+	binary.BigEndian.PutUint16(b[2:], 1) // OPTIMAL TRANSFER LENGTH GRANULARITY
 	binary.BigEndian.PutUint32(b[4:], maxTransferBytes>>d.shift)
 	binary.BigEndian.PutUint32(b[8:], optTransferBytes>>d.shift)
 	binary.BigEndian.PutUint32(b[12:], maxTransferBytes>>d.shift) // MAXIMUM PREFETCH LENGTH
 	if d.cfg.Thin {
 		binary.BigEndian.PutUint32(b[16:], maxUnmapBlocks)
 		binary.BigEndian.PutUint32(b[20:], maxUnmapDescs)
-		binary.BigEndian.PutUint32(b[24:], 1<<d.lbppbe) // OPTIMAL UNMAP GRANULARITY
-		b[28] = 0x80                                    // UGAVALID, alignment 0
+		binary.BigEndian.PutUint32(b[24:], 1) // OPTIMAL UNMAP GRANULARITY
+		b[28] = 0x80                          // UGAVALID, alignment 0
 	}
 	binary.BigEndian.PutUint64(b[32:], maxWriteSameBytes>>d.shift)
 	return b

@@ -65,7 +65,7 @@ func TestVPDPages(t *testing.T) {
 		}{
 			{"page length", uint64(bl[3]), 0x3c},
 			{"max transfer", uint64(binary.BigEndian.Uint32(bl[8:])), maxTransferBytes / 512},
-			{"granularity", uint64(binary.BigEndian.Uint16(bl[6:])), 8},
+			{"granularity", uint64(binary.BigEndian.Uint16(bl[6:])), 1},
 			{"max write same", binary.BigEndian.Uint64(bl[36:]), maxWriteSameBytes / 512},
 			{"max CAW", uint64(bl[5]), maxCAWBlocks},
 			{"max unmap", uint64(binary.BigEndian.Uint32(bl[20:])), map[bool]uint64{true: maxUnmapBlocks}[thin]},

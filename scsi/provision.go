@@ -15,8 +15,9 @@ const (
 
 // writeSame implements WRITE SAME (10) and (16). NUMBER OF LOGICAL BLOCKS 0
 // means up to the last block, within MAXIMUM WRITE SAME LENGTH. With UNMAP
-// on a thin unit and an all-zero block (or NDOB), the range is deallocated,
-// which reads back as zeroes (LBPRZ); otherwise the block is written.
+// on a thin unit the range is deallocated whatever the block holds (SBC-3
+// 5.45, as libiscsi expects); it then reads back as zeroes (LBPRZ).
+// Otherwise the block is written.
 func (d *Disk) writeSame(c *Command) result {
 	cdb := c.CDB
 	if s, ok := protectField(cdb); !ok {
@@ -54,19 +55,10 @@ func (d *Disk) writeSame(c *Command) result {
 	io := d.newIO(c)
 	io.fua = !d.mode.Load().wce
 	io.lba, io.left = lba, n
-	if unmap && d.cfg.Thin && (ndob || allZero(c.DataOut)) {
+	if unmap && d.cfg.Thin {
 		return io.lockAndRun(lba, n, false, wsUnmap)
 	}
 	return io.lockAndRun(lba, n, false, wsStart)
-}
-
-func allZero(b []byte) bool {
-	for _, v := range b {
-		if v != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 func wsUnmap(io *ioCtx) result {

@@ -151,6 +151,8 @@ func TestWriteSame(t *testing.T) {
 		{"pattern 10", DiskConfig{}, cdb10(0x41, 100, 300), fill(512, 0x5a), 100, 300, 0x5a},
 		{"pattern 16", DiskConfig{}, cdb16n(0x93, 7, 2500), fill(512, 0x11), 7, 2500, 0x11},
 		{"unmap thin", DiskConfig{Thin: true}, append([]byte{0x41, 0x08}, cdb10(0x41, 100, 300)[2:]...), make([]byte, 512), 100, 300, 0},
+		{"unmap ignores data", DiskConfig{Thin: true}, append([]byte{0x41, 0x08}, cdb10(0x41, 100, 300)[2:]...), fill(512, 0xff), 100, 300, 0},
+		{"unmap thick writes", DiskConfig{}, append([]byte{0x41, 0x08}, cdb10(0x41, 100, 300)[2:]...), fill(512, 0xff), 100, 300, 0xff},
 		{"ndob", DiskConfig{Thin: true}, append([]byte{0x93, 0x09}, cdb16n(0x93, 100, 300)[2:]...), nil, 100, 300, 0},
 		{"to end", DiskConfig{}, cdb10(0x41, testBlocks-5, 0), fill(512, 0x77), testBlocks - 5, 5, 0x77},
 	}

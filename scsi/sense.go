@@ -34,7 +34,6 @@ const (
 	ascSpaceAllocFailed      asc = 0x2707
 	ascPowerOnReset          asc = 0x2900
 	ascPowerOnOccurred       asc = 0x2901
-	ascBusResetOccurred      asc = 0x2902
 	ascBusDeviceReset        asc = 0x2903
 	ascModeParamsChanged     asc = 0x2a01
 	ascReservationsReleased  asc = 0x2a04

@@ -143,9 +143,11 @@ func (t *Target) LogicalUnitReset(n *Nexus, lun uint64) error {
 
 // TargetReset performs the SCSI side of TARGET WARM RESET (cold=false) or
 // TARGET COLD RESET: reservations are released and every nexus, on every
-// logical unit, is told SCSI BUS RESET OCCURRED or POWER ON OCCURRED.
+// logical unit, is told POWER ON, RESET, OR BUS DEVICE RESET OCCURRED
+// (warm; the code initiators such as libiscsi retry on) or POWER ON
+// OCCURRED (cold).
 func (t *Target) TargetReset(n *Nexus, cold bool) {
-	code := ascBusResetOccurred
+	code := ascPowerOnReset
 	if cold {
 		code = ascPowerOnOccurred
 	}

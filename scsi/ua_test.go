@@ -30,7 +30,7 @@ func TestUnitAttentions(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, nil, []asc{ascBusDeviceReset}},
-		{"warm reset", func(h *harness) { h.tgt.TargetReset(h.a, false) }, []asc{ascBusResetOccurred}, []asc{ascBusResetOccurred}},
+		{"warm reset", func(h *harness) { h.tgt.TargetReset(h.a, false) }, []asc{ascPowerOnReset}, []asc{ascPowerOnReset}},
 		{"cold reset", func(h *harness) { h.tgt.TargetReset(h.b, true) }, []asc{ascPowerOnOccurred}, []asc{ascPowerOnOccurred}},
 		{"clear task set", func(h *harness) { h.tgt.ClearTaskSet(h.b, 0) }, []asc{ascCommandsCleared}, nil},
 		{"lun added", func(h *harness) {
@@ -49,7 +49,7 @@ func TestUnitAttentions(t *testing.T) {
 			h.tgt.ClearTaskSet(h.a, 0)
 			h.tgt.TargetReset(h.a, false)
 			h.tgt.ClearTaskSet(h.a, 0)
-		}, []asc{ascBusResetOccurred}, []asc{ascCommandsCleared, ascBusResetOccurred}},
+		}, []asc{ascPowerOnReset}, []asc{ascCommandsCleared, ascPowerOnReset}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -91,7 +91,7 @@ func TestUAExemptCommands(t *testing.T) {
 		} else {
 			code, key = asc(b[12])<<8|asc(b[13]), b[2]
 		}
-		if key != keyUnitAttention || code != ascBusResetOccurred {
+		if key != keyUnitAttention || code != ascPowerOnReset {
 			t.Fatalf("desc=%v: REQUEST SENSE returned % x", desc, b)
 		}
 	}
@@ -109,7 +109,7 @@ func TestUAExemptCommands(t *testing.T) {
 	}
 	h.mustGood(h.a, []byte{0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0})
 	h.expectUA(h.a, 0)
-	h.expectUA(h.b, ascBusResetOccurred) // the two resets above, queued once
+	h.expectUA(h.b, ascPowerOnReset) // the two resets above, queued once
 	h.expectUA(h.b, ascReportedLUNsChanged)
 
 	c := &Nexus{ID: 9}
