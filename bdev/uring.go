@@ -64,6 +64,12 @@ type UringOptions struct {
 // Done callbacks run on an ordinary goroutine, and one wait covers both
 // event sources; while busy the worker turns the eventfd off
 // (IORING_CQ_EVENTFD_DISABLED) so completions cost no extra signal.
+// Measured (uring.BenchmarkWake, submit-to-wake round trip on the 2-core
+// test VM): 25-31 µs through the netpoller, 49-56 µs through GETEVENTS on a
+// locked thread.
+//
+// Done runs on the worker goroutine, so it must not block: every other
+// request of that core waits behind it. It may Submit.
 type Uring struct {
 	file     *File // buffered descriptor, size, Mapped, Resize, final flush
 	direct   int   // O_DIRECT descriptor, or -1
