@@ -95,7 +95,7 @@ console_filter() {
     index($0, tok) {
       split(substr($0, index($0, tok) + length(tok)), f, ":")
       if (f[1] == "BEGIN") printf "=== %s\n", f[2]
-      else if (f[1] == "END") printf "=== %s %s (%ss)\n", (f[3] == 0 ? "PASS" : "FAIL, status " f[3] ","), f[2], f[4]
+      else if (f[1] == "END") printf "=== %s %s (%ss)\n", (f[3] == 0 ? "PASS" : f[3] == 77 ? "SKIP" : "FAIL, status " f[3] ","), f[2], f[4]
       fflush(); next
     }
     mode == "full" || /^(vm:|TIME )/ { print; fflush() }'

@@ -14,6 +14,9 @@ log() { echo "[${SCENARIO:-vm} $(cut -d' ' -f1 /proc/uptime)s] $*"; }
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
+# skip REASON: ends the scenario as skipped (status 77), e.g. when a test binary is missing.
+skip() { echo "SKIP: $*"; exit 77; }
+
 # assert_eq EXPECTED ACTUAL [WHAT]
 assert_eq() { [ "$1" = "$2" ] || fail "${3:-value}: expected '$1', got '$2'"; }
 

@@ -19,6 +19,7 @@ vm_boot "$timeout" full "$log" "$file" || st=$?
 read -r _ status _ < <(scenario_results "$log")
 case $status in
   0) exit 0 ;;
+  77) note "scenario $name skipped itself"; exit 77 ;;
   [0-9]*) note "scenario $name failed with status $status"; exit "$status" ;;
   *) note "scenario $name did not finish"; exit 1 ;;
 esac
