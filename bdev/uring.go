@@ -47,26 +47,28 @@ type UringOptions struct {
 //
 // Reads and writes use O_DIRECT when the buffer address, offset and length
 // fit the store's direct-I/O alignment, and the page cache otherwise; the
-// kernel keeps both views coherent. A store on tmpfs is memory already:
-// tmpfs has no non-blocking read path (RWF_NOWAIT fails with EOPNOTSUPP),
-// so io_uring would hand every copy to an io-wq thread; the worker copies
-// with preadv2/pwritev2 itself instead, which measured about twice as fast. Buffers from the configured Pool go
+// kernel keeps both views coherent. Buffers from the configured Pool go
 // out as READ_FIXED/WRITE_FIXED. FUA writes carry RWF_DSYNC, a flush is an
 // fdatasync and unmap punches a hole (writing zeroes where that is not
-// supported).
+// supported). A store on tmpfs is memory already, and tmpfs has no
+// non-blocking read path (RWF_NOWAIT fails with EOPNOTSUPP), so io_uring
+// would hand every copy to an io-wq thread; the worker copies with
+// preadv2/pwritev2 itself instead, 2-3x faster in BenchmarkBackends.
 //
-// Waiting: a worker with nothing to do sleeps in a read of an eventfd
-// through the Go netpoller. The same eventfd is registered with the ring
-// (IORING_REGISTER_EVENTFD), so it wakes for a completion or for a new
-// request, whichever comes first; submitters write it only when the worker
-// announced that it sleeps. This was chosen over io_uring_enter(GETEVENTS)
-// on a locked OS thread because a sleeping worker then holds no OS thread,
-// Done callbacks run on an ordinary goroutine, and one wait covers both
-// event sources; while busy the worker turns the eventfd off
-// (IORING_CQ_EVENTFD_DISABLED) so completions cost no extra signal.
-// Measured (uring.BenchmarkWake, submit-to-wake round trip on the 2-core
-// test VM): 25-31 µs through the netpoller, 49-56 µs through GETEVENTS on a
-// locked thread.
+// Waiting: a worker with requests in flight and nothing else to do sleeps
+// in a read of an eventfd through the Go netpoller. The same eventfd is
+// registered with the ring (IORING_REGISTER_EVENTFD), so it wakes for a
+// completion or for a new request, whichever comes first; submitters write
+// it only when the worker announced that it sleeps, so a busy worker costs
+// them no system call. While busy the worker also turns the kernel's
+// signal off (IORING_CQ_EVENTFD_DISABLED). This was chosen over
+// io_uring_enter(GETEVENTS) on a locked OS thread because a sleeping worker
+// then holds no OS thread, Done callbacks run on an ordinary goroutine and
+// one wait covers both event sources; uring.BenchmarkWake measured the
+// submit-to-wake round trip on the 2-core test VM at 25-31 µs through the
+// netpoller against 49-56 µs through GETEVENTS on a locked thread. With
+// nothing in flight only submitters can have news, so the worker parks on
+// a channel instead, which wakes a goroutine faster still.
 //
 // Done runs on the worker goroutine, so it must not block: every other
 // request of that core waits behind it. It may Submit.
@@ -269,6 +271,7 @@ func (d *Uring) Close() error {
 	for _, w := range d.workers {
 		w.stop.Store(true)
 		w.signal()
+		w.kick()
 	}
 	for _, w := range d.workers {
 		<-w.done
@@ -315,7 +318,8 @@ type worker struct {
 	queues     atomic.Pointer[[]*Queue]
 	rr         int // queue to look at first, for fairness
 	submitters atomic.Int64
-	sleeping   atomic.Bool
+	sleeping   atomic.Int32 // awake, idleOnChan or idleOnEvents
+	wakeCh     chan struct{}
 	stop       atomic.Bool
 	done       chan struct{}
 
@@ -349,7 +353,7 @@ func newWorker(d *Uring, entries int) (*worker, error) {
 	if err != nil {
 		return nil, noUring(err)
 	}
-	w := &worker{d: d, ring: ring, efd: -1, shared: newMPSC[*Request](1024), done: make(chan struct{})}
+	w := &worker{d: d, ring: ring, efd: -1, shared: newMPSC[*Request](1024), done: make(chan struct{}), wakeCh: make(chan struct{}, 1)}
 	w.setQueues(nil)
 	if w.efd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
 		w.close()
@@ -418,10 +422,30 @@ func (w *worker) spill(r *Request) {
 	w.spillMu.Unlock()
 }
 
+// How a worker sleeps (worker.sleeping).
+const (
+	awake        = iota
+	idleOnChan   // nothing in flight: only a submitter can wake it
+	idleOnEvents // requests in flight: the eventfd wakes it for either
+)
+
 // wake rouses the worker if, and only if, it announced that it sleeps.
 func (w *worker) wake() {
-	if w.sleeping.Load() && w.sleeping.CompareAndSwap(true, false) {
-		w.signal()
+	if m := w.sleeping.Load(); m != awake && w.sleeping.CompareAndSwap(m, awake) {
+		if m == idleOnChan {
+			w.kick()
+		} else {
+			w.signal()
+		}
+	}
+}
+
+// kick wakes a worker parked on its channel; a token left over from a
+// race costs one spurious loop.
+func (w *worker) kick() {
+	select {
+	case w.wakeCh <- struct{}{}:
+	default:
 	}
 }
 
@@ -448,12 +472,22 @@ func (w *worker) run() {
 }
 
 // sleep parks the worker until a completion or a submitter's wakeup. The
-// flag is set before the last look at both sources, and submitters set
-// their ring index before looking at the flag, so a request is never left
-// behind with the worker asleep.
+// mode is announced before the last look at the sources, and submitters
+// publish their ring index before looking at the mode, so a request is
+// never left behind with the worker asleep. With nothing in flight only
+// submitters can have news, and a channel handoff wakes a goroutine faster
+// than an eventfd write through the netpoller.
 func (w *worker) sleep() {
+	if len(w.free) == len(w.slots) {
+		w.sleeping.Store(idleOnChan)
+		if !w.hasWork() && !w.stop.Load() {
+			<-w.wakeCh
+		}
+		w.sleeping.Store(awake)
+		return
+	}
 	w.ring.SetEventfdEnabled(true)
-	w.sleeping.Store(true)
+	w.sleeping.Store(idleOnEvents)
 	if w.ring.Ready() == 0 && !w.hasWork() && !w.stop.Load() {
 		for {
 			_, err := w.ev.Read(w.evbuf[:])
@@ -462,7 +496,7 @@ func (w *worker) sleep() {
 			}
 		}
 	}
-	w.sleeping.Store(false)
+	w.sleeping.Store(awake)
 	w.ring.SetEventfdEnabled(false)
 }
 
