@@ -1,0 +1,93 @@
+# vm-timeout: 420
+# The cgo-free rdma package over rdma_rxe: its device tests (rdma_cm connect, SEND/WRITE/READ of
+# 1 B..4 MiB verified, 10,000 round trips without leaks, reject, peer killed), then rdmaping beside
+# rdma-core's ibv_rc_pingpong and rping, with the ratios printed.
+# Needs /usr/local/bin/rdma.test: CGO_ENABLED=0 go test -c -o DIR/rdma.test ./rdma and
+# VM_TESTBIN_DIR=DIR; rdmaping comes from bin/ (make build) or the same DIR.
+command -v rdma.test >/dev/null ||
+  fail "rdma.test missing: build it with 'CGO_ENABLED=0 go test -c -o DIR/rdma.test ./rdma' and set VM_TESTBIN_DIR=DIR"
+# A freshly built rdmaping in VM_TESTBIN_DIR wins over the one from bin/.
+RDMAPING=/usr/local/bin/rdmaping
+[ -x "$RDMAPING" ] || RDMAPING=$(command -v rdmaping) || fail "rdmaping missing: run 'make build' or put it in VM_TESTBIN_DIR"
+assert_contains "$(rdma link show)" "rxe0"
+
+log "rdma package tests"
+RDMA_TEST_ADDR=$VM_ADDR timed rdma.test rdma.test -test.v -test.count=1 -test.timeout 300s 2>&1 | tee rdma-test.log |
+  grep -E '^(--- |PASS|FAIL|ok)|round trips|SIGKILL|resources'
+grep -q '^PASS$' rdma-test.log || fail "rdma.test failed"
+grep -q -- '--- SKIP' rdma-test.log && fail "rdma.test skipped device tests in a VM that has rxe0"
+
+gid=$(rxe_gid_index)
+size=4096
+iters=2000
+
+# usec_of FILE: the usec/iter figure of an ibv_rc_pingpong or rdmaping output.
+usec_of() { sed -n 's/.* \([0-9.]*\) usec\/iter.*/\1/p' "$1" | tail -1; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# rdmaping_pair LOG ARGS...: an rdmaping server and a client with ARGS, client output in LOG.
+rdmaping_pair() {
+  local out=$1 srv try
+  shift
+  "$RDMAPING" -s -a "$VM_ADDR" -once "${SERVER_ARGS[@]}" >rdmaping-server.log 2>&1 &
+  srv=$!
+  for try in 1 2 3 4 5 6 7 8 9 10; do
+    sleep 0.3
+    if "$RDMAPING" -a "$VM_ADDR" "$@" >"$out" 2>&1; then
+      wait "$srv" || { cat rdmaping-server.log; return 1; }
+      return 0
+    fi
+  done
+  cat "$out" rdmaping-server.log
+  kill "$srv" 2>/dev/null
+  return 1
+}
+
+# ibv_pair LOG ARGS...: ibv_rc_pingpong server and client with ARGS, client output in LOG.
+ibv_pair() {
+  local out=$1 srv
+  shift
+  ibv_rc_pingpong -d rxe0 -g "$gid" "$@" >ibv-server.log 2>&1 &
+  srv=$!
+  wait_until 10 "the ibv_rc_pingpong server" port_listening 18515
+  timeout 120 ibv_rc_pingpong -d rxe0 -g "$gid" "$@" "$VM_ADDR" >"$out" 2>&1 || { cat "$out" ibv-server.log; return 1; }
+  wait "$srv" || { cat ibv-server.log; return 1; }
+}
+
+log "SEND ping-pong, $size bytes x $iters, busy polling: ibv_rc_pingpong vs rdmaping -poll"
+ibv_pair ibv-poll.log -s "$size" -n "$iters"
+SERVER_ARGS=(-poll) rdmaping_pair go-poll.log -t send -S "$size" -n "$iters" -poll
+cat ibv-poll.log go-poll.log
+a=$(usec_of ibv-poll.log) b=$(usec_of go-poll.log)
+echo "FIGURE send-poll ibv_rc_pingpong=${a}us rdmaping=${b}us ratio=$(ratio "$b" "$a")"
+
+log "SEND ping-pong, $size bytes x $iters, completion events: ibv_rc_pingpong -e vs rdmaping"
+ibv_pair ibv-event.log -s "$size" -n "$iters" -e
+SERVER_ARGS=() rdmaping_pair go-event.log -t send -S "$size" -n "$iters"
+cat ibv-event.log go-event.log
+a=$(usec_of ibv-event.log) b=$(usec_of go-event.log)
+echo "FIGURE send-event ibv_rc_pingpong=${a}us rdmaping=${b}us ratio=$(ratio "$b" "$a")"
+
+log "rping cycle (4 SENDs, 1 READ, 1 WRITE), $size bytes x $iters: rping vs rdmaping -t rping"
+rping -s -a "$VM_ADDR" -C "$iters" -S "$size" >rping-server.log 2>&1 &
+srv=$!
+t0=
+for try in 1 2 3 4 5 6 7 8 9 10; do
+  sleep 0.3
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  if timeout 120 rping -c -a "$VM_ADDR" -C "$iters" -S "$size" >rping-client.log 2>&1; then break; fi
+  t0=
+done
+t1=$(cut -d' ' -f1 /proc/uptime)
+[ -n "$t0" ] || { cat rping-client.log rping-server.log; fail "rping client failed"; }
+wait "$srv" || { cat rping-server.log; fail "rping server failed"; }
+rping_us=$(awk -v a="$t0" -v b="$t1" -v n="$iters" 'BEGIN { printf "%.2f", (b - a) * 1e6 / n }')
+SERVER_ARGS=() rdmaping_pair go-rping.log -t rping -S "$size" -n "$iters"
+cat go-rping.log
+b=$(usec_of go-rping.log)
+echo "FIGURE rping-cycle rping=${rping_us}us(incl. setup) rdmaping=${b}us ratio=$(ratio "$b" "$rping_us")"
+
+log "RDMA WRITE and READ latency and bandwidth (rdmaping), 4 KiB..4 MiB"
+SERVER_ARGS=() rdmaping_pair go-rw.log -t write,read -S 4096,65536,1048576,4194304 -n 200 -q 16
+cat go-rw.log
+log "rdma-go passed"
