@@ -59,13 +59,37 @@ func newEnv(t testing.TB, tune func(*iscsi.Options)) *env {
 		if err := <-served; err != nil {
 			t.Errorf("serve: %v", err)
 		}
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
 	})
 	return &env{srv: srv, addr: l.Addr().String()}
+}
+
+// newServer returns a server with the two test targets and its own buffer
+// pool; at cleanup it is shut down and the pool closed.
+func newServer(t testing.TB, opts iscsi.Options) *iscsi.Server {
+	t.Helper()
+	pool, err := bdev.NewPool(bdev.PoolOptions{})
+	if err != nil {
+		t.Fatalf("buffer pool: %v", err)
+	}
+	opts.Pool = pool
+	srv, err := iscsi.NewServer(zap.NewNop(), opts)
+	if err != nil {
+		t.Fatalf("new server: %v", err)
+	}
+	for _, name := range []string{testTarget, otherTarget} {
+		addTarget(t, srv, name)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := pool.Close(); err != nil {
+			t.Errorf("close buffer pool: %v", err)
+		}
+	})
+	return srv
 }
 
 // addTarget adds a target with a thin memory LUN 0.
