@@ -91,7 +91,10 @@ CONF
 # console_filter TOKEN MODE: turns marker lines into readable ones; MODE "full" passes every
 # other line through, "brief" only lines starting with "vm:" or "TIME".
 console_filter() {
-  awk -v tok="@@VM:$1:" -v mode="$2" '
+  local interactive=
+  # mawk reads its input in blocks unless told otherwise, which would hold the console back.
+  case $(awk -W version 2>&1) in mawk*) interactive="-W interactive" ;; esac
+  awk $interactive -v tok="@@VM:$1:" -v mode="$2" '
     index($0, tok) {
       split(substr($0, index($0, tok) + length(tok)), f, ":")
       if (f[1] == "BEGIN") printf "=== %s\n", f[2]

@@ -10,8 +10,21 @@ export PATH=/usr/sbin:/usr/bin:/usr/local/bin HOME=/root TERM=dumb
 now() { cut -d' ' -f1 /proc/uptime; }
 marker() { echo "@@VM:$VM_TOKEN:$*"; }
 
+# drain_console waits (at most 2 s) until the serial port has sent what is queued: power-off
+# does not wait for it.
+drain_console() {
+  prev= i=0
+  while [ $i -lt 40 ]; do
+    cur=$(sed -n 's/^0:.* tx:\([0-9]*\).*/\1/p' /proc/tty/driver/serial)
+    [ "$cur" = "$prev" ] && return
+    prev=$cur i=$((i + 1))
+    sleep 0.05
+  done
+}
+
 power_off() {
   sync
+  drain_console
   poweroff -f
   sleep 5
   echo o >/proc/sysrq-trigger

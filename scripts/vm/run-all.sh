@@ -36,7 +36,7 @@ for f in "${files[@]}"; do
   case $status in
     0) echo "PASS  $name (${secs}s)" ;;
     77) echo "SKIP  $name ($(scenario_output "$log" "$name" | sed -n 's/^SKIP: //p' | tail -1))" ;;
-    "") echo "SKIP  $name (not run: the VM stopped first)"; failed+=("$name") ;;
+    "") echo "NOT RUN  $name (the VM stopped first)"; failed+=("$name") ;;
     unfinished) echo "FAIL  $name (did not finish)"; failed+=("$name") ;;
     *) echo "FAIL  $name (status $status, ${secs}s)"; failed+=("$name") ;;
   esac
