@@ -184,6 +184,11 @@ func TestCMTransfer(t *testing.T) {
 	if raddr != srv.mr.Addr || rkey != srv.mr.RKey {
 		t.Fatalf("reply private data names %#x/%#x, server buffer is %#x/%#x", raddr, rkey, srv.mr.Addr, srv.mr.RKey)
 	}
+	if a, _, err := cli.conn.ID.InitQPAttr(QPRTS); err == nil {
+		r, _, _ := cli.conn.ID.InitQPAttr(QPRTR)
+		t.Logf("rdma_cm QP attributes: path MTU %d, timeout %d, retry %d, RNR retry %d, min RNR timer %d, rd atomic %d/%d",
+			r.PathMTU.Bytes(), a.Timeout, a.RetryCnt, a.RNRRetry, r.MinRNRTimer, a.MaxRdAtomic, r.MaxDestRdAtomic)
+	}
 	recvPosted := true // the server posted one receive in Prepare
 	for i, n := range xferSizes() {
 		// SEND client -> server.

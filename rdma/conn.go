@@ -82,6 +82,13 @@ type ConnConfig struct {
 	Prepare func(*Conn) error
 	// ResolveTimeout bounds address and route resolution (default 2 s).
 	ResolveTimeout time.Duration
+	// AckTimeout is the QP's local ACK timeout exponent (4.096 us << AckTimeout per try). The
+	// default 14 (67 ms) is what ibv_rc_pingpong uses; rdma_cm alone would pick 19 (2.1 s) on
+	// RoCE, which turns every lost packet into a two-second stall.
+	AckTimeout uint8
+	// MinRNRTimer is the RNR NAK delay code the QP asks peers to wait (default 12: 0.64 ms;
+	// rdma_cm alone would pick 0, which means 655 ms).
+	MinRNRTimer uint8
 }
 
 func (cfg *ConnConfig) withDefaults() ConnConfig {
@@ -98,6 +105,12 @@ func (cfg *ConnConfig) withDefaults() ConnConfig {
 	def(&c.CQSize, c.SendWR+c.RecvWR)
 	if c.ResolveTimeout <= 0 {
 		c.ResolveTimeout = 2 * time.Second
+	}
+	if c.AckTimeout == 0 {
+		c.AckTimeout = 14
+	}
+	if c.MinRNRTimer == 0 {
+		c.MinRNRTimer = 12
 	}
 	return c
 }
@@ -120,6 +133,8 @@ type Conn struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	ackTimeout, minRNRTimer uint8
 
 	done     chan struct{}
 	doneOnce sync.Once
@@ -194,6 +209,7 @@ func newConn(id *ID, cfg *ConnConfig) (*Conn, error) {
 		c.releaseVerbs()
 		return nil, err
 	}
+	c.ackTimeout, c.minRNRTimer = cfg.AckTimeout, cfg.MinRNRTimer
 	if err := c.transition(QPInit, 0); err != nil {
 		c.releaseVerbs()
 		return nil, err
@@ -222,18 +238,23 @@ func readLimits(pd *PD, cfg *ConnConfig) (resp, init uint8, err error) {
 	return pick(cfg.ResponderResources, a.MaxQPRdAtom), pick(cfg.InitiatorDepth, a.MaxQPInitRdAtom), nil
 }
 
-// transition moves the QP to state with the attributes rdma_cm computes; a non-zero rd overrides
-// the READ limit of that state (responder resources for RTR, initiator depth for RTS).
+// transition moves the QP to state with the attributes rdma_cm computes, the connection's ACK
+// timeout and RNR timer; a non-zero rd overrides the READ limit of that state (responder
+// resources for RTR, initiator depth for RTS).
 func (c *Conn) transition(state QPState, rd uint8) error {
 	a, mask, err := c.ID.InitQPAttr(state)
 	if err != nil {
 		return err
 	}
-	if rd != 0 {
-		switch state {
-		case QPRTR:
+	switch state {
+	case QPRTR:
+		a.MinRNRTimer, mask = c.minRNRTimer, mask|QPAttrMinRNRTimer
+		if rd != 0 {
 			a.MaxDestRdAtomic = rd
-		case QPRTS:
+		}
+	case QPRTS:
+		a.Timeout, mask = c.ackTimeout, mask|QPAttrTimeout
+		if rd != 0 {
 			a.MaxRdAtomic = rd
 		}
 	}

@@ -23,6 +23,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -313,56 +314,68 @@ type remote struct {
 	size int
 }
 
-func report(test, what string, size, iters int, el time.Duration, bytesMoved int) {
+// report prints one result line; lat, when not empty, holds per-iteration latencies for the
+// median and the maximum.
+func report(test, what string, size, iters int, el time.Duration, bytesMoved int, lat []time.Duration) {
 	us := float64(el.Nanoseconds()) / 1e3 / float64(iters)
 	mbit := float64(bytesMoved) * 8 / el.Seconds() / 1e6
-	fmt.Printf("rdmaping: %-5s %-3s size=%d iters=%d: %.2f usec/iter, %.2f Mbit/sec\n", test, what, size, iters, us, mbit)
+	extra := ""
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		extra = fmt.Sprintf(" (median %.1f, p99 %.1f, max %.1f usec)", usec(lat[len(lat)/2]), usec(lat[len(lat)*99/100]), usec(lat[len(lat)-1]))
+	}
+	fmt.Printf("rdmaping: %-5s %-3s size=%d iters=%d: %.2f usec/iter, %.2f Mbit/sec%s\n", test, what, size, iters, us, mbit, extra)
+}
+
+func usec(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// timeIters runs f iters times and returns the total and per-iteration durations.
+func timeIters(iters int, f func() error) (time.Duration, []time.Duration, error) {
+	lat := make([]time.Duration, iters)
+	start := time.Now()
+	prev := start
+	for i := range lat {
+		if err := f(); err != nil {
+			return 0, nil, err
+		}
+		now := time.Now()
+		lat[i], prev = now.Sub(prev), now
+	}
+	return time.Since(start), lat, nil
 }
 
 func runTest(ctx context.Context, e *endpoint, r remote, test string, size, iters, depth int) error {
 	switch test {
 	case "send":
-		start := time.Now()
-		for i := 0; i < iters; i++ {
-			if err := e.pingPong(ctx, size); err != nil {
-				return err
-			}
+		el, lat, err := timeIters(iters, func() error { return e.pingPong(ctx, size) })
+		if err != nil {
+			return err
 		}
-		report(test, "lat", size, iters, time.Since(start), 2*size*iters)
+		report(test, "lat", size, iters, el, 2*size*iters, lat)
 	case "write", "read":
 		op := rdma.OpRDMAWrite
 		if test == "read" {
 			op = rdma.OpRDMARead
 		}
-		start := time.Now()
-		for i := 0; i < iters; i++ {
-			if err := e.oneSided(ctx, op, r, size, 1, 1); err != nil {
-				return err
-			}
+		el, lat, err := timeIters(iters, func() error { return e.oneSided(ctx, op, r, size, 1, 1) })
+		if err != nil {
+			return err
 		}
-		report(test, "lat", size, iters, time.Since(start), size*iters)
-		start = time.Now()
+		report(test, "lat", size, iters, el, size*iters, lat)
+		start := time.Now()
 		if err := e.oneSided(ctx, op, r, size, iters, depth); err != nil {
 			return err
 		}
-		report(test, "bw", size, iters, time.Since(start), size*iters)
+		report(test, "bw", size, iters, time.Since(start), size*iters, nil)
 	case "rping":
-		start := time.Now()
-		for i := 0; i < iters; i++ {
-			if err := e.pingPong(ctx, 64); err != nil {
-				return err
-			}
-			if err := e.oneSided(ctx, rdma.OpRDMARead, r, size, 1, 1); err != nil {
-				return err
-			}
-			if err := e.pingPong(ctx, 64); err != nil {
-				return err
-			}
-			if err := e.oneSided(ctx, rdma.OpRDMAWrite, r, size, 1, 1); err != nil {
-				return err
-			}
+		el, lat, err := timeIters(iters, func() error {
+			return errors.Join(e.pingPong(ctx, 64), e.oneSided(ctx, rdma.OpRDMARead, r, size, 1, 1),
+				e.pingPong(ctx, 64), e.oneSided(ctx, rdma.OpRDMAWrite, r, size, 1, 1))
+		})
+		if err != nil {
+			return err
 		}
-		report(test, "lat", size, iters, time.Since(start), 2*size*iters)
+		report(test, "lat", size, iters, el, 2*size*iters, lat)
 	default:
 		return fmt.Errorf("unknown test %q (want send, write, read or rping)", test)
 	}
