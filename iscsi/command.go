@@ -272,8 +272,13 @@ func (c *conn) handleDataOut(h *Header, pl *payload) error {
 	return nil
 }
 
-// DataArrived completes a write whose solicited data a DataMover fetched.
-func (t *task) DataArrived(err error) {
+// DataDone completes a write whose solicited data a DataMover fetched, or
+// releases a read whose data a DataMover has finished sending.
+func (t *task) DataDone(err error) {
+	if t.putting {
+		t.c.taskSent(t)
+		return
+	}
 	if err != nil {
 		t.c.log.Warn("fetching write data failed", zap.Uint32("itt", t.itt), zap.Error(err))
 		t.executed = true

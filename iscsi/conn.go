@@ -30,8 +30,9 @@ type conn struct {
 	wq       []outItem
 	wspare   []outItem
 	wsig     chan struct{}
-	wstopped bool   // the writer has exited: nothing more is sent
-	statSN   uint32 // writer-owned after login
+	wstopped bool    // the writer has exited: nothing more is sent
+	sent     []*task // writer: tasks to release once the batch is flushed
+	statSN   uint32  // writer-owned after login
 	expStat  atomic.Uint32
 
 	lastRecv   atomic.Int64 // unix nanoseconds of the last PDU received

@@ -185,17 +185,19 @@ type DataMover interface {
 	// PutData places a read command's data in the initiator's buffer of
 	// task itt. The status PDU is queued after PutData returns, so the
 	// transport must deliver it after the data (RC ordering does that).
-	PutData(itt uint32, data []byte) error
+	// The buffer stays the transport's until it calls done.DataDone.
+	PutData(itt uint32, data []byte, done DataWaiter) error
 	// GetData fetches the solicited data of write task itt (everything the
 	// initiator did not send as immediate or unsolicited data) into dst and
-	// calls done.DataArrived once it is there or has failed.
+	// calls done.DataDone once it is there or has failed.
 	GetData(itt uint32, dst []byte, done DataWaiter)
 	// FullFeature is called once login has succeeded, with the negotiated
 	// parameters, before any full feature phase PDU is read.
 	FullFeature(p *Params) error
 }
 
-// DataWaiter is told when data fetched by a DataMover has arrived.
+// DataWaiter is told when data moved by a DataMover has arrived (GetData)
+// or has left its buffer (PutData).
 type DataWaiter interface {
-	DataArrived(err error)
+	DataDone(err error)
 }

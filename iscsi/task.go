@@ -36,6 +36,7 @@ type task struct {
 	// Data-In sequencing, used by the writer.
 	dataSN uint32
 
+	putting  bool // a DataMover holds the data buffer until DataDone
 	aborted  atomic.Bool
 	abortWG  *sync.WaitGroup // signalled when an aborted task has finished
 	executed bool

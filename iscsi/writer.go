@@ -69,11 +69,17 @@ func (c *conn) writer() {
 		c.wmu.Unlock()
 		closeAfter := false
 		var err error
-		for i := range batch {
+		i := 0
+		for ; i < len(batch) && err == nil; i++ {
 			it := &batch[i]
 			switch it.kind {
 			case outResponse:
 				err = c.writeResponse(it.task)
+				if !it.task.putting {
+					// after the flush; a task whose data a DataMover
+					// still sends ends in DataDone instead
+					c.sent = append(c.sent, it.task)
+				}
 			case outR2T:
 				err = c.writeR2T(it.task, it.r2t)
 			case outClose:
@@ -82,18 +88,20 @@ func (c *conn) writer() {
 				c.stamp(&it.bhs, it.kind == outStatus)
 				err = c.tr.Queue(&it.bhs, it.data)
 			}
-			if err != nil {
-				break
+		}
+		for _, it := range batch[i:] { // not sent after an error: release them all the same
+			if it.kind == outResponse {
+				c.sent = append(c.sent, it.task)
 			}
 		}
 		if err == nil {
 			err = c.tr.Flush()
 		}
-		for i := range batch {
-			if batch[i].kind == outResponse {
-				c.taskSent(batch[i].task)
-			}
+		for _, t := range c.sent {
+			c.taskSent(t)
 		}
+		clear(c.sent)
+		c.sent = c.sent[:0]
 		clear(batch)
 		c.wspare = batch[:0]
 		if err != nil {
@@ -148,9 +156,10 @@ func (c *conn) writeResponse(t *task) error {
 	residual, resFlags := t.residual()
 	collapse := len(data) > 0 && cmd.Status == scsi.StatusGood
 	if c.mover != nil && len(data) > 0 {
-		if err := c.mover.PutData(t.itt, data); err != nil {
+		if err := c.mover.PutData(t.itt, data, t); err != nil {
 			return err
 		}
+		t.putting = true
 		data, collapse = nil, false
 	}
 	maxSeg := int(c.params.MaxXmitDataSegmentLength)

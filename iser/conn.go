@@ -76,19 +76,20 @@ type conn struct {
 	rdl     atomic.Int64 // read deadline, unix nanoseconds, 0 for none
 
 	// send side
-	postMu   sync.Mutex // serializes posting to the QP
-	sqMu     sync.Mutex
-	sqCond   *sync.Cond
-	sqFree   int
-	slots    []int // free send slots
-	pending  []rdma.SendWR
-	sgl      [][1]rdma.SGE // per send slot, backing for pending WR SGLs
-	wsgl     [][1]rdma.SGE // per queued RDMA WRITE
-	nwrites  int
-	reads    []iscsi.DataWaiter // in flight, by read slot
-	rsgl     [][1]rdma.SGE
-	freeRead []int
-	queued   []pendingRead
+	postMu    sync.Mutex // serializes posting to the QP
+	sqMu      sync.Mutex
+	sqCond    *sync.Cond
+	sqFree    int
+	slots     []int // free send slots
+	pending   []rdma.SendWR
+	sgl       [][1]rdma.SGE // per send slot, backing for pending WR SGLs
+	wsgl      [][1]rdma.SGE // per RDMA WRITE slot
+	writes    []iscsi.DataWaiter
+	freeWrite []int
+	reads     []iscsi.DataWaiter // in flight, by read slot
+	rsgl      [][1]rdma.SGE
+	freeRead  []int
+	queued    []pendingRead
 
 	tagMu sync.Mutex
 	tags  map[uint32]stags
@@ -151,6 +152,10 @@ func (c *conn) prepare(rc *rdma.Conn) error {
 	}
 	c.sgl = make([][1]rdma.SGE, numSend)
 	c.wsgl = make([][1]rdma.SGE, sqDepth)
+	c.writes = make([]iscsi.DataWaiter, sqDepth)
+	for i := sqDepth - 1; i >= 0; i-- {
+		c.freeWrite = append(c.freeWrite, i)
+	}
 	for i := numSend - 1; i >= 0; i-- {
 		c.slots = append(c.slots, i)
 	}
@@ -211,8 +216,14 @@ func (c *conn) complete(wc *rdma.WorkCompletion) {
 	case wrWrite:
 		c.sqMu.Lock()
 		c.sqFree++
+		w := c.writes[idx]
+		c.writes[idx] = nil
+		c.freeWrite = append(c.freeWrite, idx)
 		c.sqCond.Broadcast()
 		c.sqMu.Unlock()
+		if w != nil {
+			w.DataDone(err)
+		}
 	case wrRead:
 		c.sqMu.Lock()
 		c.sqFree++
@@ -232,7 +243,7 @@ func (c *conn) complete(wc *rdma.WorkCompletion) {
 			if err != nil {
 				err = fmt.Errorf("RDMA READ of write data: %w", err)
 			}
-			w.DataArrived(err)
+			w.DataDone(err)
 		}
 	}
 }
@@ -391,7 +402,6 @@ func (c *conn) Flush() error {
 	c.postMu.Unlock()
 	clear(c.pending)
 	c.pending = c.pending[:0]
-	c.nwrites = 0
 	if err != nil {
 		c.fail(err)
 		return fmt.Errorf("post send: %w", err)
@@ -400,8 +410,8 @@ func (c *conn) Flush() error {
 }
 
 // PutData queues the RDMA WRITE of a read command's data; the status PDU
-// queued next goes out after it.
-func (c *conn) PutData(itt uint32, data []byte) error {
+// queued next goes out after it. done hears when the buffer is free again.
+func (c *conn) PutData(itt uint32, data []byte, done iscsi.DataWaiter) error {
 	c.tagMu.Lock()
 	t, ok := c.tags[itt]
 	c.tagMu.Unlock()
@@ -413,21 +423,27 @@ func (c *conn) PutData(itt uint32, data []byte) error {
 		return err
 	}
 	c.sqMu.Lock()
-	for c.sqFree-len(c.pending) <= 1 && !c.isDead() {
-		c.sqMu.Unlock()
-		if err := c.Flush(); err != nil {
-			return err
+	for c.sqFree-len(c.pending) <= 1 || len(c.freeWrite) == 0 {
+		if c.isDead() {
+			c.sqMu.Unlock()
+			return io.ErrClosedPipe
 		}
-		c.sqMu.Lock()
-		if c.sqFree-len(c.pending) <= 1 {
-			c.sqCond.Wait()
+		if len(c.pending) > 0 {
+			c.sqMu.Unlock()
+			if err := c.Flush(); err != nil {
+				return err
+			}
+			c.sqMu.Lock()
+			continue
 		}
+		c.sqCond.Wait()
 	}
+	i := c.freeWrite[len(c.freeWrite)-1]
+	c.freeWrite = c.freeWrite[:len(c.freeWrite)-1]
+	c.writes[i] = done
 	c.sqMu.Unlock()
-	i := c.nwrites % len(c.wsgl)
-	c.nwrites++
 	c.wsgl[i][0] = sge
-	c.pending = append(c.pending, rdma.SendWR{ID: wrWrite, Opcode: rdma.OpRDMAWrite, Flags: rdma.SendSignaled,
+	c.pending = append(c.pending, rdma.SendWR{ID: wrWrite | uint64(i), Opcode: rdma.OpRDMAWrite, Flags: rdma.SendSignaled,
 		SGL: c.wsgl[i][:], RemoteAddr: t.readVA, RKey: t.readSTag})
 	return nil
 }
@@ -447,12 +463,12 @@ func (c *conn) GetData(itt uint32, dst []byte, w iscsi.DataWaiter) {
 	t, ok := c.tags[itt]
 	c.tagMu.Unlock()
 	if !ok || t.writeSTag == 0 && t.writeVA == 0 {
-		w.DataArrived(fmt.Errorf("write command %#x carries no write STag", itt))
+		w.DataDone(fmt.Errorf("write command %#x carries no write STag", itt))
 		return
 	}
 	sge, err := c.reg.sge(c.p.srv.Pool(), dst)
 	if err != nil {
-		w.DataArrived(err)
+		w.DataDone(err)
 		return
 	}
 	pr := pendingRead{wr: rdma.SendWR{Opcode: rdma.OpRDMARead, Flags: rdma.SendSignaled,
@@ -492,7 +508,7 @@ func (c *conn) startQueuedRead() {
 			c.freeRead = append(c.freeRead, idx)
 			c.sqFree++
 			c.sqMu.Unlock()
-			pr.waiter.DataArrived(fmt.Errorf("post RDMA READ: %w", err))
+			pr.waiter.DataDone(fmt.Errorf("post RDMA READ: %w", err))
 			c.fail(err)
 		}
 	}
@@ -542,10 +558,12 @@ func (c *conn) Close() error {
 		c.rc.Close()
 		c.sqMu.Lock()
 		var waiters []iscsi.DataWaiter
-		for i, w := range c.reads {
-			if w != nil {
-				waiters = append(waiters, w)
-				c.reads[i] = nil
+		for _, table := range [][]iscsi.DataWaiter{c.reads, c.writes} {
+			for i, w := range table {
+				if w != nil {
+					waiters = append(waiters, w)
+					table[i] = nil
+				}
 			}
 		}
 		for _, q := range c.queued {
@@ -554,7 +572,7 @@ func (c *conn) Close() error {
 		c.queued = nil
 		c.sqMu.Unlock()
 		for _, w := range waiters {
-			w.DataArrived(fmt.Errorf("iSER connection closed: %w", rdma.ErrDisconnected))
+			w.DataDone(fmt.Errorf("iSER connection closed: %w", rdma.ErrDisconnected))
 		}
 		c.freeBuffers()
 	})

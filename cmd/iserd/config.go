@@ -48,7 +48,14 @@ type ACLConfig struct {
 // PortalConfig is one listening address.
 type PortalConfig struct {
 	Address string `yaml:"address"` // host:port
+	// Transport is tcp (default), iser, or both: iSER listens through
+	// rdma_cm on the same address and port as TCP.
+	Transport string `yaml:"transport"`
 }
+
+// tcp and iser report which listeners a portal needs.
+func (p PortalConfig) tcp() bool  { return p.Transport != "iser" }
+func (p PortalConfig) iser() bool { return p.Transport == "iser" || p.Transport == "both" }
 
 // TargetConfig is one iSCSI target.
 type TargetConfig struct {
@@ -166,6 +173,14 @@ func (c *Config) Check() error {
 		}
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 			return fmt.Errorf("portals[%d]: port %q is not 1-65535", i, port)
+		}
+		switch p.Transport {
+		case "", "tcp", "iser", "both":
+		default:
+			return fmt.Errorf("portals[%d]: transport %q is not tcp, iser or both", i, p.Transport)
+		}
+		if p.iser() && (host == "" || net.ParseIP(host).IsUnspecified()) {
+			return fmt.Errorf("portals[%d]: an iSER portal needs the address of an RDMA device, not %q", i, host)
 		}
 	}
 	if len(c.Targets) == 0 {

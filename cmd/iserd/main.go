@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/iscsi"
+	"github.com/iserd/iserd/iser"
 	"github.com/iserd/iserd/scsi"
 )
 
@@ -79,13 +81,31 @@ func run() error {
 	defer stop()
 	errc := make(chan error, len(cfg.Portals))
 	for _, p := range cfg.Portals {
-		l, err := net.Listen("tcp", p.Address)
-		if err != nil {
-			return fmt.Errorf("listen on %s: %w (is another target running on that port?)", p.Address, err)
+		if p.tcp() {
+			l, err := net.Listen("tcp", p.Address)
+			if err != nil {
+				return fmt.Errorf("listen on %s: %w (is another target running on that port?)", p.Address, err)
+			}
+			d.srv.AddPortal(iscsi.Portal{Addr: l.Addr().String()})
+			log.Info("listening", zap.String("portal", l.Addr().String()), zap.String("transport", "tcp"))
+			go func() { errc <- d.srv.Serve(ctx, l) }()
 		}
-		d.srv.AddPortal(iscsi.Portal{Addr: l.Addr().String()})
-		log.Info("listening", zap.String("portal", l.Addr().String()), zap.String("transport", "tcp"))
-		go func() { errc <- d.srv.Serve(ctx, l) }()
+		if p.iser() {
+			ip, err := netip.ParseAddrPort(p.Address)
+			if err != nil {
+				return fmt.Errorf("iSER portal %s: %w", p.Address, err)
+			}
+			ip = netip.AddrPortFrom(ip.Addr().Unmap(), ip.Port())
+			ipl, err := iser.Listen(d.srv, ip, log)
+			if err != nil {
+				return fmt.Errorf("%w (is an RDMA device, e.g. rdma_rxe, bound to that address?)", err)
+			}
+			if !p.tcp() {
+				d.srv.AddPortal(iscsi.Portal{Addr: p.Address})
+			}
+			log.Info("listening", zap.String("portal", p.Address), zap.String("transport", "iser"))
+			go func() { errc <- ipl.Serve(ctx) }()
+		}
 	}
 	for _, t := range cfg.Targets {
 		log.Info("target ready", zap.String("target", t.Name), zap.Int("luns", len(t.LUNs)))
