@@ -348,6 +348,9 @@ func TestMain(m *testing.M) {
 	if port := os.Getenv(peerEnv); port != "" {
 		os.Exit(runPeer(port))
 	}
+	if os.Getenv(memlockEnv) != "" {
+		os.Exit(memlockChild())
+	}
 	os.Exit(m.Run())
 }
 

@@ -48,6 +48,19 @@ func (p *DevicePool) PD(guid uint64) (*PD, error) {
 	return pd, nil
 }
 
+// Drop closes the device with node GUID guid (e.g. after ErrDeviceRemoved) and forgets it; a
+// later PD call opens it afresh.
+func (p *DevicePool) Drop(guid uint64) error {
+	p.mu.Lock()
+	pd := p.devs[guid]
+	delete(p.devs, guid)
+	p.mu.Unlock()
+	if pd == nil {
+		return nil
+	}
+	return pd.ctx.Close()
+}
+
 // Close closes every device of the pool (destroying what is left on them).
 func (p *DevicePool) Close() error {
 	p.mu.Lock()
@@ -169,7 +182,9 @@ func (c *Conn) end(err error) {
 func (c *Conn) watch() {
 	for ev := range c.ID.Events() {
 		switch ev.Type {
-		case CMDisconnected, CMDeviceRemoval, CMAddrChange, CMConnectError, CMUnreachable:
+		case CMDeviceRemoval:
+			c.end(fmt.Errorf("rdma: connection %v -> %v: %w", c.Src, c.Dst, ErrDeviceRemoved))
+		case CMDisconnected, CMAddrChange, CMConnectError, CMUnreachable:
 			c.end(fmt.Errorf("rdma: connection %v -> %v: %v: %w", c.Src, c.Dst, ev.Type, ErrDisconnected))
 		}
 	}
@@ -178,6 +193,11 @@ func (c *Conn) watch() {
 
 // ErrDisconnected is wrapped in Conn.Err once the connection is gone.
 var ErrDisconnected = errors.New("rdma: disconnected")
+
+// ErrDeviceRemoved is wrapped in Conn.Err when the connection's device goes away; it also matches
+// ErrDisconnected. The kernel finishes removing the device only once every user closed it:
+// close the connections and drop the device from the pool (DevicePool.Drop).
+var ErrDeviceRemoved = fmt.Errorf("rdma: device removed: %w", ErrDisconnected)
 
 // newConn builds CQ and QP for id on the device the ID resolved or received the request on.
 func newConn(id *ID, cfg *ConnConfig) (*Conn, error) {

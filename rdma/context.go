@@ -253,6 +253,15 @@ func (c *Context) executeLocked(cmd uint32, resp []byte, req ...[]byte) error {
 	return nil
 }
 
+// deviceGone maps EIO, which a destroy command gets once the device was removed and the kernel
+// already released the object, to success, so that teardown still frees the user-space side.
+func deviceGone(err error) error {
+	if errors.Is(err, unix.EIO) {
+		return nil
+	}
+	return err
+}
+
 func (c *Context) newUserHandle() uint64 {
 	c.nextUH++
 	return c.nextUH

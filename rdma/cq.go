@@ -293,7 +293,7 @@ func (cq *CQ) Destroy() error {
 	c.mu.Lock()
 	var err error
 	if !c.closed {
-		err = c.executeLocked(cmdDestroyCQ, asBytes(&r), asBytes(&uverbsDestroyObj{Handle: cq.handle}))
+		err = deviceGone(c.executeLocked(cmdDestroyCQ, asBytes(&r), asBytes(&uverbsDestroyObj{Handle: cq.handle})))
 	}
 	if err == nil {
 		delete(c.cqs, cq.uh)

@@ -59,7 +59,7 @@ func (pd *PD) Dealloc() error {
 	if pd.dead || c.closed {
 		return nil
 	}
-	if err := c.executeLocked(cmdDeallocPD, nil, asBytes(&uverbsHandleCmd{Handle: pd.handle})); err != nil {
+	if err := deviceGone(c.executeLocked(cmdDeallocPD, nil, asBytes(&uverbsHandleCmd{Handle: pd.handle}))); err != nil {
 		return fmt.Errorf("rdma: dealloc PD: %w", err)
 	}
 	pd.dead = true
@@ -146,7 +146,7 @@ func (mr *MR) Dereg() error {
 	}
 	var err error
 	if !c.closed {
-		err = c.executeLocked(cmdDeregMR, nil, asBytes(&uverbsHandleCmd{Handle: mr.handle}))
+		err = deviceGone(c.executeLocked(cmdDeregMR, nil, asBytes(&uverbsHandleCmd{Handle: mr.handle})))
 		if err != nil {
 			return fmt.Errorf("rdma: deregister MR: %w", err)
 		}

@@ -307,7 +307,7 @@ func (qp *QP) Destroy() error {
 	c.mu.Lock()
 	var err error
 	if !c.closed {
-		err = c.executeLocked(cmdDestroyQP, asBytes(&r), asBytes(&uverbsDestroyObj{Handle: qp.handle}))
+		err = deviceGone(c.executeLocked(cmdDestroyQP, asBytes(&r), asBytes(&uverbsDestroyObj{Handle: qp.handle})))
 	}
 	if err == nil {
 		delete(c.qps, qp.uh)

@@ -11,11 +11,13 @@ RDMAPING=/usr/local/bin/rdmaping
 [ -x "$RDMAPING" ] || RDMAPING=$(command -v rdmaping) || fail "rdmaping missing: run 'make build' or put it in VM_TESTBIN_DIR"
 assert_contains "$(rdma link show)" "rxe0"
 
-log "rdma package tests"
-RDMA_TEST_ADDR=$VM_ADDR timed rdma.test rdma.test -test.v -test.count=1 -test.timeout 300s 2>&1 | tee rdma-test.log |
-  grep -E '^(--- |PASS|FAIL|ok)|round trips|SIGKILL|resources'
+log "rdma package tests (port flap and device removal included; rxe0 is re-created at the end)"
+RDMA_TEST_ADDR=$VM_ADDR RDMA_TEST_PORT_EVENTS=1 RDMA_TEST_DEVICE_REMOVAL=1 \
+  timed rdma.test rdma.test -test.v -test.count=1 -test.timeout 300s 2>&1 | tee rdma-test.log |
+  grep -E '^(--- |PASS|FAIL|ok)|round trips|SIGKILL|resources|child:|ended:'
 grep -q '^PASS$' rdma-test.log || fail "rdma.test failed"
 grep -q -- '--- SKIP' rdma-test.log && fail "rdma.test skipped device tests in a VM that has rxe0"
+assert_contains "$(rdma link show)" "rxe0"
 
 gid=$(rxe_gid_index)
 size=4096
