@@ -73,6 +73,11 @@ type TargetConfig struct {
 type LUNConfig struct {
 	LUN       uint64 `yaml:"lun"`
 	Backend   string `yaml:"backend"` // file (default) or memory
+	// IO selects how a file backend is driven: uring (default; falls back
+	// to threads when the kernel refuses io_uring) or threads.
+	IO string `yaml:"io"`
+	// Direct opens the file with O_DIRECT, bypassing the page cache.
+	Direct bool `yaml:"direct"`
 	Path      string `yaml:"path"`
 	Size      Size   `yaml:"size"`
 	BlockSize uint32 `yaml:"block_size"`
@@ -225,6 +230,11 @@ func (c *Config) Check() error {
 				l.Backend = "file"
 				if l.Path == "" {
 					return fmt.Errorf("%s: path is required for a file backend", where)
+				}
+				switch l.IO {
+				case "", "uring", "threads":
+				default:
+					return fmt.Errorf("%s: io %q is neither uring nor threads", where, l.IO)
 				}
 			case "memory":
 				if l.Size == 0 {

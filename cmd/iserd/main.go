@@ -151,7 +151,7 @@ func build(cfg *Config, log *zap.Logger) (*daemon, error) {
 	for _, tc := range cfg.Targets {
 		st := scsi.NewTarget(tc.Name)
 		for _, lc := range tc.LUNs {
-			disk, err := openLUN(cfg.DataDir, tc.Name, lc)
+			disk, err := d.openLUN(cfg.DataDir, tc.Name, lc)
 			if err != nil {
 				d.closeDisks()
 				return nil, fmt.Errorf("target %s lun %d: %w", tc.Name, lc.LUN, err)
@@ -173,7 +173,7 @@ func build(cfg *Config, log *zap.Logger) (*daemon, error) {
 }
 
 // openLUN opens the backing store of one LUN and wraps it in a SCSI disk.
-func openLUN(dataDir, target string, lc LUNConfig) (*scsi.Disk, error) {
+func (d *daemon) openLUN(dataDir, target string, lc LUNConfig) (*scsi.Disk, error) {
 	var dev bdev.Device
 	switch lc.Backend {
 	case "memory":
@@ -186,7 +186,8 @@ func openLUN(dataDir, target string, lc LUNConfig) (*scsi.Disk, error) {
 				return nil, fmt.Errorf("create data directory: %w", err)
 			}
 		}
-		f, err := bdev.NewFile(path, bdev.FileOptions{Size: int64(lc.Size), ReadOnly: lc.ReadOnly, Create: lc.Size > 0})
+		fo := bdev.FileOptions{Size: int64(lc.Size), ReadOnly: lc.ReadOnly, Create: lc.Size > 0}
+		f, err := d.openFile(path, fo, lc)
 		if err != nil {
 			return nil, err
 		}
@@ -203,6 +204,22 @@ func openLUN(dataDir, target string, lc LUNConfig) (*scsi.Disk, error) {
 		return nil, err
 	}
 	return disk, nil
+}
+
+// openFile opens a file or block device with io_uring, or with the thread
+// pool when io_uring is not wanted or the kernel refuses it.
+func (d *daemon) openFile(path string, fo bdev.FileOptions, lc LUNConfig) (bdev.Device, error) {
+	if lc.IO != "threads" {
+		u, err := bdev.NewUring(path, bdev.UringOptions{FileOptions: fo, Pool: d.srv.Pool(), Buffered: !lc.Direct})
+		if err == nil {
+			return u, nil
+		}
+		if !errors.Is(err, bdev.ErrNoUring) {
+			return nil, err
+		}
+		d.log.Warn("io_uring unavailable: using the thread pool backend", zap.String("path", path), zap.Error(err))
+	}
+	return bdev.NewFile(path, fo)
 }
 
 // naaFor derives a stable identifier from the target name and LUN, so a
