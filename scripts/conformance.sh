@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Runs libiscsi's conformance suite (iscsi-test-cu) against iserd on
 # 127.0.0.1 with a thin file-backed LUN, scores it (skips are not passes) and
-# fails when a test fails outside the suites left to later work.
+# fails when a test fails outside the suites left to later work. The target
+# listens on two portals: the second URL is libiscsi's multipath path, and
+# the reservation tests log in with two initiator names. SANITIZE tests are
+# allowed (the LUN is scratch).
 #   scripts/conformance.sh [FAMILY]     default ALL
 set -euo pipefail
 cd "$(dirname "$0")/.."
 family=${1:-ALL}
 port=${ISERD_TEST_PORT:-3270}
+port2=$((port + 1))
 work=$(mktemp -d /tmp/iserd-conformance.XXXXXX)
 iqn=iqn.2026-11.org.iserd:conformance
+init1=iqn.2026-11.org.iserd:initiator-1
+init2=iqn.2026-11.org.iserd:initiator-2
 # Suites that belong to later issues (persistent reservations, copy offload,
 # multipath); their failures are reported but do not fail the run.
 later='^(ALL\.)?(Prin|Prout|ExtendedCopy|ReceiveCopyResults|MultipathIO)'
@@ -16,7 +22,7 @@ later='^(ALL\.)?(Prin|Prout|ExtendedCopy|ReceiveCopyResults|MultipathIO)'
 command -v iscsi-test-cu >/dev/null || { echo "conformance: iscsi-test-cu missing (apt-get install libiscsi-bin)" >&2; exit 1; }
 cat > "$work/iserd.yaml" <<EOC
 data_dir: $work
-portals: [{address: "127.0.0.1:$port"}]
+portals: [{address: "127.0.0.1:$port"}, {address: "127.0.0.1:$port2"}]
 targets:
   - name: $iqn
     open: true
@@ -32,8 +38,9 @@ for _ in $(seq 50); do
   kill -0 $pid 2>/dev/null || { cat "$work/iserd.log"; exit 1; }
   sleep 0.1
 done
-scripts/libiscsi-score.sh -t "$family" -o "$work/score" \
-  "iscsi://127.0.0.1:$port/$iqn/0" | tee "$work/score.txt"
+scripts/libiscsi-score.sh -t "$family" -o "$work/score" -- \
+  --allow-sanitize --initiator-name="$init1" --initiator-name-2="$init2" \
+  "iscsi://127.0.0.1:$port/$iqn/0" "iscsi://127.0.0.1:$port2/$iqn/0" | tee "$work/score.txt"
 kill -0 $pid 2>/dev/null || { echo "conformance: iserd died during the suite" >&2; tail -20 "$work/iserd.log"; exit 1; }
 fails=$(awk -F'\t' '$2=="failed" {print $1}' "$work/score/results.tsv" | grep -Ev "$later" || true)
 if [ -n "$fails" ]; then

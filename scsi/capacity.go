@@ -27,3 +27,14 @@ func (d *Disk) readCapacity16(c *Command) result {
 	}
 	return respond(c, b, int(binary.BigEndian.Uint32(c.CDB[10:])))
 }
+
+// readDefectData implements READ DEFECT DATA (10) and (12): the medium has
+// no defects, so the header reports an empty list in the format and with
+// the lists asked for.
+func (d *Disk) readDefectData(c *Command) result {
+	cdb := c.CDB
+	if cdb[0] == 0x37 {
+		return respond(c, []byte{0, cdb[2] & 0x1f, 0, 0}, int(binary.BigEndian.Uint16(cdb[7:])))
+	}
+	return respond(c, []byte{0, cdb[1] & 0x1f, 0, 0, 0, 0, 0, 0}, int(binary.BigEndian.Uint32(cdb[6:])))
+}

@@ -17,7 +17,7 @@ func (d *Disk) compareAndWrite(c *Command) result {
 		return fail(s)
 	}
 	lba, nb := binary.BigEndian.Uint64(cdb[2:]), uint64(cdb[13])
-	if s, ok := d.writable(); !ok {
+	if s, ok := d.writable(c); !ok {
 		return fail(s)
 	}
 	if s, ok := d.checkRange(lba, nb); !ok {
@@ -45,7 +45,7 @@ func (d *Disk) orWrite(c *Command) result {
 	if !ok {
 		return fail(s)
 	}
-	if s, ok := d.writable(); !ok {
+	if s, ok := d.writable(c); !ok {
 		return fail(s)
 	}
 	c.Wanted = int(n) << d.shift

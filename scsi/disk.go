@@ -35,6 +35,11 @@ type DiskConfig struct {
 	// Vendor, Product and Revision are the INQUIRY identification strings
 	// (defaults "ISERD", "VIRTUAL-DISK", "0001").
 	Vendor, Product, Revision string
+	// StateDir is the directory where the logical unit keeps state that
+	// must survive restarts: persistent reservations registered with
+	// APTPL (file "pr-<NAA>.state", replaced atomically). Empty disables
+	// APTPL (REPORT CAPABILITIES then clears PTPL_C).
+	StateDir string
 }
 
 // Limits the disk reports in the Block Limits VPD page and enforces.
@@ -62,6 +67,11 @@ type Disk struct {
 	res    atomic.Pointer[holder] // SCSI-2 reservation holder
 	ua     uaTable
 	locks  rangeLock
+
+	pr      atomic.Pointer[prState] // persistent reservations; nil: none ever
+	prMu    sync.Mutex              // serialises PERSISTENT RESERVE OUT
+	prSaved bool                    // an APTPL state file exists (under prMu)
+	copies  copyTable               // EXTENDED COPY results by list identifier
 }
 
 // NewDisk returns a logical unit over dev.
@@ -92,6 +102,13 @@ func NewDisk(dev bdev.Device, cfg DiskConfig) (*Disk, error) {
 	}
 	d.mode.Store(&defaultMode)
 	d.ua.init()
+	pr, err := d.loadPR()
+	if err != nil {
+		return nil, fmt.Errorf("new disk: %w", err)
+	}
+	if pr != nil {
+		d.pr.Store(pr)
+	}
 	return d, nil
 }
 
@@ -176,9 +193,10 @@ func (d *Disk) checkRange(lba, n uint64) (senseData, bool) {
 }
 
 // writable fails with DATA PROTECT when the unit is write-protected by
-// configuration or by the SWP bit of the control mode page.
-func (d *Disk) writable() (senseData, bool) {
-	if d.cfg.ReadOnly || d.mode.Load().swp {
+// configuration or by the SWP bit of the control mode page, or when c
+// comes from a read-only nexus (an ACL setting).
+func (d *Disk) writable(c *Command) (senseData, bool) {
+	if d.cfg.ReadOnly || d.mode.Load().swp || c.Nexus != nil && c.Nexus.ReadOnly {
 		return writeProtected, false
 	}
 	return senseData{}, true

@@ -26,6 +26,7 @@ const (
 	desigT10       = 0x01
 	desigNAA       = 0x03
 	desigRelPort   = 0x04
+	desigTPG       = 0x05
 	desigSCSIName  = 0x08
 	maxNameDesigLn = 256
 )
@@ -33,13 +34,15 @@ const (
 // defaultIdentity names an absent logical unit in INQUIRY data.
 var defaultIdentity = DiskConfig{Vendor: "ISERD", Product: "VIRTUAL-DISK", Revision: "0001"}
 
-// standardInquiry builds standard INQUIRY data with byte 0 set to b0.
-func standardInquiry(b0 byte, cfg *DiskConfig) []byte {
+// standardInquiry builds standard INQUIRY data with byte 0 set to b0 and
+// byte 5 (TPGS, 3PC) to b5.
+func standardInquiry(b0, b5 byte, cfg *DiskConfig) []byte {
 	b := make([]byte, stdInquiryLen)
 	b[0] = b0
 	b[2] = 0x06 // VERSION: SPC-4
 	b[3] = 0x12 // HISUP, RESPONSE DATA FORMAT 2
 	b[4] = stdInquiryLen - 5
+	b[5] = b5
 	b[7] = 0x02 // CMDQUE
 	pad(b[8:16], cfg.Vendor)
 	pad(b[16:32], cfg.Product)
@@ -60,7 +63,7 @@ func pad(b []byte, s string) {
 
 // absentInquiry answers INQUIRY for a LUN with no logical unit behind it.
 func absentInquiry(c *Command) result {
-	return respond(c, standardInquiry(pdtAbsent, &defaultIdentity), int(binary.BigEndian.Uint16(c.CDB[3:])))
+	return respond(c, standardInquiry(pdtAbsent, 0, &defaultIdentity), int(binary.BigEndian.Uint16(c.CDB[3:])))
 }
 
 // inquiry implements INQUIRY: standard data or a VPD page.
@@ -74,16 +77,19 @@ func (d *Disk) inquiry(c *Command) result {
 		if cdb[2] != 0 {
 			return fail(invalidCDB(2, 7))
 		}
-		return respond(c, standardInquiry(pdtDisk, &d.cfg), alloc)
+		t := d.tgt.Load()
+		return respond(c, standardInquiry(pdtDisk, t.tpgs()|0x08, &d.cfg), alloc) // 3PC: EXTENDED COPY
 	}
 	var body []byte
 	switch cdb[2] {
 	case 0x00:
-		body = []byte{0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2}
+		body = []byte{0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2}
 	case 0x80:
 		body = []byte(d.cfg.Serial)
 	case 0x83:
 		body = d.deviceIdentification(c.Nexus)
+	case 0x8f:
+		body = thirdPartyCopy()
 	case 0xb0:
 		body = d.blockLimits()
 	case 0xb1:
@@ -138,6 +144,13 @@ func (d *Disk) deviceIdentification(n *Nexus) []byte {
 		if n.TargetPort != "" {
 			b = designator(b, codeUTF8, assocPort|desigSCSIName, true, scsiName(n.TargetPort))
 		}
+		if t := d.tgt.Load(); t != nil {
+			g := t.reportGroups(n)[0]
+			if cg, ok := t.groupOf(n); ok {
+				g = cg
+			}
+			b = designator(b, codeBinary, assocPort|desigTPG, false, []byte{0, 0, byte(g.ID >> 8), byte(g.ID)})
+		}
 	}
 	if t := d.tgt.Load(); t != nil && t.name != "" {
 		b = designator(b, codeUTF8, assocTarget|desigSCSIName, true, scsiName(t.name))
@@ -160,6 +173,9 @@ func (d *Disk) blockLimits() []byte {
 		b[28] = 0x80                          // UGAVALID, alignment 0
 	}
 	binary.BigEndian.PutUint64(b[32:], maxWriteSameBytes>>d.shift)
+	binary.BigEndian.PutUint32(b[40:], maxAtomicBytes>>d.shift) // MAXIMUM ATOMIC TRANSFER LENGTH
+	binary.BigEndian.PutUint32(b[44:], 1)                       // ATOMIC ALIGNMENT
+	binary.BigEndian.PutUint32(b[48:], 1)                       // ATOMIC TRANSFER LENGTH GRANULARITY
 	return b
 }
 

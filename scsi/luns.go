@@ -1,6 +1,9 @@
 package scsi
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"slices"
+)
 
 // reportLUNs implements REPORT LUNS for a LUN that exists.
 func (d *Disk) reportLUNs(c *Command) result {
@@ -18,7 +21,8 @@ func (d *Disk) reportLUNs(c *Command) result {
 }
 
 // reportLUNs builds the LUN inventory (SPC-4 6.33) with flat space or
-// peripheral device addressing; there are no well known logical units.
+// peripheral device addressing; there are no well known logical units. A
+// nexus with a LUN list (an ACL view) sees exactly those numbers.
 func (t *Target) reportLUNs(c *Command) result {
 	cdb := c.CDB
 	alloc := int(binary.BigEndian.Uint32(cdb[6:]))
@@ -28,7 +32,11 @@ func (t *Target) reportLUNs(c *Command) result {
 	var luns []uint64
 	switch cdb[2] {
 	case 0x00, 0x02:
-		luns = t.LUNs()
+		if c.Nexus != nil && c.Nexus.LUNs != nil {
+			luns = slices.Sorted(slices.Values(c.Nexus.LUNs))
+		} else {
+			luns = t.LUNs()
+		}
 	case 0x01: // well known logical units only
 	default:
 		return fail(invalidCDB(2, 7))

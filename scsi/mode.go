@@ -94,8 +94,8 @@ func (d *Disk) modeSense(c *Command) result {
 	}
 	var devSpec byte
 	if pc != pcChangeable {
-		devSpec = 0x10 // DPOFUA
-		if _, ok := d.writable(); !ok {
+		devSpec = 0x10                   // DPOFUA
+		if _, ok := d.writable(c); !ok { // WP, per nexus for read-only ACLs
 			devSpec |= 0x80 // WP
 		}
 	}

@@ -29,7 +29,7 @@ func (d *Disk) writeSame(c *Command) result {
 	if anchor { // ANC_SUP is 0, and ANCHOR without UNMAP is invalid anyway
 		return fail(invalidCDB(1, 4))
 	}
-	if s, ok := d.writable(); !ok {
+	if s, ok := d.writable(c); !ok {
 		return fail(s)
 	}
 	n := uint64(n32)
@@ -105,7 +105,7 @@ func (d *Disk) unmap(c *Command) result {
 	if cdb[1]&0x01 != 0 { // ANCHOR: ANC_SUP is 0
 		return fail(invalidCDB(1, 0))
 	}
-	if s, ok := d.writable(); !ok {
+	if s, ok := d.writable(c); !ok {
 		return fail(s)
 	}
 	plen := int(binary.BigEndian.Uint16(cdb[7:]))

@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"bytes"
+	"encoding/binary"
 
 	"github.com/iserd/iserd/bdev"
 )
@@ -74,7 +75,7 @@ func (d *Disk) write(c *Command) result {
 	if verify && cdb[1]&0x04 != 0 { // BYTCHK 10b and 11b are reserved here
 		return fail(invalidCDB(1, 2))
 	}
-	if s, ok := d.writable(); !ok {
+	if s, ok := d.writable(c); !ok {
 		return fail(s)
 	}
 	want := int(n) << d.shift
@@ -156,4 +157,42 @@ func compare(medium, want []byte) result {
 		i++
 	}
 	return fail(miscompare(i))
+}
+
+// maxAtomicBytes is the MAXIMUM ATOMIC TRANSFER LENGTH (Block Limits VPD).
+const maxAtomicBytes = 1 << 20
+
+// writeAtomic implements WRITE ATOMIC (16) (SBC-4 5.48): the blocks are
+// written in one request under an exclusive range lock, so no other write
+// or read-modify-write interleaves and the data lands whole. ATOMIC
+// BOUNDARY must be zero (MAXIMUM ATOMIC BOUNDARY SIZE is zero).
+func (d *Disk) writeAtomic(c *Command) result {
+	cdb := c.CDB
+	if s, ok := protectField(cdb); !ok {
+		return fail(s)
+	}
+	lba, n := binary.BigEndian.Uint64(cdb[2:]), uint64(binary.BigEndian.Uint16(cdb[12:]))
+	if binary.BigEndian.Uint16(cdb[10:]) != 0 {
+		return fail(invalidCDB(10, 7))
+	}
+	if s, ok := d.checkRange(lba, n); !ok {
+		return fail(s)
+	}
+	if n<<d.shift > maxAtomicBytes {
+		return fail(invalidCDB(12, 7))
+	}
+	if s, ok := d.writable(c); !ok {
+		return fail(s)
+	}
+	c.Wanted = int(n << d.shift)
+	if n == 0 {
+		return good
+	}
+	if len(c.DataOut) < c.Wanted {
+		return fail(illegal(ascInvalidFieldInCmdIU))
+	}
+	io := d.newIO(c)
+	io.fua = cdb[1]&0x08 != 0 || !d.mode.Load().wce
+	io.lba, io.left = lba, n
+	return io.lockAndRun(lba, n, true, writeStart)
 }

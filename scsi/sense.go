@@ -19,28 +19,42 @@ type asc uint16
 
 // Additional sense codes used by the emulated disk (SPC-4 table 48).
 const (
-	ascNoAdditional          asc = 0x0000
-	ascWriteError            asc = 0x0c00
-	ascInvalidFieldInCmdIU   asc = 0x0e03
-	ascUnrecoveredRead       asc = 0x1100
-	ascParamListLength       asc = 0x1a00
-	ascMiscompareVerify      asc = 0x1d00
-	ascInvalidOpcode         asc = 0x2000
-	ascLBAOutOfRange         asc = 0x2100
-	ascInvalidFieldInCDB     asc = 0x2400
-	ascLUNotSupported        asc = 0x2500
-	ascInvalidFieldInParam   asc = 0x2600
-	ascWriteProtected        asc = 0x2700
-	ascSpaceAllocFailed      asc = 0x2707
-	ascPowerOnReset          asc = 0x2900
-	ascPowerOnOccurred       asc = 0x2901
-	ascBusDeviceReset        asc = 0x2903
-	ascModeParamsChanged     asc = 0x2a01
-	ascReservationsReleased  asc = 0x2a04
-	ascCommandsCleared       asc = 0x2f00
-	ascSavingNotSupported    asc = 0x3900
-	ascReportedLUNsChanged   asc = 0x3f0e
-	ascInternalTargetFailure asc = 0x4400
+	ascNoAdditional           asc = 0x0000
+	ascNotReadyTransition     asc = 0x040a
+	ascNotReadyStandby        asc = 0x040b
+	ascNotReadyUnavailable    asc = 0x040c
+	ascWriteError             asc = 0x0c00
+	ascCopyTargetUnreachable  asc = 0x0d02
+	ascInvalidFieldInCmdIU    asc = 0x0e03
+	ascUnrecoveredRead        asc = 0x1100
+	ascParamListLength        asc = 0x1a00
+	ascMiscompareVerify       asc = 0x1d00
+	ascInvalidOpcode          asc = 0x2000
+	ascLBAOutOfRange          asc = 0x2100
+	ascInvalidFieldInCDB      asc = 0x2400
+	ascLUNotSupported         asc = 0x2500
+	ascInvalidFieldInParam    asc = 0x2600
+	ascInvalidRelease         asc = 0x2604
+	ascTooManyTargetDescs     asc = 0x2606
+	ascUnsupportedTargetDesc  asc = 0x2607
+	ascTooManySegmentDescs    asc = 0x2608
+	ascUnsupportedSegmentDesc asc = 0x2609
+	ascWriteProtected         asc = 0x2700
+	ascSpaceAllocFailed       asc = 0x2707
+	ascPowerOnReset           asc = 0x2900
+	ascPowerOnOccurred        asc = 0x2901
+	ascBusDeviceReset         asc = 0x2903
+	ascModeParamsChanged      asc = 0x2a01
+	ascReservationsPreempted  asc = 0x2a03
+	ascReservationsReleased   asc = 0x2a04
+	ascRegistrationsPreempted asc = 0x2a05
+	ascALUAChanged            asc = 0x2a06
+	ascCapacityChanged        asc = 0x2a09
+	ascCommandsCleared        asc = 0x2f00
+	ascSavingNotSupported     asc = 0x3900
+	ascReportedLUNsChanged    asc = 0x3f0e
+	ascInternalTargetFailure  asc = 0x4400
+	ascInsufficientRegRes     asc = 0x5504
 )
 
 // senseData is a CHECK CONDITION outcome before it is encoded in fixed or

@@ -19,8 +19,13 @@ type Target struct {
 	name string
 	luns atomic.Pointer[map[uint64]*Disk] // replaced whole on change
 
-	mu      sync.Mutex // serialises LUN and nexus changes
+	mu      sync.Mutex // serialises LUN, nexus and port group changes
 	nexuses map[uint64]*Nexus
+
+	groups   atomic.Pointer[[]PortGroup] // ALUA target port groups; nil: none
+	onGroups atomic.Pointer[func([]PortGroup)]
+	onAbort  atomic.Pointer[func(*Nexus, uint64)]
+	onEvent  atomic.Pointer[func(Event)]
 }
 
 // NewTarget returns an empty target named name (its iSCSI name).
@@ -63,7 +68,7 @@ func (t *Target) AddLUN(lun uint64, d *Disk) error {
 	m := maps.Clone(old)
 	m[lun] = d
 	t.luns.Store(&m)
-	t.raiseAll(ascReportedLUNsChanged, 0, false)
+	t.lunsChanged(lun)
 	return nil
 }
 
@@ -81,8 +86,16 @@ func (t *Target) RemoveLUN(lun uint64) (*Disk, error) {
 	delete(m, lun)
 	t.luns.Store(&m)
 	d.tgt.Store(nil)
-	t.raiseAll(ascReportedLUNsChanged, 0, false)
+	t.lunsChanged(lun)
 	return d, nil
+}
+
+// lunsChanged queues REPORTED LUNS DATA HAS CHANGED on every logical unit
+// for every nexus and reports one event for the LUN that came or went.
+// The caller holds t.mu.
+func (t *Target) lunsChanged(lun uint64) {
+	t.raiseAll(ascReportedLUNsChanged, 0, false)
+	t.emit(ascReportedLUNsChanged, lun, nil)
 }
 
 // raiseAll queues code on every logical unit for every nexus, except the
@@ -114,8 +127,9 @@ func (t *Target) AddNexus(n *Nexus) {
 	}
 }
 
-// RemoveNexus forgets a nexus: its unit attentions and the SCSI-2
-// reservations it holds.
+// RemoveNexus forgets a nexus: its unit attentions, the SCSI-2
+// reservations it holds and its held EXTENDED COPY results. Persistent
+// reservation registrations survive it (SPC-4 5.13.2).
 func (t *Target) RemoveNexus(n *Nexus) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -123,6 +137,7 @@ func (t *Target) RemoveNexus(n *Nexus) {
 	for _, d := range *t.luns.Load() {
 		d.ua.remove(n.ID, 0, true)
 		d.releaseHeldBy(n.ID)
+		d.copies.forget(n.ID)
 	}
 }
 
@@ -218,8 +233,12 @@ func (d *Disk) execute(c *Command) {
 		d.complete(c, fail(s))
 		return
 	}
-	if e.flags&fResOK == 0 && d.conflict(c) {
-		d.complete(c, result{status: StatusReservationConflict})
+	if s, ok := d.tgt.Load().accessible(c.Nexus, e.flags); !ok {
+		d.complete(c, fail(s))
+		return
+	}
+	if d.conflict(c, e.flags) {
+		d.complete(c, conflictResult)
 		return
 	}
 	if r := e.fn(d, c); !r.pending {
