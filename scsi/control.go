@@ -6,10 +6,15 @@ import "github.com/iserd/iserd/bdev"
 func (d *Disk) testUnitReady(*Command) result { return good }
 
 // requestSense implements REQUEST SENSE: the oldest pending unit attention
-// (which it clears), else NO SENSE, in the format the DESC bit asks for.
+// (which it clears), else SANITIZE IN PROGRESS with its progress while a
+// sanitize runs, else NO SENSE, in the format the DESC bit asks for.
 func (d *Disk) requestSense(c *Command) result {
 	s, ok := d.ua.take(nexusIDOf(c.Nexus))
-	if !ok {
+	switch {
+	case ok:
+	case d.sanitizing.Load():
+		s = d.sanitizeProgress()
+	default:
 		s = senseData{key: keyNoSense}
 	}
 	return senseResponse(c, &s)

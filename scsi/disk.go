@@ -72,6 +72,9 @@ type Disk struct {
 	prMu    sync.Mutex              // serialises PERSISTENT RESERVE OUT
 	prSaved bool                    // an APTPL state file exists (under prMu)
 	copies  copyTable               // EXTENDED COPY results by list identifier
+
+	sanitizing atomic.Bool   // a SANITIZE operation is running
+	sanDone    atomic.Uint64 // blocks it has processed
 }
 
 // NewDisk returns a logical unit over dev.

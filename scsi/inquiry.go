@@ -95,6 +95,9 @@ func (d *Disk) inquiry(c *Command) result {
 	case 0xb1:
 		body = make([]byte, 0x3c)
 		body[1] = 0x01 // MEDIUM ROTATION RATE: non-rotating medium
+		if d.cfg.Thin {
+			body[3] = 0x40 // WABEREQ 01b: blocks read after BLOCK ERASE return zeroes
+		}
 	case 0xb2:
 		body = d.provisioning()
 	default:

@@ -23,6 +23,7 @@ const (
 	ascNotReadyTransition     asc = 0x040a
 	ascNotReadyStandby        asc = 0x040b
 	ascNotReadyUnavailable    asc = 0x040c
+	ascSanitizeInProgress     asc = 0x041b
 	ascWriteError             asc = 0x0c00
 	ascCopyTargetUnreachable  asc = 0x0d02
 	ascInvalidFieldInCmdIU    asc = 0x0e03

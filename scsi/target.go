@@ -142,8 +142,9 @@ func (t *Target) RemoveNexus(n *Nexus) {
 }
 
 // LogicalUnitReset performs the SCSI side of LOGICAL UNIT RESET received on
-// nexus n: the SCSI-2 reservation is released and every other nexus is
-// told BUS DEVICE RESET FUNCTION OCCURRED. The transport aborts the tasks.
+// nexus n: the SCSI-2 reservation is released and every nexus, n included
+// (SAM-5 6.3.3), is told BUS DEVICE RESET FUNCTION OCCURRED. Persistent
+// reservations are not affected. The transport aborts the tasks.
 func (t *Target) LogicalUnitReset(n *Nexus, lun uint64) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -152,7 +153,7 @@ func (t *Target) LogicalUnitReset(n *Nexus, lun uint64) error {
 		return fmt.Errorf("logical unit reset: no LUN %d", lun)
 	}
 	d.res.Store(nil)
-	t.raise(d, ascBusDeviceReset, nexusIDOf(n), true)
+	t.raise(d, ascBusDeviceReset, 0, false)
 	return nil
 }
 
@@ -225,6 +226,10 @@ func (d *Disk) execute(c *Command) {
 			d.complete(c, fail(ua))
 			return
 		}
+	}
+	if ok && d.sanitizing.Load() && e.flags&fUAExempt == 0 {
+		d.complete(c, fail(d.sanitizeProgress()))
+		return
 	}
 	if ok {
 		s, ok = e.check(c.CDB)

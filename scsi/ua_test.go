@@ -29,7 +29,7 @@ func TestUnitAttentions(t *testing.T) {
 			if err := h.tgt.LogicalUnitReset(h.a, 0); err != nil {
 				t.Fatal(err)
 			}
-		}, nil, []asc{ascBusDeviceReset}},
+		}, []asc{ascBusDeviceReset}, []asc{ascBusDeviceReset}},
 		{"warm reset", func(h *harness) { h.tgt.TargetReset(h.a, false) }, []asc{ascPowerOnReset}, []asc{ascPowerOnReset}},
 		{"cold reset", func(h *harness) { h.tgt.TargetReset(h.b, true) }, []asc{ascPowerOnOccurred}, []asc{ascPowerOnOccurred}},
 		{"clear task set", func(h *harness) { h.tgt.ClearTaskSet(h.b, 0) }, []asc{ascCommandsCleared}, nil},
@@ -135,6 +135,7 @@ func TestReservations(t *testing.T) {
 				t.Fatal(err)
 			}
 			h.expectUA(h.a, ascBusDeviceReset)
+			h.expectUA(h.b, ascBusDeviceReset)
 		}},
 		{"target reset", func(h *harness) {
 			h.tgt.TargetReset(h.b, true)

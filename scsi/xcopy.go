@@ -222,7 +222,7 @@ func (d *Disk) copySegment(c *Command, cscds []cscd, sg segment) (result, uint64
 	for done := uint64(0); done < total; {
 		n := min(total-done, uint64(len(buf)))
 		chunk := buf[:n]
-		if err := syncIO(src.dev, bdev.OpRead, int64(sg.srcLBA<<src.shift+done), chunk); err != nil {
+		if err := syncIO(src.dev, &bdev.Request{Op: bdev.OpRead, Offset: int64(sg.srcLBA<<src.shift + done), Buf: chunk}); err != nil {
 			return fail(ioError(err, false)), done
 		}
 		lock := lockReq{lba: (sg.dstLBA<<dst.shift + done) >> dst.shift, n: n >> dst.shift}
@@ -231,7 +231,7 @@ func (d *Disk) copySegment(c *Command, cscds []cscd, sg segment) (result, uint64
 		if !dst.locks.beginWrite(&lock) {
 			<-granted
 		}
-		err := syncIO(dst.dev, bdev.OpWrite, int64(sg.dstLBA<<dst.shift+done), chunk)
+		err := syncIO(dst.dev, &bdev.Request{Op: bdev.OpWrite, Offset: int64(sg.dstLBA<<dst.shift + done), Buf: chunk})
 		dst.locks.release(&lock)
 		if err != nil {
 			return fail(ioError(err, true)), done
@@ -241,11 +241,11 @@ func (d *Disk) copySegment(c *Command, cscds []cscd, sg segment) (result, uint64
 	return good, total
 }
 
-// syncIO runs one request on dev and waits for it. Copies run on their own
-// goroutine, so waiting blocks no command path.
-func syncIO(dev bdev.Device, op bdev.Op, off int64, buf []byte) error {
+// syncIO runs req on dev and waits for it. Copies and sanitize run on
+// their own goroutines, so waiting blocks no command path.
+func syncIO(dev bdev.Device, req *bdev.Request) error {
 	done := make(chan struct{})
-	req := &bdev.Request{Op: op, Offset: off, Buf: buf, Done: func(*bdev.Request) { close(done) }}
+	req.Done = func(*bdev.Request) { close(done) }
 	dev.Submit(req)
 	<-done
 	return req.Err
