@@ -386,6 +386,7 @@ type RejectedError struct {
 	PrivateData []byte
 }
 
+// Error describes the rejection.
 func (e *RejectedError) Error() string {
 	return fmt.Sprintf("rdma: connection rejected (reason %d, %d bytes of private data)", e.Status, len(e.PrivateData))
 }

@@ -85,6 +85,7 @@ var asyncEventNames = [...]string{"CQ_ERR", "QP_FATAL", "QP_REQ_ERR", "QP_ACCESS
 	"PKEY_CHANGE", "SM_CHANGE", "SRQ_ERR", "SRQ_LIMIT_REACHED", "QP_LAST_WQE_REACHED",
 	"CLIENT_REREGISTER", "GID_CHANGE", "WQ_FATAL"}
 
+// String returns the kernel's name of the event type.
 func (t AsyncEventType) String() string {
 	if int(t) < len(asyncEventNames) {
 		return asyncEventNames[t]

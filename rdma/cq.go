@@ -48,6 +48,7 @@ var wcStatusNames = map[WCStatus]string{
 	WCFatalErr: "fatal error", WCRespTimeoutErr: "response timeout", WCGeneralErr: "general error",
 }
 
+// String describes the status like ibv_wc_status_str does.
 func (s WCStatus) String() string {
 	if n, ok := wcStatusNames[s]; ok {
 		return n

@@ -9,13 +9,27 @@
 //
 //	Context (one per device: uverbs fd, async event fd)
 //	  PD          protection domain
-//	    MR        registered memory (Buffer: mmap'd page-aligned memory + MR)
+//	    MR        registered memory (AllocBuffer: mmap'd page-aligned memory + MR)
 //	  CompChannel completion event fd, registered with the Go netpoller
 //	    CQ        completion queue
 //	      QP      reliable-connected queue pair
 //
-// The rdma_cm side (CM, ID, Event) establishes connections; Listener and Dial combine both
-// into a connected Conn for callers that just want a QP to a peer.
+// Context.Close destroys whatever is still alive in that order. The rdma_cm side (CM, ID,
+// CMEvent) establishes connections; Listener, ConnRequest and Dial combine both into a
+// connected Conn (ID + completion channel + CQ + QP) for callers that want a QP to a peer:
+//
+//	pool := rdma.NewDevicePool()        // one Context and PD per device, shared by connections
+//	cm, _ := rdma.OpenCM()
+//	l, _ := rdma.Listen(cm, netip.MustParseAddrPort("192.0.2.1:3260"), 128)
+//	req, _ := l.Next(ctx)               // req.PrivateData: the peer's connect private data
+//	conn, _ := req.Accept(ctx, rdma.ConnConfig{Pool: pool, Prepare: postReceives})
+//	conn.QP.PostSend(rdma.SendWR{Opcode: rdma.OpRDMAWrite, Flags: rdma.SendSignaled, ...})
+//	n, _ := conn.CQ.Wait(ctx, wcs)      // sleeps in the netpoller until a completion arrives
+//	<-conn.Done()                        // peer gone: QP already in ERR, waiters woken by flushes
+//	conn.Close()
+//
+// Memory for RDMA must not move: register mmap'd memory (PD.AllocBuffer) or other non-Go-heap
+// memory with PD.RegMR. Virtual addresses are absolute (MR.Addr is the remote_addr base).
 //
 // Nothing here knows about iSCSI.
 package rdma

@@ -16,6 +16,7 @@ import (
 // memory the kernel shares through mmap of the uverbs fd (struct rxe_queue_buf).
 type rxeProvider struct{}
 
+// Name implements Provider.
 func (rxeProvider) Name() string { return "rxe" }
 
 // Match accepts devices that have the rxe-only "parent" sysfs attribute or an rxe name.
@@ -23,14 +24,17 @@ func (rxeProvider) Match(d *Device) bool {
 	return d.Parent != "" || strings.HasPrefix(d.Name, "rxe")
 }
 
+// CQDriverData implements Provider: no driver input, an mminfo back.
 func (rxeProvider) CQDriverData() ([]byte, int) {
 	return nil, int(unsafe.Sizeof(rxeCreateCQResp{}))
 }
 
+// QPDriverData implements Provider: no driver input (rxe refuses any), two mminfos back.
 func (rxeProvider) QPDriverData() ([]byte, int) {
 	return nil, int(unsafe.Sizeof(rxeCreateQPResp{}))
 }
 
+// NewCQRing implements Provider by mapping the completion ring.
 func (rxeProvider) NewCQRing(c *Context, out []byte) (CQRing, error) {
 	if len(out) < int(unsafe.Sizeof(rxeCreateCQResp{})) {
 		return nil, errors.New("rdma: rxe CREATE_CQ answer too short")
@@ -43,6 +47,7 @@ func (rxeProvider) NewCQRing(c *Context, out []byte) (CQRing, error) {
 	return &rxeCQ{q: q}, nil
 }
 
+// NewQPRings implements Provider by mapping the send and receive rings and preparing the doorbell.
 func (rxeProvider) NewQPRings(c *Context, qp *QP, out []byte) (QPRings, error) {
 	if len(out) < int(unsafe.Sizeof(rxeCreateQPResp{})) {
 		return nil, errors.New("rdma: rxe CREATE_QP answer too short")
@@ -123,6 +128,7 @@ func (q *rxeQueue) unmap() error {
 // rxeCQ consumes the completion ring: the kernel produces, we consume.
 type rxeCQ struct{ q *rxeQueue }
 
+// Poll implements CQRing: copy CQEs between consumer and producer, then publish the consumer.
 func (r *rxeCQ) Poll(wc []WorkCompletion) int {
 	q := r.q
 	prod := atomic.LoadUint32(&q.hdr.ProducerIndex) // acquire: CQE contents are visible
@@ -142,6 +148,7 @@ func (r *rxeCQ) Poll(wc []WorkCompletion) int {
 	return n
 }
 
+// Close implements CQRing.
 func (r *rxeCQ) Close() error { return r.q.unmap() }
 
 // rxeDoorbellCmd is the POST_SEND command with no work requests that makes the kernel process
@@ -173,6 +180,8 @@ const (
 	rxeSGESize = int(unsafe.Sizeof(rxeSGE{}))
 )
 
+// PostSend implements QPRings: write each WQE at the producer slot, publish the producer index,
+// and ring the doorbell once for the batch.
 func (r *rxeQP) PostSend(wrs []SendWR) (int, error) {
 	q := r.sq
 	prod := atomic.LoadUint32(&q.hdr.ProducerIndex)
@@ -261,6 +270,7 @@ func (r *rxeQP) ring() error {
 	return nil
 }
 
+// PostRecv implements QPRings; the kernel reads receive WQEs when packets arrive, no syscall.
 func (r *rxeQP) PostRecv(wrs []RecvWR) (int, error) {
 	q := r.rq
 	if q == nil {
@@ -288,6 +298,7 @@ func (r *rxeQP) PostRecv(wrs []RecvWR) (int, error) {
 	return len(wrs), nil
 }
 
+// Close implements QPRings.
 func (r *rxeQP) Close() error {
 	return errors.Join(r.sq.unmap(), r.rq.unmap())
 }

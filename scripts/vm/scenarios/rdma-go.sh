@@ -21,11 +21,13 @@ assert_contains "$(rdma link show)" "rxe0"
 
 gid=$(rxe_gid_index)
 size=4096
-iters=2000
+iters=1000
+rounds=3
 
 # usec_of FILE: the usec/iter figure of an ibv_rc_pingpong or rdmaping output.
 usec_of() { sed -n 's/.* \([0-9.]*\) usec\/iter.*/\1/p' "$1" | tail -1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+minof() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || (b != "" && b + 0 < a + 0)) print b; else print a }'; }
 
 # rdmaping_pair LOG ARGS...: an rdmaping server and a client with ARGS, client output in LOG.
 rdmaping_pair() {
@@ -56,40 +58,46 @@ ibv_pair() {
   wait "$srv" || { cat ibv-server.log; return 1; }
 }
 
-log "SEND ping-pong, $size bytes x $iters, busy polling: ibv_rc_pingpong vs rdmaping -poll"
-ibv_pair ibv-poll.log -s "$size" -n "$iters"
-SERVER_ARGS=(-poll) rdmaping_pair go-poll.log -t send -S "$size" -n "$iters" -poll
-cat ibv-poll.log go-poll.log
-a=$(usec_of ibv-poll.log) b=$(usec_of go-poll.log)
-echo "FIGURE send-poll ibv_rc_pingpong=${a}us rdmaping=${b}us ratio=$(ratio "$b" "$a")"
+# rping_run: one rping client/server run of $iters x $size; prints usec per iteration (whole run).
+rping_run() {
+  local srv t0 t1 try
+  rping -s -a "$VM_ADDR" -C "$iters" -S "$size" >rping-server.log 2>&1 &
+  srv=$!
+  for try in 1 2 3 4 5 6 7 8 9 10; do
+    sleep 0.3
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    if timeout 120 rping -c -a "$VM_ADDR" -C "$iters" -S "$size" >rping-client.log 2>&1; then
+      t1=$(cut -d' ' -f1 /proc/uptime)
+      wait "$srv" || { cat rping-server.log; return 1; }
+      awk -v a="$t0" -v b="$t1" -v n="$iters" 'BEGIN { printf "%.2f\n", (b - a) * 1e6 / n }'
+      return 0
+    fi
+  done
+  cat rping-client.log rping-server.log
+  return 1
+}
 
-log "SEND ping-pong, $size bytes x $iters, completion events: ibv_rc_pingpong -e vs rdmaping"
-ibv_pair ibv-event.log -s "$size" -n "$iters" -e
-SERVER_ARGS=() rdmaping_pair go-event.log -t send -S "$size" -n "$iters"
-cat ibv-event.log go-event.log
-a=$(usec_of ibv-event.log) b=$(usec_of go-event.log)
-echo "FIGURE send-event ibv_rc_pingpong=${a}us rdmaping=${b}us ratio=$(ratio "$b" "$a")"
-
-log "rping cycle (4 SENDs, 1 READ, 1 WRITE), $size bytes x $iters: rping vs rdmaping -t rping"
-rping -s -a "$VM_ADDR" -C "$iters" -S "$size" >rping-server.log 2>&1 &
-srv=$!
-t0=
-for try in 1 2 3 4 5 6 7 8 9 10; do
-  sleep 0.3
-  t0=$(cut -d' ' -f1 /proc/uptime)
-  if timeout 120 rping -c -a "$VM_ADDR" -C "$iters" -S "$size" >rping-client.log 2>&1; then break; fi
-  t0=
+# The VM shares a loaded host: each pair runs $rounds times alternately and the best run counts.
+log "SEND ping-pong, $size bytes x $iters, best of $rounds: ibv_rc_pingpong vs rdmaping (polling, then events)"
+ip= gp= ie= ge= rp= gr=
+for r in $(seq "$rounds"); do
+  ibv_pair ibv.log -s "$size" -n "$iters" && ip=$(minof "$ip" "$(usec_of ibv.log)")
+  SERVER_ARGS=(-poll) rdmaping_pair go.log -t send -S "$size" -n "$iters" -poll && gp=$(minof "$gp" "$(usec_of go.log)")
+  cat ibv.log go.log | grep usec/iter
+  ibv_pair ibv.log -s "$size" -n "$iters" -e && ie=$(minof "$ie" "$(usec_of ibv.log)")
+  SERVER_ARGS=() rdmaping_pair go.log -t send -S "$size" -n "$iters" && ge=$(minof "$ge" "$(usec_of go.log)")
+  cat ibv.log go.log | grep usec/iter
+  u=$(rping_run) && rp=$(minof "$rp" "$u")
+  SERVER_ARGS=() rdmaping_pair go.log -t rping -S "$size" -n "$iters" && gr=$(minof "$gr" "$(usec_of go.log)")
+  echo "rping: $u usec/iter (whole run)"; grep usec/iter go.log
 done
-t1=$(cut -d' ' -f1 /proc/uptime)
-[ -n "$t0" ] || { cat rping-client.log rping-server.log; fail "rping client failed"; }
-wait "$srv" || { cat rping-server.log; fail "rping server failed"; }
-rping_us=$(awk -v a="$t0" -v b="$t1" -v n="$iters" 'BEGIN { printf "%.2f", (b - a) * 1e6 / n }')
-SERVER_ARGS=() rdmaping_pair go-rping.log -t rping -S "$size" -n "$iters"
-cat go-rping.log
-b=$(usec_of go-rping.log)
-echo "FIGURE rping-cycle rping=${rping_us}us(incl. setup) rdmaping=${b}us ratio=$(ratio "$b" "$rping_us")"
+echo "FIGURE send-poll  ibv_rc_pingpong=${ip}us rdmaping -poll=${gp}us ratio=$(ratio "$gp" "$ip")"
+echo "FIGURE send-event ibv_rc_pingpong -e=${ie}us rdmaping=${ge}us ratio=$(ratio "$ge" "$ie")"
+echo "FIGURE rping-cycle rping=${rp}us(whole run) rdmaping -t rping=${gr}us ratio=$(ratio "$gr" "$rp")"
 
-log "RDMA WRITE and READ latency and bandwidth (rdmaping), 4 KiB..4 MiB"
-SERVER_ARGS=() rdmaping_pair go-rw.log -t write,read -S 4096,65536,1048576,4194304 -n 200 -q 16
+log "RDMA WRITE and READ latency and bandwidth (rdmaping)"
+SERVER_ARGS=() rdmaping_pair go-rw.log -t write,read -S 4096,65536 -n 200 -q 16
+cat go-rw.log
+SERVER_ARGS=() rdmaping_pair go-rw.log -t write,read -S 1048576,4194304 -n 20 -q 4
 cat go-rw.log
 log "rdma-go passed"
