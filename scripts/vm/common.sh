@@ -43,6 +43,7 @@ fetch_kernel() {
 
 VM_ADDR=192.0.2.1
 VM_INITIATOR=iqn.2024-01.test.iserd:vm-initiator
+VM_LOCK=${VM_LOCK:-/tmp/iserd-vm.lock}
 BOOT_ALLOWANCE=120        # seconds for boot and setup on top of the scenarios' own limits
 DEFAULT_SCENARIO_TIMEOUT=300
 
@@ -109,9 +110,15 @@ console_filter() {
 # Returns 0 when the VM reported a status (see scenario_results), 124 on timeout, 125 when it
 # ended without reporting one.
 vm_boot() {
-  local timeout=$1 mode=$2 log=$3 token st
+  local timeout=$1 mode=$2 log=$3 token st lock_fd
   shift 3
   command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is not installed (scripts/install-deps.sh)"
+  # One VM at a time on this machine (the CPUs are shared); the lock also guards the cache.
+  exec {lock_fd}>"$VM_LOCK"
+  if ! flock -n "$lock_fd"; then
+    note "waiting for another VM run to finish (lock $VM_LOCK)"
+    flock "$lock_fd"
+  fi
   "$VM_DIR/build.sh"
   token=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
   build_run_layer "$timeout" "$token" "$@"
