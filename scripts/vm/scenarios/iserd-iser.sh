@@ -30,7 +30,7 @@ umount /mnt/iser
 
 timed "fio iser qd32" fio_verify "$dev" 256M --offset=300M --size=96M \
   --bssplit=512/10:4k/30:64k/25:256k/20:1m/15 --iodepth=32
-timed "fio iser qd1" fio_verify "$dev" 8M --offset=400M --size=4M --bs=512 --iodepth=1
+timed "fio iser qd1" fio_verify "$dev" 2M --offset=400M --size=1M --bs=512 --iodepth=1
 timed "fio iser qd64" fio_verify "$dev" 32M --offset=410M --size=32M --bs=1m --iodepth=64
 
 timed "logout" logout_all

@@ -33,7 +33,7 @@ umount /mnt/iserd
 # Random writes then verified reads of 256 MiB past the file system, block sizes 512 B..1 MiB.
 timed "fio tcp" fio_verify "$dev" 256M --offset=400M --size=100M \
   --bssplit=512/10:4k/30:64k/25:256k/20:1m/15 --iodepth=32
-timed "fio tcp qd1" fio_verify "$dev" 16M --offset=500M --size=8M --bs=512 --iodepth=1
+timed "fio tcp qd1" fio_verify "$dev" 2M --offset=500M --size=1M --bs=512 --iodepth=1
 
 timed "logout" logout_all
 timed "relogin" login_tcp "$IQN"
