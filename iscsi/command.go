@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"encoding/binary"
+	"time"
 
 	"github.com/iserd/iserd/bdev"
 	"go.uber.org/zap"
@@ -61,6 +62,8 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 	}
 
 	t := getTask(c)
+	t.start = time.Now()
+	s.stats.inFlight.Add(1)
 	t.itt = h.ITT()
 	t.lunField = h.LUN()
 	t.cmdSN = h.U32(offCmdSN)

@@ -1,6 +1,7 @@
 package iscsi_test
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -45,7 +46,7 @@ func FuzzParseText(f *testing.F) {
 // fuzzServer is a server with the test targets whose logins time out fast.
 func fuzzServer(f *testing.F) *iscsi.Server {
 	opts := iscsi.DefaultOptions()
-	opts.LoginTimeout = 300 * time.Millisecond
+	opts.LoginTimeout = 2 * time.Second
 	return newServer(f, opts)
 }
 
@@ -53,27 +54,46 @@ func fuzzServer(f *testing.F) *iscsi.Server {
 // the target must answer with a Login Response or close, never panic or hang.
 func FuzzLoginPDU(f *testing.F) {
 	srv := fuzzServer(f)
-	f.Fuzz(func(t *testing.T, data []byte) {
-		client, server := net.Pipe()
-		defer client.Close()
-		if !srv.ServeTransport(iscsi.NewTCPTransport(server)) {
-			t.Fatal("server refused the connection")
+	f.Fuzz(func(t *testing.T, data []byte) { loginInput(t, srv, data) })
+}
+
+// loginInput is one FuzzLoginPDU case.
+func loginInput(t *testing.T, srv *iscsi.Server, data []byte) {
+	client, server := net.Pipe()
+	defer client.Close()
+	if !srv.ServeTransport(iscsi.NewTCPTransport(&eofAfter{Conn: server, left: len(data)})) {
+		t.Fatal("server refused the connection")
+	}
+	go client.Write(bytes.Clone(data)) // ends at the latest when the pipe closes
+	if err := client.SetReadDeadline(time.Now().Add(3 * time.Second)); err != nil {
+		return // the target has closed the connection already
+	}
+	var bhs iscsi.BHS
+	_, err := io.ReadFull(client, bhs[:])
+	switch {
+	case err == nil:
+		if bhs.Opcode() != iscsi.OpLoginResp {
+			t.Fatalf("answered login-phase input with a %v", bhs.Opcode())
 		}
-		go client.Write(data) // ends when the pipe closes
-		if err := client.SetReadDeadline(time.Now().Add(3 * time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		var bhs iscsi.BHS
-		_, err := io.ReadFull(client, bhs[:])
-		switch {
-		case err == nil:
-			if bhs.Opcode() != iscsi.OpLoginResp {
-				t.Fatalf("answered login-phase input with a %v", bhs.Opcode())
-			}
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			t.Fatal("no Login Response and no close within 3 s")
-		}
-	})
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		t.Fatal("no Login Response and no close within 3 s")
+	}
+}
+
+// eofAfter is the target's end of a pipe that reads as closed once the
+// fuzz input is consumed, as a TCP connection whose peer shut down writing.
+type eofAfter struct {
+	net.Conn
+	left int
+}
+
+func (c *eofAfter) Read(b []byte) (int, error) {
+	if c.left == 0 {
+		return 0, io.EOF
+	}
+	n, err := c.Conn.Read(b[:min(len(b), c.left)])
+	c.left -= n
+	return n, err
 }
 
 // FuzzFFPDU logs in, then sends arbitrary bytes: the target must not panic,
@@ -93,7 +113,7 @@ func FuzzFFPDU(f *testing.F) {
 		if err := client.SetWriteDeadline(time.Now().Add(3 * time.Second)); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.WriteRaw(data); errors.Is(err, os.ErrDeadlineExceeded) {
+		if err := c.WriteRaw(bytes.Clone(data)); errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("the target stopped reading: %v", err)
 		}
 		c.Close()

@@ -3,6 +3,7 @@ package iscsi
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -249,7 +250,12 @@ func (c *conn) startSession(st *loginState) (uint16, *LoginError) {
 	if !st.authDone && (st.creds != nil || st.csg == stageSecurity) {
 		return 0, loginErr(LoginAuthFailure, "authentication required but not done")
 	}
-	s := &Session{srv: c.srv, target: st.target, isid: st.isid, params: c.params,
+	if st.target != nil {
+		if lerr := c.srv.checkLimits(st.target, c.params.InitiatorName, st.isid); lerr != nil {
+			return 0, lerr
+		}
+	}
+	s := &Session{srv: c.srv, target: st.target, isid: st.isid, params: c.params, loginAt: time.Now(),
 		discovery: c.params.SessionType == "Discovery", conn: c, view: newLUNView(st.acl)}
 	s.expCmdSN.Store(st.cmdSN)
 	s.maxCmdSN.Store(st.cmdSN + c.srv.opts.CmdWindow - 1)

@@ -24,6 +24,7 @@ type Target struct {
 	TPGT uint16
 
 	access atomic.Pointer[Access]
+	limits atomic.Pointer[Limits]
 }
 
 // SetAccess replaces the target's access policy; logins after the call use

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -22,6 +23,8 @@ type Session struct {
 	nexus     *scsi.Nexus
 	discovery bool
 	view      *lunView // the initiator's LUN numbering, nil when it is the target's
+	loginAt   time.Time
+	stats     sessionCounters
 
 	// Command numbering (RFC 7143 4.2.2.1). expCmdSN and maxCmdSN are read
 	// by the writer when it stamps outgoing PDUs.

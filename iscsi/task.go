@@ -3,6 +3,7 @@ package iscsi
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/scsi"
@@ -37,6 +38,7 @@ type task struct {
 	dataSN uint32
 
 	putting  bool // a DataMover holds the data buffer until DataDone
+	start    time.Time
 	aborted  atomic.Bool
 	abortWG  *sync.WaitGroup // signalled when an aborted task has finished
 	executed bool
@@ -114,6 +116,7 @@ func scsiDone(cmd *scsi.Command) {
 // CmdSN window opens by one.
 func (c *conn) taskSent(t *task) {
 	s := c.sess
+	s.stats.record(t, time.Now())
 	s.mu.Lock()
 	if s.tasks[t.itt] == t {
 		delete(s.tasks, t.itt)
