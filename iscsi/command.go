@@ -76,6 +76,10 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 	lun := s.targetLUN(t.lunField)
 	t.cmd.Nexus = s.nexus
 	t.cmd.LUN = lun
+	if lun != noLUN && s.target.SCSI.HasLUN(lun) {
+		t.lun = s.target.lunCounters(lun)
+		t.lun.inFlight.Add(1)
+	}
 	t.cmd.CDB = t.cdb[:n]
 	t.cmd.Attr = scsi.TaskAttr(flags & 0x07)
 	t.cmd.Tag = uint64(t.itt)

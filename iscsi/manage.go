@@ -110,7 +110,7 @@ func (s *Session) RequestLogout(wait time.Duration) {
 	time.AfterFunc(wait, s.Close)
 }
 
-// SessionStats are a session's counters since login.
+// SessionStats are a session's (or a LUN's) counters.
 type SessionStats struct {
 	Commands   uint64 // SCSI commands completed
 	ReadBytes  uint64 // data sent to the initiator
@@ -158,12 +158,32 @@ func (sc *sessionCounters) record(t *task, now time.Time) {
 	sc.latency[i].Add(1)
 }
 
-// Stats returns the session's counters.
-func (s *Session) Stats() SessionStats {
-	st := SessionStats{Commands: s.stats.commands.Load(), ReadBytes: s.stats.readBytes.Load(),
-		WriteBytes: s.stats.writeBytes.Load(), Errors: s.stats.errors.Load(), InFlight: s.stats.inFlight.Load()}
+// Stats returns the session's counters since login.
+func (s *Session) Stats() SessionStats { return s.stats.snapshot() }
+
+// LUNStats returns the counters of one of the target's LUNs since the
+// process started, over all sessions.
+func (t *Target) LUNStats(lun uint64) SessionStats {
+	if sc, ok := t.lunStats.Load(lun); ok {
+		return sc.(*sessionCounters).snapshot()
+	}
+	return SessionStats{}
+}
+
+// lunCounters returns the counters of a LUN, creating them on first use.
+func (t *Target) lunCounters(lun uint64) *sessionCounters {
+	if sc, ok := t.lunStats.Load(lun); ok {
+		return sc.(*sessionCounters)
+	}
+	sc, _ := t.lunStats.LoadOrStore(lun, new(sessionCounters))
+	return sc.(*sessionCounters)
+}
+
+func (sc *sessionCounters) snapshot() SessionStats {
+	st := SessionStats{Commands: sc.commands.Load(), ReadBytes: sc.readBytes.Load(),
+		WriteBytes: sc.writeBytes.Load(), Errors: sc.errors.Load(), InFlight: sc.inFlight.Load()}
 	for i := range st.LatencyBuckets {
-		st.LatencyBuckets[i] = s.stats.latency[i].Load()
+		st.LatencyBuckets[i] = sc.latency[i].Load()
 	}
 	return st
 }

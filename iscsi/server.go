@@ -23,8 +23,9 @@ type Target struct {
 	// TPGT is the target portal group tag (1 by default).
 	TPGT uint16
 
-	access atomic.Pointer[Access]
-	limits atomic.Pointer[Limits]
+	access   atomic.Pointer[Access]
+	limits   atomic.Pointer[Limits]
+	lunStats sync.Map // LUN -> *sessionCounters
 }
 
 // SetAccess replaces the target's access policy; logins after the call use

@@ -39,6 +39,7 @@ type task struct {
 
 	putting  bool // a DataMover holds the data buffer until DataDone
 	start    time.Time
+	lun      *sessionCounters // the LUN's counters, nil for an unknown LUN
 	aborted  atomic.Bool
 	abortWG  *sync.WaitGroup // signalled when an aborted task has finished
 	executed bool
@@ -116,7 +117,11 @@ func scsiDone(cmd *scsi.Command) {
 // CmdSN window opens by one.
 func (c *conn) taskSent(t *task) {
 	s := c.sess
-	s.stats.record(t, time.Now())
+	now := time.Now()
+	s.stats.record(t, now)
+	if t.lun != nil {
+		t.lun.record(t, now)
+	}
 	s.mu.Lock()
 	if s.tasks[t.itt] == t {
 		delete(s.tasks, t.itt)
