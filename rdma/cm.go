@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -88,7 +89,6 @@ type CM struct {
 	mu      sync.Mutex
 	scratch *cmdScratch
 	ids     map[uint64]*ID
-	nextUID uint64
 	closed  bool
 
 	evBuf *ucmEventResp
@@ -213,9 +213,11 @@ func (cm *CM) dispatch(r ucmEventResp) {
 	target.deliver(ev)
 }
 
+// nextUID numbers IDs across all CMs, so that an ID keeps its uid when it migrates.
+var nextUID atomic.Uint64
+
 func (cm *CM) newIDLocked(handle uint32) *ID {
-	cm.nextUID++
-	id := &ID{cm: cm, handle: handle, uid: cm.nextUID, events: make(chan CMEvent), wake: make(chan struct{}, 1), gone: make(chan struct{})}
+	id := &ID{cm: cm, handle: handle, uid: nextUID.Add(1), events: make(chan CMEvent), wake: make(chan struct{}, 1), gone: make(chan struct{})}
 	cm.ids[id.uid] = id
 	go id.pump()
 	return id
@@ -357,8 +359,20 @@ func (id *ID) WaitEvent(ctx context.Context, want ...CMEventType) (CMEvent, erro
 	}
 }
 
+func (id *ID) setCM(cm *CM) {
+	id.mu.Lock()
+	id.cm = cm
+	id.mu.Unlock()
+}
+
+func (id *ID) getCM() *CM {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	return id.cm
+}
+
 func (id *ID) exec(cmd uint32, resp []byte, req []byte) error {
-	if err := id.cm.execute(cmd, resp, req); err != nil {
+	if err := id.getCM().execute(cmd, resp, req); err != nil {
 		return fmt.Errorf("rdma_cm id %d: %w", id.handle, err)
 	}
 	return nil
@@ -550,31 +564,36 @@ func (id *ID) QueryAddr() (AddrInfo, error) {
 // Migrate moves the ID (and its pending events) to another CM, e.g. to give a connection its
 // own event reader.
 func (id *ID) Migrate(to *CM) error {
-	if to == id.cm {
+	if to == id.getCM() {
 		return nil
 	}
+	// The command goes to the destination file and names the current one by its fd.
+	from := id.getCM()
 	var fd int
-	if err := to.rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
+	if err := from.rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
 		return fmt.Errorf("rdma_cm: migrate: %w", err)
 	}
+	// Known to both CMs while it moves, so no event is dropped on either side.
+	to.mu.Lock()
+	to.ids[id.uid] = id
+	to.mu.Unlock()
 	var r ucmMigrateResp
-	if err := id.exec(ucmMigrateID, asBytes(&r), asBytes(&ucmMigrateIDCmd{ID: id.handle, FD: uint32(fd)})); err != nil {
-		return err
+	if err := to.execute(ucmMigrateID, asBytes(&r), asBytes(&ucmMigrateIDCmd{ID: id.handle, FD: uint32(fd)})); err != nil {
+		to.mu.Lock()
+		delete(to.ids, id.uid)
+		to.mu.Unlock()
+		return fmt.Errorf("rdma_cm id %d: %w", id.handle, err)
 	}
-	from := id.cm
 	from.mu.Lock()
 	delete(from.ids, id.uid)
 	from.mu.Unlock()
-	to.mu.Lock()
-	id.cm = to
-	to.ids[id.uid] = id
-	to.mu.Unlock()
+	id.setCM(to)
 	return nil
 }
 
 // Destroy destroys the ID (disconnecting it if needed) and closes its event channel.
 func (id *ID) Destroy() error {
-	cm := id.cm
+	cm := id.getCM()
 	cm.mu.Lock()
 	_, live := cm.ids[id.uid]
 	delete(cm.ids, id.uid)

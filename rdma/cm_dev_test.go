@@ -180,6 +180,14 @@ func TestCMTransfer(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv, cli := connectPair(t, ctx, pool, srvCM, cliCM, 18600)
+	// Move the server's connection to a CM of its own: its disconnect must arrive there.
+	migCM, err := OpenCM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.conn.ID.Migrate(migCM); err != nil {
+		t.Fatal(err)
+	}
 	raddr, rkey := parseBufInfo(t, cli.conn.PeerPrivateData)
 	if raddr != srv.mr.Addr || rkey != srv.mr.RKey {
 		t.Fatalf("reply private data names %#x/%#x, server buffer is %#x/%#x", raddr, rkey, srv.mr.Addr, srv.mr.RKey)
@@ -289,7 +297,7 @@ func TestCMTransfer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := errors.Join(srvCM.Close(), cliCM.Close(), pool.Close()); err != nil {
+	if err := errors.Join(srvCM.Close(), cliCM.Close(), migCM.Close(), pool.Close()); err != nil {
 		t.Fatal(err)
 	}
 	if n := countFDs(t); n != fds0 {
