@@ -402,6 +402,7 @@ func TestTaskManagement(t *testing.T) {
 			t.Errorf("TEST UNIT READY on another session after the reset: status 0x%02x sense %x, want UNIT ATTENTION 29h",
 				r.Status, r.Sense)
 		}
+		clearUA(t, c) // whether the issuing nexus gets one too is the SCSI layer's choice
 		checkUsable(t, c)
 	})
 }
