@@ -32,6 +32,7 @@ type conn struct {
 	wsig     chan struct{}
 	wstopped bool    // the writer has exited: nothing more is sent
 	sent     []*task // writer: tasks to release once the batch is flushed
+	wbhs     BHS     // writer: scratch header
 	statSN   uint32  // writer-owned after login
 	expStat  atomic.Uint32
 

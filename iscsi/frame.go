@@ -171,10 +171,10 @@ func (f *tcpTransport) Queue(bhs *BHS, data []byte) error {
 
 // Flush writes the batch with one writev where possible.
 func (f *tcpTransport) Flush() error {
-	bufs := f.wbufs
-	_, err := bufs.WriteTo(f.Conn)
-	clear(f.wbufs)
-	f.wbufs = f.wbufs[:0]
+	all := f.wbufs
+	_, err := f.wbufs.WriteTo(f.Conn) // consumes f.wbufs; all keeps the backing array
+	clear(all)
+	f.wbufs = all[:0]
 	f.hdrs = f.hdrs[:0]
 	return err
 }

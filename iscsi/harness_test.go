@@ -117,7 +117,12 @@ func (e *env) dial(t testing.TB) *initiator.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() {
+		if n := c.StatSNErrors(); n != 0 {
+			t.Errorf("%d responses out of StatSN sequence", n)
+		}
+		c.Close()
+	})
 	return c
 }
 

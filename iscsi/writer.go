@@ -164,11 +164,11 @@ func (c *conn) writeResponse(t *task) error {
 	}
 	maxSeg := int(c.params.MaxXmitDataSegmentLength)
 	maxBurst := int(c.sess.params.MaxBurstLength)
-	var b BHS
+	b := &c.wbhs // writer-owned: a local would escape through the Transport interface
 	for off := 0; off < len(data); {
 		n := min(maxSeg, len(data)-off, maxBurst-off%maxBurst)
 		last := off+n == len(data)
-		b = BHS{}
+		*b = BHS{}
 		b[0] = byte(OpDataIn)
 		if last || (off+n)%maxBurst == 0 {
 			b[1] |= 0x80
@@ -183,12 +183,12 @@ func (c *conn) writeResponse(t *task) error {
 			b[1] |= 0x01 | resFlags
 			b[3] = byte(cmd.Status)
 			b.SetU32(offResidual, residual)
-			c.stamp(&b, true)
+			c.stamp(b, true)
 		} else {
-			c.stamp(&b, false)
+			c.stamp(b, false)
 			b.SetU32(offCmdSN, 0)
 		}
-		if err := c.tr.Queue(&b, data[off:off+n]); err != nil {
+		if err := c.tr.Queue(b, data[off:off+n]); err != nil {
 			return err
 		}
 		off += n
@@ -196,26 +196,27 @@ func (c *conn) writeResponse(t *task) error {
 	if collapse {
 		return nil
 	}
-	b = BHS{}
+	*b = BHS{}
 	b[0] = byte(OpSCSIResp)
 	b[1] = 0x80 | resFlags
 	b[3] = byte(cmd.Status)
 	b.SetU32(offITT, t.itt)
 	b.SetU32(offDataSN, t.dataSN+t.r2tSN)
 	b.SetU32(offResidual, residual)
-	c.stamp(&b, true)
+	c.stamp(b, true)
 	var sense []byte
 	if cmd.SenseLen > 0 {
 		t.senseBuf[0], t.senseBuf[1] = byte(cmd.SenseLen>>8), byte(cmd.SenseLen)
 		copy(t.senseBuf[2:], cmd.Sense[:cmd.SenseLen])
 		sense = t.senseBuf[:2+cmd.SenseLen]
 	}
-	return c.tr.Queue(&b, sense)
+	return c.tr.Queue(b, sense)
 }
 
 // writeR2T emits one R2T for a range of a task's data.
 func (c *conn) writeR2T(t *task, r r2tRange) error {
-	var b BHS
+	b := &c.wbhs
+	*b = BHS{}
 	b[0] = byte(OpR2T)
 	b[1] = 0x80
 	b.SetLUN(t.lunField)
@@ -224,6 +225,6 @@ func (c *conn) writeR2T(t *task, r r2tRange) error {
 	b.SetU32(offDataSN, r.sn)
 	b.SetU32(offOffset, r.offset)
 	b.SetU32(offResidual, r.length)
-	c.stamp(&b, false)
-	return c.tr.Queue(&b, nil)
+	c.stamp(b, false)
+	return c.tr.Queue(b, nil)
 }

@@ -99,6 +99,7 @@ type Conn struct {
 	dropped       atomic.Uint64
 	answerPings   atomic.Bool
 	pingsAnswered atomic.Uint64
+	statSNErrors  atomic.Uint64
 
 	closeOnce  sync.Once
 	closed     chan struct{}
@@ -153,6 +154,10 @@ func (c *Conn) SetAnswerPings(on bool) { c.answerPings.Store(on) }
 
 // PingsAnswered counts the target's NOP-In pings answered so far.
 func (c *Conn) PingsAnswered() uint64 { return c.pingsAnswered.Load() }
+
+// StatSNErrors counts status-bearing PDUs whose StatSN was not the one
+// expected next: on one connection the target must number them without gaps.
+func (c *Conn) StatSNErrors() uint64 { return c.statSNErrors.Load() }
 
 // Err returns why the connection ended, or nil while it is up.
 func (c *Conn) Err() error {
@@ -469,8 +474,12 @@ func (c *Conn) route(p *PDU) error {
 	b := &p.BHS
 	op := b.Opcode()
 	if carriesStatus(p) {
-		if sn := b.U32(24) + 1; snLess(c.expStatSN.Load(), sn) {
-			c.expStatSN.Store(sn)
+		sn := b.U32(24)
+		if sn != c.expStatSN.Load() {
+			c.statSNErrors.Add(1)
+		}
+		if snLess(c.expStatSN.Load(), sn+1) {
+			c.expStatSN.Store(sn + 1)
 		}
 	}
 	if op != iscsi.OpLoginResp {
