@@ -27,6 +27,7 @@ vet:
 
 unit:
 	$(GO) test -count=1 -race ./...
+	$(GO) test -count=1 -run 'Allocs' ./...   # allocation counts are pinned without the race detector
 
 fuzz:
 	scripts/fuzz-short.sh
