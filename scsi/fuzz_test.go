@@ -3,6 +3,7 @@ package scsi
 import (
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/iserd/iserd/bdev"
 )
@@ -14,6 +15,19 @@ func FuzzCDB(f *testing.F) {
 	f.Add([]byte{0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0}, []byte{}, uint16(512))
 	f.Add([]byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0}, make([]byte, 512), uint16(0))
 	f.Add([]byte{0x12, 1, 0x83, 0, 255, 0}, []byte{}, uint16(255))
+	// Persistent reservations, ALUA, copy offload, SANITIZE, WRITE ATOMIC,
+	// READ DEFECT DATA.
+	f.Add(cdbPROut(proRegister, 0, 24), proList(0, 1, 0), uint16(0))
+	f.Add(cdbPROut(proRegister, 0, 52), proList(0, 1, 0x08, tid("iqn.x,i,0x1")), uint16(0))
+	f.Add(cdbPROut(proRegisterMove, prWE, 48), append(proList(1, 2, 0), tid("iqn.x,i,0x1")...), uint16(0))
+	f.Add(cdbPRIn(priReadFullStatus), []byte{}, uint16(4096))
+	f.Add(cdbRTPG(1), []byte{}, uint16(1024))
+	f.Add(cdbSTPG(8), []byte{0, 0, 0, 0, 2, 0, 0, 1}, uint16(0))
+	f.Add(cdbXCopy(76), xcList(1, 0, [][]byte{xcCSCD(1)}, [][]byte{xcSeg(0, 0, 1, 0, 1)}), uint16(0))
+	f.Add(cdbRCR(rcrOpParams, 0), []byte{}, uint16(1024))
+	f.Add(cdbSanitize(false, sanOverwrite, 5), []byte{1, 0, 0, 1, 0xaa}, uint16(0))
+	f.Add(cdbAtomic(0, 1, 0), make([]byte, 512), uint16(0))
+	f.Add([]byte{0xb7, 0x18, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, []byte{}, uint16(32))
 	d, err := NewDisk(bdev.NewMemory(1<<20), DiskConfig{Thin: true})
 	if err != nil {
 		f.Fatal(err)
@@ -26,10 +40,19 @@ func FuzzCDB(f *testing.F) {
 	tgt.AddNexus(nexus)
 	f.Fuzz(func(t *testing.T, cdb, out []byte, inLen uint16) {
 		var calls atomic.Int32
+		done := make(chan struct{}, 1)
 		c := &Command{Nexus: nexus, CDB: cdb, DataOut: out, DataIn: make([]byte, inLen)}
-		c.Done = func(*Command) { calls.Add(1) }
+		c.Done = func(*Command) {
+			calls.Add(1)
+			done <- struct{}{}
+		}
 		tgt.Execute(c)
-		// The memory backend completes inline, so Done has run by now.
+		// EXTENDED COPY and SANITIZE complete from their own goroutine.
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("cdb % x: Done not called", cdb)
+		}
 		if n := calls.Load(); n != 1 {
 			t.Fatalf("cdb % x: Done called %d times", cdb, n)
 		}
@@ -38,6 +61,44 @@ func FuzzCDB(f *testing.F) {
 		}
 		if (c.Status == StatusCheckCondition) != (c.SenseLen > 0) {
 			t.Fatalf("cdb % x: status %#x with %d bytes of sense", cdb, c.Status, c.SenseLen)
+		}
+	})
+}
+
+// FuzzPROut feeds arbitrary PERSISTENT RESERVE OUT commands from two
+// nexuses: none may panic, and the published state must always satisfy
+// the invariants a restored state file is checked against.
+func FuzzPROut(f *testing.F) {
+	f.Add(byte(proRegister), byte(0), proList(0, 1, 0), false)
+	f.Add(byte(proRegister), byte(0), proList(0, 1, 0x0c, tid("iqn.b,i,0x2"), tid("iqn.c")), false)
+	f.Add(byte(proReserve), byte(prEAAR), proList(1, 0, 0), true)
+	f.Add(byte(proPreemptAbort), byte(prWE), proList(1, 2, 0), false)
+	f.Add(byte(proRegisterMove), byte(prWE), append(proList(1, 2, 0), tid("iqn.b,i,0x2")...), true)
+	d, err := NewDisk(bdev.NewMemory(1<<20), DiskConfig{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	tgt := NewTarget("iqn.fuzz")
+	if err := tgt.AddLUN(0, d); err != nil {
+		f.Fatal(err)
+	}
+	a := &Nexus{ID: 1, InitiatorPort: "iqn.a,i,0x1", InitiatorName: "iqn.a", RelativePort: 1}
+	b := &Nexus{ID: 2, InitiatorPort: "iqn.b,i,0x2", InitiatorName: "iqn.b", RelativePort: 2}
+	tgt.AddNexus(a)
+	tgt.AddNexus(b)
+	tgt.OnAbort(func(*Nexus, uint64) {})
+	f.Fuzz(func(t *testing.T, sa, typ byte, params []byte, fromB bool) {
+		n := a
+		if fromB {
+			n = b
+		}
+		c := &Command{Nexus: n, CDB: cdbPROut(sa&0x1f, typ, len(params)), DataOut: params}
+		c.Done = func(*Command) {}
+		tgt.Execute(c)
+		if p := d.pr.Load(); p != nil {
+			if err := p.validate(); err != nil {
+				t.Fatalf("sa %d type %d params % x: %v", sa, typ, params, err)
+			}
 		}
 	})
 }

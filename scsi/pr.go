@@ -93,7 +93,7 @@ func nameOf(n *Nexus) string {
 
 // splitPort splits "<name>,i,0x<ISID>" into its name and ISID.
 func splitPort(s string) (name string, isid uint64, ok bool) {
-	i := strings.LastIndex(strings.ToLower(s), portSep)
+	i := lastIndexFold(s, portSep)
 	if i < 0 {
 		return s, 0, false
 	}
@@ -106,6 +106,17 @@ func splitPort(s string) (name string, isid uint64, ok bool) {
 		return s, 0, false
 	}
 	return s[:i], v, true
+}
+
+// lastIndexFold is the index of the last ASCII case-insensitive match of
+// sep in s, or -1.
+func lastIndexFold(s, sep string) int {
+	for i := len(s) - len(sep); i >= 0; i-- {
+		if strings.EqualFold(s[i:i+len(sep)], sep) {
+			return i
+		}
+	}
+	return -1
 }
 
 // samePort compares two initiator port names: names case-insensitively,
@@ -221,7 +232,7 @@ func parseTransportID(b []byte) (transportID, int, bool) {
 	str := string(s[:end])
 	switch b[0] >> 6 {
 	case 0:
-		if strings.Contains(strings.ToLower(str), portSep) {
+		if lastIndexFold(str, portSep) >= 0 {
 			return transportID{}, 0, false
 		}
 		return transportID{name: str}, total, true
