@@ -116,3 +116,16 @@ func (v *lunView) visible() []uint64 {
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
 }
+
+// initiatorLUN maps a target LUN back to the initiator's number.
+func (v *lunView) initiatorLUN(lun uint64) (uint64, bool) {
+	if v == nil {
+		return lun, true
+	}
+	for l, t := range v.toTarget {
+		if t == lun {
+			return l, true
+		}
+	}
+	return 0, false
+}

@@ -1,6 +1,8 @@
 package iscsi_test
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -251,5 +253,36 @@ func TestDiscovery(t *testing.T) {
 	}
 	if code, err := c.Logout(ctxT(t), initiator.LogoutSession); err != nil || code != 0 {
 		t.Errorf("logout: code %d, %v", code, err)
+	}
+}
+
+// TestTextContinuation lists more targets than one Text Response can hold
+// at MaxRecvDataSegmentLength=512: the answer comes in several PDUs.
+func TestTextContinuation(t *testing.T) {
+	e := newEnv(t, nil)
+	want := []string{testTarget, otherTarget}
+	for i := range 40 {
+		name := fmt.Sprintf("iqn.2026-01.test.iserd:extra-%02d-%s", i, strings.Repeat("x", 20))
+		addTarget(t, e.srv, name)
+		want = append(want, name)
+	}
+	slices.Sort(want)
+	c := e.dial(t)
+	if _, err := c.Login(initiator.LoginOptions{InitiatorName: testInitiator, Discovery: true,
+		Keys: kv("MaxRecvDataSegmentLength", "512")}); err != nil {
+		t.Fatal(err)
+	}
+	kvs, err := c.SendTargets(ctxT(t), "All")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range kvs {
+		if a.Key == "TargetName" {
+			got = append(got, a.Value)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("SendTargets=All over several PDUs listed %d targets %v, want %d", len(got), got, len(want))
 	}
 }

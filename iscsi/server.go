@@ -113,6 +113,7 @@ func (s *Server) AddTarget(t *Target) error {
 		t.TPGT = 1
 	}
 	s.targets[t.Name] = t
+	s.watchTarget(t)
 	return nil
 }
 

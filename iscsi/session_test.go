@@ -178,6 +178,30 @@ func TestDigestErrors(t *testing.T) {
 			checkUsable(t, c)
 		})
 	}
+	t.Run("Data-Out data digest", func(t *testing.T) {
+		c := e.login(t, kv("DataDigest", "CRC32C", "ImmediateData", "No", "InitialR2T", "Yes")...)
+		cmd, r2t := rawWrite(t, c, 1200, 4096)
+		frame, err := c.Encode(dataOut(c, cmd.BHS.ITT(), r2t.BHS.U32(20), 0, 0, true, pattern(4096, 3)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		frame[len(frame)-1] ^= 0xff
+		if err := c.WriteRaw(frame); err != nil {
+			t.Fatal(err)
+		}
+		if rej := expectPDU(t, c, iscsi.OpReject); rej.BHS[2] != 0x02 {
+			t.Errorf("Reject reason 0x%02x, want 0x02 (data digest error)", rej.BHS[2])
+		}
+		resp := expectPDU(t, c, iscsi.OpSCSIResp)
+		sense := resp.Data[min(2, len(resp.Data)):]
+		if resp.BHS[3] != 0x02 || len(sense) < 14 || sense[2]&0x0f != 0x0b || sense[12] != 0x47 {
+			t.Errorf("write with a corrupt Data-Out: status 0x%02x sense %x, want ABORTED COMMAND 47h", resp.BHS[3], sense)
+		}
+		checkUsable(t, c)
+		if r := readBlocks(t, c, 1200, 4096); !bytes.Equal(r.Data, make([]byte, 4096)) {
+			t.Error("corrupt data reached the disk")
+		}
+	})
 }
 
 // TestCmdSNOrdering sends commands ahead of a CmdSN gap (held, then run in
@@ -207,6 +231,32 @@ func TestCmdSNOrdering(t *testing.T) {
 			}
 		}
 		checkSame(t, "the later CmdSN's data", readBlocks(t, c, 10, 4096).Data, second)
+	})
+	t.Run("immediate command passes a gap", func(t *testing.T) {
+		c := e.login(t)
+		sn := c.ReserveCmdSN(2)
+		held, err := c.StartWithCmdSN(ctxT(t), &initiator.Command{CDB: make([]byte, 6)}, sn+1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imm, err := c.Do(ctxT(t), &initiator.Command{CDB: initiator.Read16(0, 1), ReadLen: 512, Immediate: true})
+		if err != nil || imm.Status != 0 {
+			t.Fatalf("immediate read behind a CmdSN gap: %v %+v", err, imm)
+		}
+		select {
+		case <-held.Done():
+			t.Fatal("the held command ran before the gap was filled")
+		default:
+		}
+		gap, err := c.StartWithCmdSN(ctxT(t), &initiator.Command{CDB: make([]byte, 6)}, sn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, task := range []*initiator.Task{gap, held} {
+			if r, err := task.Wait(ctxT(t)); err != nil || r.Status != 0 {
+				t.Fatalf("CmdSN %d: %v %+v", task.CmdSN, err, r)
+			}
+		}
 	})
 	cases := []struct {
 		name string

@@ -482,6 +482,10 @@ func (c *Conn) route(p *PDU) error {
 			c.expStatSN.Store(sn + 1)
 		}
 	}
+	if n := len(p.Data); n > int(c.params.MaxRecvDataSegmentLength) {
+		return fmt.Errorf("%v with %d bytes of data, beyond our MaxRecvDataSegmentLength %d", op, n,
+			c.params.MaxRecvDataSegmentLength)
+	}
 	if op != iscsi.OpLoginResp {
 		c.updateWindow(b.U32(28), b.U32(32))
 	}
