@@ -142,4 +142,3 @@ func BenchmarkRead4k(b *testing.B) {
 		c.command(b, read10, 4096, false, nil)
 	}
 }
-

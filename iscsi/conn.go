@@ -21,6 +21,7 @@ type conn struct {
 	log   *zap.Logger
 	sess  *Session
 	cid   uint16
+	tpgt  uint16 // the portal group the connection came in through
 
 	// written by the reader during login only, then read-only
 	params Params

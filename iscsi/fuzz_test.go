@@ -100,30 +100,33 @@ func (c *eofAfter) Read(b []byte) (int, error) {
 // must keep reading, and must end the session once the connection closes.
 func FuzzFFPDU(f *testing.F) {
 	srv := fuzzServer(f)
-	f.Fuzz(func(t *testing.T, data []byte) {
-		client, server := net.Pipe()
-		if !srv.ServeTransport(iscsi.NewTCPTransport(server)) {
-			t.Fatal("server refused the connection")
+	f.Fuzz(func(t *testing.T, data []byte) { ffpInput(t, srv, data) })
+}
+
+// ffpInput is one FuzzFFPDU case.
+func ffpInput(t *testing.T, srv *iscsi.Server, data []byte) {
+	client, server := net.Pipe()
+	if !srv.ServeTransport(iscsi.NewTCPTransport(server)) {
+		t.Fatal("server refused the connection")
+	}
+	c := initiator.New(client)
+	defer c.Close()
+	if _, err := c.Login(initiator.LoginOptions{InitiatorName: testInitiator, TargetName: testTarget}); err != nil {
+		t.Fatalf("login: %v", err)
+	}
+	if err := client.SetWriteDeadline(time.Now().Add(3 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteRaw(bytes.Clone(data)); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the target stopped reading: %v", err)
+	}
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(srv.Sessions()) > 0 {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("session still open 5 s after the connection closed\n%s", buf[:runtime.Stack(buf, true)])
 		}
-		c := initiator.New(client)
-		defer c.Close()
-		if _, err := c.Login(initiator.LoginOptions{InitiatorName: testInitiator, TargetName: testTarget}); err != nil {
-			t.Fatalf("login: %v", err)
-		}
-		if err := client.SetWriteDeadline(time.Now().Add(3 * time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.WriteRaw(bytes.Clone(data)); errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("the target stopped reading: %v", err)
-		}
-		c.Close()
-		deadline := time.Now().Add(5 * time.Second)
-		for len(srv.Sessions()) > 0 {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Fatalf("session still open 5 s after the connection closed\n%s", buf[:runtime.Stack(buf, true)])
-			}
-			time.Sleep(time.Millisecond)
-		}
-	})
+		time.Sleep(time.Millisecond)
+	}
 }

@@ -238,7 +238,8 @@ func (c *conn) loginIdentify(st *loginState, kvs []KV) ([]KV, *LoginError) {
 		return nil, loginErr(LoginAuthzFailure, "initiator %s is not in the ACL of %s", p.InitiatorName, p.TargetName)
 	}
 	st.acl, st.creds = acl, access.credentials(acl)
-	resp := []KV{{"TargetPortalGroupTag", fmt.Sprint(st.target.TPGT)}}
+	c.tpgt = c.srv.tpgt(c.tr.LocalAddr())
+	resp := []KV{{"TargetPortalGroupTag", fmt.Sprint(c.tpgt)}}
 	if st.target.Alias != "" {
 		resp = append(resp, KV{"TargetAlias", st.target.Alias})
 	}
@@ -264,9 +265,8 @@ func (c *conn) startSession(st *loginState) (uint16, *LoginError) {
 			ID:            c.srv.nexusID.Add(1),
 			InitiatorPort: fmt.Sprintf("%s,i,0x%x", c.params.InitiatorName, st.isid),
 			InitiatorName: c.params.InitiatorName,
-			TargetPort:    fmt.Sprintf("%s,t,0x%04x", st.target.Name, st.target.TPGT),
-			RelativePort:  st.target.TPGT,
-			PortGroup:     st.target.TPGT,
+			TargetPort:    fmt.Sprintf("%s,t,0x%04x", st.target.Name, c.tpgt),
+			RelativePort:  c.tpgt,
 			ReadOnly:      st.acl != nil && st.acl.ReadOnly,
 		}
 		if s.view != nil {

@@ -20,8 +20,6 @@ type Target struct {
 	Name  string
 	Alias string
 	SCSI  *scsi.Target
-	// TPGT is the target portal group tag (1 by default).
-	TPGT uint16
 
 	access   atomic.Pointer[Access]
 	limits   atomic.Pointer[Limits]
@@ -38,6 +36,35 @@ func (t *Target) Access() *Access { return t.access.Load() }
 // Portal is an address the server listens on, reported by SendTargets.
 type Portal struct {
 	Addr string // host:port; an unspecified host is reported as the connection's local address
+	// TPGT is the target portal group tag of the portal (1 when 0). Each
+	// tag is one SCSI target port, with the tag as its relative target
+	// port identifier, so ALUA port groups are made of tags.
+	TPGT uint16
+}
+
+// tpgt returns the portal group tag of the portal at local address a: the
+// portal with that exact address, or one listening on any address with the
+// same port; 1 when none matches.
+func (s *Server) tpgt(a net.Addr) uint16 {
+	host, port, _ := net.SplitHostPort(a.String())
+	ip := net.ParseIP(host)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	best := uint16(1)
+	for _, p := range s.portals {
+		ph, pp, err := net.SplitHostPort(p.Addr)
+		if err != nil || pp != port {
+			continue
+		}
+		pip := net.ParseIP(ph)
+		switch {
+		case pip != nil && ip != nil && pip.Equal(ip):
+			return p.TPGT
+		case ph == "" || pip != nil && pip.IsUnspecified():
+			best = p.TPGT
+		}
+	}
+	return best
 }
 
 // Options tune a Server.
@@ -109,9 +136,6 @@ func (s *Server) AddTarget(t *Target) error {
 	if _, dup := s.targets[t.Name]; dup {
 		return fmt.Errorf("target %s already exists", t.Name)
 	}
-	if t.TPGT == 0 {
-		t.TPGT = 1
-	}
 	s.targets[t.Name] = t
 	s.watchTarget(t)
 	return nil
@@ -119,6 +143,9 @@ func (s *Server) AddTarget(t *Target) error {
 
 // AddPortal records an address reported to discovery sessions.
 func (s *Server) AddPortal(p Portal) {
+	if p.TPGT == 0 {
+		p.TPGT = 1
+	}
 	s.mu.Lock()
 	s.portals = append(s.portals, p)
 	s.mu.Unlock()

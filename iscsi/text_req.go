@@ -108,21 +108,21 @@ func (c *conn) sendTargets(which string) []KV {
 			continue
 		}
 		resp = append(resp, KV{"TargetName", n})
-		for _, a := range c.portalAddrs() {
-			resp = append(resp, KV{"TargetAddress", fmt.Sprintf("%s,%d", a, t.TPGT)})
+		for _, p := range c.portalAddrs() {
+			resp = append(resp, KV{"TargetAddress", fmt.Sprintf("%s,%d", p.Addr, p.TPGT)})
 		}
 	}
 	return resp
 }
 
-// portalAddrs lists the server's portals as host:port, replacing an
-// unspecified host with the address this connection arrived on.
-func (c *conn) portalAddrs() []string {
+// portalAddrs lists the server's portals, replacing an unspecified host
+// with the address this connection arrived on.
+func (c *conn) portalAddrs() []Portal {
 	c.srv.mu.Lock()
 	portals := append([]Portal(nil), c.srv.portals...)
 	c.srv.mu.Unlock()
 	local, _, _ := net.SplitHostPort(c.tr.LocalAddr().String())
-	var out []string
+	var out []Portal
 	seen := map[string]bool{}
 	for _, p := range portals {
 		host, port, err := net.SplitHostPort(p.Addr)
@@ -135,11 +135,11 @@ func (c *conn) portalAddrs() []string {
 		a := net.JoinHostPort(host, port)
 		if !seen[a] {
 			seen[a] = true
-			out = append(out, a)
+			out = append(out, Portal{Addr: a, TPGT: p.TPGT})
 		}
 	}
 	if len(out) == 0 {
-		out = append(out, c.tr.LocalAddr().String())
+		out = append(out, Portal{Addr: c.tr.LocalAddr().String(), TPGT: 1})
 	}
 	return out
 }
