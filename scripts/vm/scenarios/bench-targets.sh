@@ -1,0 +1,97 @@
+# vm-timeout: 1200
+# Benchmark for bench/run.sh: the Linux initiator with fio (libaio, O_DIRECT) against iserd,
+# LIO and tgt over iSCSI/TCP and against iserd and LIO over iSER (rdma_rxe), each target on its
+# own file of the same size in tmpfs, all logged in at once and measured in turn (runs
+# interleaved across targets). Prints one line per run:
+#   BENCH vm TRANSPORT/CASE TARGET VALUE UNIT CPU_US_PER_IO
+# CPU is the whole VM's busy time (initiator and target: LIO has no process to measure) per I/O.
+# BENCH_RUNS and BENCH_SECONDS (set by bench/run.sh in a copy of this file) override the defaults.
+RUNS=${BENCH_RUNS:-3}
+SECS=${BENCH_SECONDS:-4}
+SIZE_MB=192
+DATA=/tmp/bench-data
+mkdir -p "$DATA"
+for f in iserd-tcp iserd-iser lio-tcp lio-iser tgt-tcp; do
+  fallocate -l "${SIZE_MB}M" "$DATA/$f.img" # real pages for every target, no holes
+done
+
+IQN_ISERD=iqn.2026-11.org.iserd:bench
+IQN_LIO=iqn.2003-01.org.linux-iscsi.vm:bench
+IQN_TGT=iqn.2001-04.com.example:bench
+cat >/tmp/iserd-bench.yaml <<EOC
+portals: [{address: "$VM_ADDR:3260", transport: both}]
+log: {level: warn}
+targets:
+  - name: $IQN_ISERD-tcp
+    open: true
+    luns: [{lun: 0, path: $DATA/iserd-tcp.img, size: ${SIZE_MB}MiB}]
+  - name: $IQN_ISERD-iser
+    open: true
+    luns: [{lun: 0, path: $DATA/iserd-iser.img, size: ${SIZE_MB}MiB}]
+EOC
+iserd_start /tmp/iserd-bench.yaml
+LIO_PORTAL=$VM_ADDR:3261 lio_setup_fileio bench_tcp "$DATA/lio-tcp.img" "${SIZE_MB}M" "$IQN_LIO-tcp"
+LIO_PORTAL=$VM_ADDR:3263 lio_setup_fileio bench_iser "$DATA/lio-iser.img" "${SIZE_MB}M" "$IQN_LIO-iser" iser
+TGT_PORTAL=$VM_ADDR:3262 tgt_setup "$IQN_TGT-tcp" "$DATA/tgt-tcp.img"
+
+# Each entry: transport target iqn portal; the disk is found after login.
+entries=(
+  "tcp iserd $IQN_ISERD-tcp $VM_ADDR:3260"
+  "tcp lio $IQN_LIO-tcp $VM_ADDR:3261"
+  "tcp tgt $IQN_TGT-tcp $VM_ADDR:3262"
+  "iser iserd $IQN_ISERD-iser $VM_ADDR:3260"
+  "iser lio $IQN_LIO-iser $VM_ADDR:3263"
+)
+declare -A disk
+for e in "${entries[@]}"; do
+  read -r transport target iqn portal <<<"$e"
+  "login_$transport" "$iqn" "$portal"
+  disk[$transport/$target]=$(wait_disk "$iqn")
+  log "$transport/$target: ${disk[$transport/$target]}"
+done
+
+# busy_jiffies: the VM's busy CPU time so far, in USER_HZ (100/s) ticks.
+busy_jiffies() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+
+# measure TRANSPORT TARGET CASE RW BS_KB QD: one fio run, one BENCH line.
+measure() {
+  local transport=$1 target=$2 cname=$3 rw=$4 bs=$5 qd=$6 j0 j1 out kb iops ms value unit
+  j0=$(busy_jiffies)
+  out=$(fio --name=bench --filename="${disk[$transport/$target]}" --ioengine=libaio --direct=1 \
+    --rw="$rw" --bs="${bs}k" --iodepth="$qd" --size=$((SIZE_MB - 32))M --runtime="$SECS" --time_based \
+    --output-format=terse --terse-version=3 2>&1) || { echo "fio $transport/$target $cname failed: $out" >&2; return 1; }
+  j1=$(busy_jiffies)
+  out=$(tail -1 <<<"$out")
+  case $rw in
+    *read) read -r kb iops ms <<<"$(awk -F';' '{ print $6, $8, $9 }' <<<"$out")" ;;
+    *) read -r kb iops ms <<<"$(awk -F';' '{ print $47, $49, $50 }' <<<"$out")" ;;
+  esac
+  [ "${ms:-0}" -gt 0 ] && [ "${kb:-0}" -gt 0 ] || { echo "fio $transport/$target $cname: no I/O ($out)" >&2; return 1; }
+  if [ "$bs" -ge 64 ]; then
+    value=$(awk -v kb="$kb" -v ms="$ms" 'BEGIN { printf "%.1f", kb * 1024 / ms / 1000 }') unit=MB/s
+  else
+    value=$iops unit=IOPS
+  fi
+  awk -v t="$transport/$cname" -v n="$target" -v v="$value" -v u="$unit" -v j=$((j1 - j0)) -v ios=$((kb / bs)) \
+    'BEGIN { printf "BENCH vm %s %s %s %s %.1f\n", t, n, v, u, j * 10000 / ios }'
+}
+
+cases=(
+  "randread-4k-qd16 randread 4 16"
+  "randwrite-4k-qd16 randwrite 4 16"
+  "read-128k-qd8 read 128 8"
+  "write-128k-qd8 write 128 8"
+)
+for c in "${cases[@]}"; do
+  read -r name rw bs qd <<<"$c"
+  for run in $(seq "$RUNS"); do
+    for e in "${entries[@]}"; do
+      read -r transport target _ <<<"$e"
+      measure "$transport" "$target" "$name" "$rw" "$bs" "$qd"
+    done
+  done
+done
+logout_all
+iserd_stop
+tgt_teardown
+lio_teardown
