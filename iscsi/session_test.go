@@ -731,3 +731,85 @@ func TestRejectedCommandFailsTask(t *testing.T) {
 		t.Fatalf("SCSI command in a discovery session: %v, want a protocol-error Reject", err)
 	}
 }
+
+// TestOversizedCommand sends a write beyond the target's transfer limit
+// followed at once by a Data-Out for it: the command is answered with CHECK
+// CONDITION and its Data-Out must not start a transfer for the dead task.
+func TestOversizedCommand(t *testing.T) {
+	e := newEnv(t, nil)
+	for range 3 { // the Data-Out races the writer answering the command
+		c := e.login(t)
+		const edtl = 65 << 20
+		cmd := &initiator.PDU{}
+		cmd.BHS[0] = byte(iscsi.OpSCSICmd)
+		cmd.BHS[1] = 0x80 | 0x20 | 1
+		cmd.BHS.SetU32(16, c.NewITT())
+		cmd.BHS.SetU32(20, edtl)
+		cmd.BHS.SetU32(24, c.ReserveCmdSN(1))
+		copy(cmd.BHS[32:], initiator.Write16(0, edtl/blockSize))
+		var frames []byte
+		for _, p := range []*initiator.PDU{cmd, dataOut(c, cmd.BHS.ITT(), iscsi.NoTag, 0, 0, true, nil)} {
+			f, err := c.Encode(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			frames = append(frames, f...)
+		}
+		if err := c.WriteRaw(frames); err != nil {
+			t.Fatal(err)
+		}
+		resp := expectPDU(t, c, iscsi.OpSCSIResp)
+		if sense := resp.Data[min(2, len(resp.Data)):]; resp.BHS[3] != 0x02 || len(sense) < 13 || sense[12] != 0x24 {
+			t.Fatalf("oversized write: status 0x%02x sense %x, want CHECK CONDITION 24h", resp.BHS[3], sense)
+		}
+		expectNothing(t, c)
+		checkUsable(t, c)
+	}
+}
+
+// TestTMFResponseTag sends a LOGICAL UNIT RESET and a NOP-Out back to back:
+// the reset is answered from another goroutine once its tasks are gone, and
+// its response must carry its own task tag, not that of the PDU read next.
+func TestTMFResponseTag(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.login(t)
+	for range 5 {
+		tmf := &initiator.PDU{}
+		tmf.BHS[0] = byte(iscsi.OpTaskMgmt) | 0x40
+		tmf.BHS[1] = 0x80 | initiator.TMFLUReset
+		tmf.BHS.SetU32(16, c.NewITT())
+		tmf.BHS.SetU32(20, iscsi.NoTag)
+		tmf.BHS.SetU32(24, c.CmdSN())
+		nop := &initiator.PDU{}
+		nop.BHS[0] = byte(iscsi.OpNOPOut) | 0x40
+		nop.BHS[1] = 0x80
+		nop.BHS.SetU32(16, c.NewITT())
+		nop.BHS.SetU32(20, iscsi.NoTag)
+		nop.BHS.SetU32(24, c.CmdSN())
+		var frames []byte
+		for _, p := range []*initiator.PDU{tmf, nop} {
+			f, err := c.Encode(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			frames = append(frames, f...)
+		}
+		if err := c.WriteRaw(frames); err != nil {
+			t.Fatal(err)
+		}
+		got := map[iscsi.Opcode]uint32{}
+		for range 2 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			p, err := c.ReadUnsolicited(ctx)
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[p.BHS.Opcode()] = p.BHS.ITT()
+		}
+		if got[iscsi.OpTaskResp] != tmf.BHS.ITT() || got[iscsi.OpNOPIn] != nop.BHS.ITT() {
+			t.Fatalf("answers by opcode and tag %v; want the Task Management Response for 0x%x and the NOP-In for 0x%x",
+				got, tmf.BHS.ITT(), nop.BHS.ITT())
+		}
+	}
+}
