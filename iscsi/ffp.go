@@ -247,6 +247,7 @@ func (c *conn) sendPing() {
 
 // checkCondition completes t at once with CHECK CONDITION and fixed sense.
 func (c *conn) checkCondition(t *task, key, asc, ascq byte) {
+	t.executed = true // answered: no Data-Out or abort may answer it again
 	t.cmd.Reset()
 	t.cmd.Status = scsi.StatusCheckCondition
 	s := t.cmd.Sense[:18]

@@ -42,12 +42,13 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 	lunField := h.LUN()
 	lun := c.sess.targetLUN(lunField)
 	log := c.log.With(zap.String("function", tmfNames[fn]), zap.Uint32("itt", h.ITT()))
+	itt := h.ITT() // h is reused by the reader before an asynchronous respond runs
 	respond := func(code byte) {
 		var b BHS
 		b[0] = byte(OpTaskResp)
 		b[1] = 0x80
 		b[2] = code
-		b.SetU32(offITT, h.ITT())
+		b.SetU32(offITT, itt)
 		c.send(&b, nil, true)
 	}
 	if s.discovery {
