@@ -15,6 +15,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -99,20 +100,25 @@ func parseAddr(s string, port uint16, def string) (netip.AddrPort, error) {
 
 // endpoint is one side's registered memory: a data region and receive slots.
 type endpoint struct {
-	data *rdma.MR
-	recv *rdma.MR
-	slot int
-	wc   []rdma.WorkCompletion
-	conn *rdma.Conn
+	data    *rdma.MR
+	dataBuf []byte
+	recv    *rdma.MR
+	recvBuf []byte
+	slot    int
+	wc      []rdma.WorkCompletion
+	conn    *rdma.Conn
 }
 
 func newEndpoint(pd *rdma.PD, dataSize, slotSize int) (*endpoint, error) {
 	e := &endpoint{slot: slotSize, wc: make([]rdma.WorkCompletion, 32)}
 	var err error
-	if e.data, _, err = pd.AllocBuffer(dataSize, access); err != nil {
+	if e.data, e.dataBuf, err = pd.AllocBuffer(dataSize, access); err != nil {
 		return nil, err
 	}
-	if e.recv, _, err = pd.AllocBuffer(slotSize*recvSlots, rdma.AccessLocalWrite); err != nil {
+	for i := range e.dataBuf {
+		e.dataBuf[i] = byte(i*31 + i>>8)
+	}
+	if e.recv, e.recvBuf, err = pd.AllocBuffer(slotSize*recvSlots, rdma.AccessLocalWrite); err != nil {
 		e.data.Dereg()
 		return nil, err
 	}
@@ -405,6 +411,9 @@ func (e *endpoint) pingPong(ctx context.Context, size int) error {
 			case rdma.WCRecv:
 				if int(wc.ByteLen) != size {
 					return fmt.Errorf("echo of %d bytes, sent %d", wc.ByteLen, size)
+				}
+				if off := int(wc.ID) * e.slot; !bytes.Equal(e.recvBuf[off:off+size], e.dataBuf[:size]) {
+					return fmt.Errorf("echo of %d bytes differs from what was sent", size)
 				}
 				echoed = true
 				if err := e.postRecv(c, int(wc.ID)); err != nil {
