@@ -1,5 +1,7 @@
 // Command iserd is a userspace iSCSI target. Without a configuration file it
-// serves one thin 1 GiB LUN on 127.0.0.1:3260 from ./data.
+// serves one thin 1 GiB LUN on 127.0.0.1:3260 from ./data; changes made
+// through the admin API (iserctl) are then saved to data/iserd.yaml, which
+// later starts use instead of the embedded default.
 package main
 
 import (
@@ -7,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -18,10 +21,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/iserd/iserd/bdev"
+	"github.com/iserd/iserd/admin"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iser"
-	"github.com/iserd/iserd/scsi"
 )
 
 func main() {
@@ -31,33 +33,40 @@ func main() {
 	}
 }
 
-func run() error {
-	configPath := flag.String("config", "", "YAML configuration file (default: the embedded single-LUN target)")
-	dataDir := flag.String("data", "", "data directory for relative LUN paths (overrides data_dir)")
-	listen := flag.String("listen", "", "portal address host:port (overrides the configured portals)")
-	logLevel := flag.String("log-level", "", "debug, info, warn or error (overrides log.level)")
-	flag.Parse()
+// flags are the command line settings.
+type flags struct {
+	config, dataDir, listen, logLevel, socket string
+	socketSet                                 bool
+}
 
-	cfg := DefaultConfig()
-	if *configPath != "" {
-		var err error
-		if cfg, err = LoadConfig(*configPath); err != nil {
-			return err
-		}
+// override applies the command line to a configuration read from a file.
+func (f *flags) override(c *admin.Config) {
+	if f.dataDir != "" {
+		c.DataDir = f.dataDir
 	}
-	if *dataDir != "" {
-		cfg.DataDir = *dataDir
+	if f.listen != "" {
+		c.Portals = []admin.PortalConfig{{Address: f.listen}}
 	}
-	if *listen != "" {
-		cfg.Portals = []PortalConfig{{Address: *listen}}
+	if f.logLevel != "" {
+		c.Log.Level = f.logLevel
 	}
-	if *logLevel != "" {
-		cfg.Log.Level = *logLevel
-	}
-	if err := cfg.Check(); err != nil {
+}
+
+func run() error {
+	var f flags
+	flag.StringVar(&f.config, "config", "", "YAML configuration file (default: DATA/iserd.yaml when the admin API saved one, else the embedded single-LUN target)")
+	flag.StringVar(&f.dataDir, "data", "", "data directory for relative LUN paths (overrides data_dir)")
+	flag.StringVar(&f.listen, "listen", "", "portal address host:port (overrides the configured portals)")
+	flag.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (overrides log.level)")
+	flag.StringVar(&f.socket, "admin-socket", admin.DefaultSocket, "unix socket of the admin API and metrics (empty: none)")
+	flag.Parse()
+	flag.Visit(func(fl *flag.Flag) { f.socketSet = f.socketSet || fl.Name == "admin-socket" })
+
+	cfg, path, embedded, err := loadConfig(&f)
+	if err != nil {
 		return err
 	}
-	if *configPath == "" {
+	if embedded {
 		for _, p := range cfg.Portals {
 			if host, _, _ := net.SplitHostPort(p.Address); !net.ParseIP(host).IsLoopback() {
 				return fmt.Errorf("the embedded default target is open to every initiator, so it only listens on loopback; "+
@@ -71,177 +80,191 @@ func run() error {
 	}
 	defer log.Sync()
 
-	d, err := build(cfg, log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	m, err := admin.New(cfg, admin.Options{Log: log, Path: path, Override: f.override,
+		Listen: func(srv *iscsi.Server, p admin.PortalConfig) (io.Closer, error) {
+			return startPortal(ctx, srv, p, log, errc)
+		}})
 	if err != nil {
 		return err
 	}
-	defer d.closeDisks()
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	errc := make(chan error, len(cfg.Portals))
-	for _, p := range cfg.Portals {
-		if p.tcp() {
-			l, err := net.Listen("tcp", p.Address)
-			if err != nil {
-				return fmt.Errorf("listen on %s: %w (is another target running on that port?)", p.Address, err)
-			}
-			d.srv.AddPortal(iscsi.Portal{Addr: l.Addr().String()})
-			log.Info("listening", zap.String("portal", l.Addr().String()), zap.String("transport", "tcp"))
-			go func() { errc <- d.srv.Serve(ctx, l) }()
-		}
-		if p.iser() {
-			ip, err := netip.ParseAddrPort(p.Address)
-			if err != nil {
-				return fmt.Errorf("iSER portal %s: %w", p.Address, err)
-			}
-			ip = netip.AddrPortFrom(ip.Addr().Unmap(), ip.Port())
-			ipl, err := iser.Listen(d.srv, ip, log)
-			if err != nil {
-				return fmt.Errorf("%w (is an RDMA device, e.g. rdma_rxe, bound to that address?)", err)
-			}
-			if !p.tcp() {
-				d.srv.AddPortal(iscsi.Portal{Addr: p.Address})
-			}
-			log.Info("listening", zap.String("portal", p.Address), zap.String("transport", "iser"))
-			go func() { errc <- ipl.Serve(ctx) }()
-		}
+	defer m.Close()
+	if embedded {
+		log.Info("serving the embedded default; admin API changes will be saved to "+path, zap.String("config", path))
+	} else {
+		log.Info("configuration loaded; admin API changes are saved to it", zap.String("config", path))
 	}
-	for _, t := range cfg.Targets {
-		log.Info("target ready", zap.String("target", t.Name), zap.Int("luns", len(t.LUNs)))
+	if err := serveAdmin(ctx, m, &f, log, errc); err != nil {
+		return err
 	}
-	if *configPath == "" {
+	if a := cfg.Metrics.Address; a != "" {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			return fmt.Errorf("metrics.address: %w", err)
+		}
+		log.Info("serving metrics", zap.String("address", "http://"+l.Addr().String()+"/metrics"))
+		go report(ctx, errc, func() error { return m.ServeMetrics(ctx, l) })
+	}
+	go reloadOnHUP(ctx, m, log)
+	if embedded {
+		t, p := cfg.Targets[0].Name, cfg.Portals[0].Address
 		fmt.Fprintf(os.Stderr, "\niserd is serving %s on %s (data in %s).\nLog in with:\n"+
 			"  iscsiadm -m discovery -t sendtargets -p %s\n  iscsiadm -m node -T %s -p %s --login\n"+
-			"or test with libiscsi:\n  iscsi-inq iscsi://%s/%s/0\n\n",
-			cfg.Targets[0].Name, cfg.Portals[0].Address, cfg.DataDir, cfg.Portals[0].Address,
-			cfg.Targets[0].Name, cfg.Portals[0].Address, cfg.Portals[0].Address, cfg.Targets[0].Name)
+			"or test with libiscsi:\n  iscsi-inq iscsi://%s/%s/0\n\n", t, p, cfg.DataDir, p, t, p, p, t)
 	}
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
-		if err != nil {
-			log.Error("portal failed", zap.Error(err))
-		}
+		log.Error("stopping", zap.Error(err))
 	}
 	log.Info("shutting down: finishing in-flight commands")
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := d.srv.Shutdown(sctx); err != nil {
+	if err := m.Server().Shutdown(sctx); err != nil {
 		log.Warn("shutdown", zap.Error(err))
 	}
 	return nil
 }
 
-// daemon is what build wires together from the configuration.
-type daemon struct {
-	srv   *iscsi.Server
-	disks []*scsi.Disk
-	log   *zap.Logger
+// loadConfig finds the configuration: the -config file; without one, the
+// file the admin API saved in the data directory; without that, the
+// embedded default, which then saves to that file. It returns the path
+// changes are saved to and whether the embedded default is in use.
+func loadConfig(f *flags) (cfg *admin.Config, path string, embedded bool, err error) {
+	path = f.config
+	if path == "" {
+		dir := f.dataDir
+		if dir == "" {
+			dir = admin.DefaultConfig().DataDir
+		}
+		if dir, err = filepath.Abs(dir); err != nil {
+			return nil, "", false, fmt.Errorf("data directory: %w", err)
+		}
+		path = filepath.Join(dir, "iserd.yaml")
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			cfg = admin.DefaultConfig()
+			cfg.DataDir = dir
+			embedded = true
+		}
+	}
+	if cfg == nil {
+		if cfg, err = admin.LoadConfig(path); err != nil {
+			return nil, "", false, err
+		}
+	}
+	f.override(cfg)
+	if err := cfg.Check(); err != nil {
+		return nil, "", false, err
+	}
+	return cfg, path, embedded, nil
 }
 
-// build opens every LUN's backing store and registers the targets.
-func build(cfg *Config, log *zap.Logger) (*daemon, error) {
-	srv, err := iscsi.NewServer(log, iscsi.DefaultOptions())
+// serveAdmin starts the admin API on its unix socket. When the default
+// socket is held by another iserd, or cannot be created (not root), this
+// one runs without it; a socket given with -admin-socket must work.
+func serveAdmin(ctx context.Context, m *admin.Manager, f *flags, log *zap.Logger, errc chan<- error) error {
+	if f.socket == "" {
+		log.Info("admin API disabled (-admin-socket \"\")")
+		return nil
+	}
+	l, err := admin.ListenSocket(f.socket)
 	if err != nil {
-		return nil, err
-	}
-	d := &daemon{srv: srv, log: log}
-	d.srv.SetDiscoveryCHAP(cfg.DiscoveryCHAP.secret())
-	for _, tc := range cfg.Targets {
-		st := scsi.NewTarget(tc.Name)
-		for _, lc := range tc.LUNs {
-			disk, err := d.openLUN(cfg.DataDir, tc.Name, lc)
-			if err != nil {
-				d.closeDisks()
-				return nil, fmt.Errorf("target %s lun %d: %w", tc.Name, lc.LUN, err)
-			}
-			d.disks = append(d.disks, disk)
-			if err := st.AddLUN(lc.LUN, disk); err != nil {
-				d.closeDisks()
-				return nil, fmt.Errorf("target %s lun %d: %w", tc.Name, lc.LUN, err)
-			}
+		if f.socketSet {
+			return err
 		}
-		it := &iscsi.Target{Name: tc.Name, Alias: tc.Alias, SCSI: st}
-		it.SetAccess(tc.access())
-		if err := d.srv.AddTarget(it); err != nil {
-			d.closeDisks()
-			return nil, err
-		}
+		log.Warn("running without the admin API: pass -admin-socket PATH to choose another socket", zap.Error(err))
+		return nil
 	}
-	return d, nil
+	log.Info("admin API listening", zap.String("socket", f.socket))
+	go func() {
+		<-ctx.Done()
+		os.Remove(f.socket)
+	}()
+	go report(ctx, errc, func() error { return m.ServeAPI(ctx, l) })
+	return nil
 }
 
-// openLUN opens the backing store of one LUN and wraps it in a SCSI disk.
-func (d *daemon) openLUN(dataDir, target string, lc LUNConfig) (*scsi.Disk, error) {
-	var dev bdev.Device
-	switch lc.Backend {
-	case "memory":
-		dev = bdev.NewMemory(int64(lc.Size))
-	default:
-		path := lc.Path
-		if !filepath.IsAbs(path) {
-			path = filepath.Join(dataDir, path)
-			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-				return nil, fmt.Errorf("create data directory: %w", err)
+// reloadOnHUP applies the configuration file again on each SIGHUP.
+func reloadOnHUP(ctx context.Context, m *admin.Manager, log *zap.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := m.Reload(); err != nil {
+				log.Error("SIGHUP: configuration not reloaded, the running one is unchanged", zap.Error(err))
+				continue
 			}
+			log.Info("SIGHUP: configuration reloaded", zap.String("config", m.Path()))
 		}
-		fo := bdev.FileOptions{Size: int64(lc.Size), ReadOnly: lc.ReadOnly, Create: lc.Size > 0}
-		f, err := d.openFile(path, fo, lc)
+	}
+}
+
+// report runs serve and passes a failure to errc, unless iserd is stopping.
+func report(ctx context.Context, errc chan<- error, serve func() error) {
+	if err := serve(); err != nil {
+		select {
+		case errc <- err:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// portal stops one portal's listeners.
+type portal struct{ cancel context.CancelFunc }
+
+// Close stops accepting connections on the portal; sessions stay.
+func (p portal) Close() error {
+	p.cancel()
+	return nil
+}
+
+// startPortal listens on a portal over TCP, iSER or both.
+func startPortal(ctx context.Context, srv *iscsi.Server, p admin.PortalConfig, log *zap.Logger, errc chan<- error) (io.Closer, error) {
+	pctx, cancel := context.WithCancel(ctx)
+	var l net.Listener
+	if p.TCP() {
+		var err error
+		if l, err = net.Listen("tcp", p.Address); err != nil {
+			cancel()
+			return nil, fmt.Errorf("listen on %s: %w (is another target running on that port?)", p.Address, err)
+		}
+	}
+	if p.ISER() {
+		ip, err := netip.ParseAddrPort(p.Address)
 		if err != nil {
-			return nil, err
+			cancel()
+			return nil, fmt.Errorf("iSER portal %s: %w", p.Address, err)
 		}
-		if f.Size() == 0 {
-			f.Close()
-			return nil, fmt.Errorf("backing store %s is empty: give the LUN a size", path)
+		ip = netip.AddrPortFrom(ip.Addr().Unmap(), ip.Port())
+		ipl, err := iser.Listen(srv, ip, log)
+		if err != nil {
+			cancel()
+			if l != nil {
+				l.Close()
+			}
+			return nil, fmt.Errorf("%w (is an RDMA device, e.g. rdma_rxe, bound to that address?)", err)
 		}
-		dev = f
+		log.Info("listening", zap.String("portal", p.Address), zap.String("transport", "iser"))
+		go report(pctx, errc, func() error { return ipl.Serve(pctx) })
+		if l == nil {
+			srv.AddPortal(iscsi.Portal{Addr: p.Address})
+		}
 	}
-	disk, err := scsi.NewDisk(dev, scsi.DiskConfig{BlockSize: lc.BlockSize, ReadOnly: lc.ReadOnly,
-		Thin: *lc.Thin, Serial: lc.Serial, NAA: naaFor(target, lc.LUN)})
-	if err != nil {
-		dev.Close()
-		return nil, err
+	if l != nil {
+		srv.AddPortal(iscsi.Portal{Addr: l.Addr().String()})
+		log.Info("listening", zap.String("portal", l.Addr().String()), zap.String("transport", "tcp"))
+		go report(pctx, errc, func() error { return srv.Serve(pctx, l) })
 	}
-	return disk, nil
+	return portal{cancel}, nil
 }
 
-// openFile opens a file or block device with io_uring, or with the thread
-// pool when io_uring is not wanted or the kernel refuses it.
-func (d *daemon) openFile(path string, fo bdev.FileOptions, lc LUNConfig) (bdev.Device, error) {
-	if lc.IO != "threads" {
-		u, err := bdev.NewUring(path, bdev.UringOptions{FileOptions: fo, Pool: d.srv.Pool(), Buffered: !lc.Direct})
-		if err == nil {
-			return u, nil
-		}
-		if !errors.Is(err, bdev.ErrNoUring) {
-			return nil, err
-		}
-		d.log.Warn("io_uring unavailable: using the thread pool backend", zap.String("path", path), zap.Error(err))
-	}
-	return bdev.NewFile(path, fo)
-}
-
-// naaFor derives a stable identifier from the target name and LUN, so a
-// LUN keeps its WWN across restarts.
-func naaFor(target string, lun uint64) uint64 {
-	h := uint64(14695981039346656037)
-	for _, b := range []byte(target) {
-		h = (h ^ uint64(b)) * 1099511628211
-	}
-	return h ^ lun*0x9e3779b97f4a7c15
-}
-
-func (d *daemon) closeDisks() {
-	for _, disk := range d.disks {
-		if err := disk.Close(); err != nil {
-			d.log.Error("closing LUN", zap.Error(err))
-		}
-	}
-	d.disks = nil
-}
-
-func newLogger(c LogConfig) (*zap.Logger, error) {
+func newLogger(c admin.LogConfig) (*zap.Logger, error) {
 	lvl := zapcore.InfoLevel
 	if c.Level != "" {
 		if err := lvl.UnmarshalText([]byte(c.Level)); err != nil {
