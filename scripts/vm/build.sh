@@ -46,7 +46,7 @@ is_elf() { [ "$(head -c 4 "$1" 2>/dev/null)" = $'\x7fELF' ]; }
 
 pkg=$(kernel_package)
 deb=$(fetch_kernel "$pkg")
-kver=${pkg#linux-image-}
+kver=$(basename "$deb" | sed 's/^linux-image-\([^_]*\)_.*/\1/')
 versions=$(dpkg-query -W -f='${Package}=${Version}\n' "${HOST_PACKAGES[@]}" 2>/dev/null) ||
   die "host packages missing (run scripts/install-deps.sh as root): $(dpkg-query -W "${HOST_PACKAGES[@]}" 2>&1 | grep -i 'no packages' | tr '\n' ' ')"
 stamp=$( { basename "$deb"; echo "$versions"; cat "${BASH_SOURCE[0]}"; } | sha256sum | cut -d' ' -f1)

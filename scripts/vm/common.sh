@@ -20,8 +20,9 @@ kernel_package() {
   echo "$pkg"
 }
 
-# fetch_kernel downloads the kernel package into the cache unless it is there already,
-# and prints the path of the .deb.
+# fetch_kernel PACKAGE downloads the kernel package into the cache unless it is there
+# already, and prints the path of the .deb. When the download fails, an older cached kernel
+# is used if there is one.
 fetch_kernel() {
   local pkg=$1 dir=$CACHE_DIR/kernel deb
   mkdir -p "$dir"
@@ -31,7 +32,11 @@ fetch_kernel() {
     (cd "$dir" && timeout 600 apt-get download -q -o APT::Sandbox::User=root \
         -o Acquire::http::Timeout=30 -o Acquire::Retries=2 "$pkg" >"$dir/download.log" 2>&1) || {
       tail -5 "$dir/download.log" >&2
-      die "could not download the kernel package $pkg (apt-get download failed; see $dir/download.log)"
+      deb=$(ls "$dir"/linux-image-*.deb 2>/dev/null | head -1)
+      [ -n "$deb" ] || die "could not download the kernel package $pkg (apt-get download failed; see $dir/download.log)"
+      note "could not download $pkg; using the cached $(basename "$deb")"
+      echo "$deb"
+      return
     }
     deb=$(ls "$dir/${pkg}"_*.deb 2>/dev/null | head -1)
     [ -n "$deb" ] || die "apt-get download reported success but no $pkg .deb is in $dir"
@@ -58,15 +63,18 @@ scenario_timeout() {
 # followed by a small cpio with /init, lib.sh, the scenarios, the programs in bin/ and those
 # in $VM_TESTBIN_DIR (when set).
 build_run_layer() {
-  local timeout=$1 token=$2 root=$CACHE_DIR/run/root f list=
+  local timeout=$1 token=$2 root=$CACHE_DIR/run/root f name list=
   shift 2
   rm -rf "$root"
   mkdir -p "$root"/usr/{bin,lib/vm/scenarios,local/bin} "$root/etc"
   install -m 755 "$VM_DIR/init.sh" "$root/init"
   cp "$VM_DIR/lib.sh" "$root/usr/lib/vm/"
   for f in "$@"; do
-    cp "$f" "$root/usr/lib/vm/scenarios/"
-    list="$list $(basename "$f" .sh)=$(scenario_timeout "$f")"
+    name=$(basename "$f" .sh)
+    [[ $name =~ ^[A-Za-z0-9._-]+$ ]] || die "scenario name '$name' may only use letters, digits, '.', '_' and '-'"
+    [ ! -e "$root/usr/lib/vm/scenarios/$name.sh" ] || die "two scenarios are named $name"
+    cp "$f" "$root/usr/lib/vm/scenarios/$name.sh"
+    list="$list $name=$(scenario_timeout "$f")"
   done
   for f in "$REPO_DIR"/bin/*; do
     [ -f "$f" ] && install -m 755 "$f" "$root/usr/bin/"

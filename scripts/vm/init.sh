@@ -30,7 +30,6 @@ power_off() {
   echo o >/proc/sysrq-trigger
 }
 
-# The initiator name is fixed so that ACLs in scenarios can name it.
 setup() {
   mount -t proc proc /proc &&
   mount -t sysfs sysfs /sys &&
@@ -54,6 +53,7 @@ setup() {
   ip addr add "$VM_ADDR/24" dev d0 &&
   ip link set d0 up &&
   rdma link add rxe0 type rxe netdev d0 || { echo "vm: rdma_rxe setup failed"; return 1; }
+  # The initiator name is fixed (in vm-run.conf) so that ACLs in scenarios can name it.
   mkdir -p /run/lock/iscsi /etc/iscsi/ifaces /var/lib/iscsi /etc/target &&
   echo "InitiatorName=$VM_INITIATOR" >/etc/iscsi/initiatorname.iscsi || return
   iscsid -f >/tmp/iscsid.log 2>&1 &

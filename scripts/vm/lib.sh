@@ -1,5 +1,5 @@
 # Helpers for VM scenarios. Sourced by bash inside the VM before each scenario (which runs
-# with `set -e -o pipefail`) and by the cleanup between scenarios.
+# with `set -eE -o pipefail` and vm_err_trace as ERR trap) and by the cleanup between scenarios.
 # Helpers print what went wrong and return nonzero (so set -e ends the scenario, and they can
 # still be used in `if`); assert_* and fail print "FAIL: ..." and exit the scenario.
 . /etc/vm-run.conf                      # VM_ADDR, VM_INITIATOR, VM_TOKEN, ...
@@ -55,12 +55,12 @@ wait_until() {
 
 # to_bytes SIZE: prints SIZE (a number with optional K, M or G suffix, powers of 1024) in bytes.
 to_bytes() {
-  case $1 in
-    *[0-9]) echo "$1" ;;
-    *[kK]) echo $((${1%?} << 10)) ;;
-    *[mM]) echo $((${1%?} << 20)) ;;
-    *[gG]) echo $((${1%?} << 30)) ;;
-    *) echo "bad size '$1' (want N, NK, NM or NG)" >&2; return 1 ;;
+  [[ $1 =~ ^([0-9]+)([kKmMgG]?)$ ]] || { echo "bad size '$1' (want N, NK, NM or NG)" >&2; return 1; }
+  case ${BASH_REMATCH[2]} in
+    "") echo "$1" ;;
+    [kK]) echo $((BASH_REMATCH[1] << 10)) ;;
+    [mM]) echo $((BASH_REMATCH[1] << 20)) ;;
+    [gG]) echo $((BASH_REMATCH[1] << 30)) ;;
   esac
 }
 
@@ -74,9 +74,11 @@ alive() {
   return 1
 }
 
-# vm_err_trace: the ERR trap of scenarios; names the failed command and where it ran.
+# vm_err_trace: the ERR trap of scenarios; names the failed command and where it ran. Silent
+# in subshells such as $(...): their failure shows in the command that uses them.
 vm_err_trace() {
   local st=$? i where=
+  [ "$BASH_SUBSHELL" -eq 0 ] || return 0
   for ((i = 1; i < ${#BASH_SOURCE[@]}; i++)); do
     where+=" ${BASH_SOURCE[i]##*/}:${BASH_LINENO[i - 1]}"
   done
@@ -88,6 +90,9 @@ port_listening() {
   awk -v p="$(printf ':%04X' "$1")" '$2 ~ p "$" && $4 == "0A" { found = 1 } END { exit !found }' \
     /proc/net/tcp /proc/net/tcp6
 }
+
+# rdma_listening PORT: true when an rdma_cm id listens on PORT (e.g. an iSER portal).
+rdma_listening() { rdma res show cm_id 2>/dev/null | grep -q "state LISTEN .*src-addr [^ ]*:$1 "; }
 
 # rxe_gid_index [IPV4]: prints the GID table index of rxe0 holding IPV4 (default $VM_ADDR) as
 # an IPv4-mapped RoCE v2 GID, e.g. for ibv_rc_pingpong -g.
@@ -104,7 +109,8 @@ rxe_gid_index() {
 # ---- iserd ------------------------------------------------------------------------------
 
 # iserd_start CONFIG_FILE [PORT]: starts $ISERD_BIN -config CONFIG_FILE in the background
-# (log in $ISERD_LOG, pid in $ISERD_PID) and waits until it listens on PORT (default 3260).
+# (log in $ISERD_LOG, pid in $ISERD_PID) and waits until it listens on PORT (default 3260)
+# over TCP or rdma_cm.
 # Call it from the scenario's own shell, not in a subshell, so that ISERD_PID stays set.
 iserd_start() {
   local config=$1 port=${2:-3260} end
@@ -114,7 +120,7 @@ iserd_start() {
   ISERD_PID=$!
   echo "$ISERD_PID" >"$ISERD_PIDFILE"
   end=$(($(cut -d. -f1 /proc/uptime) + 30))
-  until port_listening "$port"; do
+  until port_listening "$port" || rdma_listening "$port"; do
     if ! alive "$ISERD_PID"; then
       wait "$ISERD_PID"
       echo "iserd_start: iserd exited with status $? before listening on port $port; its log:" >&2
