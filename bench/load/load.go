@@ -202,9 +202,11 @@ func (o *offsets) next(rng *rand.Rand) int64 {
 	return int64(slot) * o.bs
 }
 
-// Run keeps QueueDepth commands in flight for Duration (or until ctx ends)
-// and returns what completed. A failed command ends the run with its error.
-func Run(ctx context.Context, d Doer, capa Capacity, cfg Config) (Result, error) {
+// Run keeps QueueDepth commands in flight for Duration, then lets the ones
+// in flight complete (so that none is left behind on the connection), and
+// returns what completed. A failed command ends the run with its error; so
+// does the end of ctx.
+func Run(parent context.Context, d Doer, capa Capacity, cfg Config) (Result, error) {
 	if cfg.QueueDepth <= 0 {
 		return Result{}, fmt.Errorf("queue depth %d: want at least 1", cfg.QueueDepth)
 	}
@@ -215,7 +217,7 @@ func Run(ctx context.Context, d Doer, capa Capacity, cfg Config) (Result, error)
 	if err != nil {
 		return Result{}, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	ctx, cancel := context.WithCancel(parent) // cancelled by the first failure
 	defer cancel()
 	var (
 		ios, latency atomic.Uint64
@@ -225,6 +227,7 @@ func Run(ctx context.Context, d Doer, capa Capacity, cfg Config) (Result, error)
 	)
 	blocks := uint32(cfg.BlockSize / int(capa.BlockSize))
 	start := time.Now()
+	deadline := start.Add(cfg.Duration)
 	for w := range cfg.QueueDepth {
 		wg.Add(1)
 		go func() {
@@ -242,7 +245,7 @@ func Run(ctx context.Context, d Doer, capa Capacity, cfg Config) (Result, error)
 			} else {
 				cmd.ReadLen = uint32(cfg.BlockSize)
 			}
-			for ctx.Err() == nil {
+			for ctx.Err() == nil && time.Now().Before(deadline) {
 				lba := uint64(offs.next(rng) / int64(capa.BlockSize))
 				if cfg.Pattern.Write() {
 					cmd.CDB = initiator.Write16(lba, blocks)
@@ -256,7 +259,7 @@ func Run(ctx context.Context, d Doer, capa Capacity, cfg Config) (Result, error)
 				}
 				if err != nil {
 					if ctx.Err() != nil {
-						return // the run ended while the command was in flight
+						return // another worker failed, or the caller gave up
 					}
 					errOnce.Do(func() {
 						firstErr = fmt.Errorf("%v at LBA %d: %w", cfg.Pattern, lba, err)
@@ -272,6 +275,9 @@ func Run(ctx context.Context, d Doer, capa Capacity, cfg Config) (Result, error)
 	wg.Wait()
 	res := Result{IOs: ios.Load(), Elapsed: time.Since(start), LatencySum: time.Duration(latency.Load())}
 	res.Bytes = res.IOs * uint64(cfg.BlockSize)
+	if firstErr == nil && parent.Err() != nil {
+		firstErr = fmt.Errorf("%v run interrupted: %w", cfg.Pattern, parent.Err())
+	}
 	return res, firstErr
 }
 

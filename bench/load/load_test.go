@@ -147,6 +147,7 @@ func TestRun(t *testing.T) {
 		cfg     Config
 		failAt  int
 		fail    error
+		stopped bool // the caller's context is already over
 		op      byte
 		wantErr string
 	}{
@@ -156,6 +157,7 @@ func TestRun(t *testing.T) {
 		{name: "sequential reads on a span", cfg: Config{Pattern: SeqRead, BlockSize: 4096, QueueDepth: 2, Span: 1 << 16}, op: 0x88},
 		{name: "check condition", cfg: Config{Pattern: RandWrite, BlockSize: 4096, QueueDepth: 2}, failAt: 10, wantErr: "status 0x02"},
 		{name: "connection error", cfg: Config{Pattern: RandRead, BlockSize: 4096, QueueDepth: 2}, fail: initiator.ErrClosed, wantErr: "closed"},
+		{name: "caller gave up", cfg: Config{Pattern: RandRead, BlockSize: 4096, QueueDepth: 2}, stopped: true, wantErr: "interrupted"},
 		{name: "queue depth 0", cfg: Config{Pattern: RandRead, BlockSize: 4096}, wantErr: "queue depth"},
 		{name: "bad size", cfg: Config{Pattern: RandRead, BlockSize: 100, QueueDepth: 1}, wantErr: "multiple"},
 	}
@@ -163,7 +165,12 @@ func TestRun(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			d := &fakeDisk{capa: capa, failAt: tc.failAt, err: tc.fail}
 			tc.cfg.Duration = 50 * time.Millisecond
-			res, err := Run(context.Background(), d, capa, tc.cfg)
+			ctx, cancel := context.WithCancel(context.Background())
+			if tc.stopped {
+				cancel()
+			}
+			defer cancel()
+			res, err := Run(ctx, d, capa, tc.cfg)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("Run: %v, want an error containing %q", err, tc.wantErr)

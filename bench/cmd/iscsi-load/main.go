@@ -60,7 +60,9 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	res, err := load.Run(ctx, c, capa, load.Config{Pattern: pat, BlockSize: *bs, QueueDepth: *qd,
+	rctx, rcancel := context.WithTimeout(ctx, *dur+30*time.Second)
+	defer rcancel()
+	res, err := load.Run(rctx, c, capa, load.Config{Pattern: pat, BlockSize: *bs, QueueDepth: *qd,
 		Duration: *dur, LUN: *lun, Span: *span, Seed: uint64(time.Now().UnixNano())})
 	if err != nil {
 		return err

@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Usage: bench/run.sh [all|host|vm]      (make bench: make build, then all)
+# Side-by-side benchmark of iserd against its peers, every figure repeated:
+#   host: iserd and tgtd (started here on free ports of 127.0.0.1, stopped at the end) on the
+#         same backing: a file in /dev/shm ("shm") and a RAM device ("mem": iserd's memory
+#         backend, tgt's null backing store). Reads with libiscsi's iscsi-perf, writes with
+#         bench/cmd/iscsi-load; CPU time per I/O of the target process from /proc/PID/stat.
+#   vm:   scripts/vm/scenarios/bench-targets.sh in one VM boot: Linux initiator + fio against
+#         iserd, LIO and tgt over iSCSI/TCP and iserd and LIO over iSER.
+# Results: bench/results/samples.tsv (every run), latest.tsv (summary), latest.svg (chart).
+# Environment: BENCH_RUNS (3) and BENCH_SECONDS (4) per host figure, BENCH_VM_RUNS and
+# BENCH_VM_SECONDS (default: the same) in the VM.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+what=${1:-all}
+case $what in all | host | vm) ;; *) echo "usage: $0 [all|host|vm]" >&2; exit 2 ;; esac
+RUNS=${BENCH_RUNS:-3}
+SECS=${BENCH_SECONDS:-4}
+VM_RUNS=${BENCH_VM_RUNS:-$RUNS}
+VM_SECS=${BENCH_VM_SECONDS:-$SECS}
+RESULTS=$ROOT/bench/results
+SAMPLES=$RESULTS/samples.tsv
+HZ=$(getconf CLK_TCK)
+INITIATOR=iqn.2026-11.org.iserd:bench-client
+IQN_ISERD=iqn.2026-11.org.iserd:bench
+IQN_TGT=iqn.2001-04.com.example:bench
+LUN_SIZE_MB=256
+START=$SECONDS
+
+note() { echo "bench: $*" >&2; }
+die() { note "$*"; exit 1; }
+
+WORK=$(mktemp -d /dev/shm/iserd-bench.XXXXXX)
+ISERD_PID='' TGTD_PID='' TGT_CP=''
+
+# stop_iserd: SIGTERM, then SIGKILL after 15 s.
+stop_iserd() {
+  [ -n "$ISERD_PID" ] || return 0
+  kill -TERM "$ISERD_PID" 2>/dev/null || true
+  for _ in $(seq 150); do kill -0 "$ISERD_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$ISERD_PID" 2>/dev/null || true
+  wait "$ISERD_PID" 2>/dev/null || true
+  ISERD_PID=''
+}
+
+# stop_tgtd: tgtd only exits on request once it has no targets; SIGKILL after 10 s.
+stop_tgtd() {
+  [ -n "$TGTD_PID" ] || return 0
+  local tid
+  for tid in $(tgtadm -C "$TGT_CP" --lld iscsi --op show --mode target 2>/dev/null | sed -n 's/^Target \([0-9]*\):.*/\1/p'); do
+    tgtadm -C "$TGT_CP" --lld iscsi --op delete --mode target --tid "$tid" --force || true
+  done
+  tgtadm -C "$TGT_CP" --op delete --mode system 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$TGTD_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$TGTD_PID" 2>/dev/null || true
+  wait "$TGTD_PID" 2>/dev/null || true
+  TGTD_PID=''
+}
+
+cleanup() {
+  stop_iserd
+  stop_tgtd
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# listening PORT: true when something listens on 127.0.0.1:PORT (or any address).
+listening() { [ -n "$(ss -Htln "sport = :$1")" ]; }
+
+# free_port FROM: the first port from FROM up that nothing listens on.
+free_port() {
+  local p=$1
+  while listening "$p"; do p=$((p + 1)); done
+  echo "$p"
+}
+
+# cpu_ticks PID: utime + stime of the process (all threads), in clock ticks.
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+
+# wait_port PID PORT LOG WHAT: waits until PORT listens while PID lives.
+wait_port() {
+  for _ in $(seq 100); do
+    listening "$2" && return 0
+    kill -0 "$1" 2>/dev/null || { cat "$3" >&2; die "$4 exited before listening on port $2"; }
+    sleep 0.1
+  done
+  cat "$3" >&2
+  die "$4 does not listen on port $2 after 10 s"
+}
+
+start_iserd() {
+  ISERD_PORT=$(free_port 13260)
+  fallocate -l "${LUN_SIZE_MB}M" "$WORK/iserd.img"
+  cat >"$WORK/iserd.yaml" <<EOF
+portals: [{address: "127.0.0.1:$ISERD_PORT"}]
+log: {level: warn}
+targets:
+  - name: $IQN_ISERD-shm
+    open: true
+    luns: [{lun: 0, path: $WORK/iserd.img, size: ${LUN_SIZE_MB}MiB}]
+  - name: $IQN_ISERD-mem
+    open: true
+    luns: [{lun: 0, backend: memory, size: ${LUN_SIZE_MB}MiB}]
+EOF
+  bin/iserd -config "$WORK/iserd.yaml" >"$WORK/iserd.log" 2>&1 &
+  ISERD_PID=$!
+  wait_port "$ISERD_PID" "$ISERD_PORT" "$WORK/iserd.log" iserd
+}
+
+start_tgtd() {
+  TGT_PORT=$(free_port $((ISERD_PORT + 1)))
+  TGT_CP=4260
+  while [ -e "/var/run/tgtd/socket.$TGT_CP" ]; do TGT_CP=$((TGT_CP + 1)); done
+  fallocate -l "${LUN_SIZE_MB}M" "$WORK/tgt.img"
+  tgtd -f -C "$TGT_CP" --iscsi portal="127.0.0.1:$TGT_PORT" >"$WORK/tgtd.log" 2>&1 &
+  TGTD_PID=$!
+  wait_port "$TGTD_PID" "$TGT_PORT" "$WORK/tgtd.log" tgtd
+  local t="tgtadm -C $TGT_CP --lld iscsi"
+  { $t --op new --mode target --tid 1 -T "$IQN_TGT-shm" &&
+    $t --op new --mode logicalunit --tid 1 --lun 1 -b "$WORK/tgt.img" &&
+    $t --op bind --mode target --tid 1 -I ALL &&
+    $t --op new --mode target --tid 2 -T "$IQN_TGT-mem" &&
+    $t --op new --mode logicalunit --tid 2 --lun 1 --bstype null -b /dev/null &&
+    $t --op bind --mode target --tid 2 -I ALL; } >"$WORK/tgtadm.log" 2>&1 ||
+    { cat "$WORK/tgtadm.log" >&2; die "tgtadm could not configure tgtd"; }
+}
+
+# endpoint TARGET BACKING: prints "pid portal iqn lun" of that LUN.
+endpoint() {
+  case $1 in
+    iserd) echo "$ISERD_PID 127.0.0.1:$ISERD_PORT $IQN_ISERD-$2 0" ;;
+    tgt) echo "$TGTD_PID 127.0.0.1:$TGT_PORT $IQN_TGT-$2 1" ;;
+  esac
+}
+
+# client TOOL RW BS QD PORTAL IQN LUN: one run; prints "ios value unit".
+client() {
+  local tool=$1 rw=$2 bs=$3 qd=$4 portal=$5 iqn=$6 lun=$7 out iops
+  if [ "$tool" = perf ]; then
+    local rnd=''
+    [ "$rw" = randread ] && rnd=-r
+    out=$(timeout $((SECS + 30)) iscsi-perf -i "$INITIATOR" -m "$qd" -b $((bs / 512)) $rnd -t "$SECS" \
+      "iscsi://$portal/$iqn/$lun" 2>&1 | tr '\r' '\n') || { echo "$out" | tail -5 >&2; return 1; }
+    iops=$(grep -o 'iops average [0-9]*' <<<"$out" | tail -1 | awk '{ print $3 }')
+    [ -n "$iops" ] || { echo "$out" | tail -5 >&2; return 1; }
+    awk -v i="$iops" -v s="$SECS" -v bs="$bs" 'BEGIN { printf "%d %s\n", i * s, (bs >= 65536 ? sprintf("%.1f MB/s", i * bs / 1e6) : i " IOPS") }'
+  else
+    out=$("$WORK/bin/iscsi-load" -portal "$portal" -target "$iqn" -lun "$lun" -initiator "$INITIATOR" \
+      -rw "$rw" -bs "$bs" -qd "$qd" -time "${SECS}s" 2>&1) || { echo "$out" >&2; return 1; }
+    awk -v bs="$bs" '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
+      END { printf "%d %s\n", v["ios"], (bs >= 65536 ? v["mbps"] " MB/s" : v["iops"] " IOPS") }' <<<"$out"
+  fi
+}
+
+# Host cases: name tool pattern bytes queue-depth (block counts assume 512-byte blocks).
+HOST_CASES=(
+  "randread-4k-qd1 perf randread 4096 1"
+  "randread-4k-qd32 perf randread 4096 32"
+  "read-128k-qd8 perf read 131072 8"
+  "randwrite-4k-qd32 load randwrite 4096 32"
+  "write-128k-qd8 load write 131072 8"
+)
+
+run_host() {
+  start_iserd
+  start_tgtd
+  note "host: iserd (pid $ISERD_PID) on 127.0.0.1:$ISERD_PORT, tgtd (pid $TGTD_PID) on 127.0.0.1:$TGT_PORT; $RUNS runs of ${SECS}s per figure"
+  local backing target c name tool rw bs qd pid portal iqn lun t0 t1 ios value unit r
+  for backing in shm mem; do # warm up: every block written once (iserd's memory LUN allocates on write)
+    for target in iserd tgt; do
+      read -r pid portal iqn lun <<<"$(endpoint "$target" "$backing")"
+      "$WORK/bin/iscsi-load" -portal "$portal" -target "$iqn" -lun "$lun" -initiator "$INITIATOR" \
+        -rw write -bs 131072 -qd 8 -time 2s -span $((LUN_SIZE_MB << 20)) >/dev/null ||
+        die "warm-up write to $target $backing failed"
+    done
+  done
+  for c in "${HOST_CASES[@]}"; do
+    read -r name tool rw bs qd <<<"$c"
+    for r in $(seq "$RUNS"); do
+      for backing in shm mem; do
+        for target in iserd tgt; do
+          read -r pid portal iqn lun <<<"$(endpoint "$target" "$backing")"
+          t0=$(cpu_ticks "$pid")
+          read -r ios value unit <<<"$(client "$tool" "$rw" "$bs" "$qd" "$portal" "$iqn" "$lun")" ||
+            die "$name on $target ($backing) failed"
+          [ "${ios:-0}" -gt 0 ] || die "$name on $target ($backing): no I/O completed"
+          t1=$(cpu_ticks "$pid")
+          awk -v c="$backing/$name" -v t="$target" -v v="$value" -v u="$unit" -v d=$((t1 - t0)) -v hz="$HZ" -v n="$ios" \
+            'BEGIN { printf "host\t%s\t%s\t%s\t%s\t%.1f\n", c, t, v, u, d * 1e6 / hz / n }' | tee -a "$SAMPLES"
+        done
+      done
+    done
+  done
+  stop_iserd
+  stop_tgtd
+}
+
+run_vm() {
+  if ! scripts/vm/can-run.sh; then
+    note "vm: skipped, the VM cannot run here (scripts/vm/can-run.sh)"
+    return 0
+  fi
+  local scen=$WORK/vm/bench-targets.sh log=${VM_CACHE_DIR:-$ROOT/scripts/vm/.cache}/logs/bench-targets.log
+  mkdir -p "$WORK/vm"
+  { head -1 scripts/vm/scenarios/bench-targets.sh
+    echo "BENCH_RUNS=$VM_RUNS BENCH_SECONDS=$VM_SECS"
+    tail -n +2 scripts/vm/scenarios/bench-targets.sh; } >"$scen"
+  note "vm: $VM_RUNS runs of ${VM_SECS}s per figure (console: $log)"
+  if ! VM_VERBOSE='' scripts/vm/run.sh "$scen" >"$WORK/vm/run.out" 2>&1; then
+    tail -30 "$WORK/vm/run.out" >&2
+    note "vm: the scenario failed (log $log)"
+    return 1
+  fi
+  awk '$1 == "BENCH" && $2 == "vm" { printf "%s\t%s\t%s\t%s\t%s\t%s\n", $2, $3, $4, $5, $6, $7 }' "$log" | tee -a "$SAMPLES"
+}
+
+# goal LABEL SECTION CASE A B MIN: compares A's median with B's in the summary.
+goal() {
+  awk -F'\t' -v label="$1" -v s="$2" -v c="$3" -v a="$4" -v b="$5" -v min="$6" '
+    $1 == s && $2 == c && $3 == a { ma = $6; ca = $10 }
+    $1 == s && $2 == c && $3 == b { mb = $6; cb = $10 }
+    END {
+      if (ma == "" || mb == "" || mb == 0) { printf "  %-52s no data\n", label; exit }
+      r = ma / mb
+      printf "  %-52s %s/%s = %.2f (want >= %s) %s", label, a, b, r, min, (r >= min ? "met" : "NOT MET")
+      if (s == "host" && ca != "-" && cb != "-") printf "; CPU/IO %s vs %s us %s", ca, cb, (ca + 0 < cb + 0 ? "(less)" : "(NOT less)")
+      printf "\n"
+    }' "$RESULTS/latest.tsv"
+}
+
+scripts/install-deps.sh
+for cmd in tgtd tgtadm iscsi-perf ss fallocate; do
+  command -v "$cmd" >/dev/null || die "$cmd is missing (scripts/install-deps.sh installs it as root)"
+done
+[ -x bin/iserd ] || make build
+mkdir -p "$RESULTS" "$WORK/bin"
+CGO_ENABLED=0 go build -o "$WORK/bin/" ./bench/cmd/iscsi-load ./bench/cmd/benchreport
+: >"$SAMPLES"
+st=0
+case $what in all | host) run_host ;; esac
+case $what in all | vm) run_vm || st=1 ;; esac
+[ -s "$SAMPLES" ] || die "no samples collected"
+echo
+"$WORK/bin/benchreport" -in "$SAMPLES" -tsv "$RESULTS/latest.tsv" -svg "$RESULTS/latest.svg" \
+  -title "iserd vs tgt and LIO ($(date -u +%Y-%m-%d), $(nproc) CPUs)"
+echo
+echo "issue goals (medians of this run):"
+for b in shm mem; do
+  goal "host $b 4k random read QD32" host "$b/randread-4k-qd32" iserd tgt 1.5
+  goal "host $b 128k sequential read" host "$b/read-128k-qd8" iserd tgt 1
+done
+for c in randread-4k-qd16 randwrite-4k-qd16; do
+  goal "vm tcp $c" vm "tcp/$c" iserd lio 1
+  goal "vm iser $c" vm "iser/$c" iserd lio 1
+done
+note "results in $RESULTS/latest.tsv and latest.svg, every run in samples.tsv ($((SECONDS - START))s)"
+exit $st
