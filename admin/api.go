@@ -214,6 +214,8 @@ func decode(r *http.Request, v any) error {
 		switch {
 		case errors.As(err, &syn):
 			return fmt.Errorf("request body is not valid JSON (at byte %d): %v", syn.Offset, err)
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return errors.New("request body is not valid JSON: it ends in the middle of a value")
 		case errors.As(err, &typ):
 			return fmt.Errorf("request body: field %q must be a %s, not %s", typ.Field, typ.Type, typ.Value)
 		case strings.HasPrefix(err.Error(), "json: unknown field"):
