@@ -140,7 +140,7 @@ func TestAPI(t *testing.T) {
 				}
 			}},
 		{name: "mutual secret equal to the secret", method: "PUT", path: dbPath + "/chap",
-			body: `{"user":"db","secret":"` + chapSecret + `","mutual_user":"tgt","mutual_secret":"` + chapSecret + `"}`,
+			body:   `{"user":"db","secret":"` + chapSecret + `","mutual_user":"tgt","mutual_secret":"` + chapSecret + `"}`,
 			status: 400, want: "must differ"},
 		{name: "discovery CHAP", method: "PUT", path: "/v1/discovery/chap", body: `{"user":"disc","secret":"` + discoSecret + `"}`,
 			status: 200},
