@@ -107,7 +107,10 @@ func run() error {
 		log.Info("serving metrics", zap.String("address", "http://"+l.Addr().String()+"/metrics"))
 		go report(ctx, errc, func() error { return m.ServeMetrics(ctx, l) })
 	}
-	go reloadOnHUP(ctx, m, log)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go reloadOnHUP(ctx, m, log, hup)
 	if embedded {
 		t, p := cfg.Targets[0].Name, cfg.Portals[0].Address
 		fmt.Fprintf(os.Stderr, "\niserd is serving %s on %s (data in %s).\nLog in with:\n"+
@@ -186,11 +189,9 @@ func serveAdmin(ctx context.Context, m *admin.Manager, f *flags, log *zap.Logger
 	return nil
 }
 
-// reloadOnHUP applies the configuration file again on each SIGHUP.
-func reloadOnHUP(ctx context.Context, m *admin.Manager, log *zap.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// reloadOnHUP applies the configuration file again on each SIGHUP
+// delivered on hup.
+func reloadOnHUP(ctx context.Context, m *admin.Manager, log *zap.Logger, hup <-chan os.Signal) {
 	for {
 		select {
 		case <-ctx.Done():
