@@ -123,12 +123,14 @@ func (c *Context) NewCompChannel() (*CompChannel, error) {
 // re-armed (CQ.Arm) to get another event. Wait returns ctx.Err() when ctx ends and ErrClosed
 // after Close.
 func (ch *CompChannel) Wait(ctx context.Context) (*CQ, error) {
-	stop := context.AfterFunc(ctx, func() { _ = ch.f.SetReadDeadline(time.Unix(1, 0)) })
-	defer func() {
-		if !stop() {
-			_ = ch.f.SetReadDeadline(time.Time{})
-		}
-	}()
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() { _ = ch.f.SetReadDeadline(time.Unix(1, 0)) })
+		defer func() {
+			if !stop() {
+				_ = ch.f.SetReadDeadline(time.Time{})
+			}
+		}()
+	}
 	var buf [unsafe.Sizeof(uverbsCompEventDesc{})]byte
 	for {
 		n, err := ch.f.Read(buf[:])
@@ -187,8 +189,9 @@ type CQ struct {
 	// sleeps at once. A few hundred suits a loaded connection.
 	Spin int
 
-	mu   sync.Mutex
-	dead bool
+	mu    sync.Mutex
+	dead  bool
+	stage [32]WorkCompletion // guarded by mu
 }
 
 // CreateCQ creates a completion queue of at least cqe entries whose events go to ch (nil for a
@@ -236,13 +239,15 @@ func (c *Context) CreateCQ(cqe int, ch *CompChannel, vector int) (*CQ, error) {
 }
 
 // Poll moves up to len(wc) completions into wc and returns how many; it never blocks.
+// Completions pass through a CQ-owned buffer, so wc does not escape and polling allocates nothing.
 func (cq *CQ) Poll(wc []WorkCompletion) (int, error) {
 	cq.mu.Lock()
 	defer cq.mu.Unlock()
 	if cq.dead {
 		return 0, fmt.Errorf("rdma: poll CQ: %w", ErrClosed)
 	}
-	return cq.ring.Poll(wc), nil
+	n := cq.ring.Poll(cq.stage[:min(len(wc), len(cq.stage))])
+	return copy(wc, cq.stage[:n]), nil
 }
 
 // Arm asks for a completion event on the channel for the next completion (or the next

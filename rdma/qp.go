@@ -169,6 +169,7 @@ type QP struct {
 	rings QPRings
 
 	sendMu, recvMu sync.Mutex
+	stage          postStage  // guarded by sendMu (send side) and recvMu (receive side)
 	mu             sync.Mutex // guards dead against Destroy
 	dead           bool
 }
@@ -212,6 +213,7 @@ func (pd *PD) CreateQP(a QPInitAttr) (*QP, error) {
 	qp := &QP{ctx: c, pd: pd, handle: r.QPHandle, uh: uh, Num: r.QPN, Caps: QPCaps{
 		MaxSendWR: int(r.MaxSendWR), MaxRecvWR: int(r.MaxRecvWR), MaxSendSGE: int(r.MaxSendSGE),
 		MaxRecvSGE: int(r.MaxRecvSGE), MaxInline: int(r.MaxInlineData)}}
+	qp.stage = newPostStage(qp.Caps)
 	qp.rings, err = c.prov.NewQPRings(c, qp, resp[unsafe.Sizeof(*r):])
 	if err != nil {
 		_ = c.execute(cmdDestroyQP, make([]byte, 4), asBytes(&uverbsDestroyObj{Handle: qp.handle}))
@@ -257,31 +259,90 @@ func (qp *QP) Modify(a *QPAttr, mask QPAttrMask) error {
 // PostSend queues send work requests and rings the doorbell once. Work requests need
 // SendSignaled (or a QP created with SignalAll) to produce a completion; an unsignaled request's
 // slot is freed when a later signaled one completes.
+//
+// The work requests are copied (through QP-owned staging memory) before the provider sees them,
+// so neither wrs nor the SGL and Inline slices they point to escape: posting allocates nothing.
 func (qp *QP) PostSend(wrs ...SendWR) error {
 	qp.sendMu.Lock()
 	defer qp.sendMu.Unlock()
 	if qp.isDead() {
 		return fmt.Errorf("rdma: post send: %w", ErrClosed)
 	}
-	n, err := qp.rings.PostSend(wrs)
-	if err != nil {
-		return fmt.Errorf("rdma: post send on QP %d (%d of %d queued): %w", qp.Num, n, len(wrs), err)
+	st := &qp.stage
+	for done := 0; done < len(wrs); {
+		k := 0
+		for ; k < stageWRs && done+k < len(wrs); k++ {
+			wr := &wrs[done+k]
+			if len(wr.SGL) > qp.Caps.MaxSendSGE {
+				return qp.postErr("send", done+k, len(wrs), fmt.Errorf("%d SGEs exceed the QP's %d", len(wr.SGL), qp.Caps.MaxSendSGE))
+			}
+			if len(wr.Inline) > qp.Caps.MaxInline {
+				return qp.postErr("send", done+k, len(wrs), fmt.Errorf("%d inline bytes exceed the QP's %d", len(wr.Inline), qp.Caps.MaxInline))
+			}
+			sges := st.sendSGEs[k*qp.Caps.MaxSendSGE:]
+			s := SendWR{ID: wr.ID, Opcode: wr.Opcode, Flags: wr.Flags, RemoteAddr: wr.RemoteAddr, RKey: wr.RKey,
+				InvalidateRKey: wr.InvalidateRKey, SGL: sges[:copy(sges, wr.SGL)]}
+			if wr.Inline != nil {
+				in := st.inline[k*qp.Caps.MaxInline:]
+				s.Inline = in[:copy(in, wr.Inline)]
+			}
+			st.send[k] = s
+		}
+		n, err := qp.rings.PostSend(st.send[:k])
+		done += n
+		if err != nil {
+			return qp.postErr("send", done, len(wrs), err)
+		}
 	}
 	return nil
 }
 
-// PostRecv queues receive work requests.
+func (qp *QP) postErr(what string, queued, total int, err error) error {
+	return fmt.Errorf("rdma: post %s on QP %d (%d of %d queued): %w", what, qp.Num, queued, total, err)
+}
+
+// PostRecv queues receive work requests; like PostSend it allocates nothing.
 func (qp *QP) PostRecv(wrs ...RecvWR) error {
 	qp.recvMu.Lock()
 	defer qp.recvMu.Unlock()
 	if qp.isDead() {
 		return fmt.Errorf("rdma: post recv: %w", ErrClosed)
 	}
-	n, err := qp.rings.PostRecv(wrs)
-	if err != nil {
-		return fmt.Errorf("rdma: post recv on QP %d (%d of %d queued): %w", qp.Num, n, len(wrs), err)
+	st := &qp.stage
+	for done := 0; done < len(wrs); {
+		k := 0
+		for ; k < stageWRs && done+k < len(wrs); k++ {
+			wr := &wrs[done+k]
+			if len(wr.SGL) > qp.Caps.MaxRecvSGE {
+				return qp.postErr("recv", done+k, len(wrs), fmt.Errorf("%d SGEs exceed the QP's %d", len(wr.SGL), qp.Caps.MaxRecvSGE))
+			}
+			sges := st.recvSGEs[k*qp.Caps.MaxRecvSGE:]
+			st.recv[k] = RecvWR{ID: wr.ID, SGL: sges[:copy(sges, wr.SGL)]}
+		}
+		n, err := qp.rings.PostRecv(st.recv[:k])
+		done += n
+		if err != nil {
+			return qp.postErr("recv", done, len(wrs), err)
+		}
 	}
 	return nil
+}
+
+// stageWRs is how many work requests one provider call takes.
+const stageWRs = 16
+
+// postStage is QP-owned copies of the work requests being posted (see PostSend).
+type postStage struct {
+	send     [stageWRs]SendWR
+	recv     [stageWRs]RecvWR
+	sendSGEs []SGE  // stageWRs * MaxSendSGE
+	recvSGEs []SGE  // stageWRs * MaxRecvSGE
+	inline   []byte // stageWRs * MaxInline
+}
+
+func newPostStage(c QPCaps) postStage {
+	return postStage{sendSGEs: make([]SGE, stageWRs*c.MaxSendSGE), recvSGEs: make([]SGE, stageWRs*c.MaxRecvSGE),
+		inline: make([]byte, stageWRs*c.MaxInline)}
 }
 
 func (qp *QP) isDead() bool {

@@ -235,3 +235,52 @@ func TestRxeCQPoll(t *testing.T) {
 		}
 	}
 }
+
+// TestPostPollAllocs checks the hot path: posting work requests built in place and
+// polling completions allocate nothing (the doorbell goes to /dev/null here).
+func TestPostPollAllocs(t *testing.T) {
+	r, _ := newFakeQP(t, 64)
+	null, err := unix.Open("/dev/null", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(null)
+	r.fd = null
+	caps := QPCaps{MaxSendWR: 63, MaxRecvWR: 63, MaxSendSGE: 2, MaxRecvSGE: 2, MaxInline: 64}
+	qp := &QP{Caps: caps, rings: r, stage: newPostStage(caps)}
+	fd, mi := fakeQueueFD(t, 7, 63, 0)
+	q, err := mapRxeQueue(fd, mi, int(unsafe.Sizeof(uverbsWC{})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cq := &CQ{ring: &rxeCQ{q: q}}
+	defer cq.ring.Close()
+	msg := []byte("ping")
+	wc := make([]WorkCompletion, 4)
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := qp.PostSend(SendWR{ID: 1, Opcode: OpRDMAWrite, SGL: []SGE{{Addr: 1, Length: 2, LKey: 3}}, RemoteAddr: 4, RKey: 5},
+			SendWR{ID: 2, Opcode: OpSend, Flags: SendSignaled, Inline: msg}); err != nil {
+			t.Fatal(err)
+		}
+		if err := qp.PostRecv(RecvWR{ID: 3, SGL: []SGE{{Addr: 1, Length: 2, LKey: 3}}}); err != nil {
+			t.Fatal(err)
+		}
+		// Play the kernel: consume what was posted and complete one request.
+		r.sq.hdr.ConsumerIndex = r.sq.hdr.ProducerIndex
+		r.rq.hdr.ConsumerIndex = r.rq.hdr.ProducerIndex
+		q.hdr.ProducerIndex = (q.hdr.ProducerIndex + 1) & q.mask
+		if n, err := cq.Poll(wc); n != 1 || err != nil {
+			t.Fatalf("Poll = %d, %v", n, err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%.1f allocations per post/poll round, want 0", allocs)
+	}
+	// Limits are checked against the QP's capacities before anything is queued.
+	if err := qp.PostSend(SendWR{Opcode: OpSend, SGL: make([]SGE, 3)}); err == nil {
+		t.Error("PostSend with more SGEs than MaxSendSGE succeeded")
+	}
+	if err := qp.PostRecv(RecvWR{SGL: make([]SGE, 3)}); err == nil {
+		t.Error("PostRecv with more SGEs than MaxRecvSGE succeeded")
+	}
+}
