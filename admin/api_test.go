@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iscsi/initiator"
@@ -265,9 +266,15 @@ func TestSessions(t *testing.T) {
 	for range 2 {
 		c.Do(context.Background(), &initiator.Command{CDB: []byte{0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, ReadLen: 32})
 	}
+	// the engine counts a command just after sending its response
 	var ss []SessionInfo
-	if err := h.client.Do(context.Background(), "GET", "/v1/sessions", nil, &ss); err != nil {
-		t.Fatal(err)
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if err := h.client.Do(context.Background(), "GET", "/v1/sessions", nil, &ss); err != nil {
+			t.Fatal(err)
+		}
+		if len(ss) != 1 || ss[0].Stats.Commands == 2 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if len(ss) != 1 || ss[0].Initiator != testInitiator || ss[0].Target != testTarget || ss[0].Stats.Commands != 2 ||
 		ss[0].Stats.Errors != 1 || ss[0].Stats.ReadBytes != 32 || ss[0].Connections[0].Params.MaxBurstLength == 0 {
@@ -292,6 +299,11 @@ func TestSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-c.Done()
+	for deadline := time.Now().Add(2 * time.Second); h.m.Server().Session(tsih) != nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the session is still registered 2s after it was closed")
+		}
+	}
 	if _, err := h.login(testInitiator, testTarget); err != nil {
 		t.Errorf("login after the old session was closed: %v", err)
 	}

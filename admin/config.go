@@ -54,7 +54,7 @@ type MetricsConfig struct {
 // The admin API accepts secrets but never returns them.
 type CHAPConfig struct {
 	User         string `yaml:"user" json:"user"`
-	Secret       string `yaml:"secret" json:"secret,omitempty"`
+	Secret       string `yaml:"secret,omitempty" json:"secret,omitempty"`
 	MutualUser   string `yaml:"mutual_user,omitempty" json:"mutual_user,omitempty"`
 	MutualSecret string `yaml:"mutual_secret,omitempty" json:"mutual_secret,omitempty"`
 }

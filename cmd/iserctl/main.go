@@ -377,6 +377,20 @@ func (e *env) aclTable(acls []admin.ACLConfig) {
 	e.table("INITIATOR\tLUNS (SEEN=TARGET)\tREAD-ONLY\tCHAP", rows)
 }
 
+// bytesOf formats a byte count with one decimal in the largest binary
+// unit below it.
+func bytesOf(n uint64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	v, i := float64(n), 0
+	for v >= 1024 && i < len(units)-1 {
+		v, i = v/1024, i+1
+	}
+	if i == 0 {
+		return fmt.Sprintf("%d B", n)
+	}
+	return fmt.Sprintf("%.1f %s", v, units[i])
+}
+
 // lunMap formats an ACL's LUN map.
 func lunMap(m map[uint64]uint64) string {
 	if len(m) == 0 {
@@ -694,7 +708,7 @@ func sessionList(e *env, args []string) error {
 			}
 			st := s.Stats
 			rows = append(rows, []string{strconv.Itoa(int(s.TSIH)), target, s.Initiator, s.ISID, remote, transport,
-				strconv.FormatUint(st.Commands, 10), admin.Size(st.ReadBytes).String(), admin.Size(st.WriteBytes).String(),
+				strconv.FormatUint(st.Commands, 10), bytesOf(st.ReadBytes), bytesOf(st.WriteBytes),
 				strconv.FormatUint(st.Errors, 10), strconv.FormatInt(st.InFlight, 10)})
 		}
 		e.table("TSIH\tTARGET\tINITIATOR\tISID\tREMOTE\tTRANSPORT\tCOMMANDS\tREAD\tWRITTEN\tERRORS\tIN-FLIGHT", rows)
@@ -716,7 +730,7 @@ func sessionShow(e *env, args []string) error {
 		}
 		st := s.Stats
 		fmt.Fprintf(e.out, "\ncommands %d, read %s, written %s, errors %d, in flight %d\n\n", st.Commands,
-			admin.Size(st.ReadBytes), admin.Size(st.WriteBytes), st.Errors, st.InFlight)
+			bytesOf(st.ReadBytes), bytesOf(st.WriteBytes), st.Errors, st.InFlight)
 		var rows [][]string
 		for _, b := range st.Latency {
 			rows = append(rows, []string{"< " + b.LE, strconv.FormatUint(b.Count, 10)})

@@ -137,7 +137,11 @@ func run() error {
 // changes are saved to and whether the embedded default is in use.
 func loadConfig(f *flags) (cfg *admin.Config, path string, embedded bool, err error) {
 	path = f.config
-	if path == "" {
+	if path != "" {
+		if path, err = filepath.Abs(path); err != nil {
+			return nil, "", false, fmt.Errorf("config path: %w", err)
+		}
+	} else {
 		dir := f.dataDir
 		if dir == "" {
 			dir = admin.DefaultConfig().DataDir
