@@ -134,3 +134,42 @@ func TestLiveLUN(t *testing.T) {
 		t.Errorf("iscsi-ls does not list the 32 MiB LUN 1 added live:\n%s", out)
 	}
 }
+
+// TestLibiscsiCHAP sets CHAP credentials through the API and logs in with
+// libiscsi's iscsi-inq (user%secret@ URLs): the right secret gets in, a
+// wrong one and none are refused, and no secret reaches the log.
+func TestLibiscsiCHAP(t *testing.T) {
+	if _, err := exec.LookPath("iscsi-inq"); err != nil {
+		t.Skip("iscsi-inq (libiscsi-bin) not installed")
+	}
+	dir := t.TempDir()
+	h := start(t, dir, baseConfig(dir))
+	const secret, wrong = "libiscsi-chap-secret", "not-the-chap-secret"
+	acl := ACLConfig{Initiator: "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-inq", CHAP: &CHAPConfig{User: "inq", Secret: secret}}
+	if err := h.client.Do(context.Background(), "POST", "/v1/targets/"+testTarget+"/acls", acl, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.client.Do(context.Background(), "PATCH", "/v1/targets/"+testTarget, TargetSettings{Open: new(bool)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, user string
+		ok         bool
+		want       string
+	}{
+		{"right secret", "inq%" + secret + "@", true, "DIRECT_ACCESS"},
+		{"wrong secret", "inq%" + wrong + "@", false, "Authentication failure"},
+		{"no CHAP", "", false, "Authentication failure"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out, err := exec.Command("iscsi-inq", "iscsi://"+c.user+h.portal()+"/"+testTarget+"/0").CombinedOutput()
+			if (err == nil) != c.ok || !strings.Contains(string(out), c.want) {
+				t.Errorf("iscsi-inq: %v, want success %v with %q:\n%s", err, c.ok, c.want, out)
+			}
+		})
+	}
+	if logs := h.logs.String(); strings.Contains(logs, secret) || strings.Contains(logs, wrong) {
+		t.Error("a CHAP secret reached the log")
+	}
+}
