@@ -130,7 +130,7 @@ func (m *Manager) LUNSize(target string, lun uint64) int64 {
 // Update applies edit to a copy of the running configuration, checks the
 // result, applies the difference live and saves it. On any error the
 // running configuration and the file are unchanged. force allows a LUN to
-// shrink. It returns the path the configuration was saved to.
+// shrink.
 func (m *Manager) Update(edit func(*Config) error, force bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
