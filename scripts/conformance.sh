@@ -15,8 +15,8 @@ work=$(mktemp -d /tmp/iserd-conformance.XXXXXX)
 iqn=iqn.2026-11.org.iserd:conformance
 init1=iqn.2026-11.org.iserd:initiator-1
 init2=iqn.2026-11.org.iserd:initiator-2
-# Suites that belong to later issues (persistent reservations, copy offload,
-# multipath); their failures are reported but do not fail the run.
+# Suites of the cluster features (persistent reservations, copy offload,
+# multipath): their failures are reported but do not fail the run.
 later='^(ALL\.)?(Prin|Prout|ExtendedCopy|ReceiveCopyResults|MultipathIO)'
 
 command -v iscsi-test-cu >/dev/null || { echo "conformance: iscsi-test-cu missing (apt-get install libiscsi-bin)" >&2; exit 1; }
@@ -30,6 +30,12 @@ targets:
       - {lun: 0, path: lun0.img, size: 64MiB, block_size: 512, thin: true}
 log: {level: warn}
 EOC
+for p in $port $port2; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+    echo "conformance: 127.0.0.1:$p is already in use (another run?); set ISERD_TEST_PORT" >&2
+    exit 1
+  fi
+done
 bin/iserd -config "$work/iserd.yaml" > "$work/iserd.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
@@ -38,6 +44,7 @@ for _ in $(seq 50); do
   kill -0 $pid 2>/dev/null || { cat "$work/iserd.log"; exit 1; }
   sleep 0.1
 done
+kill -0 $pid 2>/dev/null || { cat "$work/iserd.log"; exit 1; }
 scripts/libiscsi-score.sh -t "$family" -o "$work/score" -- \
   --allow-sanitize --initiator-name="$init1" --initiator-name-2="$init2" \
   "iscsi://127.0.0.1:$port/$iqn/0" "iscsi://127.0.0.1:$port2/$iqn/0" | tee "$work/score.txt"

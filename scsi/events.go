@@ -29,8 +29,11 @@ const (
 // rescan without waiting for their next command.
 type Event struct {
 	Kind EventKind
-	// LUN is the logical unit the unit attention was queued on (a target
-	// LUN: the transport maps it to the LUN a session sees).
+	// LUN is the logical unit concerned, as a target LUN (the transport
+	// maps it to the LUN each session sees): the one resized, the one whose
+	// access state changed (one event per logical unit), or the one added
+	// or removed, in which case the unit attention is queued on every
+	// logical unit of the target and the message may name any of them.
 	LUN uint64
 	// Nexuses are the IDs of the I_T nexuses it was queued for.
 	Nexuses []uint64

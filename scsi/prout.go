@@ -101,9 +101,6 @@ func (d *Disk) prOut(c *Command) result {
 			d.prMu.Unlock()
 			return fail(senseData{key: keyAbortedCommand, code: ascInternalTargetFailure})
 		}
-		if len(op.s.Regs) == 0 && op.s.Type == 0 && !op.s.APTPL {
-			op.s.Regs = nil
-		}
 		d.pr.Store(op.s)
 	}
 	d.prMu.Unlock()
