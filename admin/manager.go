@@ -357,7 +357,7 @@ func (m *Manager) commit(next *Config) {
 				l.Close()
 			}
 			delete(m.portals, pc.Address)
-			m.log.Info("portal closed (discovery keeps reporting it until iserd restarts)", zap.String("portal", pc.Address))
+			m.log.Info("portal closed", zap.String("portal", pc.Address))
 		}
 	}
 	for a, l := range p.listeners {

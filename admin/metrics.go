@@ -94,6 +94,7 @@ func writeFamily(w io.Writer, f family, ss []series) {
 			}
 			fmt.Fprintf(w, "%s_bucket{%s,le=\"%s\"} %d\n", name, s.labels, le, cum)
 		}
+		fmt.Fprintf(w, "%s_sum{%s} %g\n", name, s.labels, float64(s.stats.LatencyNanos)/1e9)
 		fmt.Fprintf(w, "%s_count{%s} %d\n", name, s.labels, cum)
 	}
 }

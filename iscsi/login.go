@@ -72,14 +72,8 @@ func (c *conn) login() error {
 
 // loginFail answers with a failure status; the connection then closes.
 func (c *conn) loginFail(h *Header, e *LoginError) error {
-	fields := []zap.Field{zap.String("status", fmt.Sprintf("%04x", uint16(e.Status))), zap.String("reason", e.Reason)}
-	if c.params.InitiatorName != "" {
-		fields = append(fields, zap.String("initiator", c.params.InitiatorName))
-	}
-	if c.params.TargetName != "" {
-		fields = append(fields, zap.String("target", c.params.TargetName))
-	}
-	c.log.Warn("login refused", fields...)
+	// c.log names the initiator and target once login has read them.
+	c.log.Warn("login refused", zap.String("status", fmt.Sprintf("%04x", uint16(e.Status))), zap.String("reason", e.Reason))
 	var b BHS
 	b[0] = byte(OpLoginResp)
 	copy(b[8:14], h.BHS[8:14]) // ISID

@@ -117,6 +117,8 @@ type SessionStats struct {
 	WriteBytes uint64 // data received from the initiator
 	Errors     uint64 // commands that ended with a status other than GOOD
 	InFlight   int64  // commands received and not yet answered
+	// LatencyNanos is the sum of the completed commands' latencies.
+	LatencyNanos uint64
 	// LatencyBuckets counts completed commands by latency: bucket i holds
 	// those under LatencyBounds[i]; the last one the rest.
 	LatencyBuckets [len(LatencyBounds) + 1]uint64
@@ -134,6 +136,7 @@ var LatencyBounds = [...]time.Duration{
 type sessionCounters struct {
 	commands, readBytes, writeBytes, errors atomic.Uint64
 	inFlight                                atomic.Int64
+	latencyNanos                            atomic.Uint64
 	latency                                 [len(LatencyBounds) + 1]atomic.Uint64
 }
 
@@ -151,6 +154,7 @@ func (sc *sessionCounters) record(t *task, now time.Time) {
 		sc.errors.Add(1)
 	}
 	d := now.Sub(t.start)
+	sc.latencyNanos.Add(uint64(d))
 	i := 0
 	for i < len(LatencyBounds) && d >= LatencyBounds[i] {
 		i++
@@ -181,7 +185,8 @@ func (t *Target) lunCounters(lun uint64) *sessionCounters {
 
 func (sc *sessionCounters) snapshot() SessionStats {
 	st := SessionStats{Commands: sc.commands.Load(), ReadBytes: sc.readBytes.Load(),
-		WriteBytes: sc.writeBytes.Load(), Errors: sc.errors.Load(), InFlight: sc.inFlight.Load()}
+		WriteBytes: sc.writeBytes.Load(), Errors: sc.errors.Load(), InFlight: sc.inFlight.Load(),
+		LatencyNanos: sc.latencyNanos.Load()}
 	for i := range st.LatencyBuckets {
 		st.LatencyBuckets[i] = sc.latency[i].Load()
 	}

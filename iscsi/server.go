@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -149,6 +150,13 @@ func (s *Server) AddPortal(p Portal) {
 	s.mu.Lock()
 	s.portals = append(s.portals, p)
 	s.mu.Unlock()
+}
+
+// RemovePortal stops reporting an address added with AddPortal.
+func (s *Server) RemovePortal(addr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.portals = slices.DeleteFunc(s.portals, func(p Portal) bool { return p.Addr == addr })
 }
 
 func (s *Server) target(name string) *Target {

@@ -221,11 +221,19 @@ func report(ctx context.Context, errc chan<- error, serve func() error) {
 }
 
 // portal stops one portal's listeners.
-type portal struct{ cancel context.CancelFunc }
+type portal struct {
+	cancel context.CancelFunc
+	srv    *iscsi.Server
+	addrs  []string // as given to AddPortal
+}
 
-// Close stops accepting connections on the portal; sessions stay.
+// Close stops accepting connections on the portal and drops it from
+// discovery answers; sessions stay.
 func (p portal) Close() error {
 	p.cancel()
+	for _, a := range p.addrs {
+		p.srv.RemovePortal(a)
+	}
 	return nil
 }
 
@@ -233,6 +241,7 @@ func (p portal) Close() error {
 func startPortal(ctx context.Context, srv *iscsi.Server, p admin.PortalConfig, log *zap.Logger, errc chan<- error) (io.Closer, error) {
 	pctx, cancel := context.WithCancel(ctx)
 	var l net.Listener
+	var added []string
 	if p.TCP() {
 		var err error
 		if l, err = net.Listen("tcp", p.Address); err != nil {
@@ -259,14 +268,16 @@ func startPortal(ctx context.Context, srv *iscsi.Server, p admin.PortalConfig, l
 		go report(pctx, errc, func() error { return ipl.Serve(pctx) })
 		if l == nil {
 			srv.AddPortal(iscsi.Portal{Addr: p.Address})
+			added = append(added, p.Address)
 		}
 	}
 	if l != nil {
 		srv.AddPortal(iscsi.Portal{Addr: l.Addr().String()})
+		added = append(added, l.Addr().String())
 		log.Info("listening", zap.String("portal", l.Addr().String()), zap.String("transport", "tcp"))
 		go report(pctx, errc, func() error { return srv.Serve(pctx, l) })
 	}
-	return portal{cancel}, nil
+	return portal{cancel: cancel, srv: srv, addrs: added}, nil
 }
 
 func newLogger(c admin.LogConfig) (*zap.Logger, error) {
