@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -253,9 +256,30 @@ func TestPrepare(t *testing.T) {
 	}
 }
 
-// startTarget serves one memory LUN of size bytes with iserd's own engine
-// on 127.0.0.1 and returns its address and target name.
-func startTarget(tb testing.TB, size int64) (addr, name string) {
+// memoryLUN is a LUN of size bytes in RAM.
+func memoryLUN(tb testing.TB, size int64, _ *bdev.Pool) bdev.Device { return bdev.NewMemory(size) }
+
+// shmLUN is a file of size bytes in /dev/shm driven by io_uring with the
+// server's pool registered, as the daemon sets up a file LUN.
+func shmLUN(tb testing.TB, size int64, pool *bdev.Pool) bdev.Device {
+	tb.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "iserd-load-test")
+	if err != nil {
+		tb.Fatalf("temporary directory: %v", err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	u, err := bdev.NewUring(filepath.Join(dir, "lun.img"), bdev.UringOptions{
+		FileOptions: bdev.FileOptions{Size: size, Create: true}, Pool: pool, Buffered: true})
+	if err != nil {
+		tb.Fatalf("io_uring LUN: %v", err)
+	}
+	tb.Cleanup(func() { u.Close() })
+	return u
+}
+
+// startTarget serves one LUN of size bytes, made by newDev, with iserd's own
+// engine on 127.0.0.1 and returns its address and target name.
+func startTarget(tb testing.TB, size int64, newDev func(testing.TB, int64, *bdev.Pool) bdev.Device) (addr, name string) {
 	tb.Helper()
 	name = "iqn.2026-11.org.iserd.test:load"
 	srv, err := iscsi.NewServer(zap.NewNop(), iscsi.DefaultOptions())
@@ -263,7 +287,7 @@ func startTarget(tb testing.TB, size int64) (addr, name string) {
 		tb.Fatalf("new server: %v", err)
 	}
 	st := scsi.NewTarget(name)
-	disk, err := scsi.NewDisk(bdev.NewMemory(size), scsi.DiskConfig{BlockSize: 512})
+	disk, err := scsi.NewDisk(newDev(tb, size, srv.Pool()), scsi.DiskConfig{BlockSize: 512})
 	if err != nil {
 		tb.Fatalf("new disk: %v", err)
 	}
@@ -293,7 +317,7 @@ func startTarget(tb testing.TB, size int64) (addr, name string) {
 // TestAgainstIserd runs every pattern against iserd's engine in process:
 // login with Keys, unit attentions cleared, capacity read, I/O completes.
 func TestAgainstIserd(t *testing.T) {
-	addr, name := startTarget(t, 16<<20)
+	addr, name := startTarget(t, 16<<20, memoryLUN)
 	for _, p := range []Pattern{RandRead, RandWrite, SeqRead, SeqWrite} {
 		for _, bs := range []int{4096, 131072} {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -319,17 +343,28 @@ func TestAgainstIserd(t *testing.T) {
 	}
 }
 
-// BenchmarkIserd measures iserd's engine (memory LUN) and this client in one
-// process; run with -cpuprofile to see where the target spends its time:
+// BenchmarkIserd measures iserd's engine (a memory LUN and an io_uring file
+// LUN in /dev/shm) and this client in one process; run it with -cpuprofile
+// to see where the target spends its time:
 //
 //	go test ./bench/load -run '^$' -bench Iserd -cpuprofile /tmp/cpu.out
 func BenchmarkIserd(b *testing.B) {
-	addr, name := startTarget(b, 256<<20)
+	for _, backing := range []struct {
+		name string
+		dev  func(testing.TB, int64, *bdev.Pool) bdev.Device
+	}{{"mem", memoryLUN}, {"shm", shmLUN}} {
+		b.Run(backing.name, func(b *testing.B) { benchTarget(b, backing.dev) })
+	}
+}
+
+// benchTarget runs the benchmark's patterns against one kind of LUN.
+func benchTarget(b *testing.B, dev func(testing.TB, int64, *bdev.Pool) bdev.Device) {
+	addr, name := startTarget(b, 256<<20, dev)
 	for _, tc := range []struct {
 		p      Pattern
 		bs, qd int
 	}{{RandRead, 4096, 32}, {RandWrite, 4096, 32}, {SeqRead, 131072, 8}, {SeqWrite, 131072, 8}} {
-		b.Run(tc.p.String()+"-"+itoa(tc.bs/1024)+"k-qd"+itoa(tc.qd), func(b *testing.B) {
+		b.Run(fmt.Sprintf("%v-%dk-qd%d", tc.p, tc.bs/1024, tc.qd), func(b *testing.B) {
 			ctx := context.Background()
 			c, err := Connect(ctx, addr, "iqn.2026-11.org.iserd.test:bench", name)
 			if err != nil {
@@ -352,11 +387,4 @@ func BenchmarkIserd(b *testing.B) {
 			b.ReportMetric(float64(ios)/b.Elapsed().Seconds(), "IOPS")
 		})
 	}
-}
-
-func itoa(n int) string {
-	if n < 10 {
-		return string(rune('0' + n))
-	}
-	return itoa(n/10) + string(rune('0'+n%10))
 }

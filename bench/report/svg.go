@@ -10,7 +10,7 @@ import (
 
 // Chart geometry in SVG user units.
 const (
-	chartWidth = 900
+	chartWidth = 1020
 	labelWidth = 260 // case and target names left of the bars
 	barArea    = 480 // the best median's bar spans this much
 	barHeight  = 14
