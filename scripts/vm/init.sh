@@ -87,6 +87,7 @@ run_one() {
   [ "$status" -eq 0 ] || [ "$status" -eq 77 ]
 }
 
+echo   # ends the firmware's last console line
 overall=0
 if setup; then
   echo "vm: ready after $(now)s of uptime"
