@@ -55,6 +55,7 @@ stop_tgtd() {
   for _ in $(seq 100); do kill -0 "$TGTD_PID" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$TGTD_PID" 2>/dev/null || true
   wait "$TGTD_PID" 2>/dev/null || true
+  rm -f "/var/run/tgtd/socket.$TGT_CP" "/var/run/tgtd/socket.$TGT_CP.lock" # tgtd leaves them behind
   TGTD_PID=''
 }
 
