@@ -116,7 +116,7 @@ console_filter() {
 # vm_boot TIMEOUT MODE LOG FILE...: boots the VM running the scenario FILEs in turn, streams
 # its console (see console_filter) and saves it to LOG. Kills the VM after TIMEOUT seconds.
 # Returns 0 when the VM reported a status (see scenario_results), 124 on timeout, 125 when it
-# ended without reporting one.
+# ended without reporting one. Sets VM_STARTED to $SECONDS once no other VM holds the lock.
 vm_boot() {
   local timeout=$1 mode=$2 log=$3 token st lock_fd
   shift 3
@@ -127,6 +127,7 @@ vm_boot() {
     note "waiting for another VM run to finish (lock $VM_LOCK)"
     flock "$lock_fd"
   fi
+  VM_STARTED=$SECONDS
   "$VM_DIR/build.sh"
   token=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
   build_run_layer "$timeout" "$token" "$@"

@@ -23,13 +23,13 @@ log=$CACHE_DIR/logs/run-all.log
 mode=brief
 [ -n "${VM_VERBOSE:-}" ] && mode=full
 
-start=$SECONDS
+VM_STARTED=$SECONDS
 vm_st=0
 vm_boot "$timeout" "$mode" "$log" "${files[@]}" || vm_st=$?
 results=$(scenario_results "$log")
 
 failed=()
-echo "--- VM scenarios ($((SECONDS - start))s in all, console log $log)"
+echo "--- VM scenarios ($((SECONDS - VM_STARTED))s for build, boot and run; console log $log)"
 for f in "${files[@]}"; do
   name=$(basename "$f" .sh)
   read -r _ status secs < <(awk -v n="$name" '$1 == n' <<<"$results") || status=
