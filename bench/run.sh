@@ -215,6 +215,12 @@ run_vm() {
     return 1
   fi
   awk '$1 == "BENCH" && $2 == "vm" { printf "%s\t%s\t%s\t%s\t%s\t%s\n", $2, $3, $4, $5, $6, $7 }' "$log" | tee -a "$SAMPLES"
+  # The target process's own CPU per I/O (iserd, tgtd), median of the runs.
+  awk '$1 == "INFO" && $5 == "process-cpu-us-per-io" { print $3, $4, $6 }' "$log" | sort -k1,2 -k3n |
+    awk '{ k = $1 " " $2; v[k, ++n[k]] = $3; if (!(k in seen)) { seen[k]; order[++m] = k } }
+      END { for (i = 1; i <= m; i++) { k = order[i]; c = n[k]
+        med = c % 2 ? v[k, (c + 1) / 2] : (v[k, c / 2] + v[k, c / 2 + 1]) / 2
+        printf "vm-process\t%s\t%s\t%.1f\n", k, "us/IO", med } }' | tr ' ' '\t' >"$RESULTS/vm-process-cpu.tsv"
 }
 
 # goal LABEL SECTION CASE A B MIN: compares A's median with B's in the summary.
@@ -239,6 +245,7 @@ done
 mkdir -p "$RESULTS" "$WORK/bin"
 CGO_ENABLED=0 go build -o "$WORK/bin/" ./bench/cmd/iscsi-load ./bench/cmd/benchreport
 : >"$SAMPLES"
+rm -f "$RESULTS/vm-process-cpu.tsv"
 st=0
 case $what in all | host) run_host ;; esac
 case $what in all | vm) run_vm || st=1 ;; esac
@@ -246,6 +253,11 @@ case $what in all | vm) run_vm || st=1 ;; esac
 echo
 "$WORK/bin/benchreport" -in "$SAMPLES" -tsv "$RESULTS/latest.tsv" -svg "$RESULTS/latest.svg" \
   -title "iserd vs tgt and LIO ($(date -u +%Y-%m-%d), $(nproc) CPUs)"
+if [ -s "$RESULTS/vm-process-cpu.tsv" ]; then
+  echo
+  echo "VM, CPU time of the target process itself per I/O (median µs; LIO runs in the kernel):"
+  column -t "$RESULTS/vm-process-cpu.tsv"
+fi
 echo
 echo "issue goals (medians of this run):"
 for b in shm mem; do

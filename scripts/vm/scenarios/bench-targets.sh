@@ -4,7 +4,9 @@
 # own file of the same size in tmpfs, all logged in at once and measured in turn (runs
 # interleaved across targets). Prints one line per run:
 #   BENCH vm TRANSPORT/CASE TARGET VALUE UNIT CPU_US_PER_IO
-# CPU is the whole VM's busy time (initiator and target: LIO has no process to measure) per I/O.
+# CPU is the whole VM's busy time (initiator and target: LIO has no process to measure) per I/O;
+# for iserd and tgtd a line "INFO vm TRANSPORT/CASE TARGET process-cpu-us-per-io N" follows
+# with the target process's own utime+stime per I/O.
 # BENCH_RUNS and BENCH_SECONDS (set by bench/run.sh in a copy of this file) override the defaults.
 RUNS=${BENCH_RUNS:-3}
 SECS=${BENCH_SECONDS:-4}
@@ -53,14 +55,27 @@ done
 # busy_jiffies: the VM's busy CPU time so far, in USER_HZ (100/s) ticks.
 busy_jiffies() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
 
-# measure TRANSPORT TARGET CASE RW BS_KB QD: one fio run, one BENCH line.
+# proc_jiffies TARGET: utime+stime of the target's process (iserd or tgtd), or nothing (LIO).
+proc_jiffies() {
+  local pid
+  case $1 in
+    iserd) pid=$ISERD_PID ;;
+    tgt) pid=$(pidof tgtd) ;;
+    *) return 0 ;;
+  esac
+  sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }'
+}
+
+# measure TRANSPORT TARGET CASE RW BS_KB QD: one fio run, one BENCH line (and an INFO line).
 measure() {
-  local transport=$1 target=$2 cname=$3 rw=$4 bs=$5 qd=$6 j0 j1 out kb iops ms value unit
+  local transport=$1 target=$2 cname=$3 rw=$4 bs=$5 qd=$6 j0 j1 p0 p1 out kb iops ms value unit
+  p0=$(proc_jiffies "$target")
   j0=$(busy_jiffies)
   out=$(fio --name=bench --filename="${disk[$transport/$target]}" --ioengine=libaio --direct=1 \
     --rw="$rw" --bs="${bs}k" --iodepth="$qd" --size=$((SIZE_MB - 32))M --runtime="$SECS" --time_based \
     --output-format=terse --terse-version=3 2>&1) || { echo "fio $transport/$target $cname failed: $out" >&2; return 1; }
   j1=$(busy_jiffies)
+  p1=$(proc_jiffies "$target")
   out=$(tail -1 <<<"$out")
   case $rw in
     *read) read -r kb iops ms <<<"$(awk -F';' '{ print $6, $8, $9 }' <<<"$out")" ;;
@@ -74,6 +89,10 @@ measure() {
   fi
   awk -v t="$transport/$cname" -v n="$target" -v v="$value" -v u="$unit" -v j=$((j1 - j0)) -v ios=$((kb / bs)) \
     'BEGIN { printf "BENCH vm %s %s %s %s %.1f\n", t, n, v, u, j * 10000 / ios }'
+  if [ -n "$p0" ]; then
+    awk -v t="$transport/$cname" -v n="$target" -v j=$((p1 - p0)) -v ios=$((kb / bs)) \
+      'BEGIN { printf "INFO vm %s %s process-cpu-us-per-io %.1f\n", t, n, j * 10000 / ios }'
+  fi
 }
 
 cases=(
