@@ -258,13 +258,17 @@ func (r *rxeQP) writeSendWQE(prod uint32, wr *SendWR) error {
 }
 
 // ring tells the kernel to process the send queue (legal only in RTS).
+//
+// The write never sleeps (rxe runs the requester inline and returns), so it is issued as a raw
+// system call: the goroutine keeps its P instead of going through the scheduler's syscall
+// bookkeeping, which costs measurably on a per-message path.
 func (r *rxeQP) ring() error {
-	b := unsafe.Slice((*byte)(unsafe.Pointer(&r.db.cmd)), unsafe.Sizeof(r.db.cmd))
-	n, err := unix.Write(r.fd, b)
-	if err != nil {
-		return fmt.Errorf("doorbell: %w", err)
+	size := unsafe.Sizeof(r.db.cmd)
+	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(r.fd), uintptr(unsafe.Pointer(&r.db.cmd)), size)
+	if errno != 0 {
+		return fmt.Errorf("doorbell: %w", errno)
 	}
-	if n != len(b) {
+	if n != size {
 		return fmt.Errorf("doorbell: short write %d", n)
 	}
 	return nil
