@@ -509,3 +509,26 @@ func TestPRContention(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPRTargetPorts: a registration holds for the target port it came
+// through, or for every port with ALL_TG_PT; the same initiator port
+// through another target port is another I_T nexus.
+func TestPRTargetPorts(t *testing.T) {
+	for _, allTgPt := range []bool{false, true} {
+		h := newHarness(t, DiskConfig{})
+		other := &Nexus{ID: 4, InitiatorPort: h.a.InitiatorPort, RelativePort: 2}
+		h.tgt.AddNexus(other)
+		h.expectUA(other, ascPowerOnReset)
+		h.mustPROut(h.a, proRegister, 0, proList(0, keyA, flag(allTgPt, 0x04)), StatusGood)
+		h.mustPROut(h.a, proReserve, prWERO, proList(keyA, 0, 0), StatusGood)
+		c := h.exec(other, 0, cdb10(0x2a, 0, 1), make([]byte, 512), 0)
+		if allowed := c.Status == StatusGood; allowed != allTgPt {
+			t.Fatalf("ALL_TG_PT=%v: write through port 2: status %#x", allTgPt, c.Status)
+		}
+		want := StatusGood
+		if !allTgPt {
+			want = StatusReservationConflict // not registered through port 2
+		}
+		h.mustPROut(other, proRegister, 0, proList(keyA, keyA, 0), want)
+	}
+}
