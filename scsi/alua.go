@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 )
 
 // ALUAState is an asymmetric access state of a target port group (SPC-4
@@ -35,6 +36,24 @@ func (s ALUAState) String() string {
 		return "transitioning"
 	}
 	return fmt.Sprintf("state %#x", byte(s))
+}
+
+// ParseALUAState parses a state as String prints it (also accepting
+// "optimized", "non-optimized" and the short forms "ao", "ano").
+func ParseALUAState(name string) (ALUAState, error) {
+	switch strings.ToLower(name) {
+	case "active/optimized", "optimized", "ao":
+		return ActiveOptimized, nil
+	case "active/non-optimized", "non-optimized", "ano":
+		return ActiveNonOptimized, nil
+	case "standby":
+		return Standby, nil
+	case "unavailable":
+		return Unavailable, nil
+	case "transitioning":
+		return Transitioning, nil
+	}
+	return 0, fmt.Errorf("ALUA state %q: want active/optimized, active/non-optimized, standby, unavailable or transitioning", name)
 }
 
 // valid reports whether s is one of the supported states.

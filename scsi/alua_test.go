@@ -181,3 +181,17 @@ func containsDesignator(page []byte, at byte, id []byte) bool {
 	}
 	return false
 }
+
+func TestParseALUAState(t *testing.T) {
+	for _, st := range []ALUAState{ActiveOptimized, ActiveNonOptimized, Standby, Unavailable, Transitioning} {
+		if got, err := ParseALUAState(st.String()); err != nil || got != st {
+			t.Errorf("%v: parsed as %v, %v", st, got, err)
+		}
+	}
+	if got, err := ParseALUAState("ANO"); err != nil || got != ActiveNonOptimized {
+		t.Errorf("ANO: %v %v", got, err)
+	}
+	if _, err := ParseALUAState("offline"); err == nil {
+		t.Error("offline accepted")
+	}
+}
