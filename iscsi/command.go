@@ -158,6 +158,13 @@ func extendedCDB(ahs []byte, dst []byte) int {
 
 // progress executes a write once its data is complete, or asks for more.
 func (c *conn) progress(t *task) {
+	if t.aborted.Load() {
+		// Ask for nothing more; end once the data already asked for is in.
+		if len(t.r2ts) == 0 && t.received >= t.unsolEnd {
+			c.endAborted(t)
+		}
+		return
+	}
 	if t.received >= t.edtl {
 		c.execute(t)
 		return
@@ -166,6 +173,9 @@ func (c *conn) progress(t *task) {
 		// RDMA: once the unsolicited data is in, read the rest at once.
 		if t.received == t.unsolEnd && t.nextOffset < t.edtl {
 			t.nextOffset = t.edtl
+			c.sess.mu.Lock()
+			t.fetching = true
+			c.sess.mu.Unlock()
 			c.mover.GetData(t.itt, t.buf[t.unsolEnd:t.edtl], t)
 		}
 		return
@@ -192,6 +202,10 @@ func (c *conn) nextTTT() uint32 {
 
 // execute hands a task to the SCSI layer.
 func (c *conn) execute(t *task) {
+	if t.aborted.Load() {
+		c.endAborted(t)
+		return
+	}
 	t.executed = true
 	if t.corrupt {
 		c.checkCondition(t, 0x0b, 0x47, 0x05) // ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR
@@ -286,6 +300,9 @@ func (t *task) DataDone(err error) {
 		t.c.taskSent(t)
 		return
 	}
+	t.c.sess.mu.Lock()
+	t.fetching = false
+	t.c.sess.mu.Unlock()
 	if err != nil {
 		t.c.log.Warn("fetching write data failed", zap.Uint32("itt", t.itt), zap.Error(err))
 		t.executed = true

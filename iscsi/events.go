@@ -17,7 +17,7 @@ func (s *Server) watchTarget(t *Target) {
 		for _, ss := range s.sessionsOf(t) {
 			if ss.nexus != nil && ss.nexus.ID == n.ID && ss.conn != nil {
 				var wg sync.WaitGroup // nobody waits: the PR command completes at once
-				ss.conn.abortTasks(ss, &wg, func(x *task) bool { return x.cmd.LUN == lun })
+				ss.abortTasks(&wg, func(x *task) bool { return x.cmd.LUN == lun }, false)
 			}
 		}
 	})

@@ -85,11 +85,20 @@ func (c *conn) readLoop() error {
 	}
 }
 
-// drain waits for in-flight commands during shutdown, then says goodbye.
+// drain waits for in-flight commands during shutdown, sends their
+// responses and half-closes; then it discards what the initiator still
+// sends until it closes too (at most 2 s), so that closing does not reset
+// the connection under responses the initiator has not read yet.
 func (c *conn) drain() error {
-	c.waitTasks(func(*task) bool { return true }, false)
-	c.enqueue(outItem{kind: outClose})
-	<-c.closing
+	c.waitTasks(func(*task) bool { return true })
+	c.enqueue(outItem{kind: outShutdown})
+	c.tr.SetReadDeadline(time.Now().Add(2 * time.Second))
+	var h Header
+	for c.tr.ReadHeader(&h) == nil {
+		if _, err := c.tr.ReadData(nil, h.DataLen()); err != nil {
+			break
+		}
+	}
 	return nil
 }
 
@@ -117,6 +126,18 @@ func (c *conn) dispatch(h *Header) error {
 		return c.handleRequest(h, &pl)
 	}
 	sn, exp := h.U32(offCmdSN), s.expCmdSN.Load()
+	s.mu.Lock()
+	tomb := s.held[sn]
+	s.mu.Unlock()
+	if tomb != nil && tomb.aborted { // ABORT TASK ended this command before it came
+		if err := pl.discard(); err != nil {
+			return err
+		}
+		if sn != exp {
+			return nil // its tombstone moves the window on when the gap fills
+		}
+		return c.runHeld()
+	}
 	if sn != exp {
 		if snLess(exp, sn) && !snLess(s.maxCmdSN.Load(), sn) {
 			data, _, err := pl.bytes()
@@ -140,6 +161,13 @@ func (c *conn) dispatch(h *Header) error {
 	if err := c.handleRequest(h, &pl); err != nil {
 		return err
 	}
+	return c.runHeld()
+}
+
+// runHeld runs the held commands that are next in CmdSN order. A
+// tombstone left by ABORT TASK only moves the window on.
+func (c *conn) runHeld() error {
+	s := c.sess
 	for {
 		exp := s.expCmdSN.Load()
 		s.mu.Lock()
@@ -150,6 +178,10 @@ func (c *conn) dispatch(h *Header) error {
 			return nil
 		}
 		s.expCmdSN.Store(exp + 1)
+		if hp.aborted {
+			s.maxCmdSN.Add(1)
+			continue
+		}
 		hp.hdr.AHS = hp.ahs
 		if err := c.handleRequest(&hp.hdr, &payload{c: c, n: len(hp.data), pre: hp.data}); err != nil {
 			return err

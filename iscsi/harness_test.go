@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"os"
 	"testing"
 	"time"
 
@@ -228,14 +227,4 @@ func loginStatus(t testing.TB, err error) iscsi.LoginStatus {
 		t.Fatalf("login: got %v, want a refusal", err)
 	}
 	return le.Status
-}
-
-// knownBug skips a test that shows an engine bug not fixed yet, unless
-// ISERD_KNOWN_BUGS is set: the test fails until the engine is fixed, then
-// the call is removed.
-func knownBug(t testing.TB, what string) {
-	t.Helper()
-	if os.Getenv("ISERD_KNOWN_BUGS") == "" {
-		t.Skipf("known engine bug (set ISERD_KNOWN_BUGS=1 to run): %s", what)
-	}
 }

@@ -160,7 +160,11 @@ func (c *conn) loginStep(st *loginState, h *Header, data []byte) (done bool, _ *
 		return false, nil
 	}
 	if nsg == stageFullFeature || csg == stageOperational {
-		resp = append(resp, st.neg.finish()...)
+		r, lerr := st.neg.finish()
+		if lerr != nil {
+			return false, lerr
+		}
+		resp = append(resp, r...)
 	}
 	if nsg != stageFullFeature {
 		st.csg = nsg

@@ -3,6 +3,7 @@ package iscsi
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -204,6 +205,11 @@ func newNegotiator(p *Params, l TargetLimits) *negotiator {
 // in kvs too.
 func (n *negotiator) negotiate(kvs []KV) ([]KV, *LoginError) {
 	var resp []KV
+	// MaxBurstLength first: FirstBurstLength's answer must not exceed it.
+	kvs = slices.Clone(kvs)
+	slices.SortStableFunc(kvs, func(a, b KV) int {
+		return boolInt(b.Key == "MaxBurstLength") - boolInt(a.Key == "MaxBurstLength")
+	})
 	for _, kv := range kvs {
 		if targetOnlyKeys[kv.Key] {
 			return nil, loginErr(LoginInitiatorError, "initiator sent the target-only key %s", kv.Key)
@@ -280,6 +286,9 @@ func (n *negotiator) one(kv KV, def keyDef) (string, error) {
 		*field = max(v, ours)
 	default:
 		*field = min(v, ours)
+		if kv.Key == "FirstBurstLength" {
+			*field = min(*field, n.p.MaxBurstLength)
+		}
 		if kv.Key == "MaxOutstandingUnexpectedPDUs" && v != 0 && ours == 0 {
 			*field = v // 0 means "no limit" on our side
 		}
@@ -289,9 +298,13 @@ func (n *negotiator) one(kv KV, def keyDef) (string, error) {
 
 // finish checks the negotiated values belong together and returns any
 // declarations the target still owes the initiator.
-func (n *negotiator) finish() []KV {
+func (n *negotiator) finish() ([]KV, *LoginError) {
 	if n.p.FirstBurstLength > n.p.MaxBurstLength {
-		n.p.FirstBurstLength = n.p.MaxBurstLength
+		if n.done["FirstBurstLength"] {
+			return nil, loginErr(LoginInitiatorError, "FirstBurstLength %d was agreed above the MaxBurstLength %d negotiated later",
+				n.p.FirstBurstLength, n.p.MaxBurstLength)
+		}
+		n.p.FirstBurstLength = n.p.MaxBurstLength // the default exceeds a small negotiated burst
 	}
 	var resp []KV
 	if !n.done["MaxRecvDataSegmentLength"] {
@@ -299,7 +312,14 @@ func (n *negotiator) finish() []KV {
 		resp = append(resp, KV{"MaxRecvDataSegmentLength", strconv.FormatUint(uint64(n.limits.MaxRecvDataSegmentLength), 10)})
 	}
 	n.p.MaxRecvDataSegmentLength = n.limits.MaxRecvDataSegmentLength
-	return resp
+	return resp, nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 var errBadBool = errors.New(`value must be "Yes" or "No"`)

@@ -37,11 +37,13 @@ type Session struct {
 	conn  *conn               // the session's one connection
 }
 
-// heldPDU is a non-immediate command received ahead of a gap in CmdSN.
+// heldPDU is a non-immediate command received ahead of a gap in CmdSN, or
+// a tombstone for a CmdSN whose command ABORT TASK ended before it ran.
 type heldPDU struct {
-	hdr  Header
-	ahs  []byte
-	data []byte
+	hdr     Header
+	ahs     []byte
+	data    []byte
+	aborted bool
 }
 
 // InitiatorName is the name the initiator logged in with.

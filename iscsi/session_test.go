@@ -384,7 +384,6 @@ func TestTaskManagement(t *testing.T) {
 		}
 	})
 	t.Run("abort a command held by CmdSN order", func(t *testing.T) {
-		knownBug(t, "tmf.go deletes the held PDU but ExpCmdSN never passes its CmdSN: the session stalls")
 		c := e.login(t)
 		sn := c.ReserveCmdSN(2)
 		held, err := c.StartWithCmdSN(ctxT(t), &initiator.Command{CDB: initiator.Write16(400, 8), DataOut: pattern(4096, 4)}, sn+1)
@@ -855,7 +854,6 @@ func TestShutdown(t *testing.T) {
 // keeps writing: the writer's tasks may vanish (TAS=0) but the target must
 // stay consistent and the writer's session usable.
 func TestResetAcrossSessions(t *testing.T) {
-	knownBug(t, "tmf.go abortTasks completes idle tasks of other connections while their reader still sets them up (data race, task released twice)")
 	e := newEnv(t, nil)
 	resetter := e.login(t)
 	writer := e.login(t, kv("ImmediateData", "No", "InitialR2T", "Yes", "MaxBurstLength", "4096")...)

@@ -38,6 +38,7 @@ type task struct {
 	dataSN uint32
 
 	putting  bool // a DataMover holds the data buffer until DataDone
+	fetching bool // a DataMover is fetching write data (under the session lock)
 	start    time.Time
 	lun      *sessionCounters // the LUN's counters, nil for an unknown LUN
 	aborted  atomic.Bool

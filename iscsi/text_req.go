@@ -171,7 +171,7 @@ func (c *conn) handleLogout(h *Header, pl *payload) error {
 		return nil
 	}
 	if code == 0 {
-		c.waitTasks(func(*task) bool { return true }, false)
+		c.waitTasks(func(*task) bool { return true })
 	}
 	var b BHS
 	b[0] = byte(OpLogoutResp)

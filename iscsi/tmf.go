@@ -71,7 +71,10 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 			// received and aborted (RFC 7143 11.5.1).
 			if snLess(refSN, h.U32(offCmdSN)) && !snLess(refSN, s.expCmdSN.Load()) {
 				s.mu.Lock()
-				delete(s.held, refSN)
+				if s.held == nil {
+					s.held = make(map[uint32]*heldPDU)
+				}
+				s.held[refSN] = &heldPDU{aborted: true} // its CmdSN counts as received
 				s.mu.Unlock()
 				respond(tmfComplete)
 				return nil
@@ -83,17 +86,17 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 			respond(tmfNoTask)
 			return nil
 		}
-		c.abortTasks(s, &wg, func(x *task) bool { return x == t })
+		s.abortTasks(&wg, func(x *task) bool { return x == t }, true)
 	case tmfAbortTaskSet, tmfClearTaskSet:
 		if !hasLUN {
 			respond(tmfNoLUN)
 			return nil
 		}
-		c.abortTasks(s, &wg, func(x *task) bool { return x.cmd.LUN == lun && x.itt != h.ITT() })
+		s.abortTasks(&wg, func(x *task) bool { return x.cmd.LUN == lun && x.itt != h.ITT() }, true)
 		if fn == tmfClearTaskSet {
 			for _, o := range c.srv.sessionsOf(s.target) {
 				if o != s && o.conn != nil {
-					o.conn.abortTasks(o, &wg, func(x *task) bool { return x.cmd.LUN == lun })
+					o.abortTasks(&wg, func(x *task) bool { return x.cmd.LUN == lun }, false)
 				}
 			}
 			after = func() { scsiT.ClearTaskSet(s.nexus, lun) }
@@ -105,14 +108,14 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 		}
 		for _, o := range c.srv.sessionsOf(s.target) {
 			if o.conn != nil {
-				o.conn.abortTasks(o, &wg, func(x *task) bool { return x.cmd.LUN == lun })
+				o.abortTasks(&wg, func(x *task) bool { return x.cmd.LUN == lun }, o == s)
 			}
 		}
 		after = func() { scsiT.LogicalUnitReset(s.nexus, lun) }
 	case tmfTargetWarmReset, tmfTargetColdReset:
 		for _, o := range c.srv.sessionsOf(s.target) {
 			if o.conn != nil {
-				o.conn.abortTasks(o, &wg, func(*task) bool { return true })
+				o.abortTasks(&wg, func(*task) bool { return true }, o == s)
 			}
 		}
 		cold := fn == tmfTargetColdReset
@@ -147,10 +150,12 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 	return nil
 }
 
-// abortTasks marks the matching tasks of session s (on connection c)
-// aborted. Tasks still collecting data end now; tasks in the SCSI layer end
-// when it completes them. wg counts them until they have.
-func (c *conn) abortTasks(s *Session, wg *sync.WaitGroup, match func(*task) bool) {
+// abortTasks marks the matching tasks of session s aborted; wg counts them
+// until they have ended. Tasks in the SCSI layer end when it completes them.
+// Tasks still collecting data end at once when the caller is s's own reader
+// (reap); otherwise only that reader may end them, which it does when their
+// outstanding data has arrived (the initiator still sends it).
+func (s *Session) abortTasks(wg *sync.WaitGroup, match func(*task) bool, reap bool) {
 	var idle []*task
 	s.mu.Lock()
 	for _, t := range s.tasks {
@@ -162,26 +167,27 @@ func (c *conn) abortTasks(s *Session, wg *sync.WaitGroup, match func(*task) bool
 			t.abortWG = wg
 			wg.Add(1)
 		}
-		if !t.executed {
+		if reap && !t.executed && !t.fetching {
 			idle = append(idle, t)
 		}
 	}
 	s.mu.Unlock()
 	for _, t := range idle {
-		t.executed = true
-		t.c.enqueue(outItem{kind: outResponse, task: t})
+		t.c.endAborted(t)
 	}
 }
 
-// waitTasks waits until the matching tasks of this connection have ended.
-// With abort, tasks that have not reached the SCSI layer are aborted.
-func (c *conn) waitTasks(match func(*task) bool, abort bool) {
+// endAborted ends an aborted task that never reached the SCSI layer; it is
+// released without a response. Only the task's reader calls it.
+func (c *conn) endAborted(t *task) {
+	t.executed = true
+	c.enqueue(outItem{kind: outResponse, task: t})
+}
+
+// waitTasks waits until the matching tasks of this connection have ended;
+// tasks still collecting data are aborted. Only the reader calls it.
+func (c *conn) waitTasks(match func(*task) bool) {
 	var wg sync.WaitGroup
-	if abort {
-		c.abortTasks(c.sess, &wg, match)
-		wg.Wait()
-		return
-	}
 	s := c.sess
 	var idle []*task
 	s.mu.Lock()
@@ -189,7 +195,7 @@ func (c *conn) waitTasks(match func(*task) bool, abort bool) {
 		if !match(t) || t.abortWG != nil {
 			continue
 		}
-		if !t.executed {
+		if !t.executed && !t.fetching {
 			idle = append(idle, t)
 			t.aborted.Store(true)
 		}
@@ -198,8 +204,7 @@ func (c *conn) waitTasks(match func(*task) bool, abort bool) {
 	}
 	s.mu.Unlock()
 	for _, t := range idle {
-		t.executed = true
-		c.enqueue(outItem{kind: outResponse, task: t})
+		c.endAborted(t)
 	}
 	wg.Wait()
 }
@@ -212,8 +217,8 @@ func (c *conn) teardown() {
 		return
 	}
 	var wg sync.WaitGroup
-	c.abortTasks(s, &wg, func(*task) bool { return true })
-	c.close() // the writer stops; responses still queued are released
+	s.abortTasks(&wg, func(*task) bool { return true }, true) // the reader has stopped: this goroutine owns the tasks
+	c.close()                                                 // the writer stops; responses still queued are released
 	wg.Wait()
 	c.srv.unregister(s)
 }

@@ -15,6 +15,7 @@ const (
 	outResponse                // a task's Data-In PDUs and status
 	outR2T                     // an R2T for a task
 	outClose                   // close the connection after what is queued
+	outShutdown                // send what is queued, then half-close (shutdown)
 )
 
 // outItem is one entry of the writer's queue.
@@ -67,7 +68,7 @@ func (c *conn) writer() {
 		batch := c.wq
 		c.wq = c.wspare[:0]
 		c.wmu.Unlock()
-		closeAfter := false
+		closeAfter, halfClose := false, false
 		var err error
 		i := 0
 		for ; i < len(batch) && err == nil; i++ {
@@ -84,6 +85,8 @@ func (c *conn) writer() {
 				err = c.writeR2T(it.task, it.r2t)
 			case outClose:
 				closeAfter = true
+			case outShutdown:
+				halfClose = true
 			default:
 				c.stamp(&it.bhs, it.kind == outStatus)
 				err = c.tr.Queue(&it.bhs, it.data)
@@ -107,6 +110,15 @@ func (c *conn) writer() {
 		if err != nil {
 			c.log.Info("send failed: closing connection", zap.Error(err))
 			c.close()
+			c.failQueued()
+			return
+		}
+		if halfClose {
+			if hc, ok := c.tr.(interface{ CloseWrite() error }); ok {
+				hc.CloseWrite() // the initiator reads everything, then sees the end
+			} else {
+				c.close()
+			}
 			c.failQueued()
 			return
 		}
