@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs libiscsi's conformance suite (iscsi-test-cu) against iserd on
 # 127.0.0.1 with a thin file-backed LUN, scores it (skips are not passes) and
-# fails when a test fails outside the suites left to later work. The target
+# fails on any failure but the known scorer artefacts below, or when fewer
+# than MIN_PASSED tests pass (a feature silently turning into skips). The target
 # listens on two portals: the second URL is libiscsi's multipath path, and
 # the reservation tests log in with two initiator names. SANITIZE tests are
 # allowed (the LUN is scratch).
@@ -15,9 +16,18 @@ work=$(mktemp -d /tmp/iserd-conformance.XXXXXX)
 iqn=iqn.2026-11.org.iserd:conformance
 init1=iqn.2026-11.org.iserd:initiator-1
 init2=iqn.2026-11.org.iserd:initiator-2
-# Suites of the cluster features (persistent reservations, copy offload,
-# multipath): their failures are reported but do not fail the run.
-later='^(ALL\.)?(Prin|Prout|ExtendedCopy|ReceiveCopyResults|MultipathIO)'
+min_passed=${MIN_PASSED:-200}
+# Tests the scorer counts as failed although iscsi-test-cu passes them,
+# because their text holds "[FAILED]" for a reason that is not a target bug:
+# - iSCSIDataSnInvalid expects each corrupted write to fail, and its write
+#   helper logs "[FAILED]" when it does.
+# - ModeSense6.Residuals and Reserve6.LUNReset: libiscsi's end-of-suite
+#   cleanup sends PERSISTENT RESERVE IN on the second path, which has the unit
+#   attention SPC-4 requires pending (MODE PARAMETERS CHANGED after the
+#   suite's MODE SELECT, BUS DEVICE RESET after its LU reset).
+# - Sanitize.Reset expects an overwrite to run for several seconds; a 64 MiB
+#   scratch LUN is overwritten in milliseconds.
+artefacts='^(iSCSIdatasn\.iSCSIDataSnInvalid|ModeSense6\.Residuals|Reserve6\.LUNReset|Sanitize\.Reset)$'
 
 command -v iscsi-test-cu >/dev/null || { echo "conformance: iscsi-test-cu missing (apt-get install libiscsi-bin)" >&2; exit 1; }
 cat > "$work/iserd.yaml" <<EOC
@@ -49,11 +59,16 @@ scripts/libiscsi-score.sh -t "$family" -o "$work/score" -- \
   --allow-sanitize --initiator-name="$init1" --initiator-name-2="$init2" \
   "iscsi://127.0.0.1:$port/$iqn/0" "iscsi://127.0.0.1:$port2/$iqn/0" | tee "$work/score.txt"
 kill -0 $pid 2>/dev/null || { echo "conformance: iserd died during the suite" >&2; tail -20 "$work/iserd.log"; exit 1; }
-fails=$(awk -F'\t' '$2=="failed" {print $1}' "$work/score/results.tsv" | grep -Ev "$later" || true)
+fails=$(awk -F'\t' '$2=="failed" {print $1}' "$work/score/results.tsv" | grep -Ev "$artefacts" || true)
+passed=$(awk -F'\t' '$2=="passed"' "$work/score/results.tsv" | wc -l)
 if [ -n "$fails" ]; then
-  echo "conformance: failures outside the later suites:" >&2
+  echo "conformance: failures:" >&2
   echo "$fails" >&2
   echo "(iserd log: $work/iserd.log)" >&2
   exit 1
 fi
-echo "conformance: no failures outside Prin/Prout/ExtendedCopy/ReceiveCopyResults/MultipathIO (details in $work)"
+if [ "$family" = ALL ] && [ "$passed" -lt "$min_passed" ]; then
+  echo "conformance: only $passed tests passed, fewer than $min_passed: something now skips (see $work)" >&2
+  exit 1
+fi
+echo "conformance: no failures but the known scorer artefacts (details in $work)"
