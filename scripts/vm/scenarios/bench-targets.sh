@@ -55,15 +55,16 @@ done
 # busy_jiffies: the VM's busy CPU time so far, in USER_HZ (100/s) ticks.
 busy_jiffies() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
 
-# proc_jiffies TARGET: utime+stime of the target's process (iserd or tgtd), or nothing (LIO).
+# proc_jiffies TARGET: utime+stime of the target's processes (iserd; tgtd, which runs as two),
+# or nothing (LIO).
 proc_jiffies() {
-  local pid
+  local pids p
   case $1 in
-    iserd) pid=$ISERD_PID ;;
-    tgt) pid=$(pidof tgtd) ;;
+    iserd) pids=$ISERD_PID ;;
+    tgt) pids=$(pidof tgtd) ;;
     *) return 0 ;;
   esac
-  sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }'
+  for p in $pids; do sed 's/.*) //' "/proc/$p/stat"; done | awk '{ s += $12 + $13 } END { print s }'
 }
 
 # measure TRANSPORT TARGET CASE RW BS_KB QD: one fio run, one BENCH line (and an INFO line).
