@@ -192,6 +192,7 @@ type CQ struct {
 	mu    sync.Mutex
 	dead  bool
 	stage [32]WorkCompletion // guarded by mu
+	arm   [2]armCmd          // REQ_NOTIFY_CQ for all and for solicited completions
 }
 
 // CreateCQ creates a completion queue of at least cqe entries whose events go to ch (nil for a
@@ -222,6 +223,10 @@ func (c *Context) CreateCQ(cqe int, ch *CompChannel, vector int) (*CQ, error) {
 	}
 	core := (*uverbsCreateCQResp)(unsafe.Pointer(&resp[0]))
 	cq := &CQ{ctx: c, ch: ch, handle: core.CQHandle, uh: uh, Size: int(core.CQE)}
+	for i := range cq.arm {
+		cq.arm[i] = armCmd{Hdr: uverbsCmdHdr{Command: cmdReqNotifyCQ, InWords: uint16(unsafe.Sizeof(armCmd{}) / 4)},
+			Req: uverbsReqNotifyCQ{CQHandle: cq.handle, SolicitedOnly: uint32(i)}}
+	}
 	cq.ring, err = c.prov.NewCQRing(c, resp[unsafe.Sizeof(*core):])
 	if err != nil {
 		_ = c.execute(cmdDestroyCQ, make([]byte, 8), asBytes(&uverbsDestroyObj{Handle: cq.handle}))
@@ -252,15 +257,34 @@ func (cq *CQ) Poll(wc []WorkCompletion) (int, error) {
 
 // Arm asks for a completion event on the channel for the next completion (or the next
 // solicited one). Completions that arrived before Arm raise no event: poll after arming.
+//
+// Like the rxe doorbell, the REQ_NOTIFY_CQ write never sleeps and goes out as a raw system call
+// from a command prepared at CreateCQ.
 func (cq *CQ) Arm(solicitedOnly bool) error {
-	var so uint32
+	cmd := &cq.arm[0]
 	if solicitedOnly {
-		so = 1
+		cmd = &cq.arm[1]
 	}
-	if err := cq.ctx.execute(cmdReqNotifyCQ, nil, asBytes(&uverbsReqNotifyCQ{CQHandle: cq.handle, SolicitedOnly: so})); err != nil {
-		return fmt.Errorf("rdma: arm CQ: %w", err)
+	cq.mu.Lock()
+	defer cq.mu.Unlock()
+	if cq.dead {
+		return fmt.Errorf("rdma: arm CQ: %w", ErrClosed)
+	}
+	size := unsafe.Sizeof(*cmd)
+	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(cq.ctx.fd), uintptr(unsafe.Pointer(cmd)), size)
+	if errno != 0 {
+		return fmt.Errorf("rdma: arm CQ: uverbs REQ_NOTIFY_CQ: %w", errno)
+	}
+	if n != size {
+		return fmt.Errorf("rdma: arm CQ: short write %d", n)
 	}
 	return nil
+}
+
+// armCmd is a complete REQ_NOTIFY_CQ command.
+type armCmd struct {
+	Hdr uverbsCmdHdr
+	Req uverbsReqNotifyCQ
 }
 
 // Wait returns at least one completion: it polls (Spin times), then arms the CQ, polls again and
