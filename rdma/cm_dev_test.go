@@ -194,7 +194,7 @@ func TestCMTransfer(t *testing.T) {
 	}
 	if a, _, err := cli.conn.ID.InitQPAttr(QPRTS); err == nil {
 		r, _, _ := cli.conn.ID.InitQPAttr(QPRTR)
-		t.Logf("rdma_cm QP attributes: path MTU %d, timeout %d, retry %d, RNR retry %d, min RNR timer %d, rd atomic %d/%d",
+		t.Logf("rdma_cm proposes (Conn overrides timeout and min RNR timer): path MTU %d, timeout %d, retry %d, RNR retry %d, min RNR timer %d, rd atomic %d/%d",
 			r.PathMTU.Bytes(), a.Timeout, a.RetryCnt, a.RNRRetry, r.MinRNRTimer, a.MaxRdAtomic, r.MaxDestRdAtomic)
 	}
 	recvPosted := true // the server posted one receive in Prepare
