@@ -129,7 +129,8 @@ func (cfg *ConnConfig) withDefaults() ConnConfig {
 }
 
 // Conn is one reliable connection: an rdma_cm ID with its QP, one CQ for both queues and a
-// completion channel of its own.
+// completion channel of its own. Once established, the Conn consumes its ID's events itself:
+// watch Done and Err instead of ID.Events.
 type Conn struct {
 	ID   *ID
 	PD   *PD
@@ -319,6 +320,9 @@ func (l *Listener) Next(ctx context.Context) (*ConnRequest, error) {
 		if err != nil {
 			if ev.ID != nil && ev.Type == CMConnectRequest {
 				ev.ID.Destroy()
+			}
+			if ev.Type == CMDeviceRemoval {
+				return nil, fmt.Errorf("rdma: listener: %w", ErrDeviceRemoved)
 			}
 			if errors.Is(err, ErrClosed) || ctx.Err() != nil {
 				return nil, err
