@@ -113,7 +113,7 @@ rxe_gid_index() {
 # over TCP or rdma_cm.
 # Call it from the scenario's own shell, not in a subshell, so that ISERD_PID stays set.
 iserd_start() {
-  local config=$1 port=${2:-3260} end
+  local config=$1 port=${2:-3260} end st
   [ -f "$config" ] || { echo "iserd_start: no config file '$config'" >&2; return 1; }
   [ -x "$ISERD_BIN" ] || { echo "iserd_start: $ISERD_BIN is missing (run make build)" >&2; return 1; }
   "$ISERD_BIN" -config "$config" >>"$ISERD_LOG" 2>&1 &
@@ -122,8 +122,8 @@ iserd_start() {
   end=$(($(cut -d. -f1 /proc/uptime) + 30))
   until port_listening "$port" || rdma_listening "$port"; do
     if ! alive "$ISERD_PID"; then
-      wait "$ISERD_PID"
-      echo "iserd_start: iserd exited with status $? before listening on port $port; its log:" >&2
+      wait "$ISERD_PID" && st=0 || st=$?
+      echo "iserd_start: iserd exited with status $st before listening on port $port; its log:" >&2
       cat "$ISERD_LOG" >&2
       return 1
     fi
@@ -146,7 +146,7 @@ iserd_stop() {
   rm -f "$ISERD_PIDFILE"
   ISERD_PID=
   alive "$pid" || return 0
-  kill -TERM "$pid"
+  kill -TERM "$pid" 2>/dev/null || true
   if ! wait_until 15 "iserd to exit" eval "! alive $pid"; then
     kill -KILL "$pid" 2>/dev/null
     echo "iserd_stop: iserd ignored SIGTERM for 15s and was killed; log tail:" >&2
@@ -354,9 +354,9 @@ tgt_teardown() {
   local pid tid
   pid=$(pidof tgtd) && alive $pid || return 0
   for tid in $(tgtadm --lld iscsi --op show --mode target | sed -n 's/^Target \([0-9]*\):.*/\1/p'); do
-    tgtadm --lld iscsi --op delete --mode target --tid "$tid" --force
+    tgtadm --lld iscsi --op delete --mode target --tid "$tid" --force || true
   done
-  tgtadm --op delete --mode system
+  tgtadm --op delete --mode system || true
   wait_until 10 "tgtd to exit" eval "! alive $pid" || { kill -KILL $pid; return 1; }
 }
 
