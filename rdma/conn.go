@@ -102,6 +102,9 @@ type ConnConfig struct {
 	// MinRNRTimer is the RNR NAK delay code the QP asks peers to wait (default 12: 0.64 ms;
 	// rdma_cm alone would pick 0, which means 655 ms).
 	MinRNRTimer uint8
+	// SyscallWait gives the connection a completion channel whose single waiter sleeps in
+	// poll(2) instead of the netpoller (see NewCompChannelSyscallWait).
+	SyscallWait bool
 }
 
 func (cfg *ConnConfig) withDefaults() ConnConfig {
@@ -217,7 +220,7 @@ func newConn(id *ID, cfg *ConnConfig) (*Conn, error) {
 		return nil, err
 	}
 	c := &Conn{ID: id, PD: pd, Src: info.Src, Dst: info.Dst, done: make(chan struct{})}
-	if c.Chan, err = pd.ctx.NewCompChannel(); err != nil {
+	if c.Chan, err = pd.ctx.newCompChannel(cfg.SyscallWait); err != nil {
 		return nil, err
 	}
 	if c.CQ, err = pd.ctx.CreateCQ(cfg.CQSize, c.Chan, 0); err != nil {

@@ -44,15 +44,16 @@ func main() {
 		iters  = flag.Int("n", 1000, "client: iterations per test and size")
 		depth  = flag.Int("q", 16, "client: operations in flight for the bandwidth runs")
 		poll   = flag.Bool("poll", false, "busy-poll the completion queue instead of sleeping on completion events")
+		sysw   = flag.Bool("syscallwait", false, "sleep on completion events in poll(2) instead of the Go netpoller")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error
 	if *server {
-		err = serve(ctx, *addr, uint16(*port), *once, *poll)
+		err = serve(ctx, *addr, uint16(*port), *once, *poll, *sysw)
 	} else {
-		err = client(ctx, *addr, uint16(*port), *tests, *sizes, *iters, *depth, *poll)
+		err = client(ctx, *addr, uint16(*port), *tests, *sizes, *iters, *depth, *poll, *sysw)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "rdmaping:", err)
@@ -152,7 +153,7 @@ func spins(poll bool) int {
 	return 0
 }
 
-func serve(ctx context.Context, addr string, port uint16, once, poll bool) error {
+func serve(ctx context.Context, addr string, port uint16, once, poll, sysw bool) error {
 	ap, err := parseAddr(addr, port, "0.0.0.0")
 	if err != nil {
 		return err
@@ -178,7 +179,7 @@ func serve(ctx context.Context, addr string, port uint16, once, poll bool) error
 			}
 			return err
 		}
-		err = serveOne(ctx, pool, req, poll)
+		err = serveOne(ctx, pool, req, poll, sysw)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "rdmaping: connection:", err)
 		}
@@ -188,7 +189,7 @@ func serve(ctx context.Context, addr string, port uint16, once, poll bool) error
 	}
 }
 
-func serveOne(ctx context.Context, pool *rdma.DevicePool, req *rdma.ConnRequest, poll bool) error {
+func serveOne(ctx context.Context, pool *rdma.DevicePool, req *rdma.ConnRequest, poll, sysw bool) error {
 	if len(req.PrivateData) < 4 {
 		req.Reject(nil)
 		return errors.New("connect request without rdmaping hello")
@@ -215,7 +216,7 @@ func serveOne(ctx context.Context, pool *rdma.DevicePool, req *rdma.ConnRequest,
 	}
 	defer e.release()
 	c, err := req.Accept(ctx, rdma.ConnConfig{Pool: pool, PrivateData: bufInfo(e.data), Prepare: e.prepare,
-		SendWR: recvSlots * 2, RecvWR: recvSlots * 2})
+		SendWR: recvSlots * 2, RecvWR: recvSlots * 2, SyscallWait: sysw})
 	if err != nil {
 		return err
 	}
@@ -250,7 +251,7 @@ func serveOne(ctx context.Context, pool *rdma.DevicePool, req *rdma.ConnRequest,
 	}
 }
 
-func client(ctx context.Context, addr string, port uint16, tests, sizeList string, iters, depth int, poll bool) error {
+func client(ctx context.Context, addr string, port uint16, tests, sizeList string, iters, depth int, poll, sysw bool) error {
 	if addr == "" {
 		return errors.New("client needs -a ADDRESS (or -s for a server)")
 	}
@@ -285,7 +286,7 @@ func client(ctx context.Context, addr string, port uint16, tests, sizeList strin
 		return e.prepare(c)
 	}
 	c, err := rdma.Dial(ctx, cm, ap, rdma.ConnConfig{Pool: pool, PrivateData: hello(maxSize), Prepare: prepare,
-		SendWR: max(depth*2, recvSlots*2), RecvWR: recvSlots * 2, MaxInline: 64})
+		SendWR: max(depth*2, recvSlots*2), RecvWR: recvSlots * 2, MaxInline: 64, SyscallWait: sysw})
 	if err != nil {
 		if e != nil {
 			e.release()

@@ -1,0 +1,112 @@
+//go:build linux
+
+package rdma
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// fakeChannel builds a CompChannel over an eventfd standing in for the kernel's completion
+// channel: reading it yields its counter, i.e. the 8-byte CQ user handle written to it.
+func fakeChannel(t *testing.T, syscallWait bool) (*CompChannel, int, *CQ) {
+	t.Helper()
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Skipf("eventfd: %v", err)
+	}
+	c := &Context{chans: map[*CompChannel]struct{}{}}
+	cq := &CQ{uh: 5}
+	ch := &CompChannel{ctx: c, fd: fd, cqs: map[uint64]*CQ{5: cq}}
+	if syscallWait {
+		wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.SetNonblock(fd, true); err != nil {
+			t.Fatal(err)
+		}
+		ch.sw = &syscallWaiter{wake: wake}
+	} else if ch.f, err = pollableFile(fd, "fake-comp"); err != nil {
+		t.Fatal(err)
+	}
+	c.chans[ch] = struct{}{}
+	// A second descriptor for signalling, so the test never writes to a closed number.
+	sig, err := unix.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(sig) })
+	return ch, sig, cq
+}
+
+func signal(t *testing.T, fd int, handle uint64) {
+	var b [8]byte
+	binary.NativeEndian.PutUint64(b[:], handle)
+	if _, err := unix.Write(fd, b[:]); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCompChannelWait(t *testing.T) {
+	for _, mode := range []struct {
+		name        string
+		syscallWait bool
+	}{{"netpoller", false}, {"syscall wait", true}} {
+		t.Run(mode.name, func(t *testing.T) {
+			ch, sig, cq := fakeChannel(t, mode.syscallWait)
+			// An event wakes a sleeping waiter with its CQ.
+			got := make(chan *CQ, 1)
+			go func() {
+				c, err := ch.Wait(context.Background())
+				if err != nil {
+					t.Error(err)
+				}
+				got <- c
+			}()
+			time.Sleep(20 * time.Millisecond)
+			signal(t, sig, 5)
+			select {
+			case c := <-got:
+				if c != cq {
+					t.Errorf("Wait returned %p, want the CQ %p", c, cq)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Wait did not wake up on an event")
+			}
+			// A context deadline ends the wait.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+			defer cancel()
+			if _, err := ch.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Wait with an expired context: %v", err)
+			}
+			// Close wakes a sleeping waiter with ErrClosed.
+			errc := make(chan error, 1)
+			go func() {
+				_, err := ch.Wait(context.Background())
+				errc <- err
+			}()
+			time.Sleep(20 * time.Millisecond)
+			if err := ch.Close(); err == nil {
+				t.Fatal("Close succeeded while a CQ still uses the channel")
+			}
+			delete(ch.cqs, 5) // as CQ.Destroy does
+			if err := ch.Close(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-errc:
+				if !errors.Is(err, ErrClosed) {
+					t.Errorf("Wait after Close: %v, want ErrClosed", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Close did not wake the waiter")
+			}
+		})
+	}
+}
