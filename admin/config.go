@@ -16,6 +16,7 @@ import (
 
 	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/iscsi"
+	"github.com/iserd/iserd/scsi"
 )
 
 // Config is the daemon's configuration: the YAML file iserd reads and the
@@ -75,6 +76,9 @@ type PortalConfig struct {
 	// Transport is tcp (default), iser, or both: iSER listens through
 	// rdma_cm on the same address and port as TCP.
 	Transport string `yaml:"transport,omitempty" json:"transport,omitempty"`
+	// TPGT is the portal's target portal group tag (default 1). Each tag
+	// is one SCSI target port; ALUA port groups are made of tags.
+	TPGT uint16 `yaml:"tpgt,omitempty" json:"tpgt,omitempty"`
 }
 
 // TCP and ISER report which listeners a portal needs.
@@ -97,6 +101,58 @@ type TargetConfig struct {
 	// with status 0206; zero means no limit.
 	MaxSessions             int `yaml:"max_sessions,omitempty" json:"max_sessions,omitempty"`
 	MaxSessionsPerInitiator int `yaml:"max_sessions_per_initiator,omitempty" json:"max_sessions_per_initiator,omitempty"`
+	// PortGroups are the ALUA target port groups; without them every
+	// port is active/optimized.
+	PortGroups []PortGroupConfig `yaml:"port_groups,omitempty" json:"port_groups,omitempty"`
+}
+
+// PortGroupConfig is one ALUA target port group.
+type PortGroupConfig struct {
+	ID uint16 `yaml:"id" json:"id"`
+	// State is active/optimized, active/non-optimized, standby,
+	// unavailable or transitioning. SET TARGET PORT GROUPS from an
+	// initiator changes it, and the change is saved here.
+	State     string `yaml:"state" json:"state"`
+	Preferred bool   `yaml:"preferred,omitempty" json:"preferred,omitempty"`
+	// TPGTs are the portal group tags (SCSI target ports) in the group.
+	TPGTs []uint16 `yaml:"tpgts" json:"tpgts"`
+}
+
+// portGroups converts the configuration to the SCSI layer's form.
+func (t *TargetConfig) portGroups() []scsi.PortGroup {
+	var out []scsi.PortGroup
+	for _, g := range t.PortGroups {
+		st, _ := scsi.ParseALUAState(g.State) // checked by Check
+		out = append(out, scsi.PortGroup{ID: g.ID, State: st, Preferred: g.Preferred, Ports: g.TPGTs})
+	}
+	return out
+}
+
+// checkPortGroups validates ALUA port groups.
+func (t *TargetConfig) checkPortGroups() error {
+	ids, ports := map[uint16]bool{}, map[uint16]uint16{}
+	for i, g := range t.PortGroups {
+		if g.ID == 0 {
+			return fmt.Errorf("port_groups[%d]: id must be 1 or more", i)
+		}
+		if ids[g.ID] {
+			return fmt.Errorf("port_groups[%d]: id %d is used twice", i, g.ID)
+		}
+		ids[g.ID] = true
+		if _, err := scsi.ParseALUAState(g.State); err != nil {
+			return fmt.Errorf("port_groups[%d]: %w", i, err)
+		}
+		if len(g.TPGTs) == 0 {
+			return fmt.Errorf("port_groups[%d]: list the portal group tags (tpgts) in the group", i)
+		}
+		for _, p := range g.TPGTs {
+			if other, dup := ports[p]; dup {
+				return fmt.Errorf("port_groups[%d]: tpgt %d is already in group %d", i, p, other)
+			}
+			ports[p] = g.ID
+		}
+	}
+	return nil
 }
 
 // LUNConfig is one logical unit.
@@ -395,6 +451,9 @@ func (c *Config) Check() error {
 			}
 		}
 		if err := t.checkAccess(); err != nil {
+			return fmt.Errorf("targets[%d] (%s): %w", i, t.Name, err)
+		}
+		if err := t.checkPortGroups(); err != nil {
 			return fmt.Errorf("targets[%d] (%s): %w", i, t.Name, err)
 		}
 		if t.MaxSessions < 0 || t.MaxSessionsPerInitiator < 0 {

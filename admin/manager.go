@@ -376,12 +376,48 @@ func (m *Manager) addTarget(t *TargetConfig, p *pending) {
 	it := &iscsi.Target{Name: t.Name, Alias: t.Alias, SCSI: st}
 	it.SetAccess(t.access())
 	it.SetLimits(t.limits())
+	m.setPortGroups(st, t)
+	st.OnPortGroupChange(func(gs []scsi.PortGroup) { go m.savePortGroups(t.Name, gs) })
 	if err := m.srv.AddTarget(it); err != nil {
 		m.log.Error("adding target", zap.String("target", t.Name), zap.Error(err))
 		return
 	}
 	m.log.Info("target added", zap.String("target", t.Name), zap.Int("luns", len(t.LUNs)), zap.Bool("open", t.Open),
 		zap.Int("acls", len(t.ACLs)))
+}
+
+// setPortGroups gives a target its configured ALUA port groups.
+func (m *Manager) setPortGroups(st *scsi.Target, t *TargetConfig) {
+	if len(t.PortGroups) == 0 {
+		return
+	}
+	if err := st.SetPortGroups(t.portGroups()); err != nil {
+		m.log.Error("setting ALUA port groups", zap.String("target", t.Name), zap.Error(err))
+	}
+}
+
+// savePortGroups records ALUA states an initiator changed with SET TARGET
+// PORT GROUPS in the configuration file.
+func (m *Manager) savePortGroups(target string, gs []scsi.PortGroup) {
+	err := m.Update(func(c *Config) error {
+		t := c.Target(target)
+		if t == nil {
+			return fmt.Errorf("target %s is gone", target)
+		}
+		for i := range t.PortGroups {
+			for _, g := range gs {
+				if g.ID == t.PortGroups[i].ID {
+					t.PortGroups[i].State = g.State.String()
+				}
+			}
+		}
+		return nil
+	}, false)
+	if err != nil {
+		m.log.Error("saving ALUA states", zap.String("target", target), zap.Error(err))
+		return
+	}
+	m.log.Info("ALUA port group states saved", zap.String("target", target))
 }
 
 // attach adds an opened LUN to a SCSI target.
@@ -443,6 +479,9 @@ func (m *Manager) updateTarget(old, t *TargetConfig, p *pending) {
 		}
 	}
 	it.SetLimits(t.limits())
+	if !reflect.DeepEqual(old.PortGroups, t.PortGroups) {
+		m.setPortGroups(it.SCSI, t)
+	}
 	if reflect.DeepEqual(old.access(), t.access()) {
 		return
 	}
@@ -538,8 +577,13 @@ func (m *Manager) openLUN(cfg *Config, target string, lc LUNConfig) (*liveLUN, e
 		}
 		dev = f
 	}
+	stateDir := cfg.resolve("state")
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("state directory for persistent reservations: %w", err)
+	}
 	disk, err := scsi.NewDisk(dev, scsi.DiskConfig{BlockSize: lc.BlockSize, ReadOnly: lc.ReadOnly,
-		Thin: *lc.Thin, Serial: lc.Serial, NAA: naaFor(target, lc.LUN)})
+		Thin: *lc.Thin, Serial: lc.Serial, NAA: naaFor(target, lc.LUN), StateDir: stateDir})
 	if err != nil {
 		dev.Close()
 		return nil, err

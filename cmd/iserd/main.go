@@ -267,12 +267,12 @@ func startPortal(ctx context.Context, srv *iscsi.Server, p admin.PortalConfig, l
 		log.Info("listening", zap.String("portal", p.Address), zap.String("transport", "iser"))
 		go report(pctx, errc, func() error { return ipl.Serve(pctx) })
 		if l == nil {
-			srv.AddPortal(iscsi.Portal{Addr: p.Address})
+			srv.AddPortal(iscsi.Portal{Addr: p.Address, TPGT: p.TPGT})
 			added = append(added, p.Address)
 		}
 	}
 	if l != nil {
-		srv.AddPortal(iscsi.Portal{Addr: l.Addr().String()})
+		srv.AddPortal(iscsi.Portal{Addr: l.Addr().String(), TPGT: p.TPGT})
 		added = append(added, l.Addr().String())
 		log.Info("listening", zap.String("portal", l.Addr().String()), zap.String("transport", "tcp"))
 		go report(pctx, errc, func() error { return srv.Serve(pctx, l) })
