@@ -35,8 +35,12 @@ fuzz:
 conformance: build
 	scripts/conformance.sh
 
+# Every scenario but the benchmarks (make bench runs those), with the rdma
+# package's device tests built for the VM.
 test-vm: build
-	scripts/vm/run-all.sh
+	mkdir -p $(BIN)/vmtest
+	$(GO) test -c -o $(BIN)/vmtest/rdma.test ./rdma
+	VM_TESTBIN_DIR=$(CURDIR)/$(BIN)/vmtest scripts/vm/run-all.sh $$(ls scripts/vm/scenarios/*.sh | grep -v '/bench-')
 
 test: deps vet unit fuzz conformance
 	@if scripts/vm/can-run.sh; then $(MAKE) test-vm; else echo "test-vm skipped: qemu cannot run here (see scripts/vm/can-run.sh)"; fi
