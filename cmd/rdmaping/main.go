@@ -47,6 +47,11 @@ func main() {
 		sysw   = flag.Bool("syscallwait", false, "sleep on completion events in poll(2) instead of the Go netpoller")
 	)
 	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "rdmaping: unexpected argument %q\n", flag.Arg(0))
+		flag.Usage()
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error

@@ -20,11 +20,12 @@ usec_of() { sed -n 's/.* \([0-9.]*\) usec\/iter.*/\1/p' "$1" | tail -1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 minof() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || (b != "" && b + 0 < a + 0)) print b; else print a }'; }
 
-# rdmaping_pair LOG ARGS...: an rdmaping server and a client with ARGS, client output in LOG.
+# rdmaping_pair LOG ARGS...: an rdmaping server (with the flags in $SERVER_ARGS) and a client with
+# ARGS, client output in LOG.
 rdmaping_pair() {
   local out=$1 srv try
   shift
-  "$RDMAPING" -s -a "$VM_ADDR" -once "${SERVER_ARGS[@]}" >rdmaping-server.log 2>&1 &
+  "$RDMAPING" -s -a "$VM_ADDR" -once $SERVER_ARGS >rdmaping-server.log 2>&1 &
   srv=$!
   for try in 1 2 3 4 5 6 7 8 9 10; do
     sleep 0.3
@@ -73,16 +74,16 @@ log "SEND ping-pong, $size bytes x $iters, best of $rounds: ibv_rc_pingpong vs r
 ip= gp= ie= ge= gs= rp= gr=
 for r in $(seq "$rounds"); do
   ibv_pair ibv.log -s "$size" -n "$iters" && ip=$(minof "$ip" "$(usec_of ibv.log)")
-  SERVER_ARGS=(-poll) rdmaping_pair go.log -t send -S "$size" -n "$iters" -poll && gp=$(minof "$gp" "$(usec_of go.log)")
+  SERVER_ARGS=-poll rdmaping_pair go.log -t send -S "$size" -n "$iters" -poll && gp=$(minof "$gp" "$(usec_of go.log)")
   cat ibv.log go.log | grep usec/iter
   ibv_pair ibv.log -s "$size" -n "$iters" -e && ie=$(minof "$ie" "$(usec_of ibv.log)")
-  SERVER_ARGS=() rdmaping_pair go.log -t send -S "$size" -n "$iters" && ge=$(minof "$ge" "$(usec_of go.log)")
+  SERVER_ARGS= rdmaping_pair go.log -t send -S "$size" -n "$iters" && ge=$(minof "$ge" "$(usec_of go.log)")
   cat ibv.log go.log | grep usec/iter
-  SERVER_ARGS=(-syscallwait) rdmaping_pair go.log -t send -S "$size" -n "$iters" -syscallwait &&
+  SERVER_ARGS=-syscallwait rdmaping_pair go.log -t send -S "$size" -n "$iters" -syscallwait &&
     gs=$(minof "$gs" "$(usec_of go.log)")
   grep usec/iter go.log
   u=$(rping_run) && rp=$(minof "$rp" "$u")
-  SERVER_ARGS=(-syscallwait) rdmaping_pair go.log -t rping -S "$size" -n "$iters" -syscallwait &&
+  SERVER_ARGS=-syscallwait rdmaping_pair go.log -t rping -S "$size" -n "$iters" -syscallwait &&
     gr=$(minof "$gr" "$(usec_of go.log)")
   echo "rping: $u usec/iter (whole run)"; grep usec/iter go.log
 done
@@ -92,9 +93,9 @@ echo "FIGURE send-event ibv_rc_pingpong -e=${ie}us rdmaping -syscallwait=${gs}us
 echo "FIGURE rping-cycle rping=${rp}us(whole run) rdmaping -t rping -syscallwait=${gr}us ratio=$(ratio "$gr" "$rp")"
 
 log "RDMA WRITE and READ latency and bandwidth (rdmaping)"
-SERVER_ARGS=() rdmaping_pair go-rw.log -t write,read -S 4096,65536 -n 200 -q 16
+SERVER_ARGS= rdmaping_pair go-rw.log -t write,read -S 4096,65536 -n 200 -q 16
 cat go-rw.log
-SERVER_ARGS=() rdmaping_pair go-rw.log -t write,read -S 1048576,4194304 -n 20 -q 4
+SERVER_ARGS= rdmaping_pair go-rw.log -t write,read -S 1048576,4194304 -n 20 -q 4
 cat go-rw.log
 
 if ! command -v rdma.test >/dev/null; then
