@@ -37,7 +37,7 @@ type conn struct {
 	statSN   uint32  // writer-owned after login
 	expStat  atomic.Uint32
 
-	lastRecv   atomic.Int64 // unix nanoseconds of the last PDU received
+	received   atomic.Uint64 // PDUs received: the pinger watches it move
 	nopPending atomic.Uint32
 	nopTTT     atomic.Uint32
 
@@ -84,7 +84,6 @@ func (c *conn) serve() {
 		return
 	}
 	c.tr.SetDeadline(time.Time{})
-	c.lastRecv.Store(time.Now().UnixNano())
 	writerDone := make(chan struct{})
 	go func() { c.writer(); close(writerDone) }()
 	go c.pinger()
@@ -114,12 +113,15 @@ func (c *conn) pinger() {
 	t := time.NewTicker(iv / 2)
 	defer t.Stop()
 	var sentAt time.Time
+	last, seen := time.Now(), c.received.Load() // when traffic was last seen
 	for {
 		select {
 		case <-c.closing:
 			return
 		case now := <-t.C:
-			last := time.Unix(0, c.lastRecv.Load())
+			if n := c.received.Load(); n != seen {
+				last, seen = now, n
+			}
 			if c.nopPending.Load() != 0 {
 				if last.After(sentAt) {
 					continue // traffic is flowing; the answer may still come

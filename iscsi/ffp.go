@@ -73,7 +73,7 @@ func (c *conn) readLoop() error {
 			}
 			return err
 		}
-		c.lastRecv.Store(time.Now().UnixNano())
+		c.received.Add(1)
 		if err := c.dispatch(&h); err != nil {
 			return err
 		}

@@ -99,13 +99,21 @@ func (f *tcpTransport) ReadHeader(h *Header) error {
 // (len(dst) must equal the DataSegmentLength; nil discards it), then the
 // padding and data digest. ok is false when the digest did not match.
 func (f *tcpTransport) ReadData(dst []byte, n int) (ok bool, err error) {
+	digest := f.dataDigest && n > 0
 	var crc uint32
-	if dst != nil {
+	switch {
+	case dst != nil:
 		if _, err := io.ReadFull(f.r, dst[:n]); err != nil {
 			return false, fmt.Errorf("read data segment: %w", err)
 		}
-		crc = crc32.Checksum(dst[:n], castagnoli)
-	} else if n > 0 {
+		if digest {
+			crc = crc32.Checksum(dst[:n], castagnoli)
+		}
+	case !digest:
+		if _, err := f.r.Discard(n); err != nil {
+			return false, fmt.Errorf("skip data segment: %w", err)
+		}
+	default:
 		var scratch [4096]byte
 		for left := n; left > 0; {
 			c := min(left, len(scratch))
@@ -116,14 +124,15 @@ func (f *tcpTransport) ReadData(dst []byte, n int) (ok bool, err error) {
 			left -= c
 		}
 	}
-	pad := Padded(n) - n
-	if pad > 0 {
+	if pad := Padded(n) - n; pad > 0 {
 		if _, err := io.ReadFull(f.r, f.pad[:pad]); err != nil {
 			return false, fmt.Errorf("read padding: %w", err)
 		}
-		crc = crc32.Update(crc, castagnoli, f.pad[:pad])
+		if digest {
+			crc = crc32.Update(crc, castagnoli, f.pad[:pad])
+		}
 	}
-	if !f.dataDigest || n == 0 {
+	if !digest {
 		return true, nil
 	}
 	if _, err := io.ReadFull(f.r, f.pad[4:8]); err != nil {
