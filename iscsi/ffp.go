@@ -236,15 +236,21 @@ func (c *conn) reject(bad *BHS, reason byte) {
 	c.send(&b, data, true)
 }
 
+// readAll reads a request's data segment; ok is false when its digest
+// failed, in which case the request has been rejected.
+func (c *conn) readAll(h *Header, pl *payload) (data []byte, ok bool, err error) {
+	data, ok, err = pl.bytes()
+	if err == nil && !ok {
+		c.reject(&h.BHS, rejectDataDigest)
+	}
+	return data, ok, err
+}
+
 // handleNOPOut answers pings and takes answers to ours.
 func (c *conn) handleNOPOut(h *Header, pl *payload) error {
-	data, ok, err := pl.bytes()
-	if err != nil {
+	data, ok, err := c.readAll(h, pl)
+	if err != nil || !ok {
 		return err
-	}
-	if !ok {
-		c.reject(&h.BHS, rejectDataDigest)
-		return nil
 	}
 	if h.ITT() == NoTag { // an answer to our NOP-In, or a one-way ping
 		if ttt := h.U32(offTTT); ttt != NoTag && ttt == c.nopTTT.Load() {

@@ -18,13 +18,9 @@ type textContinuation struct {
 // handleText answers a Text Request: SendTargets and renegotiation of
 // keys; long answers go out over several PDUs with the C bit.
 func (c *conn) handleText(h *Header, pl *payload) error {
-	data, ok, err := pl.bytes()
-	if err != nil {
+	data, ok, err := c.readAll(h, pl)
+	if err != nil || !ok {
 		return err
-	}
-	if !ok {
-		c.reject(&h.BHS, rejectDataDigest)
-		return nil
 	}
 	if h.Flags()&0x40 != 0 { // C bit: the initiator's text continues; not needed by any key we take
 		c.reject(&h.BHS, rejectNotSupported)
