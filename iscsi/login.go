@@ -167,8 +167,8 @@ func (c *conn) loginStep(st *loginState, h *Header, data []byte) (done bool, _ *
 		resp = append(resp, r...)
 	}
 	if nsg != stageFullFeature {
+		c.loginRespond(st, h, true, nsg, resp, 0) // the response names the stage being left
 		st.csg = nsg
-		c.loginRespond(st, h, true, nsg, resp, 0)
 		return false, nil
 	}
 	tsih, lerr := c.startSession(st)
