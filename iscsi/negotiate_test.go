@@ -281,3 +281,27 @@ func TestTextContinuation(t *testing.T) {
 		t.Errorf("SendTargets=All over several PDUs listed %d targets %v, want %d", len(got), got, len(want))
 	}
 }
+
+// TestLoginResponseStages pins that a response names the stage the
+// initiator is leaving (CSG) and the one it enters (NSG); open-iscsi drops a
+// login whose response CSG differs from its request's.
+func TestLoginResponseStages(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.dial(t)
+	steps := []struct {
+		csg, nsg int
+		keys     []iscsi.KV
+	}{
+		{0, 1, kv("InitiatorName", testInitiator, "TargetName", testTarget, "SessionType", "Normal", "AuthMethod", "None")},
+		{1, 3, kv("HeaderDigest", "None")},
+	}
+	for _, s := range steps {
+		r, err := c.LoginStep(initiator.LoginStep{CSG: s.csg, NSG: s.nsg, Transit: true, KVs: s.keys})
+		if err != nil {
+			t.Fatalf("login step %d->%d: %v", s.csg, s.nsg, err)
+		}
+		if r.CSG != s.csg || r.NSG != s.nsg || !r.Transit {
+			t.Errorf("request %d->%d answered CSG %d NSG %d transit %v", s.csg, s.nsg, r.CSG, r.NSG, r.Transit)
+		}
+	}
+}
