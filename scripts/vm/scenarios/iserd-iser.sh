@@ -12,26 +12,26 @@ targets:
   - name: $IQN
     open: true
     luns:
-      - {lun: 0, path: lun0.img, size: 512MiB, block_size: 512, thin: true}
+      - {lun: 0, path: lun0.img, size: 768MiB, block_size: 512, thin: true}
 EOC
 iserd_start /tmp/iserd-iser.yaml
 
 timed "login iser" login_iser "$IQN"
 dev=$(wait_disk "$IQN")
 assert_contains "$(iscsiadm -m session)" "iser: " "iscsiadm -m session"
-assert_contains "$(sg_readcap "$dev")" "536870912 bytes" "sg_readcap $dev"
+assert_contains "$(sg_readcap "$dev")" "805306368 bytes" "sg_readcap $dev"
 
-mkfs.ext4 -q -F -E nodiscard "$dev" 300M
+mkfs.ext4 -q -F -E nodiscard "$dev" 200M
 mkdir -p /mnt/iser
 mount "$dev" /mnt/iser
 for i in 1 2 3; do head -c $((i * 3 << 20)) /dev/urandom >/mnt/iser/file$i; done
 (cd /mnt/iser && sha256sum file* >/tmp/iser-sums)
 umount /mnt/iser
 
-timed "fio iser qd32" fio_verify "$dev" 256M --offset=300M --size=96M \
+timed "fio iser qd32" fio_verify "$dev" 256M --offset=256M --size=256M \
   --bssplit=512/10:4k/30:64k/25:256k/20:1m/15 --iodepth=32
-timed "fio iser qd1" fio_verify "$dev" 2M --offset=400M --size=1M --bs=512 --iodepth=1
-timed "fio iser qd64" fio_verify "$dev" 32M --offset=410M --size=32M --bs=1m --iodepth=64
+timed "fio iser qd1" fio_verify "$dev" 2M --offset=520M --size=1M --bs=512 --iodepth=1
+timed "fio iser qd64" fio_verify "$dev" 32M --offset=530M --size=32M --bs=1m --iodepth=64
 
 timed "logout" logout_all
 timed "relogin" login_iser "$IQN"
