@@ -50,7 +50,7 @@ func TestAPI(t *testing.T) {
 		{name: "duplicate target", method: "POST", path: "/v1/targets", body: `{"name":"` + db + `"}`,
 			status: 409, want: "already exists"},
 		{name: "invalid target name", method: "POST", path: "/v1/targets", body: `{"name":"db"}`,
-			status: 400, want: "does not start with iqn., eui. or naa."},
+			status: 400, want: "does not start with iqn., eui. or naa"},
 		{name: "malformed JSON", method: "POST", path: "/v1/targets", body: `{"name":"iqn.`,
 			status: 400, want: "not valid JSON"},
 		{name: "unknown field", method: "POST", path: "/v1/targets", body: `{"nmae":"` + db + `2"}`,

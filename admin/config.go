@@ -418,7 +418,7 @@ func (c *Config) Check() error {
 		seenPortal[p.Address] = true
 	}
 	if len(c.Targets) == 0 {
-		return errors.New("no targets: add at least one under targets:")
+		return errors.New("no targets: add at least one under the targets key")
 	}
 	names := map[string]bool{}
 	paths := map[string]string{}

@@ -35,7 +35,6 @@ type conn struct {
 	sent     []*task // writer: tasks to release once the batch is flushed
 	wbhs     BHS     // writer: scratch header
 	statSN   uint32  // writer-owned after login
-	expStat  atomic.Uint32
 
 	received   atomic.Uint64 // PDUs received: the pinger watches it move
 	nopPending atomic.Uint32

@@ -121,7 +121,6 @@ func (c *conn) dispatch(h *Header) error {
 		return c.rejectPDU(h, &pl, rejectNotSupported)
 	}
 	s := c.sess
-	c.expStat.Store(h.U32(offExpStatSN))
 	if h.Immediate() || (op == OpNOPOut && h.ITT() == NoTag) {
 		return c.handleRequest(h, &pl)
 	}

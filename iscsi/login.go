@@ -392,7 +392,7 @@ func ValidName(n string) error {
 			return fmt.Errorf("%q is not naa. followed by 16 or 32 hex digits", truncate(n))
 		}
 	default:
-		return fmt.Errorf("%q does not start with iqn., eui. or naa.", truncate(n))
+		return fmt.Errorf("%q does not start with iqn., eui. or naa", truncate(n))
 	}
 	for _, r := range n {
 		if r <= ' ' || r == 0x7f {

@@ -231,7 +231,7 @@ func (r *rxeQP) writeSendWQE(prod uint32, wr *SendWR) error {
 			return fmt.Errorf("%d SGEs do not fit a send queue slot", len(wr.SGL))
 		}
 		for i, s := range wr.SGL {
-			*(*rxeSGE)(unsafe.Pointer(&slot[rxeWQEHdr+i*rxeSGESize])) = rxeSGE{Addr: s.Addr, Length: s.Length, LKey: s.LKey}
+			*(*rxeSGE)(unsafe.Pointer(&slot[rxeWQEHdr+i*rxeSGESize])) = rxeSGE(s)
 			length += int(s.Length)
 		}
 	}
@@ -291,7 +291,7 @@ func (r *rxeQP) PostRecv(wrs []RecvWR) (int, error) {
 		}
 		var length uint32
 		for j, s := range wrs[i].SGL {
-			*(*rxeSGE)(unsafe.Pointer(&slot[rxeRWQEHdr+j*rxeSGESize])) = rxeSGE{Addr: s.Addr, Length: s.Length, LKey: s.LKey}
+			*(*rxeSGE)(unsafe.Pointer(&slot[rxeRWQEHdr+j*rxeSGESize])) = rxeSGE(s)
 			length += s.Length
 		}
 		*(*rxeRecvWQE)(unsafe.Pointer(&slot[0])) = rxeRecvWQE{WRID: wrs[i].ID,

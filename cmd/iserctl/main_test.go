@@ -73,7 +73,7 @@ func TestCommands(t *testing.T) {
 	}{
 		{args: "target create " + target + " -max-sessions 2", out: []string{"target " + target + " created", "saved to "}},
 		{args: "target list", out: []string{"TARGET", target, "iqn.2026-11.org.iserd.test:base"}},
-		{args: "target create bad-name", code: 1, errOut: "does not start with iqn., eui. or naa."},
+		{args: "target create bad-name", code: 1, errOut: "does not start with iqn., eui. or naa"},
 		{args: "lun add " + target + " 0 -memory -size 8MiB", out: []string{"LUN 0 added"}},
 		{args: "lun add " + target + " 0 -memory -size 8MiB", code: 1, errOut: "choose a free LUN number"},
 		{args: "lun add " + target + " -memory", code: 2, errOut: "expected TARGET LUN"},

@@ -73,11 +73,10 @@ type Conn struct {
 	// hdrDigest and dataDigest are set during login, before the reader starts.
 	hdrDigest, dataDigest bool
 
-	isid    [6]byte
-	tsih    uint16
-	cid     uint16
-	ffp     bool
-	discTgt bool
+	isid [6]byte
+	tsih uint16
+	cid  uint16
+	ffp  bool
 
 	imu  sync.Mutex // serialises CmdSN assignment with sending
 	wmu  sync.Mutex // one PDU sequence on the wire at a time
