@@ -23,6 +23,7 @@ deps:
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.6.1 ./...
 	@! grep -rl --include='*.go' '^import "C"' . || { echo 'cgo is not allowed'; exit 1; }
 
 # The race detector's runtime needs cgo for the test binaries only; the
