@@ -26,19 +26,19 @@ kernel_package() {
 fetch_kernel() {
   local pkg=$1 dir=$CACHE_DIR/kernel deb
   mkdir -p "$dir"
-  deb=$(ls "$dir/${pkg}"_*.deb 2>/dev/null | head -1)
+  deb=$(ls "$dir/${pkg}"_*.deb 2>/dev/null | head -1 || true)
   if [ -z "$deb" ]; then
     note "downloading $pkg"
     (cd "$dir" && timeout 600 apt-get download -q -o APT::Sandbox::User=root \
         -o Acquire::http::Timeout=30 -o Acquire::Retries=2 "$pkg" >"$dir/download.log" 2>&1) || {
       tail -5 "$dir/download.log" >&2
-      deb=$(ls "$dir"/linux-image-*.deb 2>/dev/null | head -1)
+      deb=$(ls "$dir"/linux-image-*.deb 2>/dev/null | head -1 || true)
       [ -n "$deb" ] || die "could not download the kernel package $pkg (apt-get download failed; see $dir/download.log)"
       note "could not download $pkg; using the cached $(basename "$deb")"
       echo "$deb"
       return
     }
-    deb=$(ls "$dir/${pkg}"_*.deb 2>/dev/null | head -1)
+    deb=$(ls "$dir/${pkg}"_*.deb 2>/dev/null | head -1 || true)
     [ -n "$deb" ] || die "apt-get download reported success but no $pkg .deb is in $dir"
     find "$dir" -name '*.deb' ! -path "$deb" -delete   # older kernels
     echo "$pkg" >"$dir/package"

@@ -210,7 +210,7 @@ wait_disk() {
   local dev end
   end=$(($(cut -d. -f1 /proc/uptime) + ${2:-30}))
   while :; do
-    dev=$(session_disks "${1:-}" | head -1)
+    dev=$(session_disks "${1:-}" | head -1 || true) # none yet is not an error
     if [ -n "$dev" ] && [ -b "/dev/$dev" ]; then
       echo "/dev/$dev"
       return 0
