@@ -92,14 +92,21 @@ func (c *conn) readLoop() error {
 func (c *conn) drain() error {
 	c.waitTasks(func(*task) bool { return true })
 	c.enqueue(outItem{kind: outShutdown})
+	c.discardUntilClosed()
+	return nil
+}
+
+// discardUntilClosed reads and drops what the initiator still sends until
+// it closes its side (at most 2 s), so that closing ours does not reset the
+// connection under data it has not read.
+func (c *conn) discardUntilClosed() {
 	c.tr.SetReadDeadline(time.Now().Add(2 * time.Second))
 	var h Header
 	for c.tr.ReadHeader(&h) == nil {
 		if _, err := c.tr.ReadData(nil, h.DataLen()); err != nil {
-			break
+			return
 		}
 	}
-	return nil
 }
 
 // dispatch handles one request whose header has been read.

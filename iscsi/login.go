@@ -83,7 +83,15 @@ func (c *conn) loginFail(h *Header, e *LoginError) error {
 	b.SetU32(offMaxCmdSN, h.U32(offCmdSN))
 	b[36], b[37] = byte(e.Status>>8), byte(e.Status)
 	c.tr.Queue(&b, nil)
-	c.tr.Flush()
+	if c.tr.Flush() == nil {
+		// Let the initiator close first: it tears its connection down on
+		// the status, and closing under it races with that teardown (a
+		// Linux 6.1 iscsi_tcp crash was seen that way).
+		if hc, ok := c.tr.(interface{ CloseWrite() error }); ok {
+			hc.CloseWrite()
+		}
+		c.discardUntilClosed()
+	}
 	return e
 }
 
