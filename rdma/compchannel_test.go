@@ -20,22 +20,13 @@ func fakeChannel(t *testing.T, syscallWait bool) (*CompChannel, int, *CQ) {
 	if err != nil {
 		t.Skipf("eventfd: %v", err)
 	}
-	c := &Context{chans: map[*CompChannel]struct{}{}}
+	c := &Context{Device: Device{Name: "fake"}, chans: map[*CompChannel]struct{}{}}
 	cq := &CQ{uh: 5}
-	ch := &CompChannel{ctx: c, fd: fd, cqs: map[uint64]*CQ{5: cq}}
-	if syscallWait {
-		wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.SetNonblock(fd, true); err != nil {
-			t.Fatal(err)
-		}
-		ch.sw = &syscallWaiter{wake: wake}
-	} else if ch.f, err = pollableFile(fd, "fake-comp"); err != nil {
+	ch, err := c.adoptChannelLocked(fd, syscallWait)
+	if err != nil {
 		t.Fatal(err)
 	}
-	c.chans[ch] = struct{}{}
+	ch.cqs[5] = cq
 	// A second descriptor for signalling, so the test never writes to a closed number.
 	sig, err := unix.Dup(fd)
 	if err != nil {
@@ -84,6 +75,12 @@ func TestCompChannelWait(t *testing.T) {
 			defer cancel()
 			if _, err := ch.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
 				t.Errorf("Wait with an expired context: %v", err)
+			}
+			// A context that ended after its wait leaves no state behind: the next waiter
+			// still gets its event.
+			signal(t, sig, 5)
+			if c, err := ch.Wait(context.Background()); err != nil || c != cq {
+				t.Errorf("Wait after an ended context: %p, %v; want the CQ %p", c, err, cq)
 			}
 			// Close wakes a sleeping waiter with ErrClosed.
 			errc := make(chan error, 1)

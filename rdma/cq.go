@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -90,10 +91,16 @@ func (wc *WorkCompletion) Err() error {
 
 // CompChannel is a completion event channel. Its fd is registered with the Go netpoller, so
 // Wait parks the goroutine until the kernel signals a completion on an armed CQ.
+//
+// Both waiting modes read events with raw system calls: the fd is non-blocking, so a read never
+// sleeps, and skipping the runtime's syscall bookkeeping matters per event. In particular, a
+// goroutine that wakes from the netpoller while every P was idle would otherwise wake the
+// runtime's sysmon thread with its first ordinary system call, once per completion event.
 type CompChannel struct {
 	ctx  *Context
-	f    *os.File       // netpoller mode
-	sw   *syscallWaiter // syscall-wait mode
+	f    *os.File        // netpoller mode
+	rc   syscall.RawConn // f's, for raw reads that still park in the netpoller
+	sw   *syscallWaiter  // syscall-wait mode
 	fd   int
 	mu   sync.Mutex
 	cqs  map[uint64]*CQ
@@ -106,12 +113,35 @@ type syscallWaiter struct {
 	wake   int
 	mu     sync.Mutex // held by the waiter; Close takes it after waking the waiter
 	closed atomic.Bool
+	// done and stop are the interruption registered for the last waiter's context (guarded by
+	// mu). It stays registered across waits with the same Done channel, which saves
+	// registering and removing it per event; a late interruption only costs a spurious wake-up.
+	done <-chan struct{}
+	stop func() bool
 }
 
 func (sw *syscallWaiter) interrupt() {
 	var one [8]byte
 	binary.NativeEndian.PutUint64(one[:], 1)
 	_, _ = unix.Write(sw.wake, one[:])
+}
+
+// watch makes sure that the end of ctx interrupts the waiter; sw.mu must be held.
+func (sw *syscallWaiter) watch(ctx context.Context) {
+	done := ctx.Done()
+	if done == nil || done == sw.done {
+		return
+	}
+	sw.unwatch()
+	sw.done, sw.stop = done, context.AfterFunc(ctx, sw.interrupt)
+}
+
+// unwatch drops the context registration; sw.mu must be held.
+func (sw *syscallWaiter) unwatch() {
+	if sw.stop != nil {
+		sw.stop()
+	}
+	sw.done, sw.stop = nil, nil
 }
 
 // NewCompChannel creates a completion event channel whose fd is registered with the Go netpoller:
@@ -138,7 +168,12 @@ func (c *Context) newCompChannel(syscallWait bool) (*CompChannel, error) {
 	if err := c.executeLocked(cmdCreateCompChannel, asBytes(&r), asBytes(&uverbsRespCmd{})); err != nil {
 		return nil, fmt.Errorf("rdma: %s: %w", c.Device.Name, err)
 	}
-	fd := int(r.FD)
+	return c.adoptChannelLocked(int(r.FD), syscallWait)
+}
+
+// adoptChannelLocked wraps the completion channel fd (closing it on failure) for the chosen
+// waiting mode and records the channel in c; c.mu must be held.
+func (c *Context) adoptChannelLocked(fd int, syscallWait bool) (*CompChannel, error) {
 	ch := &CompChannel{ctx: c, fd: fd, cqs: map[uint64]*CQ{}}
 	if syscallWait {
 		wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
@@ -159,10 +194,25 @@ func (c *Context) newCompChannel(syscallWait bool) (*CompChannel, error) {
 			unix.Close(fd)
 			return nil, err
 		}
+		if ch.rc, err = f.SyscallConn(); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("rdma: completion channel: %w", err)
+		}
 		ch.f = f
 	}
 	c.chans[ch] = struct{}{}
 	return ch, nil
+}
+
+// rawRead reads from the non-blocking fd without the runtime's syscall bookkeeping; it retries
+// EINTR.
+func rawRead(fd int, buf []byte) (int, unix.Errno) {
+	for {
+		n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+		if errno != unix.EINTR {
+			return int(n), errno
+		}
+	}
 }
 
 // cqFor returns the CQ of a completion event (nil for one whose CQ is gone).
@@ -172,14 +222,27 @@ func (ch *CompChannel) cqFor(ev []byte) *CQ {
 	return ch.cqs[binary.NativeEndian.Uint64(ev)]
 }
 
+// event checks what a read of the channel returned: the event's CQ, nil to read on (no event,
+// or one for a CQ that is gone), or an error.
+func (ch *CompChannel) event(buf []byte, n int, errno unix.Errno) (*CQ, error) {
+	switch {
+	case errno == unix.EAGAIN:
+		return nil, nil
+	case errno != 0:
+		return nil, fmt.Errorf("rdma: read completion channel: %w", errno)
+	case n != len(buf):
+		return nil, fmt.Errorf("rdma: completion channel returned %d bytes", n)
+	}
+	return ch.cqFor(buf), nil
+}
+
+// waitSyscall sleeps in poll(2) until the channel or the wake-up eventfd is readable, then reads
+// without blocking: per event one blocking system call and one raw read.
 func (ch *CompChannel) waitSyscall(ctx context.Context) (*CQ, error) {
 	sw := ch.sw
-	if ctx.Done() != nil {
-		stop := context.AfterFunc(ctx, sw.interrupt)
-		defer stop()
-	}
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
+	sw.watch(ctx)
 	var buf [unsafe.Sizeof(uverbsCompEventDesc{})]byte
 	for {
 		if sw.closed.Load() {
@@ -188,24 +251,19 @@ func (ch *CompChannel) waitSyscall(ctx context.Context) (*CQ, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		n, err := unix.Read(ch.fd, buf[:])
-		switch {
-		case err == nil && n == len(buf):
-			if cq := ch.cqFor(buf[:]); cq != nil {
-				return cq, nil
-			}
-			continue
-		case err == nil:
-			return nil, fmt.Errorf("rdma: completion channel returned %d bytes", n)
-		case err != unix.EAGAIN && err != unix.EINTR:
-			return nil, fmt.Errorf("rdma: read completion channel: %w", err)
-		}
 		fds := [2]unix.PollFd{{Fd: int32(ch.fd), Events: unix.POLLIN}, {Fd: int32(sw.wake), Events: unix.POLLIN}}
 		if _, err := unix.Poll(fds[:], -1); err != nil && err != unix.EINTR {
 			return nil, fmt.Errorf("rdma: poll completion channel: %w", err)
 		}
 		if fds[1].Revents != 0 {
-			_, _ = unix.Read(sw.wake, buf[:])
+			_, _ = rawRead(sw.wake, buf[:])
+		}
+		if fds[0].Revents == 0 {
+			continue
+		}
+		n, errno := rawRead(ch.fd, buf[:])
+		if cq, err := ch.event(buf[:], n, errno); cq != nil || err != nil {
+			return cq, err
 		}
 	}
 }
@@ -227,23 +285,35 @@ func (ch *CompChannel) Wait(ctx context.Context) (*CQ, error) {
 	}
 	var buf [unsafe.Sizeof(uverbsCompEventDesc{})]byte
 	for {
-		n, err := ch.f.Read(buf[:])
+		var (
+			n     int
+			errno unix.Errno
+		)
+		// The function runs first without waiting; on EAGAIN the goroutine parks in the
+		// netpoller until the fd is readable, then it runs again.
+		err := ch.rc.Read(func(fd uintptr) bool {
+			n, errno = rawRead(int(fd), buf[:])
+			return errno != unix.EAGAIN
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			if errors.Is(err, os.ErrClosed) {
+			if ch.isDead() {
 				return nil, fmt.Errorf("rdma: completion channel: %w", ErrClosed)
 			}
 			return nil, fmt.Errorf("rdma: read completion channel: %w", err)
 		}
-		if n != len(buf) {
-			return nil, fmt.Errorf("rdma: completion channel returned %d bytes", n)
-		}
-		if cq := ch.cqFor(buf[:]); cq != nil {
-			return cq, nil
+		if cq, err := ch.event(buf[:], n, errno); cq != nil || err != nil {
+			return cq, err
 		}
 	}
+}
+
+func (ch *CompChannel) isDead() bool {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	return ch.dead
 }
 
 // Close closes the channel; its CQs must be destroyed first.
@@ -268,6 +338,7 @@ func (ch *CompChannel) Close() error {
 		sw.interrupt()
 		sw.mu.Lock() // the waiter has left
 		defer sw.mu.Unlock()
+		sw.unwatch()
 		if err := errors.Join(unix.Close(ch.fd), unix.Close(sw.wake)); err != nil {
 			return fmt.Errorf("rdma: close completion channel: %w", err)
 		}
