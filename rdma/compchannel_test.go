@@ -107,3 +107,52 @@ func TestCompChannelWait(t *testing.T) {
 		})
 	}
 }
+
+// TestCompChannelWaitersWithOwnContexts: in netpoller mode, the end of one waiter's context
+// returns only that waiter; another one sleeps on and gets the next event.
+func TestCompChannelWaitersWithOwnContexts(t *testing.T) {
+	ch, sig, cq := fakeChannel(t, false)
+	ctx, cancel := context.WithCancel(context.Background())
+	live, liveCancel := context.WithCancel(context.Background())
+	defer liveCancel()
+	ended, got := make(chan error, 1), make(chan *CQ, 1)
+	go func() {
+		_, err := ch.Wait(ctx)
+		ended <- err
+	}()
+	go func() {
+		c, err := ch.Wait(live)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Wait with a cancelled context: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("cancelling did not end the wait")
+	}
+	select {
+	case c := <-got:
+		t.Fatalf("the waiter with a live context returned %p", c)
+	case <-time.After(20 * time.Millisecond):
+	}
+	signal(t, sig, 5)
+	select {
+	case c := <-got:
+		if c != cq {
+			t.Errorf("Wait returned %p, want the CQ %p", c, cq)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter with a live context missed the event")
+	}
+	delete(ch.cqs, 5)
+	if err := ch.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -102,22 +103,60 @@ type CompChannel struct {
 	rc   syscall.RawConn // f's, for raw reads that still park in the netpoller
 	sw   *syscallWaiter  // syscall-wait mode
 	fd   int
+	intr interrupter // wakes waiters whose context ended
 	mu   sync.Mutex
 	cqs  map[uint64]*CQ
 	dead bool
 }
 
-// syscallWaiter lets one goroutine at a time sleep in poll(2) on the channel fd and an eventfd
-// that Close and context cancellation write to.
+// syscallWaiter lets one goroutine at a time sleep in epoll_wait(2) on the channel fd and an
+// eventfd that Close and context cancellation write to. The epoll set is built once, so a wait
+// costs the kernel no per-call registration of the two fds as poll(2) would.
 type syscallWaiter struct {
+	ep     int
 	wake   int
 	mu     sync.Mutex // held by the waiter; Close takes it after waking the waiter
 	closed atomic.Bool
-	// done and stop are the interruption registered for the last waiter's context (guarded by
-	// mu). It stays registered across waits with the same Done channel, which saves
-	// registering and removing it per event; a late interruption only costs a spurious wake-up.
-	done <-chan struct{}
-	stop func() bool
+	// yielded is when the waiter last went through the scheduler (guarded by mu); see yield.
+	yielded time.Time
+}
+
+// yieldEvery is how often a syscall waiter passes through the scheduler. A goroutine that only
+// sleeps in system calls never does otherwise, and after 10 ms on the same scheduling tick the
+// runtime's sysmon thread treats it as running too long: it signals the thread, takes its P
+// away and goes back to polling every 20 us, which under load costs more than the yield.
+const yieldEvery = 2 * time.Millisecond
+
+// yield lets the scheduler see the waiter once per yieldEvery; sw.mu must be held.
+func (sw *syscallWaiter) yield() {
+	if now := time.Now(); now.Sub(sw.yielded) >= yieldEvery {
+		sw.yielded = now
+		runtime.Gosched()
+	}
+}
+
+// newSyscallWaiter builds the epoll set for the channel fd, which it makes non-blocking.
+func newSyscallWaiter(fd int) (*syscallWaiter, error) {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return nil, err
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, err
+	}
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		unix.Close(wake)
+		return nil, err
+	}
+	for _, f := range []int{fd, wake} {
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, f, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(f)}); err != nil {
+			unix.Close(ep)
+			unix.Close(wake)
+			return nil, err
+		}
+	}
+	return &syscallWaiter{ep: ep, wake: wake}, nil
 }
 
 func (sw *syscallWaiter) interrupt() {
@@ -126,22 +165,8 @@ func (sw *syscallWaiter) interrupt() {
 	_, _ = unix.Write(sw.wake, one[:])
 }
 
-// watch makes sure that the end of ctx interrupts the waiter; sw.mu must be held.
-func (sw *syscallWaiter) watch(ctx context.Context) {
-	done := ctx.Done()
-	if done == nil || done == sw.done {
-		return
-	}
-	sw.unwatch()
-	sw.done, sw.stop = done, context.AfterFunc(ctx, sw.interrupt)
-}
-
-// unwatch drops the context registration; sw.mu must be held.
-func (sw *syscallWaiter) unwatch() {
-	if sw.stop != nil {
-		sw.stop()
-	}
-	sw.done, sw.stop = nil, nil
+func (sw *syscallWaiter) close() error {
+	return errors.Join(unix.Close(sw.ep), unix.Close(sw.wake))
 }
 
 // NewCompChannel creates a completion event channel whose fd is registered with the Go netpoller:
@@ -176,18 +201,13 @@ func (c *Context) newCompChannel(syscallWait bool) (*CompChannel, error) {
 func (c *Context) adoptChannelLocked(fd int, syscallWait bool) (*CompChannel, error) {
 	ch := &CompChannel{ctx: c, fd: fd, cqs: map[uint64]*CQ{}}
 	if syscallWait {
-		wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-		if err == nil {
-			err = unix.SetNonblock(fd, true)
-		}
+		sw, err := newSyscallWaiter(fd)
 		if err != nil {
 			unix.Close(fd)
-			if wake > 0 {
-				unix.Close(wake)
-			}
 			return nil, fmt.Errorf("rdma: completion channel: %w", err)
 		}
-		ch.sw = &syscallWaiter{wake: wake}
+		ch.sw = sw
+		ch.intr.set = ch.sw.interrupt
 	} else {
 		f, err := pollableFile(fd, c.Device.Name+"-comp")
 		if err != nil {
@@ -199,6 +219,9 @@ func (c *Context) adoptChannelLocked(fd int, syscallWait bool) (*CompChannel, er
 			return nil, fmt.Errorf("rdma: completion channel: %w", err)
 		}
 		ch.f = f
+		// A read deadline in the past wakes every waiter parked in the netpoller.
+		ch.intr.set = func() { _ = f.SetReadDeadline(time.Unix(1, 0)) }
+		ch.intr.clear = func() { _ = f.SetReadDeadline(time.Time{}) }
 	}
 	c.chans[ch] = struct{}{}
 	return ch, nil
@@ -236,33 +259,42 @@ func (ch *CompChannel) event(buf []byte, n int, errno unix.Errno) (*CQ, error) {
 	return ch.cqFor(buf), nil
 }
 
-// waitSyscall sleeps in poll(2) until the channel or the wake-up eventfd is readable, then reads
-// without blocking: per event one blocking system call and one raw read.
+// waitSyscall sleeps in epoll_wait(2) until the channel or the wake-up eventfd is readable,
+// then reads without blocking: per event one blocking system call and one raw read.
 func (ch *CompChannel) waitSyscall(ctx context.Context) (*CQ, error) {
 	sw := ch.sw
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
-	sw.watch(ctx)
-	var buf [unsafe.Sizeof(uverbsCompEventDesc{})]byte
+	defer ch.intr.leave(ch.intr.enter(ctx))
+	var (
+		buf [unsafe.Sizeof(uverbsCompEventDesc{})]byte
+		evs [2]unix.EpollEvent
+	)
 	for {
+		sw.yield()
 		if sw.closed.Load() {
 			return nil, fmt.Errorf("rdma: completion channel: %w", ErrClosed)
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		fds := [2]unix.PollFd{{Fd: int32(ch.fd), Events: unix.POLLIN}, {Fd: int32(sw.wake), Events: unix.POLLIN}}
-		if _, err := unix.Poll(fds[:], -1); err != nil && err != unix.EINTR {
-			return nil, fmt.Errorf("rdma: poll completion channel: %w", err)
+		n, err := unix.EpollWait(sw.ep, evs[:], -1)
+		if err != nil && err != unix.EINTR {
+			return nil, fmt.Errorf("rdma: wait for completion channel: %w", err)
 		}
-		if fds[1].Revents != 0 {
-			_, _ = rawRead(sw.wake, buf[:])
+		readable := false
+		for _, ev := range evs[:max(n, 0)] {
+			if int(ev.Fd) == sw.wake {
+				_, _ = rawRead(sw.wake, buf[:])
+			} else {
+				readable = true
+			}
 		}
-		if fds[0].Revents == 0 {
+		if !readable {
 			continue
 		}
-		n, errno := rawRead(ch.fd, buf[:])
-		if cq, err := ch.event(buf[:], n, errno); cq != nil || err != nil {
+		rn, errno := rawRead(ch.fd, buf[:])
+		if cq, err := ch.event(buf[:], rn, errno); cq != nil || err != nil {
 			return cq, err
 		}
 	}
@@ -275,40 +307,51 @@ func (ch *CompChannel) Wait(ctx context.Context) (*CQ, error) {
 	if ch.sw != nil {
 		return ch.waitSyscall(ctx)
 	}
-	if ctx.Done() != nil {
-		stop := context.AfterFunc(ctx, func() { _ = ch.f.SetReadDeadline(time.Unix(1, 0)) })
-		defer func() {
-			if !stop() {
-				_ = ch.f.SetReadDeadline(time.Time{})
-			}
-		}()
-	}
-	var buf [unsafe.Sizeof(uverbsCompEventDesc{})]byte
+	defer ch.intr.leave(ch.intr.enter(ctx))
+	r := eventReaders.Get().(*eventReader)
+	defer eventReaders.Put(r)
 	for {
-		var (
-			n     int
-			errno unix.Errno
-		)
-		// The function runs first without waiting; on EAGAIN the goroutine parks in the
-		// netpoller until the fd is readable, then it runs again.
-		err := ch.rc.Read(func(fd uintptr) bool {
-			n, errno = rawRead(int(fd), buf[:])
-			return errno != unix.EAGAIN
-		})
-		if err != nil {
-			if ctx.Err() != nil {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		// r.read runs first without waiting; on EAGAIN the goroutine parks in the netpoller
+		// until the fd is readable (or the read deadline passes), then it runs again.
+		if err := ch.rc.Read(r.read); err != nil {
+			switch {
+			case ctx.Err() != nil:
 				return nil, ctx.Err()
-			}
-			if ch.isDead() {
+			case ch.isDead():
 				return nil, fmt.Errorf("rdma: completion channel: %w", ErrClosed)
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				// Another waiter's context ended; let that waiter leave, then sleep again.
+				runtime.Gosched()
+				continue
 			}
 			return nil, fmt.Errorf("rdma: read completion channel: %w", err)
 		}
-		if cq, err := ch.event(buf[:], n, errno); cq != nil || err != nil {
+		if cq, err := ch.event(r.buf[:], r.n, r.errno); cq != nil || err != nil {
 			return cq, err
 		}
 	}
 }
+
+// eventReader is a netpoller-mode read of one completion event, with its function for
+// RawConn.Read bound once: pooled, a wait allocates nothing for it.
+type eventReader struct {
+	buf   [unsafe.Sizeof(uverbsCompEventDesc{})]byte
+	n     int
+	errno unix.Errno
+	read  func(fd uintptr) bool
+}
+
+var eventReaders = sync.Pool{New: func() any {
+	r := &eventReader{}
+	r.read = func(fd uintptr) bool {
+		r.n, r.errno = rawRead(int(fd), r.buf[:])
+		return r.errno != unix.EAGAIN
+	}
+	return r
+}}
 
 func (ch *CompChannel) isDead() bool {
 	ch.mu.Lock()
@@ -338,13 +381,15 @@ func (ch *CompChannel) Close() error {
 		sw.interrupt()
 		sw.mu.Lock() // the waiter has left
 		defer sw.mu.Unlock()
-		sw.unwatch()
-		if err := errors.Join(unix.Close(ch.fd), unix.Close(sw.wake)); err != nil {
+		ch.intr.close()
+		if err := errors.Join(unix.Close(ch.fd), sw.close()); err != nil {
 			return fmt.Errorf("rdma: close completion channel: %w", err)
 		}
 		return nil
 	}
-	if err := ch.f.Close(); err != nil {
+	err := ch.f.Close()
+	ch.intr.close()
+	if err != nil {
 		return fmt.Errorf("rdma: close completion channel: %w", err)
 	}
 	return nil
