@@ -103,7 +103,7 @@ type ConnConfig struct {
 	// rdma_cm alone would pick 0, which means 655 ms).
 	MinRNRTimer uint8
 	// SyscallWait gives the connection a completion channel whose single waiter sleeps in
-	// poll(2) instead of the netpoller (see NewCompChannelSyscallWait).
+	// epoll_wait(2) instead of the netpoller (see NewCompChannelSyscallWait).
 	SyscallWait bool
 }
 

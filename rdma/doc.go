@@ -28,6 +28,13 @@
 //	<-conn.Done()                        // peer gone: QP already in ERR, waiters woken by flushes
 //	conn.Close()
 //
+// Waiting for completions: CQ.Wait polls (CQ.Spin times), arms the CQ and sleeps on its
+// CompChannel. Per completion event that costs the arm (one raw write), the netpoller's wait and
+// one raw read; the event fd is read with raw system calls because a goroutine's first ordinary
+// system call after waking in the netpoller wakes the runtime's sysmon thread, which doubled the
+// event-mode round trip under emulation. NewCompChannelSyscallWait is the alternative for a
+// dedicated waiter that sleeps in epoll_wait(2).
+//
 // Memory for RDMA must not move: register mmap'd memory (PD.AllocBuffer) or other non-Go-heap
 // memory with PD.RegMR. Virtual addresses are absolute (MR.Addr is the remote_addr base).
 //

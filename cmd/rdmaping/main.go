@@ -44,7 +44,7 @@ func main() {
 		iters  = flag.Int("n", 1000, "client: iterations per test and size")
 		depth  = flag.Int("q", 16, "client: operations in flight for the bandwidth runs")
 		poll   = flag.Bool("poll", false, "busy-poll the completion queue instead of sleeping on completion events")
-		sysw   = flag.Bool("syscallwait", false, "sleep on completion events in poll(2) instead of the Go netpoller")
+		sysw   = flag.Bool("syscallwait", false, "sleep on completion events in epoll_wait(2) on a thread of its own instead of the Go netpoller")
 	)
 	flag.Parse()
 	if flag.NArg() > 0 {
