@@ -46,6 +46,17 @@ type rxeSendWR struct {
 	UnionTail  [104]byte
 }
 
+// rxeMWBind is the mw member of rxe_send_wr's wr union (at RemoteAddr's offset): a bind_mw
+// work request.
+type rxeMWBind struct {
+	Addr   uint64
+	Length uint64
+	MRLKey uint32
+	MWRKey uint32
+	RKey   uint32
+	Access uint32
+}
+
 type rxeSGE struct {
 	Addr   uint64
 	Length uint32

@@ -43,6 +43,8 @@ func TestABILayout(t *testing.T) {
 		ev   ucmEventResp
 		mig  ucmMigrateIDCmd
 		swr  rxeSendWR
+		bmw  rxeMWBind
+		amw  uverbsAllocMW
 		sge  rxeSGE
 		mmi  rxeMMInfo
 		dma  rxeDMAInfo
@@ -85,6 +87,10 @@ func TestABILayout(t *testing.T) {
 			{"access_flags", unsafe.Offsetof(rmr.AccessFlags), 36},
 		}},
 		{"ib_uverbs_reg_mr_resp", unsafe.Sizeof(uverbsRegMRResp{}), 12, nil},
+		{"ib_uverbs_alloc_mw", unsafe.Sizeof(amw), 16, []off{
+			{"pd_handle", unsafe.Offsetof(amw.PDHandle), 8}, {"mw_type", unsafe.Offsetof(amw.MWType), 12},
+		}},
+		{"ib_uverbs_alloc_mw_resp", unsafe.Sizeof(uverbsAllocMWResp{}), 8, nil},
 		{"ib_uverbs_create_comp_channel_resp", unsafe.Sizeof(uverbsCreateCompChannelResp{}), 4, nil},
 		{"ib_uverbs_create_cq", unsafe.Sizeof(ccq), 32, []off{
 			{"user_handle", unsafe.Offsetof(ccq.UserHandle), 8}, {"cqe", unsafe.Offsetof(ccq.CQE), 16},
@@ -234,6 +240,12 @@ func TestABILayout(t *testing.T) {
 			{"reserved", unsafe.Offsetof(swr.Reserved), 8}, {"opcode", unsafe.Offsetof(swr.Opcode), 12},
 			{"send_flags", unsafe.Offsetof(swr.SendFlags), 16}, {"ex", unsafe.Offsetof(swr.Ex), 20},
 			{"wr.rdma.remote_addr", unsafe.Offsetof(swr.RemoteAddr), 24}, {"wr.rdma.rkey", unsafe.Offsetof(swr.RKey), 32},
+		}},
+		// The mw member of the wr union starts where wr.rdma.remote_addr does (24).
+		{"rxe_send_wr.wr.mw", unsafe.Sizeof(bmw), 32, []off{
+			{"length", 24 + unsafe.Offsetof(bmw.Length), 32}, {"mr_lkey", 24 + unsafe.Offsetof(bmw.MRLKey), 40},
+			{"mw_rkey", 24 + unsafe.Offsetof(bmw.MWRKey), 44}, {"rkey", 24 + unsafe.Offsetof(bmw.RKey), 48},
+			{"access", 24 + unsafe.Offsetof(bmw.Access), 52},
 		}},
 		{"rxe_sge", unsafe.Sizeof(sge), 16, []off{
 			{"length", unsafe.Offsetof(sge.Length), 8}, {"lkey", unsafe.Offsetof(sge.LKey), 12},

@@ -15,6 +15,8 @@ const (
 	cmdDeallocPD         = 4
 	cmdRegMR             = 9
 	cmdDeregMR           = 13
+	cmdAllocMW           = 14
+	cmdDeallocMW         = 16
 	cmdCreateCompChannel = 17
 	cmdCreateCQ          = 18
 	cmdDestroyCQ         = 20
@@ -123,7 +125,7 @@ type uverbsAllocPDResp struct {
 	PDHandle uint32
 }
 
-// uverbsHandleCmd is the body of DEALLOC_PD and DEREG_MR: one handle, no response.
+// uverbsHandleCmd is the body of DEALLOC_PD, DEREG_MR and DEALLOC_MW: one handle, no response.
 type uverbsHandleCmd struct {
 	Handle uint32
 }
@@ -140,6 +142,18 @@ type uverbsRegMR struct {
 type uverbsRegMRResp struct {
 	MRHandle uint32
 	LKey     uint32
+	RKey     uint32
+}
+
+type uverbsAllocMW struct {
+	Response uint64
+	PDHandle uint32
+	MWType   uint8
+	Reserved [3]uint8
+}
+
+type uverbsAllocMWResp struct {
+	MWHandle uint32
 	RKey     uint32
 }
 

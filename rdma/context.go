@@ -45,6 +45,7 @@ type Context struct {
 	qps     map[uint64]*QP
 	cqs     map[uint64]*CQ
 	mrs     map[*MR]struct{}
+	mws     map[*MW]struct{}
 	pds     map[*PD]struct{}
 	chans   map[*CompChannel]struct{}
 
@@ -114,7 +115,7 @@ func Open(dev Device) (*Context, error) {
 	}
 	c := &Context{
 		Device: dev, prov: prov, fd: fd, scratch: new(cmdScratch),
-		qps: map[uint64]*QP{}, cqs: map[uint64]*CQ{}, mrs: map[*MR]struct{}{}, pds: map[*PD]struct{}{},
+		qps: map[uint64]*QP{}, cqs: map[uint64]*CQ{}, mrs: map[*MR]struct{}{}, mws: map[*MW]struct{}{}, pds: map[*PD]struct{}{},
 		chans: map[*CompChannel]struct{}{}, events: make(chan AsyncEvent, 64), asyncDone: make(chan struct{}),
 	}
 	var resp uverbsGetContextResp
@@ -208,6 +209,7 @@ func asBytes[T any](p *T) []byte {
 var cmdNames = map[uint32]string{
 	cmdGetContext: "GET_CONTEXT", cmdQueryDevice: "QUERY_DEVICE", cmdQueryPort: "QUERY_PORT",
 	cmdAllocPD: "ALLOC_PD", cmdDeallocPD: "DEALLOC_PD", cmdRegMR: "REG_MR", cmdDeregMR: "DEREG_MR",
+	cmdAllocMW: "ALLOC_MW", cmdDeallocMW: "DEALLOC_MW",
 	cmdCreateCompChannel: "CREATE_COMP_CHANNEL", cmdCreateCQ: "CREATE_CQ", cmdDestroyCQ: "DESTROY_CQ",
 	cmdReqNotifyCQ: "REQ_NOTIFY_CQ", cmdCreateQP: "CREATE_QP", cmdModifyQP: "MODIFY_QP",
 	cmdDestroyQP: "DESTROY_QP", cmdPostSend: "POST_SEND",
@@ -366,7 +368,7 @@ func (c *Context) CheckPort(port int) error {
 	return nil
 }
 
-// Close destroys every object still alive (QPs, CQs, MRs, PDs, completion channels, in that
+// Close destroys every object still alive (MWs, QPs, CQs, MRs, PDs, completion channels, in that
 // order), closes the async event fd and the command fd. It is safe to call more than once.
 func (c *Context) Close() error {
 	c.mu.Lock()
@@ -374,6 +376,7 @@ func (c *Context) Close() error {
 		c.mu.Unlock()
 		return nil
 	}
+	mws := mapKeys(c.mws)
 	qps := mapValues(c.qps)
 	cqs := mapValues(c.cqs)
 	mrs := mapKeys(c.mrs)
@@ -381,6 +384,10 @@ func (c *Context) Close() error {
 	chans := mapKeys(c.chans)
 	c.mu.Unlock()
 	var errs []error
+	// A bound window holds its QP and region: windows go first.
+	for _, mw := range mws {
+		errs = append(errs, mw.Dealloc())
+	}
 	for _, qp := range qps {
 		errs = append(errs, qp.Destroy())
 	}

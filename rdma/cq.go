@@ -67,8 +67,13 @@ const (
 	WCSend      WCOpcode = 0
 	WCRDMAWrite WCOpcode = 1
 	WCRDMARead  WCOpcode = 2
+	WCBindMW    WCOpcode = 5
 	WCRecv      WCOpcode = 128
 )
+
+// WCWithInvalidate is set in WorkCompletion.Flags of a receive whose SEND invalidated the rkey
+// in WorkCompletion.Ex (IB_WC_WITH_INVALIDATE).
+const WCWithInvalidate = 1 << 2
 
 // WorkCompletion is one completion (ibv_wc).
 type WorkCompletion struct {

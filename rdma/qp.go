@@ -20,6 +20,7 @@ const (
 	OpRDMAWrite   Opcode = 0
 	OpSend        Opcode = 2
 	OpRDMARead    Opcode = 4
+	OpBindMW      Opcode = 8 // build with MW.BindWR
 	OpSendWithInv Opcode = 9
 )
 
@@ -55,6 +56,8 @@ type SendWR struct {
 	RKey       uint32
 	// InvalidateRKey is the peer's rkey to invalidate with OpSendWithInv.
 	InvalidateRKey uint32
+	// Bind is what OpBindMW binds.
+	Bind MWBind
 }
 
 // RecvWR is a receive work request.
@@ -281,7 +284,7 @@ func (qp *QP) PostSend(wrs ...SendWR) error {
 			}
 			sges := st.sendSGEs[k*qp.Caps.MaxSendSGE:]
 			s := SendWR{ID: wr.ID, Opcode: wr.Opcode, Flags: wr.Flags, RemoteAddr: wr.RemoteAddr, RKey: wr.RKey,
-				InvalidateRKey: wr.InvalidateRKey, SGL: sges[:copy(sges, wr.SGL)]}
+				InvalidateRKey: wr.InvalidateRKey, Bind: wr.Bind, SGL: sges[:copy(sges, wr.SGL)]}
 			if wr.Inline != nil {
 				in := st.inline[k*qp.Caps.MaxInline:]
 				s.Inline = in[:copy(in, wr.Inline)]

@@ -210,6 +210,8 @@ func (r *rxeQP) writeSendWQE(prod uint32, wr *SendWR) error {
 	}
 	switch wr.Opcode {
 	case OpSend, OpSendWithInv, OpRDMAWrite, OpRDMARead:
+	case OpBindMW:
+		return r.writeBindWQE(prod, wr)
 	default:
 		return fmt.Errorf("unsupported opcode %d", wr.Opcode)
 	}
@@ -254,6 +256,26 @@ func (r *rxeQP) writeSendWQE(prod uint32, wr *SendWR) error {
 		SSN:  r.ssn,
 		DMA:  rxeDMAInfo{Length: uint32(length), Resid: uint32(length), NumSGE: numSGE},
 	}
+	return nil
+}
+
+// writeBindWQE writes a bind_mw work request: no data, the window's parameters in the wr union.
+func (r *rxeQP) writeBindWQE(prod uint32, wr *SendWR) error {
+	b := &wr.Bind
+	if len(wr.SGL) != 0 || wr.Inline != nil {
+		return errors.New("a bind work request carries no data")
+	}
+	if b.Length == 0 || b.RKey&^0xff != b.MWRKey&^0xff {
+		return fmt.Errorf("bad bind of window %#x as %#x, %d bytes", b.MWRKey, b.RKey, b.Length)
+	}
+	slot := r.sq.slot(prod)
+	r.ssn++
+	*(*rxeSendWQE)(unsafe.Pointer(&slot[0])) = rxeSendWQE{
+		WR:  rxeSendWR{WRID: wr.ID, Opcode: uint32(OpBindMW), SendFlags: uint32(wr.Flags &^ SendInline)},
+		SSN: r.ssn,
+	}
+	*(*rxeMWBind)(unsafe.Pointer(&slot[unsafe.Offsetof(rxeSendWR{}.RemoteAddr)])) = rxeMWBind{
+		Addr: b.Addr, Length: b.Length, MRLKey: b.MRLKey, MWRKey: b.MWRKey, RKey: b.RKey, Access: uint32(b.Access)}
 	return nil
 }
 

@@ -136,6 +136,19 @@ func TestRxePostSend(t *testing.T) {
 		binary.NativeEndian.Uint32(db[20:]) != 0 || binary.NativeEndian.Uint32(db[28:]) != uverbsSendWRSize {
 		t.Errorf("doorbell bytes %x", db[:n])
 	}
+	// A bind: no data, the window in the wr union.
+	bind := SendWR{ID: 3, Opcode: OpBindMW, Flags: SendSignaled,
+		Bind: MWBind{MWRKey: 0x1200, RKey: 0x1201, MRLKey: 0x77, Addr: 0x5000, Length: 300, Access: AccessRemoteWrite}}
+	if _, err := r.PostSend([]SendWR{bind}); err != nil {
+		t.Fatal(err)
+	}
+	s2 := r.sq.slot(2)
+	w2 := (*rxeSendWQE)(unsafe.Pointer(&s2[0]))
+	b2 := (*rxeMWBind)(unsafe.Pointer(&s2[unsafe.Offsetof(rxeSendWR{}.RemoteAddr)]))
+	if w2.WR.WRID != 3 || w2.WR.Opcode != uint32(OpBindMW) || w2.WR.SendFlags != uint32(SendSignaled) || w2.DMA.Length != 0 ||
+		*b2 != (rxeMWBind{Addr: 0x5000, Length: 300, MRLKey: 0x77, MWRKey: 0x1200, RKey: 0x1201, Access: uint32(AccessRemoteWrite)}) {
+		t.Errorf("bind WQE %+v, window %+v", *w2, *b2)
+	}
 }
 
 func TestRxePostSendErrors(t *testing.T) {
@@ -147,6 +160,9 @@ func TestRxePostSendErrors(t *testing.T) {
 		{"inline too long", SendWR{Opcode: OpSend, Inline: make([]byte, 65)}, 0},
 		{"inline read", SendWR{Opcode: OpRDMARead, Inline: []byte("x")}, 0},
 		{"bad opcode", SendWR{Opcode: 7}, 0},
+		{"bind with data", SendWR{Opcode: OpBindMW, SGL: []SGE{{Length: 1}}, Bind: MWBind{Length: 1}}, 0},
+		{"bind of nothing", SendWR{Opcode: OpBindMW}, 0},
+		{"bind changing the window index", SendWR{Opcode: OpBindMW, Bind: MWBind{MWRKey: 0x100, RKey: 0x201, Length: 1}}, 0},
 		{"too many SGEs", SendWR{Opcode: OpSend, SGL: make([]SGE, 64)}, 0},
 	}
 	for _, tt := range tests {
