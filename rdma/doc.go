@@ -10,6 +10,8 @@
 //	Context (one per device: uverbs fd, async event fd)
 //	  PD          protection domain
 //	    MR        registered memory (AllocBuffer: mmap'd page-aligned memory + MR)
+//	    MW        type 2 memory window onto an MR: bound by a work request (MW.BindWR) on a
+//	              QP, closed by the peer's SEND with invalidate
 //	  CompChannel completion event fd, registered with the Go netpoller
 //	    CQ        completion queue
 //	      QP      reliable-connected queue pair

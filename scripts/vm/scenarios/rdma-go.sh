@@ -1,10 +1,11 @@
 # vm-timeout: 420
 # The cgo-free rdma package over rdma_rxe: rdmaping beside rdma-core's ibv_rc_pingpong and rping
 # with the ratios printed, then the package's device tests (rdma_cm connect, SEND/WRITE/READ of
-# 1 B..4 MiB verified, 10,000 round trips without leaks, reject, peer killed, port flap, device
-# removal). Those run last since they flap d0 and delete and re-create rxe0. They need rdma.test
-# in the VM: CGO_ENABLED=0 go test -c -o DIR/rdma.test ./rdma with VM_TESTBIN_DIR=DIR (or the
-# binary in bin/). rdmaping comes from bin/ (make build) or DIR.
+# 1 B..4 MiB verified, 10,000 round trips without leaks, reject, peer killed, memory window bound
+# and then invalidated by a SEND with invalidate, port flap, device removal). Those run last
+# since they flap d0 and delete and re-create rxe0. They need rdma.test in the VM:
+# CGO_ENABLED=0 go test -c -o DIR/rdma.test ./rdma with VM_TESTBIN_DIR=DIR (or the binary in
+# bin/). rdmaping comes from bin/ (make build) or DIR.
 # A freshly built rdmaping in VM_TESTBIN_DIR wins over the one from bin/.
 RDMAPING=/usr/local/bin/rdmaping
 [ -x "$RDMAPING" ] || RDMAPING=$(command -v rdmaping) || fail "rdmaping missing: run 'make build' or put it in VM_TESTBIN_DIR"
