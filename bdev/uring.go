@@ -71,11 +71,14 @@ type UringOptions struct {
 // a channel instead, which wakes a goroutine faster still.
 //
 // Done runs on the worker goroutine, so it must not block: every other
-// request of that core waits behind it. It may Submit.
+// request of that core waits behind it. It may Submit. On tmpfs, where a
+// copy never waits for a device, reads and writes are done by Submit
+// itself and Done runs before Submit returns.
 type Uring struct {
-	file     *File // buffered descriptor, size, Mapped, Resize, final flush
-	direct   int   // O_DIRECT descriptor, or -1
-	inline   bool  // memory-backed store: copy on the worker, see start
+	file     *File        // buffered descriptor, size, Mapped, Resize, final flush
+	direct   int          // O_DIRECT descriptor, or -1
+	inline   bool         // memory-backed store: reads and writes are copied in Submit, see copyInline
+	copying  atomic.Int64 // inline copies in progress, for Close
 	memAlign uintptr
 	offAlign int64
 	pool     *Pool
@@ -179,6 +182,10 @@ func (d *Uring) Resize(size int64) error { return d.file.Resize(size) }
 // shared state) through that worker's multi-producer ring. Connections
 // that submit from one goroutine should use NewQueue instead.
 func (d *Uring) Submit(r *Request) {
+	if d.inline && (r.Op == OpRead || r.Op == OpWrite) {
+		d.copyInline(r)
+		return
+	}
 	w := d.workers[rand.N(len(d.workers))]
 	w.submitters.Add(1)
 	if d.closed.Load() {
@@ -218,6 +225,10 @@ func (d *Uring) NewQueue() *Queue {
 
 // Submit starts r on the queue's worker; Done runs on that worker.
 func (q *Queue) Submit(r *Request) {
+	if q.d.inline && (r.Op == OpRead || r.Op == OpWrite) {
+		q.d.copyInline(r)
+		return
+	}
 	q.busy.Store(true)
 	if q.d.closed.Load() {
 		q.busy.Store(false)
@@ -258,6 +269,9 @@ func (d *Uring) Close() error {
 	}
 	// Every submitter either saw closed or finished its push: after this
 	// the workers can drain to empty and stop.
+	for d.copying.Load() != 0 {
+		runtime.Gosched()
+	}
 	for _, w := range d.workers {
 		for w.submitters.Load() != 0 {
 			runtime.Gosched()
@@ -568,10 +582,6 @@ func (w *worker) start(r *Request) {
 			fail(r, nil)
 			return
 		}
-		if w.d.inline {
-			fail(r, w.d.copyNow(r))
-			return
-		}
 		s := w.alloc(r)
 		s.off, s.buf = r.Offset, r.Buf
 		w.issueRW(s)
@@ -591,6 +601,24 @@ func (w *worker) start(r *Request) {
 	default:
 		fail(r, fmt.Errorf("bdev: unknown operation %v", r.Op))
 	}
+}
+
+// copyInline serves a read or write of a memory-backed store in the
+// caller's goroutine: the copy cannot wait for a device, so handing it to a
+// worker would only add two goroutine switches.
+func (d *Uring) copyInline(r *Request) {
+	d.copying.Add(1)
+	if d.closed.Load() {
+		d.copying.Add(-1)
+		fail(r, ErrClosed)
+		return
+	}
+	r.Err = checkRange(r.Offset, r.length(), d.Size())
+	if r.Err == nil && len(r.Buf) > 0 {
+		r.Err = d.copyNow(r)
+	}
+	d.copying.Add(-1)
+	r.Done(r)
 }
 
 // copyNow performs a read or write with a positioned system call.

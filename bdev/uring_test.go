@@ -453,18 +453,24 @@ func TestUringSpill(t *testing.T) {
 
 // loop keeps len(bufs) requests in flight against s without allocating:
 // each completion resubmits its request until total have been issued.
+// One goroutine at a time submits (a Queue is single-producer), and no lock
+// is held across Submit, since on tmpfs Done runs inside it: a completion
+// that finds a submitter busy leaves its request in again for it.
 type loop struct {
 	s                       submitter
 	reqs                    []Request
 	done                    chan struct{}
 	mu                      sync.Mutex
 	total, issued, finished int
+	submitting              bool       // under mu: a goroutine is in drain
+	again                   []*Request // under mu: requests waiting for that goroutine
 	seq                     bool
 	next, limit, stride     int64
 }
 
 func newLoop(s submitter, bufs [][]byte, op Op, seq bool, limit int64) *loop {
-	l := &loop{s: s, reqs: make([]Request, len(bufs)), done: make(chan struct{}, 1), seq: seq, limit: limit, stride: int64(len(bufs[0]))}
+	l := &loop{s: s, reqs: make([]Request, len(bufs)), done: make(chan struct{}, 1), seq: seq, limit: limit,
+		stride: int64(len(bufs[0])), again: make([]*Request, 0, len(bufs))}
 	for i := range l.reqs {
 		l.reqs[i] = Request{Op: op, Buf: bufs[i], Done: l.complete}
 	}
@@ -492,15 +498,32 @@ func (l *loop) complete(r *Request) {
 		l.mu.Unlock()
 		l.done <- struct{}{}
 	case l.issued < l.total:
-		// Submitting under l.mu keeps a Queue single-producer while
-		// completions on the worker and run race to submit.
 		l.issued++
 		r.Offset = l.offset()
-		l.s.Submit(r)
-		l.mu.Unlock()
+		l.again = append(l.again, r)
+		l.drain()
 	default:
 		l.mu.Unlock()
 	}
+}
+
+// drain submits the requests in again unless another goroutine already
+// does; l.mu is held on entry and released.
+func (l *loop) drain() {
+	if l.submitting {
+		l.mu.Unlock()
+		return
+	}
+	l.submitting = true
+	for len(l.again) > 0 {
+		r := l.again[len(l.again)-1]
+		l.again = l.again[:len(l.again)-1]
+		l.mu.Unlock()
+		l.s.Submit(r)
+		l.mu.Lock()
+	}
+	l.submitting = false
+	l.mu.Unlock()
 }
 
 // run completes n requests and returns when the last one has.
@@ -513,9 +536,9 @@ func (l *loop) run(n int) {
 	l.issued = min(n, len(l.reqs))
 	for i := range l.issued {
 		l.reqs[i].Offset = l.offset()
-		l.s.Submit(&l.reqs[i])
+		l.again = append(l.again, &l.reqs[i])
 	}
-	l.mu.Unlock()
+	l.drain()
 	<-l.done
 }
 

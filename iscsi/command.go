@@ -54,16 +54,8 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 	case flags&cmdFinal == 0 && (p.InitialR2T || flags&cmdWrite == 0):
 		return protoErr("F bit clear but no unsolicited data may follow")
 	}
-	s.mu.Lock()
-	_, busy := s.tasks[h.ITT()]
-	s.mu.Unlock()
-	if busy {
-		return protoErr("initiator task tag already in use")
-	}
-
 	t := getTask(c)
-	t.start = time.Now()
-	s.stats.inFlight.Add(1)
+	t.start = c.rxTime
 	t.itt = h.ITT()
 	t.lunField = h.LUN()
 	t.cmdSN = h.U32(offCmdSN)
@@ -78,17 +70,27 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 	t.cmd.LUN = lun
 	if lun != noLUN && s.target.SCSI.HasLUN(lun) {
 		t.lun = s.target.lunCounters(lun)
-		t.lun.inFlight.Add(1)
 	}
 	t.cmd.CDB = t.cdb[:n]
 	t.cmd.Attr = scsi.TaskAttr(flags & 0x07)
 	t.cmd.Tag = uint64(t.itt)
-	s.mu.Lock()
-	if s.tasks == nil {
-		s.tasks = make(map[uint32]*task)
+	s.mu.Lock() // one look-up and insert: the tag must be free
+	_, busy := s.tasks[t.itt]
+	if !busy {
+		if s.tasks == nil {
+			s.tasks = make(map[uint32]*task)
+		}
+		s.tasks[t.itt] = t
 	}
-	s.tasks[t.itt] = t
 	s.mu.Unlock()
+	if busy {
+		t.release()
+		return protoErr("initiator task tag already in use")
+	}
+	s.stats.inFlight.Add(1)
+	if t.lun != nil {
+		t.lun.inFlight.Add(1)
+	}
 
 	if edtl > maxTransfer {
 		c.log.Warn("command transfer length beyond the target's limit", zap.Uint32("edtl", edtl))
@@ -297,7 +299,7 @@ func (c *conn) handleDataOut(h *Header, pl *payload) error {
 // releases a read whose data a DataMover has finished sending.
 func (t *task) DataDone(err error) {
 	if t.putting {
-		t.c.taskSent(t)
+		t.c.taskSent(t, time.Now())
 		return
 	}
 	t.c.sess.mu.Lock()

@@ -31,10 +31,14 @@ type conn struct {
 	wq       []outItem
 	wspare   []outItem
 	wsig     chan struct{}
-	wstopped bool    // the writer has exited: nothing more is sent
-	sent     []*task // writer: tasks to release once the batch is flushed
-	wbhs     BHS     // writer: scratch header
-	statSN   uint32  // writer-owned after login
+	wstopped bool        // the writer has exited: nothing more is sent
+	wowner   bool        // a goroutine is sending the queue (see writer)
+	whandoff bool        // the reader left a partly written batch to the writer
+	wdefer   atomic.Bool // the reader has more PDUs at hand: it wakes the writer once it runs dry
+	rxTime   time.Time   // reader: when the current burst of PDUs was taken in
+	sent     []*task     // writer: tasks to release once the batch is flushed
+	wbhs     BHS         // writer: scratch header
+	statSN   uint32      // writer-owned after login
 
 	received   atomic.Uint64 // PDUs received: the pinger watches it move
 	nopPending atomic.Uint32

@@ -63,7 +63,18 @@ func (p *payload) discard() error {
 // readLoop handles requests in full feature phase until the connection ends.
 func (c *conn) readLoop() error {
 	var h Header
+	br, _ := c.tr.(bufferedReader)
+	inBurst := false
+	defer func() {
+		if inBurst {
+			c.endBurst()
+		}
+	}()
 	for {
+		if inBurst && (br == nil || !br.Buffered()) {
+			c.endBurst()
+			inBurst = false
+		}
 		if err := c.tr.ReadHeader(&h); err != nil {
 			if c.draining.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
 				return c.drain()
@@ -72,6 +83,10 @@ func (c *conn) readLoop() error {
 				c.log.Warn("header digest error: closing connection (ErrorRecoveryLevel 0)")
 			}
 			return err
+		}
+		if !inBurst {
+			c.beginBurst()
+			inBurst = true
 		}
 		c.received.Add(1)
 		if err := c.dispatch(&h); err != nil {

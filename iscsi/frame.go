@@ -8,7 +8,12 @@ import (
 	"hash/crc32"
 	"io"
 	"net"
+	"os"
+	"syscall"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -52,13 +57,30 @@ type tcpTransport struct {
 	dataDigest bool
 	ahs        [256 * 4]byte
 	pad        [8]byte
-	wbufs      net.Buffers
-	hdrs       []byte // scratch for outgoing headers of one batch
+	wbufs      net.Buffers // the batch not written yet
+	wbase      net.Buffers // the batch as queued: wbufs' backing array
+	hdrs       []byte      // outgoing headers and digests of one batch
+
+	// TryFlush's writev without waiting, on the raw descriptor
+	raw      syscall.RawConn // nil when the connection has no descriptor
+	iov      [256]unix.Iovec
+	niov     int
+	want     int // bytes in iov
+	written  int
+	werrno   syscall.Errno
+	writevFn func(fd uintptr) bool
 }
 
 // NewTCPTransport frames iSCSI PDUs over a stream connection.
 func NewTCPTransport(c net.Conn) Transport {
-	return &tcpTransport{Conn: c, r: bufio.NewReaderSize(c, 64<<10), hdrs: make([]byte, 0, 64*maxHdrBytes)}
+	f := &tcpTransport{Conn: c, r: bufio.NewReaderSize(c, 64<<10), hdrs: make([]byte, 0, 64*maxHdrBytes)}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			f.raw = raw
+			f.writevFn = f.writev
+		}
+	}
+	return f
 }
 
 // SetDigests turns CRC32C header and data digests on or off.
@@ -93,6 +115,25 @@ func (f *tcpTransport) ReadHeader(h *Header) error {
 		return fmt.Errorf("data segment of %d bytes is beyond any negotiable size", h.DataLen())
 	}
 	return nil
+}
+
+// Buffered reports whether a whole PDU is already in the read buffer, so
+// that reading it will not wait for the network.
+func (f *tcpTransport) Buffered() bool {
+	n := f.r.Buffered()
+	if n < BHSLen {
+		return false
+	}
+	b, _ := f.r.Peek(BHSLen)
+	h := (*BHS)(b)
+	size := BHSLen + h.TotalAHSLen() + Padded(h.DataLen())
+	if f.hdrDigest {
+		size += 4
+	}
+	if f.dataDigest && h.DataLen() > 0 {
+		size += 4
+	}
+	return n >= size
 }
 
 // ReadData reads the data segment announced by the last header into dst
@@ -146,14 +187,10 @@ var zeroPad [4]byte
 // maxHdrBytes is the header-buffer room one PDU may need: BHS and two digests.
 const maxHdrBytes = BHSLen + 8
 
-// Queue adds one PDU (header and data segment) to the batch being built,
-// writing the batch out first when its header buffer is full.
+// Queue adds one PDU (header and data segment) to the batch being built.
+// It never writes: a batch larger than any before grows the header buffer
+// (the queued slices keep pointing into the old one).
 func (f *tcpTransport) Queue(bhs *BHS, data []byte) error {
-	if cap(f.hdrs)-len(f.hdrs) < maxHdrBytes && len(f.hdrs) > 0 {
-		if err := f.Flush(); err != nil {
-			return err
-		}
-	}
 	bhs.SetDataLen(len(data))
 	start := len(f.hdrs)
 	f.hdrs = append(f.hdrs, bhs[:]...)
@@ -175,17 +212,90 @@ func (f *tcpTransport) Queue(bhs *BHS, data []byte) error {
 		f.hdrs = binary.LittleEndian.AppendUint32(f.hdrs, crc)
 		f.wbufs = append(f.wbufs, f.hdrs[start:len(f.hdrs):len(f.hdrs)])
 	}
+	f.wbase = f.wbufs
 	return nil
 }
 
-// Flush writes the batch with one writev where possible.
+// Flush writes the batch (what TryFlush left of it) with one writev where
+// possible, waiting for the socket as needed.
 func (f *tcpTransport) Flush() error {
-	all := f.wbufs
-	_, err := f.wbufs.WriteTo(f.Conn) // consumes f.wbufs; all keeps the backing array
-	clear(all)
-	f.wbufs = all[:0]
-	f.hdrs = f.hdrs[:0]
+	_, err := f.wbufs.WriteTo(f.Conn) // consumes f.wbufs
+	f.resetBatch()
 	return err
+}
+
+// TryFlush writes as much of the batch as the socket buffer takes now,
+// without waiting; done is false when some is left for Flush (or when the
+// connection has no descriptor to write to that way).
+func (f *tcpTransport) TryFlush() (done bool, err error) {
+	for len(f.wbufs) > 0 {
+		if f.raw == nil {
+			return false, nil
+		}
+		f.niov, f.want = 0, 0
+		for _, b := range f.wbufs {
+			if f.niov == len(f.iov) {
+				break
+			}
+			if len(b) > 0 {
+				f.iov[f.niov] = unix.Iovec{Base: &b[0]}
+				f.iov[f.niov].SetLen(len(b))
+				f.niov++
+				f.want += len(b)
+			}
+		}
+		if err := f.raw.Write(f.writevFn); err != nil {
+			return false, fmt.Errorf("write: %w", err)
+		}
+		switch f.werrno {
+		case 0:
+		case unix.EAGAIN, unix.EINTR:
+			return false, nil
+		default:
+			return false, fmt.Errorf("write: %w", os.NewSyscallError("writev", f.werrno))
+		}
+		if !f.consume(f.written) {
+			return false, nil // the socket buffer is full
+		}
+	}
+	f.resetBatch()
+	return true, nil
+}
+
+// writev is TryFlush's one system call on the descriptor.
+func (f *tcpTransport) writev(fd uintptr) bool {
+	n, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&f.iov[0])), uintptr(f.niov))
+	f.written, f.werrno = int(n), errno
+	return true // one attempt: never wait for the socket here
+}
+
+// consume drops n written bytes from the front of the batch; it reports
+// whether the whole writev went (a short write means a full socket).
+func (f *tcpTransport) consume(n int) bool {
+	whole := n == f.want
+	for n > 0 {
+		if b := f.wbufs[0]; n >= len(b) {
+			n -= len(b)
+			f.wbufs = f.wbufs[1:]
+		} else {
+			f.wbufs[0] = b[n:]
+			n = 0
+		}
+	}
+	return whole
+}
+
+// resetBatch empties the batch, keeping its buffers for the next one.
+func (f *tcpTransport) resetBatch() {
+	clear(f.wbase)
+	f.wbufs, f.wbase = f.wbase[:0], f.wbase[:0]
+	f.hdrs = f.hdrs[:0]
+}
+
+// bufferedReader is implemented by transports that can tell whether the
+// next PDU is already received (see conn.endBurst).
+type bufferedReader interface {
+	Buffered() bool
 }
 
 // DataMover is implemented by transports that move task data by RDMA

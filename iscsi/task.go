@@ -116,9 +116,8 @@ func scsiDone(cmd *scsi.Command) {
 // taskSent runs on the writer once a task's response is out (or will never
 // be): the task leaves the session and, for a non-immediate command, the
 // CmdSN window opens by one.
-func (c *conn) taskSent(t *task) {
+func (c *conn) taskSent(t *task, now time.Time) {
 	s := c.sess
-	now := time.Now()
 	s.stats.record(t, now)
 	if t.lun != nil {
 		t.lun.record(t, now)

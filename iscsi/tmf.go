@@ -187,6 +187,7 @@ func (c *conn) endAborted(t *task) {
 // waitTasks waits until the matching tasks of this connection have ended;
 // tasks still collecting data are aborted. Only the reader calls it.
 func (c *conn) waitTasks(match func(*task) bool) {
+	c.endBurst() // what the writer still holds back may be what we wait for
 	var wg sync.WaitGroup
 	s := c.sess
 	var idle []*task

@@ -1,6 +1,8 @@
 package iscsi
 
 import (
+	"time"
+
 	"go.uber.org/zap"
 
 	"github.com/iserd/iserd/scsi"
@@ -28,21 +30,55 @@ type outItem struct {
 }
 
 // enqueue hands an item to the writer; it never blocks on the network.
-// Once the writer has stopped, a task response is released at once.
+// Once the writer has stopped, a task response is released at once. While
+// the reader works through PDUs it already holds, the writer is woken only
+// when the reader runs dry (endBurst), so that one wake-up and one writev
+// carry the responses of a whole burst.
 func (c *conn) enqueue(it outItem) {
 	c.wmu.Lock()
 	if c.wstopped {
 		c.wmu.Unlock()
 		if it.kind == outResponse {
-			c.taskSent(it.task)
+			c.taskSent(it.task, time.Now())
 		}
 		return
 	}
 	c.wq = append(c.wq, it)
 	c.wmu.Unlock()
+	if !c.wdefer.Load() {
+		c.wakeWriter()
+	}
+}
+
+func (c *conn) wakeWriter() {
 	select {
 	case c.wsig <- struct{}{}:
 	default:
+	}
+}
+
+// beginBurst is called by the reader when it takes in a PDU after waiting
+// for the network: responses queued from now on wait for endBurst.
+func (c *conn) beginBurst() {
+	c.rxTime = time.Now()
+	c.wdefer.Store(true)
+}
+
+// endBurst is called by the reader before a read that may wait: it sends
+// what was queued during the burst, or wakes the writer to. (An enqueue
+// that saw wdefer set appended before this looks at the queue, so nothing
+// is left behind.)
+func (c *conn) endBurst() {
+	c.wdefer.Store(false)
+	if tf, ok := c.tr.(tryFlusher); ok {
+		c.sendFromReader(tf)
+		return
+	}
+	c.wmu.Lock()
+	queued := len(c.wq) > 0
+	c.wmu.Unlock()
+	if queued {
+		c.wakeWriter()
 	}
 }
 
@@ -55,7 +91,14 @@ func (c *conn) send(bhs *BHS, data []byte, status bool) {
 	c.enqueue(outItem{kind: k, bhs: *bhs, data: data})
 }
 
-// writer drains the queue in batches, one writev per batch.
+// The queue is sent by whichever goroutine owns the sending side
+// (wowner, under wmu): usually the reader itself, at the end of a burst,
+// with a write that does not wait (sendFromReader); otherwise the writer
+// goroutine. The owner keeps sending until the queue is empty, so an
+// enqueue that finds an owner needs to wake nobody.
+
+// writer sends what the reader cannot: batches that might wait for the
+// socket, the rest of a batch the reader only partly wrote, closes.
 func (c *conn) writer() {
 	for {
 		select {
@@ -65,69 +108,138 @@ func (c *conn) writer() {
 			return
 		}
 		c.wmu.Lock()
-		batch := c.wq
-		c.wq = c.wspare[:0]
+		if c.wowner && !c.whandoff {
+			c.wmu.Unlock() // the owner empties the queue before it lets go
+			continue
+		}
+		resume := c.whandoff
+		c.wowner, c.whandoff = true, false
 		c.wmu.Unlock()
-		closeAfter, halfClose := false, false
-		var err error
-		i := 0
-		for ; i < len(batch) && err == nil; i++ {
-			it := &batch[i]
-			switch it.kind {
-			case outResponse:
-				err = c.writeResponse(it.task)
-				if !it.task.putting {
-					// after the flush; a task whose data a DataMover
-					// still sends ends in DataDone instead
-					c.sent = append(c.sent, it.task)
-				}
-			case outR2T:
-				err = c.writeR2T(it.task, it.r2t)
-			case outClose:
-				closeAfter = true
-			case outShutdown:
-				halfClose = true
-			default:
-				c.stamp(&it.bhs, it.kind == outStatus)
-				err = c.tr.Queue(&it.bhs, it.data)
-			}
-		}
-		for _, it := range batch[i:] { // not sent after an error: release them all the same
-			if it.kind == outResponse {
-				c.sent = append(c.sent, it.task)
-			}
-		}
-		if err == nil {
-			err = c.tr.Flush()
-		}
-		for _, t := range c.sent {
-			c.taskSent(t)
-		}
-		clear(c.sent)
-		c.sent = c.sent[:0]
-		clear(batch)
-		c.wspare = batch[:0]
-		if err != nil {
-			c.log.Info("send failed: closing connection", zap.Error(err))
-			c.close()
-			c.failQueued()
+		if resume && !c.batchSent(c.tr.Flush(), false, false) {
 			return
 		}
-		if halfClose {
-			if hc, ok := c.tr.(interface{ CloseWrite() error }); ok {
-				hc.CloseWrite() // the initiator reads everything, then sees the end
-			} else {
-				c.close()
-			}
-			c.failQueued()
-			return
-		}
-		if closeAfter {
-			c.close()
-			c.failQueued()
+		if !c.sendQueued(nil) {
 			return
 		}
 	}
+}
+
+// tryFlusher is implemented by transports that can write a batch without
+// waiting (see tcpTransport.TryFlush).
+type tryFlusher interface {
+	TryFlush() (done bool, err error)
+}
+
+// sendFromReader is endBurst's way to send: the reader sends the queue
+// itself when nobody else is and the transport can write without
+// waiting, which spares the writer goroutine's wake-up. What would wait
+// for a full socket buffer it hands over to the writer.
+func (c *conn) sendFromReader(tf tryFlusher) {
+	c.wmu.Lock()
+	if c.wowner || c.wstopped || len(c.wq) == 0 {
+		c.wmu.Unlock()
+		return
+	}
+	c.wowner = true
+	c.wmu.Unlock()
+	c.sendQueued(tf)
+}
+
+// sendQueued sends batches until the queue is empty, then gives up
+// ownership; the caller owns the sending side. With tf (the reader) it
+// writes without waiting and leaves a partly written batch to the writer.
+// It reports false when the connection has ended.
+func (c *conn) sendQueued(tf tryFlusher) bool {
+	for {
+		c.wmu.Lock()
+		if len(c.wq) == 0 {
+			c.wowner = false
+			c.wmu.Unlock()
+			return true
+		}
+		batch := c.wq
+		c.wq = c.wspare[:0]
+		c.wmu.Unlock()
+		closeAfter, halfClose, err := c.queueBatch(batch)
+		clear(batch)
+		c.wspare = batch[:0]
+		if err == nil && tf != nil {
+			var done bool
+			if done, err = tf.TryFlush(); err == nil && !done {
+				c.wmu.Lock()
+				c.whandoff = true // the writer flushes the rest and releases c.sent
+				c.wmu.Unlock()
+				c.wakeWriter()
+				return true
+			}
+		} else if err == nil {
+			err = c.tr.Flush()
+		}
+		if !c.batchSent(err, closeAfter, halfClose) {
+			return false
+		}
+	}
+}
+
+// queueBatch hands a batch's PDUs to the transport; the tasks whose
+// responses it holds go to c.sent, to be released once it is flushed.
+func (c *conn) queueBatch(batch []outItem) (closeAfter, halfClose bool, err error) {
+	i := 0
+	for ; i < len(batch) && err == nil; i++ {
+		it := &batch[i]
+		switch it.kind {
+		case outResponse:
+			err = c.writeResponse(it.task)
+			if !it.task.putting {
+				// after the flush; a task whose data a DataMover
+				// still sends ends in DataDone instead
+				c.sent = append(c.sent, it.task)
+			}
+		case outR2T:
+			err = c.writeR2T(it.task, it.r2t)
+		case outClose:
+			closeAfter = true
+		case outShutdown:
+			halfClose = true
+		default:
+			c.stamp(&it.bhs, it.kind == outStatus)
+			err = c.tr.Queue(&it.bhs, it.data)
+		}
+	}
+	for _, it := range batch[i:] { // not sent after an error: release them all the same
+		if it.kind == outResponse {
+			c.sent = append(c.sent, it.task)
+		}
+	}
+	return closeAfter, halfClose, err
+}
+
+// batchSent finishes a flushed batch: its tasks are released, and an
+// error or a close ends the connection (false).
+func (c *conn) batchSent(err error, closeAfter, halfClose bool) bool {
+	now := time.Now()
+	for _, t := range c.sent {
+		c.taskSent(t, now)
+	}
+	clear(c.sent)
+	c.sent = c.sent[:0]
+	switch {
+	case err != nil:
+		c.log.Info("send failed: closing connection", zap.Error(err))
+		c.close()
+	case halfClose:
+		if hc, ok := c.tr.(interface{ CloseWrite() error }); ok {
+			hc.CloseWrite() // the initiator reads everything, then sees the end
+		} else {
+			c.close()
+		}
+	case closeAfter:
+		c.close()
+	default:
+		return true
+	}
+	c.failQueued()
+	return false
 }
 
 // failQueued releases the tasks of responses that will never be sent.
@@ -137,9 +249,10 @@ func (c *conn) failQueued() {
 	c.wq = nil
 	c.wstopped = true
 	c.wmu.Unlock()
+	now := time.Now()
 	for i := range q {
 		if q[i].kind == outResponse {
-			c.taskSent(q[i].task)
+			c.taskSent(q[i].task, now)
 		}
 	}
 }

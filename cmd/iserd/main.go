@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -36,6 +37,7 @@ func main() {
 // flags are the command line settings.
 type flags struct {
 	config, dataDir, listen, logLevel, socket string
+	cpuProfile                                string
 	socketSet                                 bool
 }
 
@@ -59,6 +61,7 @@ func run() error {
 	flag.StringVar(&f.listen, "listen", "", "portal address host:port (overrides the configured portals)")
 	flag.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (overrides log.level)")
 	flag.StringVar(&f.socket, "admin-socket", admin.DefaultSocket, "unix socket of the admin API and metrics (empty: none)")
+	flag.StringVar(&f.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the whole run to this file (for performance work)")
 	flag.Parse()
 	flag.Visit(func(fl *flag.Flag) { f.socketSet = f.socketSet || fl.Name == "admin-socket" })
 
@@ -79,6 +82,13 @@ func run() error {
 		return err
 	}
 	defer log.Sync()
+	if f.cpuProfile != "" {
+		stopProfile, err := startCPUProfile(f.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stopProfile()
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -129,6 +139,22 @@ func run() error {
 		log.Warn("shutdown", zap.Error(err))
 	}
 	return nil
+}
+
+// startCPUProfile profiles the process into path until the returned function runs.
+func startCPUProfile(path string) (func(), error) {
+	out, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		out.Close()
+	}, nil
 }
 
 // loadConfig finds the configuration: the -config file; without one, the
