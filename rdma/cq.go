@@ -183,8 +183,8 @@ func (c *Context) NewCompChannel() (*CompChannel, error) {
 // NewCompChannelSyscallWait creates a completion event channel for one waiting goroutine at a
 // time, which sleeps in epoll_wait(2) (holding an OS thread) instead of the netpoller: the kernel
 // wakes the waiting thread directly, as it does for a C program. It needs a spare P (GOMAXPROCS
-// of 2 or more) to pay off; under rdma_rxe in the test VM it measured no faster than the
-// netpoller channel (see cmd/rdmaping), so NewCompChannel stays the default.
+// of 2 or more) to pay off; under rdma_rxe in the test VM it measured as fast as the netpoller
+// channel within run-to-run noise (see cmd/rdmaping), so NewCompChannel stays the default.
 func (c *Context) NewCompChannelSyscallWait() (*CompChannel, error) {
 	return c.newCompChannel(true)
 }
