@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,10 @@ type File struct {
 	wg      sync.WaitGroup
 	closeMu sync.RWMutex
 	closed  bool
+	// rawCopies makes reads and writes raw system calls, which skip the
+	// runtime's bookkeeping (and its wake-up of sysmon); set for tmpfs,
+	// whose copies never wait for a device (see Uring.copyInline).
+	rawCopies bool
 }
 
 // FileOptions describe how NewFile opens its backing store.
@@ -146,7 +151,7 @@ func (d *File) do(r *Request) error {
 
 func (d *File) read(buf []byte, off int64) error {
 	for len(buf) > 0 {
-		n, err := unix.Pread(d.fd, buf, off)
+		n, err := d.pread(buf, off)
 		if err == unix.EINTR {
 			continue
 		}
@@ -164,7 +169,7 @@ func (d *File) read(buf []byte, off int64) error {
 
 func (d *File) write(buf []byte, off int64, flags int) error {
 	for len(buf) > 0 {
-		n, err := unix.Pwritev2(d.fd, [][]byte{buf}, off, flags)
+		n, err := d.pwrite(buf, off, flags)
 		if err == unix.EINTR {
 			continue
 		}
@@ -174,6 +179,35 @@ func (d *File) write(buf []byte, off int64, flags int) error {
 		buf, off = buf[n:], off+int64(n)
 	}
 	return nil
+}
+
+// pread reads at off; on a memory-backed store without the runtime's
+// system call bookkeeping (see rawCopies).
+func (d *File) pread(buf []byte, off int64) (int, error) {
+	if !d.rawCopies {
+		return unix.Pread(d.fd, buf, off)
+	}
+	n, _, errno := unix.RawSyscall6(unix.SYS_PREAD64, uintptr(d.fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
+		uintptr(off), 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+// pwrite writes buf at off with pwritev2 flags (RWF_DSYNC for FUA).
+func (d *File) pwrite(buf []byte, off int64, flags int) (int, error) {
+	if !d.rawCopies {
+		return unix.Pwritev2(d.fd, [][]byte{buf}, off, flags)
+	}
+	iov := unix.Iovec{Base: &buf[0]}
+	iov.SetLen(len(buf))
+	n, _, errno := unix.RawSyscall6(unix.SYS_PWRITEV2, uintptr(d.fd), uintptr(unsafe.Pointer(&iov)), 1,
+		uintptr(off), 0, uintptr(flags)) // 64-bit: the high half of the position is 0
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
 
 // zero writes zeroes where the store cannot punch holes.

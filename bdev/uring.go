@@ -117,6 +117,7 @@ func NewUring(path string, o UringOptions) (*Uring, error) {
 	var fs unix.Statfs_t
 	if err := unix.Fstatfs(f.fd, &fs); err == nil && fs.Type == unix.TMPFS_MAGIC {
 		d.inline = true
+		f.rawCopies = true
 	} else if !o.Buffered {
 		d.openDirect(path, o.ReadOnly)
 	}

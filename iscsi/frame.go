@@ -73,14 +73,70 @@ type tcpTransport struct {
 
 // NewTCPTransport frames iSCSI PDUs over a stream connection.
 func NewTCPTransport(c net.Conn) Transport {
-	f := &tcpTransport{Conn: c, r: bufio.NewReaderSize(c, 64<<10), hdrs: make([]byte, 0, 64*maxHdrBytes)}
+	f := &tcpTransport{Conn: c, hdrs: make([]byte, 0, 64*maxHdrBytes)}
+	var src io.Reader = c
 	if sc, ok := c.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			f.raw = raw
 			f.writevFn = f.writev
+			src = newRawReader(raw)
 		}
 	}
+	f.r = bufio.NewReaderSize(src, 64<<10)
 	return f
+}
+
+// rawReader reads a socket through its RawConn with raw system calls:
+// the netpoller still parks the reader while nothing has arrived, but a
+// read that finds data skips the runtime's system call bookkeeping, which
+// under load costs a wake-up of its monitor thread per call.
+type rawReader struct {
+	raw   syscall.RawConn
+	p     []byte
+	n     int
+	errno syscall.Errno
+	fn    func(fd uintptr) bool
+}
+
+func newRawReader(raw syscall.RawConn) *rawReader {
+	r := &rawReader{raw: raw}
+	r.fn = r.read
+	return r
+}
+
+// Read reads what has arrived into p, waiting for something to arrive.
+func (r *rawReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r.p = p
+	err := r.raw.Read(r.fn)
+	r.p = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case r.errno != 0:
+		return 0, os.NewSyscallError("read", r.errno)
+	case r.n == 0:
+		return 0, io.EOF
+	}
+	return r.n, nil
+}
+
+// read is one attempt on the non-blocking descriptor; false means nothing
+// has arrived: wait in the netpoller and try again.
+func (r *rawReader) read(fd uintptr) bool {
+	for {
+		n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&r.p[0])), uintptr(len(r.p)))
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		r.n, r.errno = int(n), errno
+		return true
+	}
 }
 
 // SetDigests turns CRC32C header and data digests on or off.
@@ -262,9 +318,10 @@ func (f *tcpTransport) TryFlush() (done bool, err error) {
 	return true, nil
 }
 
-// writev is TryFlush's one system call on the descriptor.
+// writev is TryFlush's one system call on the descriptor, raw like
+// rawReader's: it never waits.
 func (f *tcpTransport) writev(fd uintptr) bool {
-	n, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&f.iov[0])), uintptr(f.niov))
+	n, _, errno := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&f.iov[0])), uintptr(f.niov))
 	f.written, f.werrno = int(n), errno
 	return true // one attempt: never wait for the socket here
 }
