@@ -217,12 +217,14 @@ func (c *conn) queueBatch(batch []outItem) (closeAfter, halfClose bool, err erro
 // batchSent finishes a flushed batch: its tasks are released, and an
 // error or a close ends the connection (false).
 func (c *conn) batchSent(err error, closeAfter, halfClose bool) bool {
-	now := time.Now()
-	for _, t := range c.sent {
-		c.taskSent(t, now)
+	if len(c.sent) > 0 {
+		now := time.Now()
+		for _, t := range c.sent {
+			c.taskSent(t, now)
+		}
+		clear(c.sent)
+		c.sent = c.sent[:0]
 	}
-	clear(c.sent)
-	c.sent = c.sent[:0]
 	switch {
 	case err != nil:
 		c.log.Info("send failed: closing connection", zap.Error(err))

@@ -328,6 +328,14 @@ func (c *conn) ReadHeader(h *iscsi.Header) error {
 	return nil
 }
 
+// Buffered reports whether another received PDU is waiting, so that the
+// connection's reader holds its responses back until it has none left.
+func (c *conn) Buffered() bool { return len(c.recvCh) > 0 }
+
+// TryFlush posts the queued work requests; posting never waits for the
+// peer, so the reader may send its own responses.
+func (c *conn) TryFlush() (bool, error) { return true, c.Flush() }
+
 // ReadData copies the data segment of the current PDU.
 func (c *conn) ReadData(dst []byte, n int) (bool, error) {
 	if dst != nil {
