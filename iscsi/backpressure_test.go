@@ -9,17 +9,35 @@ import (
 	"github.com/iserd/iserd/iscsi/initiator"
 )
 
-// gatedConn is an initiator's connection whose reads wait while the gate
-// is held, like an initiator that stops reading for a while.
+// gatedConn is an initiator's connection whose reads wait while it is
+// held, like an initiator that stops reading for a while.
 type gatedConn struct {
 	net.Conn
-	gate sync.Mutex
+	mu   sync.Mutex
+	open chan struct{} // closed on release; nil when not held
 }
 
 func (g *gatedConn) Read(p []byte) (int, error) {
-	g.gate.Lock()
-	g.gate.Unlock() //nolint:staticcheck // an empty critical section: wait for the gate
+	g.mu.Lock()
+	open := g.open
+	g.mu.Unlock()
+	if open != nil {
+		<-open
+	}
 	return g.Conn.Read(p)
+}
+
+func (g *gatedConn) hold() {
+	g.mu.Lock()
+	g.open = make(chan struct{})
+	g.mu.Unlock()
+}
+
+func (g *gatedConn) release() {
+	g.mu.Lock()
+	close(g.open)
+	g.open = nil
+	g.mu.Unlock()
 }
 
 // TestInitiatorStopsReading answers reads that add up to far more than the
@@ -47,18 +65,18 @@ func TestInitiatorStopsReading(t *testing.T) {
 	want := pattern(8*size, 0x5a)
 	writeBlocks(t, c, 0, want)
 
-	g.gate.Lock()
+	g.hold()
 	tasks := make([]*initiator.Task, reads)
 	for i := range tasks {
 		off := i % 8 * size
 		tasks[i], err = c.Start(ctxT(t), &initiator.Command{CDB: initiator.Read16(uint64(off/blockSize), size/blockSize), ReadLen: size})
 		if err != nil {
-			g.gate.Unlock()
+			g.release()
 			t.Fatalf("read %d: %v", i, err)
 		}
 	}
 	time.Sleep(200 * time.Millisecond) // the target fills its socket and waits
-	g.gate.Unlock()
+	g.release()
 	for i, task := range tasks {
 		r, err := task.Wait(ctxT(t))
 		if err != nil {
