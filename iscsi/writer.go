@@ -167,8 +167,13 @@ func (c *conn) sendQueued(tf tryFlusher) bool {
 			var done bool
 			if done, err = tf.TryFlush(); err == nil && !done {
 				c.wmu.Lock()
-				c.whandoff = true // the writer flushes the rest and releases c.sent
+				stopped := c.wstopped
+				c.whandoff = !stopped // the writer flushes the rest and releases c.sent
 				c.wmu.Unlock()
+				if stopped { // the writer is gone: nobody will send the rest
+					c.releaseSent()
+					return false
+				}
 				c.wakeWriter()
 				return true
 			}
@@ -217,14 +222,7 @@ func (c *conn) queueBatch(batch []outItem) (closeAfter, halfClose bool, err erro
 // batchSent finishes a flushed batch: its tasks are released, and an
 // error or a close ends the connection (false).
 func (c *conn) batchSent(err error, closeAfter, halfClose bool) bool {
-	if len(c.sent) > 0 {
-		now := time.Now()
-		for _, t := range c.sent {
-			c.taskSent(t, now)
-		}
-		clear(c.sent)
-		c.sent = c.sent[:0]
-	}
+	c.releaseSent()
 	switch {
 	case err != nil:
 		c.log.Info("send failed: closing connection", zap.Error(err))
@@ -244,13 +242,32 @@ func (c *conn) batchSent(err error, closeAfter, halfClose bool) bool {
 	return false
 }
 
-// failQueued releases the tasks of responses that will never be sent.
+// releaseSent releases the tasks of the batch just sent (or abandoned).
+func (c *conn) releaseSent() {
+	if len(c.sent) == 0 {
+		return
+	}
+	now := time.Now()
+	for _, t := range c.sent {
+		c.taskSent(t, now)
+	}
+	clear(c.sent)
+	c.sent = c.sent[:0]
+}
+
+// failQueued stops sending: queued responses, and a batch the reader
+// left to the writer, will never go out; their tasks are released.
 func (c *conn) failQueued() {
 	c.wmu.Lock()
 	q := c.wq
 	c.wq = nil
 	c.wstopped = true
+	orphaned := c.whandoff
+	c.whandoff = false
 	c.wmu.Unlock()
+	if orphaned {
+		c.releaseSent()
+	}
 	now := time.Now()
 	for i := range q {
 		if q[i].kind == outResponse {
