@@ -60,18 +60,22 @@ func (p *payload) discard() error {
 	return err
 }
 
+// maxBurstPDUs bounds how many PDUs the reader takes in before it sends
+// the responses they produced, however fast the initiator keeps sending.
+const maxBurstPDUs = 64
+
 // readLoop handles requests in full feature phase until the connection ends.
 func (c *conn) readLoop() error {
 	var h Header
 	br, _ := c.tr.(bufferedReader)
-	inBurst := false
+	inBurst, burst := false, 0
 	defer func() {
 		if inBurst {
 			c.endBurst()
 		}
 	}()
 	for {
-		if inBurst && (br == nil || !br.Buffered()) {
+		if inBurst && (br == nil || burst >= maxBurstPDUs || !br.Buffered()) {
 			c.endBurst()
 			inBurst = false
 		}
@@ -86,8 +90,9 @@ func (c *conn) readLoop() error {
 		}
 		if !inBurst {
 			c.beginBurst()
-			inBurst = true
+			inBurst, burst = true, 0
 		}
+		burst++
 		c.received.Add(1)
 		if err := c.dispatch(&h); err != nil {
 			return err
