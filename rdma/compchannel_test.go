@@ -62,14 +62,7 @@ func TestCompChannelWait(t *testing.T) {
 			}()
 			time.Sleep(20 * time.Millisecond)
 			signal(t, sig, 5)
-			select {
-			case c := <-got:
-				if c != cq {
-					t.Errorf("Wait returned %p, want the CQ %p", c, cq)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("Wait did not wake up on an event")
-			}
+			expectWake(t, got, cq, "Wait did not wake up on an event")
 			// A context deadline ends the wait.
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 			defer cancel()
@@ -143,16 +136,22 @@ func TestCompChannelWaitersWithOwnContexts(t *testing.T) {
 	case <-time.After(20 * time.Millisecond):
 	}
 	signal(t, sig, 5)
+	expectWake(t, got, cq, "the waiter with a live context missed the event")
+	delete(ch.cqs, 5)
+	if err := ch.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// expectWake waits up to 5 s for a waiter to return cq on got.
+func expectWake(t *testing.T, got <-chan *CQ, cq *CQ, missed string) {
+	t.Helper()
 	select {
 	case c := <-got:
 		if c != cq {
 			t.Errorf("Wait returned %p, want the CQ %p", c, cq)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("the waiter with a live context missed the event")
-	}
-	delete(ch.cqs, 5)
-	if err := ch.Close(); err != nil {
-		t.Fatal(err)
+		t.Fatal(missed)
 	}
 }
