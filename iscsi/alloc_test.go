@@ -142,3 +142,68 @@ func BenchmarkRead4k(b *testing.B) {
 		c.command(b, read10, 4096, false, nil)
 	}
 }
+
+// TestTransportBatchAllocs pins that the TCP transport reuses its batch
+// buffers, whichever PDU of a batch was queued last: a burst of write
+// commands is answered by many responses without data.
+func TestTransportBatchAllocs(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	go io.Copy(io.Discard, client)
+	tr := iscsi.NewTCPTransport(server)
+	tf, ok := tr.(interface{ TryFlush() (bool, error) })
+	if !ok {
+		t.Fatal("the TCP transport has no TryFlush")
+	}
+	data := make([]byte, 4096)
+	var b iscsi.BHS
+	tr.Queue(&b, data) // as login does: a batch with data comes first
+	if err := tr.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	flush := tr.Flush
+	tryFlush := func() error {
+		if done, err := tf.TryFlush(); err != nil || done {
+			return err
+		}
+		return tr.Flush()
+	}
+	cases := []struct {
+		name  string
+		data  []int // data segment length of each PDU
+		flush func() error
+	}{
+		{"16 responses without data", make([]int, 16), flush},
+		{"Data-In, then responses", []int{4096, 0, 0, 0, 0, 0, 0, 0, 0}, flush},
+		{"16 responses without data, TryFlush", make([]int, 16), tryFlush},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			batch := func() {
+				for _, n := range tc.data {
+					tr.Queue(&b, data[:n])
+				}
+				if err := tc.flush(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			batch()
+			if n := testing.AllocsPerRun(100, batch); n != 0 {
+				t.Errorf("%.2f allocations per batch, want 0", n)
+			}
+		})
+	}
+}

@@ -255,6 +255,7 @@ func (f *tcpTransport) Queue(bhs *BHS, data []byte) error {
 	}
 	f.wbufs = append(f.wbufs, f.hdrs[start:len(f.hdrs):len(f.hdrs)])
 	if len(data) == 0 {
+		f.wbase = f.wbufs
 		return nil
 	}
 	f.wbufs = append(f.wbufs, data)
