@@ -34,6 +34,8 @@ type conn struct {
 	wstopped bool        // the writer has exited: nothing more is sent
 	wowner   bool        // a goroutine is sending the queue (see writer)
 	whandoff bool        // the reader left a partly written batch to the writer
+	wclose   bool        // the handed-off batch ends in outClose
+	whalf    bool        // the handed-off batch ends in outShutdown
 	wdefer   atomic.Bool // the reader has more PDUs at hand: it wakes the writer once it runs dry
 	rxTime   time.Time   // reader: when the current burst of PDUs was taken in
 	sent     []*task     // writer: tasks to release once the batch is flushed

@@ -112,10 +112,10 @@ func (c *conn) writer() {
 			c.wmu.Unlock() // the owner empties the queue before it lets go
 			continue
 		}
-		resume := c.whandoff
+		resume, closeAfter, halfClose := c.whandoff, c.wclose, c.whalf
 		c.wowner, c.whandoff = true, false
 		c.wmu.Unlock()
-		if resume && !c.batchSent(c.tr.Flush(), false, false) {
+		if resume && !c.batchSent(c.tr.Flush(), closeAfter, halfClose) {
 			return
 		}
 		if !c.sendQueued(nil) {
@@ -169,6 +169,7 @@ func (c *conn) sendQueued(tf tryFlusher) bool {
 				c.wmu.Lock()
 				stopped := c.wstopped
 				c.whandoff = !stopped // the writer flushes the rest and releases c.sent
+				c.wclose, c.whalf = closeAfter, halfClose
 				c.wmu.Unlock()
 				if stopped { // the writer is gone: nobody will send the rest
 					c.releaseSent()
