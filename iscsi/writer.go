@@ -195,8 +195,9 @@ func (c *conn) queueBatch(batch []outItem) (closeAfter, halfClose bool, err erro
 		it := &batch[i]
 		switch it.kind {
 		case outResponse:
-			err = c.writeResponse(it.task)
-			if !it.task.putting {
+			var putting bool
+			putting, err = c.writeResponse(it.task)
+			if !putting {
 				// after the flush; a task whose data a DataMover
 				// still sends ends in DataDone instead
 				c.sent = append(c.sent, it.task)
@@ -292,9 +293,13 @@ func (c *conn) stamp(b *BHS, status bool) {
 // writeResponse emits a task's Data-In PDUs, split by the initiator's
 // MaxRecvDataSegmentLength and MaxBurstLength, with the status collapsed
 // into the last one when it is GOOD, or a SCSI Response otherwise.
-func (c *conn) writeResponse(t *task) error {
+// putting says that a DataMover holds the data and ends the task in
+// DataDone; the caller must not look at t.putting instead, since once the
+// status is queued (the transport may post the data on the way) DataDone
+// may have released t.
+func (c *conn) writeResponse(t *task) (putting bool, err error) {
 	if t.aborted.Load() {
-		return nil // aborted tasks are not answered (TAS=0)
+		return false, nil // aborted tasks are not answered (TAS=0)
 	}
 	cmd := &t.cmd
 	data := t.dataIn()
@@ -302,9 +307,9 @@ func (c *conn) writeResponse(t *task) error {
 	collapse := len(data) > 0 && cmd.Status == scsi.StatusGood
 	if c.mover != nil && len(data) > 0 {
 		if err := c.mover.PutData(t.itt, data, t); err != nil {
-			return err
+			return false, err
 		}
-		t.putting = true
+		t.putting, putting = true, true
 		data, collapse = nil, false
 	}
 	maxSeg := int(c.params.MaxXmitDataSegmentLength)
@@ -334,12 +339,12 @@ func (c *conn) writeResponse(t *task) error {
 			b.SetU32(offCmdSN, 0)
 		}
 		if err := c.tr.Queue(b, data[off:off+n]); err != nil {
-			return err
+			return false, err
 		}
 		off += n
 	}
 	if collapse {
-		return nil
+		return false, nil
 	}
 	*b = BHS{}
 	b[0] = byte(OpSCSIResp)
@@ -355,7 +360,7 @@ func (c *conn) writeResponse(t *task) error {
 		copy(t.senseBuf[2:], cmd.Sense[:cmd.SenseLen])
 		sense = t.senseBuf[:2+cmd.SenseLen]
 	}
-	return c.tr.Queue(b, sense)
+	return putting, c.tr.Queue(b, sense)
 }
 
 // writeR2T emits one R2T for a range of a task's data.

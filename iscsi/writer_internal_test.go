@@ -84,3 +84,79 @@ func TestReaderBatchEnding(t *testing.T) {
 		})
 	}
 }
+
+// moverTransport is an iSER-like Transport: PutData holds the data until
+// the transport posts it, which happens in the Queue of a later PDU when
+// postInQueue is set (iSER's takeSlot posts what is pending once send
+// slots run short) and otherwise at the flush; the data's completion
+// comes at once.
+type moverTransport struct {
+	*shortTransport
+	postInQueue bool
+	held        DataWaiter // put, not posted yet
+}
+
+func (f *moverTransport) PutData(_ uint32, _ []byte, done DataWaiter) error {
+	f.held = done
+	return nil
+}
+
+func (f *moverTransport) GetData(_ uint32, _ []byte, done DataWaiter) { done.DataDone(nil) }
+func (f *moverTransport) FullFeature(*Params) error                   { return nil }
+
+func (f *moverTransport) post() {
+	if w := f.held; w != nil {
+		f.held = nil
+		w.DataDone(nil)
+	}
+}
+
+func (f *moverTransport) Queue(*BHS, []byte) error {
+	if f.postInQueue {
+		f.post()
+	}
+	return nil
+}
+
+func (f *moverTransport) TryFlush() (bool, error) {
+	f.post()
+	return true, nil
+}
+
+// TestMovedReadReleasedOnce answers a read whose data a DataMover moves:
+// however early the transport reports the data gone, the task is
+// released exactly once (each release opens the CmdSN window by one).
+func TestMovedReadReleasedOnce(t *testing.T) {
+	cases := []struct {
+		name        string
+		postInQueue bool
+	}{
+		{"data posted at the flush", false},
+		{"data posted while the status is queued", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := &moverTransport{shortTransport: newShortTransport(0), postInQueue: tc.postInQueue}
+			c := newConn(&Server{log: zap.NewNop()}, tr)
+			s := &Session{srv: c.srv, params: DefaultParams(), tasks: map[uint32]*task{}}
+			c.sess = s
+			writerDone := make(chan struct{})
+			go func() { c.writer(); close(writerDone) }()
+			defer func() { c.close(); <-writerDone }()
+
+			tk := getTask(c)
+			tk.itt, tk.read, tk.edtl = 1, true, 512
+			tk.cmd.DataIn, tk.cmd.InLen, tk.cmd.Wanted = make([]byte, 512), 512, 512
+			s.tasks[tk.itt] = tk
+			s.stats.inFlight.Add(1)
+
+			c.beginBurst()
+			c.enqueue(outItem{kind: outResponse, task: tk})
+			c.endBurst()
+
+			if got := s.maxCmdSN.Load(); got != 1 {
+				t.Fatalf("task released %d times, want once", got)
+			}
+		})
+	}
+}
