@@ -26,7 +26,10 @@ type File struct {
 	closed  bool
 	// rawCopies makes reads and writes raw system calls, which skip the
 	// runtime's bookkeeping (and its wake-up of sysmon); set for tmpfs,
-	// whose copies never wait for a device (see Uring.copyInline).
+	// whose copies never wait for a device (see Uring.copyInline). A
+	// tmpfs page that was swapped out still makes one wait for the swap
+	// device, holding its P meanwhile: a latency cost on a host that
+	// swaps tmpfs, never a deadlock.
 	rawCopies bool
 }
 

@@ -301,7 +301,9 @@ func (f *tcpTransport) TryFlush() (done bool, err error) {
 				f.want += len(b)
 			}
 		}
-		if err := f.raw.Write(f.writevFn); err != nil {
+		err := f.raw.Write(f.writevFn)
+		clear(f.iov[:f.niov]) // keep no buffer alive from here
+		if err != nil {
 			return false, fmt.Errorf("write: %w", err)
 		}
 		switch f.werrno {
