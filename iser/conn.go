@@ -211,16 +211,24 @@ func (c *conn) complete(wc *rdma.WorkCompletion) {
 		c.sqMu.Lock()
 		c.slots = append(c.slots, idx)
 		c.sqFree++
+		readsWait := len(c.queued) > 0
 		c.sqCond.Broadcast()
 		c.sqMu.Unlock()
+		if readsWait { // a send queue entry is free again: reads queued for one may start
+			c.startQueuedRead()
+		}
 	case wrWrite:
 		c.sqMu.Lock()
 		c.sqFree++
 		w := c.writes[idx]
 		c.writes[idx] = nil
 		c.freeWrite = append(c.freeWrite, idx)
+		readsWait := len(c.queued) > 0
 		c.sqCond.Broadcast()
 		c.sqMu.Unlock()
+		if readsWait {
+			c.startQueuedRead()
+		}
 		if w != nil {
 			w.DataDone(err)
 		}
