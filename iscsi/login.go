@@ -38,7 +38,14 @@ type loginState struct {
 func (c *conn) login() error {
 	st := &loginState{first: true}
 	limits := c.srv.opts.Limits
-	limits.RDMA = c.mover != nil
+	if c.mover != nil {
+		// Over iSER, write data beyond the immediate data is fetched by RDMA
+		// READ. Unsolicited Data-Out PDUs would each take one of the
+		// connection's receive buffers: 32 writes of 1 MiB outran them, the
+		// initiator's RNR retries ran out and its queue pair went to error
+		// (seen in the VM with Linux ib_iser). InitialR2T=Yes stops them.
+		limits.RDMA, limits.InitialR2T = true, true
+	}
 	st.neg = newNegotiator(&c.params, limits)
 	var h Header
 	for {

@@ -14,6 +14,10 @@ log() { echo "[${SCENARIO:-vm} $(cut -d' ' -f1 /proc/uptime)s] $*"; }
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
+# ping_timeouts: how many NOP-Out ping timeouts the initiator has logged since boot (a
+# connection that stalled for 5 s or more); compare before and after a step.
+ping_timeouts() { dmesg | grep -c "ping timeout" || true; }
+
 # skip REASON: ends the scenario as skipped (status 77), e.g. when a test binary is missing.
 skip() { echo "SKIP: $*"; exit 77; }
 

@@ -3,6 +3,7 @@
 # checksummed files, fio crc32c verify (512 B..1 MiB, QD 1..64), logout/login with the data
 # intact, and 20 login/logout cycles that leak no file descriptor or RDMA resource.
 IQN=iqn.2026-11.org.iserd:vm-iser
+pings=$(ping_timeouts)
 DATA=/tmp/iserd-iser
 mkdir -p "$DATA"
 cat >/tmp/iserd-iser.yaml <<EOC
@@ -32,6 +33,7 @@ timed "fio iser qd32" fio_verify "$dev" 256M --offset=256M --size=256M \
   --bssplit=512/10:4k/30:64k/25:256k/20:1m/15 --iodepth=32
 timed "fio iser qd1" fio_verify "$dev" 2M --offset=520M --size=1M --bs=512 --iodepth=1
 timed "fio iser qd64" fio_verify "$dev" 32M --offset=530M --size=32M --bs=1m --iodepth=64
+[ "$(ping_timeouts)" = "$pings" ] || fail "the initiator's NOP-Out ping timed out: a connection stalled"
 
 timed "logout" logout_all
 timed "relogin" login_iser "$IQN"

@@ -3,6 +3,7 @@
 # checksummed files, fio crc32c verify with 512 B..1 MiB blocks, logout and re-login with the
 # data intact, and SIGKILL of iserd under a write load losing no completed write.
 IQN=iqn.2026-11.org.iserd:vm
+pings=$(ping_timeouts)
 DATA=/tmp/iserd-data
 mkdir -p "$DATA"
 cat >/tmp/iserd.yaml <<EOC
@@ -34,6 +35,7 @@ umount /mnt/iserd
 timed "fio tcp" fio_verify "$dev" 256M --offset=256M --size=256M \
   --bssplit=512/10:4k/30:64k/25:256k/20:1m/15 --iodepth=32
 timed "fio tcp qd1" fio_verify "$dev" 2M --offset=520M --size=1M --bs=512 --iodepth=1
+[ "$(ping_timeouts)" = "$pings" ] || fail "the initiator's NOP-Out ping timed out: a connection stalled"
 
 timed "logout" logout_all
 timed "relogin" login_tcp "$IQN"
