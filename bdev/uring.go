@@ -183,7 +183,7 @@ func (d *Uring) Resize(size int64) error { return d.file.Resize(size) }
 // shared state) through that worker's multi-producer ring. Connections
 // that submit from one goroutine should use NewQueue instead.
 func (d *Uring) Submit(r *Request) {
-	if d.inline && (r.Op == OpRead || r.Op == OpWrite) {
+	if d.copiesInline(r) {
 		d.copyInline(r)
 		return
 	}
@@ -226,7 +226,7 @@ func (d *Uring) NewQueue() *Queue {
 
 // Submit starts r on the queue's worker; Done runs on that worker.
 func (q *Queue) Submit(r *Request) {
-	if q.d.inline && (r.Op == OpRead || r.Op == OpWrite) {
+	if q.d.copiesInline(r) {
 		q.d.copyInline(r)
 		return
 	}
@@ -602,6 +602,11 @@ func (w *worker) start(r *Request) {
 	default:
 		fail(r, fmt.Errorf("bdev: unknown operation %v", r.Op))
 	}
+}
+
+// copiesInline says whether Submit serves r itself (see copyInline).
+func (d *Uring) copiesInline(r *Request) bool {
+	return d.inline && (r.Op == OpRead || r.Op == OpWrite)
 }
 
 // copyInline serves a read or write of a memory-backed store in the

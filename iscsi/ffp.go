@@ -67,7 +67,6 @@ const maxBurstPDUs = 64
 // readLoop handles requests in full feature phase until the connection ends.
 func (c *conn) readLoop() error {
 	var h Header
-	br, _ := c.tr.(bufferedReader)
 	inBurst, burst := false, 0
 	defer func() {
 		if inBurst {
@@ -75,7 +74,7 @@ func (c *conn) readLoop() error {
 		}
 	}()
 	for {
-		if inBurst && (br == nil || burst >= maxBurstPDUs || !br.Buffered()) {
+		if inBurst && (burst >= maxBurstPDUs || !c.tr.Buffered()) {
 			c.endBurst()
 			inBurst = false
 		}

@@ -35,9 +35,15 @@ type Transport interface {
 	// ReadData reads the data segment of the PDU last read into dst[:n]
 	// (a nil dst discards it); ok is false when its digest did not match.
 	ReadData(dst []byte, n int) (ok bool, err error)
+	// Buffered reports whether the next PDU is already received, so that
+	// reading it will not wait (see conn.endBurst).
+	Buffered() bool
 	// Queue adds a PDU to the outgoing batch; Flush sends the batch.
 	Queue(bhs *BHS, data []byte) error
 	Flush() error
+	// TryFlush sends what it can of the batch without waiting; done is
+	// false when some is left for Flush.
+	TryFlush() (done bool, err error)
 	// SetDigests turns CRC32C header and data digests on or off.
 	SetDigests(header, data bool)
 	// SetDeadline and SetReadDeadline bound blocking reads and writes.
@@ -350,12 +356,6 @@ func (f *tcpTransport) resetBatch() {
 	clear(f.wbase)
 	f.wbufs, f.wbase = f.wbase[:0], f.wbase[:0]
 	f.hdrs = f.hdrs[:0]
-}
-
-// bufferedReader is implemented by transports that can tell whether the
-// next PDU is already received (see conn.endBurst).
-type bufferedReader interface {
-	Buffered() bool
 }
 
 // DataMover is implemented by transports that move task data by RDMA

@@ -70,16 +70,7 @@ func (c *conn) beginBurst() {
 // is left behind.)
 func (c *conn) endBurst() {
 	c.wdefer.Store(false)
-	if tf, ok := c.tr.(tryFlusher); ok {
-		c.sendFromReader(tf)
-		return
-	}
-	c.wmu.Lock()
-	queued := len(c.wq) > 0
-	c.wmu.Unlock()
-	if queued {
-		c.wakeWriter()
-	}
+	c.sendFromReader()
 }
 
 // send queues a ready-made PDU; status says whether it takes a StatSN.
@@ -118,23 +109,17 @@ func (c *conn) writer() {
 		if resume && !c.batchSent(c.tr.Flush(), closeAfter, halfClose) {
 			return
 		}
-		if !c.sendQueued(nil) {
+		if !c.sendQueued(false) {
 			return
 		}
 	}
-}
-
-// tryFlusher is implemented by transports that can write a batch without
-// waiting (see tcpTransport.TryFlush).
-type tryFlusher interface {
-	TryFlush() (done bool, err error)
 }
 
 // sendFromReader is endBurst's way to send: the reader sends the queue
 // itself when nobody else is and the transport can write without
 // waiting, which spares the writer goroutine's wake-up. What would wait
 // for a full socket buffer it hands over to the writer.
-func (c *conn) sendFromReader(tf tryFlusher) {
+func (c *conn) sendFromReader() {
 	c.wmu.Lock()
 	if c.wowner || c.wstopped || len(c.wq) == 0 {
 		c.wmu.Unlock()
@@ -142,14 +127,14 @@ func (c *conn) sendFromReader(tf tryFlusher) {
 	}
 	c.wowner = true
 	c.wmu.Unlock()
-	c.sendQueued(tf)
+	c.sendQueued(true)
 }
 
 // sendQueued sends batches until the queue is empty, then gives up
-// ownership; the caller owns the sending side. With tf (the reader) it
+// ownership; the caller owns the sending side. The reader (fromReader)
 // writes without waiting and leaves a partly written batch to the writer.
 // It reports false when the connection has ended.
-func (c *conn) sendQueued(tf tryFlusher) bool {
+func (c *conn) sendQueued(fromReader bool) bool {
 	for {
 		c.wmu.Lock()
 		if len(c.wq) == 0 {
@@ -163,9 +148,9 @@ func (c *conn) sendQueued(tf tryFlusher) bool {
 		closeAfter, halfClose, err := c.queueBatch(batch)
 		clear(batch)
 		c.wspare = batch[:0]
-		if err == nil && tf != nil {
+		if err == nil && fromReader {
 			var done bool
-			if done, err = tf.TryFlush(); err == nil && !done {
+			if done, err = c.tr.TryFlush(); err == nil && !done {
 				c.wmu.Lock()
 				stopped := c.wstopped
 				c.whandoff = !stopped // the writer flushes the rest and releases c.sent

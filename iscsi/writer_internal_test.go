@@ -27,6 +27,7 @@ func newShortTransport(short int) *shortTransport {
 
 func (f *shortTransport) ReadHeader(*Header) error           { return io.EOF }
 func (f *shortTransport) ReadData([]byte, int) (bool, error) { return true, nil }
+func (f *shortTransport) Buffered() bool                     { return false }
 func (f *shortTransport) Queue(*BHS, []byte) error           { return nil }
 func (f *shortTransport) Flush() error                       { return nil }
 func (f *shortTransport) SetDigests(bool, bool)              {}
