@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -22,6 +23,10 @@ const (
 	DefaultRegionSize = 16 << 20
 	// DefaultPoolMax caps the memory a Pool maps by default.
 	DefaultPoolMax = 1 << 30
+	// DefaultTrimInterval is how often a Pool gives idle regions back to the
+	// system by default: a region none of whose buffers was taken during one
+	// whole interval, and none of which is out, is unmapped.
+	DefaultTrimInterval = 30 * time.Second
 )
 
 // Errors returned by Pool.
@@ -39,30 +44,44 @@ type PoolOptions struct {
 	RegionSize int
 	// Max caps the bytes mapped in total (default DefaultPoolMax).
 	Max int64
+	// TrimInterval is how often idle regions are unmapped (default
+	// DefaultTrimInterval; negative: never).
+	TrimInterval time.Duration
 }
 
 // Pool hands out page-aligned buffers carved from large anonymous mappings
-// ("regions"). Each region serves one size class. Regions are mapped on
-// demand and kept until Close, so their addresses stay valid for devices
-// that register them once: io_uring fixed buffers, RDMA memory regions.
-// Get and Put are lock-free and allocate nothing; only mapping a new region
-// takes a lock.
+// ("regions"). Each region serves one size class at a time. Regions are
+// mapped on demand; devices register each one once (io_uring fixed buffers,
+// RDMA memory regions) through OnRegion hooks.
+//
+// No class can starve the others: when the pool is at its maximum and a
+// class has no free buffer, a region of another class whose buffers are
+// all free is carved anew for it (same memory, so registrations stay). A
+// region that stayed wholly free and untouched for a whole TrimInterval is
+// unmapped (hooks see it go first), so memory taken by a burst returns to
+// the system.
+//
+// Get and Put are lock-free and allocate nothing; only mapping, carving
+// and trimming regions take a lock.
 type Pool struct {
 	regionSize int
 	regions    []atomic.Pointer[region] // by region index; fixed length
-	spans      atomic.Pointer[[]span]   // region address ranges, sorted by base
+	spans      atomic.Pointer[[]span]   // mapped regions' address ranges, sorted by base
 	classes    [numClasses]freeList
 
-	mu      sync.Mutex // growth, hooks
-	nextReg int
+	mu      sync.Mutex // mapping, carving, trimming, hooks
+	nextReg int        // regions[:nextReg] have been used at least once
+	unused  []int      // indexes below nextReg whose region is unmapped
 	hooks   map[int]func(int, []byte)
 	nextID  int
 	closed  atomic.Bool
+	stop    chan struct{} // closed by Close: the trimmer ends
 }
 
 // Buf is one buffer of a Pool, owned by whoever got it until Put.
 type Buf struct {
 	pool   *Pool
+	reg    *region
 	data   []byte // the whole class-sized slot
 	n      int
 	id     uint32 // region<<16 | slot
@@ -71,8 +90,11 @@ type Buf struct {
 }
 
 type region struct {
-	mem  []byte
-	bufs []Buf
+	mem   []byte
+	bufs  []Buf
+	class int
+	out   atomic.Int32 // buffers handed out and not yet returned
+	used  atomic.Bool  // a buffer was taken since the last trim pass
 }
 
 type span struct {
@@ -95,6 +117,9 @@ func NewPool(o PoolOptions) (*Pool, error) {
 	if o.Max == 0 {
 		o.Max = DefaultPoolMax
 	}
+	if o.TrimInterval == 0 {
+		o.TrimInterval = DefaultTrimInterval
+	}
 	if o.RegionSize < MaxBufSize || o.RegionSize&(o.RegionSize-1) != 0 || o.RegionSize/MinBufSize > 1<<16 {
 		return nil, fmt.Errorf("buffer pool: region size %d is not a power of two in [%d, %d]", o.RegionSize, MaxBufSize, MinBufSize<<16)
 	}
@@ -105,8 +130,12 @@ func NewPool(o PoolOptions) (*Pool, error) {
 		regionSize: o.RegionSize,
 		regions:    make([]atomic.Pointer[region], o.Max/int64(o.RegionSize)),
 		hooks:      map[int]func(int, []byte){},
+		stop:       make(chan struct{}),
 	}
 	p.spans.Store(&[]span{})
+	if o.TrimInterval > 0 {
+		go p.trimmer(o.TrimInterval)
+	}
 	return p, nil
 }
 
@@ -141,6 +170,10 @@ func (p *Pool) Get(n int) (*Buf, error) {
 	}
 	b.inPool.Store(false)
 	b.n = n
+	b.reg.out.Add(1)
+	if !b.reg.used.Load() {
+		b.reg.used.Store(true)
+	}
 	return b, nil
 }
 
@@ -153,7 +186,8 @@ func (p *Pool) Put(b *Buf) error {
 	if !b.inPool.CompareAndSwap(false, true) {
 		return errors.New("buffer pool put: buffer returned twice")
 	}
-	p.push(classOf(cap(b.data)), b)
+	b.reg.out.Add(-1)
+	p.push(b.reg.class, b)
 	return nil
 }
 
@@ -164,8 +198,15 @@ func (b *Buf) Bytes() []byte { return b.data[:b.n] }
 // Region is the index of the region holding b, as given to OnRegion hooks.
 func (b *Buf) Region() int { return int(b.id >> 16) }
 
+// buf returns the buffer with that id, or nil when the id is stale: a
+// pop that read the head before its region was carved anew (its
+// compare-and-swap then fails, since the head has changed since).
 func (p *Pool) buf(id uint32) *Buf {
-	return &p.regions[id>>16].Load().bufs[id&0xffff]
+	bufs := p.regions[id>>16].Load().bufs
+	if int(id&0xffff) >= len(bufs) {
+		return nil
+	}
+	return &bufs[id&0xffff]
 }
 
 func (p *Pool) pop(c int) *Buf {
@@ -176,6 +217,9 @@ func (p *Pool) pop(c int) *Buf {
 			return nil
 		}
 		b := p.buf(uint32(h) - 1)
+		if b == nil {
+			continue
+		}
 		if l.head.CompareAndSwap(h, (h>>32+1)<<32|uint64(b.next.Load())) {
 			return b
 		}
@@ -193,43 +237,161 @@ func (p *Pool) push(c int, b *Buf) {
 	}
 }
 
-// grow maps a region for class c, keeps one buffer for the caller and
-// frees the rest.
+// grow finds room for class c: a new region while the pool is below its
+// maximum, else a wholly free region of another class carved anew. It
+// keeps one buffer for the caller and frees the rest.
 func (p *Pool) grow(c int) (*Buf, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if b := p.pop(c); b != nil { // another goroutine grew it meanwhile
 		return b, nil
 	}
+	if idx, ok := p.freeIndex(); ok {
+		mem, err := unix.Mmap(-1, 0, p.regionSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+		if err != nil {
+			p.unused = append(p.unused, idx)
+			return nil, fmt.Errorf("buffer pool: map %d-byte region: %w", p.regionSize, err)
+		}
+		r := p.carve(idx, mem, c)
+		p.addSpan(idx, mem)
+		for _, h := range p.hooks {
+			h(idx, mem)
+		}
+		return p.freeAllBut(r), nil
+	}
+	for i := range p.nextReg {
+		r := p.regions[i].Load()
+		if r.mem == nil || r.class == c || !p.take(r) {
+			continue
+		}
+		return p.freeAllBut(p.carve(i, r.mem, c)), nil
+	}
+	return nil, fmt.Errorf("buffer pool get %d-byte buffer: %w (%d regions of %d bytes, none wholly free)",
+		MinBufSize<<c, ErrPoolExhausted, len(p.regions), p.regionSize)
+}
+
+// freeIndex picks the index for a new mapping. Called with mu held.
+func (p *Pool) freeIndex() (int, bool) {
+	if n := len(p.unused); n > 0 {
+		idx := p.unused[n-1]
+		p.unused = p.unused[:n-1]
+		return idx, true
+	}
 	if p.nextReg == len(p.regions) {
-		return nil, fmt.Errorf("buffer pool get %d-byte buffer: %w (%d regions of %d bytes)", MinBufSize<<c, ErrPoolExhausted, len(p.regions), p.regionSize)
+		return 0, false
 	}
-	mem, err := unix.Mmap(-1, 0, p.regionSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
-	if err != nil {
-		return nil, fmt.Errorf("buffer pool: map %d-byte region: %w", p.regionSize, err)
-	}
-	idx := p.nextReg
 	p.nextReg++
+	return p.nextReg - 1, true
+}
+
+// carve makes mem region idx, cut into buffers of class c, all marked
+// free but not yet on the free list. Called with mu held.
+func (p *Pool) carve(idx int, mem []byte, c int) *region {
 	size := MinBufSize << c
-	r := &region{mem: mem, bufs: make([]Buf, p.regionSize/size)}
+	r := &region{mem: mem, bufs: make([]Buf, p.regionSize/size), class: c}
 	for i := range r.bufs {
 		b := &r.bufs[i]
-		b.pool, b.id = p, uint32(idx<<16|i)
+		b.pool, b.reg, b.id = p, r, uint32(idx<<16|i)
 		b.data = mem[i*size : (i+1)*size : (i+1)*size]
 		b.inPool.Store(true)
 	}
+	r.used.Store(true)
 	p.regions[idx].Store(r)
+	return r
+}
+
+// freeAllBut puts every buffer of a freshly carved region on its class's
+// free list but the first, which it returns.
+func (p *Pool) freeAllBut(r *region) *Buf {
+	for i := len(r.bufs) - 1; i > 0; i-- {
+		p.push(r.class, &r.bufs[i])
+	}
+	return &r.bufs[0]
+}
+
+// take removes every buffer of region r from its class's free list, and
+// reports whether it got them all (none is out). When it did not, the list
+// is as before. Called with mu held; other goroutines may Get and Put
+// meanwhile: a buffer of r that one of them holds keeps r.
+func (p *Pool) take(r *region) bool {
+	if r.out.Load() != 0 {
+		return false
+	}
+	var popped []*Buf
+	mine := 0
+	for b := p.pop(r.class); b != nil; b = p.pop(r.class) {
+		popped = append(popped, b)
+		if b.reg == r {
+			mine++
+		}
+	}
+	all := mine == len(r.bufs)
+	for i := len(popped) - 1; i >= 0; i-- {
+		if b := popped[i]; !all || b.reg != r {
+			p.push(r.class, b)
+		}
+	}
+	return all
+}
+
+// addSpan records a mapped region's address range for Index.
+func (p *Pool) addSpan(idx int, mem []byte) {
 	base := uintptr(unsafe.Pointer(&mem[0]))
 	spans := append(slices.Clone(*p.spans.Load()), span{base: base, end: base + uintptr(len(mem)), index: idx})
 	slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(a.base, b.base) })
 	p.spans.Store(&spans)
-	for _, h := range p.hooks {
-		h(idx, mem)
+}
+
+// trimmer unmaps idle regions every interval until Close.
+func (p *Pool) trimmer(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+			p.Trim()
+		}
 	}
-	for i := len(r.bufs) - 1; i > 0; i-- {
-		p.push(c, &r.bufs[i])
+}
+
+// Trim unmaps every region that has no buffer out and none taken since
+// the previous Trim, and reports how many it unmapped; the others are
+// marked unused until their next Get. OnRegion hooks see each region go
+// (a nil mem) before it is unmapped.
+func (p *Pool) Trim() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed.Load() {
+		return 0
 	}
-	return &r.bufs[0], nil
+	n := 0
+	for i := range p.nextReg {
+		r := p.regions[i].Load()
+		if r.mem == nil {
+			continue
+		}
+		if r.used.Swap(false) || !p.take(r) {
+			continue
+		}
+		for _, h := range p.hooks {
+			h(i, nil)
+		}
+		spans := slices.DeleteFunc(slices.Clone(*p.spans.Load()), func(s span) bool { return s.index == i })
+		p.spans.Store(&spans)
+		unix.Munmap(r.mem) // cannot fail for a whole mapping of ours
+		// Stale pops may still read r's buffers: keep them, without memory.
+		p.regions[i].Store(&region{bufs: r.bufs, class: r.class})
+		p.unused = append(p.unused, i)
+		n++
+	}
+	return n
+}
+
+// Mapped reports the bytes the pool has mapped now.
+func (p *Pool) Mapped() int64 {
+	return int64(len(*p.spans.Load())) * int64(p.regionSize)
 }
 
 // Index reports which region holds the memory of b (any slice of a pool
@@ -256,15 +418,19 @@ func (p *Pool) Index(b []byte) (int, bool) {
 	return 0, false
 }
 
-// OnRegion calls fn for every region mapped so far and then for each new
+// OnRegion calls fn for every region mapped now and then for each new
 // one, before any of its buffers is handed out: an io_uring registers it
-// as a fixed buffer, an RDMA device as a memory region. fn must not call
-// back into the pool's OnRegion or Close. cancel stops further calls.
+// as a fixed buffer, an RDMA device as a memory region. When Trim unmaps a
+// region, fn is called with its index and a nil mem first: the device
+// drops its registration. fn must not call back into the pool's OnRegion,
+// Trim or Close. cancel stops further calls.
 func (p *Pool) OnRegion(fn func(index int, mem []byte)) (cancel func()) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i := range p.nextReg {
-		fn(i, p.regions[i].Load().mem)
+		if mem := p.regions[i].Load().mem; mem != nil {
+			fn(i, mem)
+		}
 	}
 	id := p.nextID
 	p.nextID++
@@ -286,20 +452,20 @@ func (p *Pool) Close() error {
 	}
 	out := 0
 	for i := range p.nextReg {
-		bufs := p.regions[i].Load().bufs
-		for j := range bufs {
-			if !bufs[j].inPool.Load() {
-				out++
-			}
-		}
+		out += int(p.regions[i].Load().out.Load())
 	}
 	if out > 0 {
 		return fmt.Errorf("buffer pool close: %d buffers still in use", out)
 	}
 	p.closed.Store(true)
+	close(p.stop)
 	var errs []error
 	for i := range p.nextReg {
-		if err := unix.Munmap(p.regions[i].Load().mem); err != nil {
+		mem := p.regions[i].Load().mem
+		if mem == nil {
+			continue
+		}
+		if err := unix.Munmap(mem); err != nil {
 			errs = append(errs, fmt.Errorf("buffer pool: unmap region %d: %w", i, err))
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -244,4 +245,127 @@ func TestPoolNoAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Fatalf("Get/Index/Put allocate %.1f times per run", allocs)
 	}
+}
+
+// TestPoolNoClassStarves fills the pool with one class, returns it, and
+// then asks for every other size: each is served from a region carved anew
+// in place (same memory, so device registrations stay valid).
+func TestPoolNoClassStarves(t *testing.T) {
+	p, err := NewPool(PoolOptions{Max: 4 * DefaultRegionSize, TrimInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var hooks int
+	p.OnRegion(func(int, []byte) { hooks++ })
+	var held []*Buf
+	for {
+		b, err := p.Get(1 << 20)
+		if errors.Is(err, ErrPoolExhausted) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, b)
+	}
+	if len(held) != 4*DefaultRegionSize/(1<<20) {
+		t.Fatalf("held %d 1 MiB buffers, want the whole pool", len(held))
+	}
+	if _, err := p.Get(4096); !errors.Is(err, ErrPoolExhausted) {
+		t.Fatalf("4 KiB while every region is out: err %v, want ErrPoolExhausted", err)
+	}
+	for _, b := range held {
+		p.Put(b)
+	}
+	for n := MinBufSize; n <= MaxBufSize; n <<= 1 {
+		b, err := p.Get(n)
+		if err != nil {
+			t.Fatalf("Get(%d) after the 1 MiB buffers came back: %v", n, err)
+		}
+		p.Put(b)
+	}
+	if hooks != 4 {
+		t.Fatalf("hooks saw %d regions, want the 4 mapped once", hooks)
+	}
+}
+
+// TestPoolTrim checks that idle regions are unmapped after one untouched
+// interval, that hooks see them go, and that the pool grows again after.
+func TestPoolTrim(t *testing.T) {
+	p, err := NewPool(PoolOptions{Max: 4 * DefaultRegionSize, TrimInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	live := map[int]bool{}
+	p.OnRegion(func(i int, mem []byte) { live[i] = mem != nil })
+	a, _ := p.Get(4096)
+	b, _ := p.Get(1 << 20)
+	c, _ := p.Get(8 << 20)
+	p.Put(b)
+	p.Put(c)
+	if p.Mapped() != 3*DefaultRegionSize {
+		t.Fatalf("mapped %d, want 3 regions", p.Mapped())
+	}
+	if n := p.Trim(); n != 0 {
+		t.Fatalf("first Trim unmapped %d regions just used", n)
+	}
+	if n := p.Trim(); n != 2 {
+		t.Fatalf("second Trim unmapped %d regions, want the 2 idle ones", n)
+	}
+	if p.Mapped() != DefaultRegionSize || live[1] || live[2] || !live[0] {
+		t.Fatalf("after Trim: mapped %d, hooks %v", p.Mapped(), live)
+	}
+	if _, ok := p.Index(b.Bytes()); ok {
+		t.Fatal("an unmapped region is still indexed")
+	}
+	a.Bytes()[0] = 1 // the region with a buffer out stays
+	p.Put(a)
+	d, err := p.Get(2 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !live[d.Region()] || p.Mapped() != 2*DefaultRegionSize {
+		t.Fatalf("regrown region %d not live (%v), mapped %d", d.Region(), live, p.Mapped())
+	}
+	d.Bytes()[len(d.Bytes())-1] = 1
+	p.Put(d)
+}
+
+// TestPoolTrimConcurrent trims and carves while goroutines get and put
+// buffers of several classes (run with -race).
+func TestPoolTrimConcurrent(t *testing.T) {
+	p, err := NewPool(PoolOptions{Max: 4 * DefaultRegionSize, TrimInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 400 {
+				b, err := p.Get(4096 << ((i + g) % 9))
+				if errors.Is(err, ErrPoolExhausted) {
+					continue
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				buf := b.Bytes()
+				buf[0], buf[len(buf)-1] = byte(g), byte(g)
+				if i%50 == 0 {
+					p.Trim()
+				}
+				if buf[0] != byte(g) || buf[len(buf)-1] != byte(g) {
+					t.Error("buffer shared between goroutines")
+				}
+				p.Put(b)
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -158,7 +158,15 @@ func (d *Uring) openDirect(path string, readOnly bool) {
 // reads and writes for it.
 func (d *Uring) registerRegion(idx int, mem []byte) {
 	for _, w := range d.workers {
-		if w.fixed != nil && idx < len(w.fixed) && w.ring.UpdateBuffer(idx, mem) == nil {
+		if w.fixed == nil || idx >= len(w.fixed) {
+			continue
+		}
+		if mem == nil { // the pool unmaps the region: no buffer of it is in use
+			w.fixed[idx].Store(false)
+			w.ring.UpdateBuffer(idx, nil)
+			continue
+		}
+		if w.ring.UpdateBuffer(idx, mem) == nil {
 			w.fixed[idx].Store(true)
 		}
 	}

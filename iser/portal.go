@@ -116,6 +116,18 @@ func (p *Portal) poolRegions(pd *rdma.PD) (*regions, error) {
 	pool := p.srv.Pool()
 	r := &regions{mrs: make([]*rdma.MR, pool.MaxRegions())}
 	r.cancel = pool.OnRegion(func(i int, mem []byte) {
+		if mem == nil { // the pool unmaps the region: none of its buffers is in use
+			r.mu.Lock()
+			mr := r.mrs[i]
+			r.mrs[i] = nil
+			r.mu.Unlock()
+			if mr != nil {
+				if err := mr.Dereg(); err != nil {
+					p.log.Warn("deregister buffer region", zap.Int("region", i), zap.Error(err))
+				}
+			}
+			return
+		}
 		mr, err := pd.RegMR(mem, rdma.AccessLocalWrite)
 		r.mu.Lock()
 		defer r.mu.Unlock()

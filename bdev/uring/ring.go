@@ -268,13 +268,14 @@ func (r *Ring) RegisterSparseBuffers(n int) error {
 }
 
 // UpdateBuffer installs buf as fixed buffer number idx; OpReadFixed and
-// OpWriteFixed with BufIndex idx may then address any part of it.
+// OpWriteFixed with BufIndex idx may then address any part of it. An empty
+// buf clears the slot: the kernel lets go of the memory it pinned.
 func (r *Ring) UpdateBuffer(idx int, buf []byte) error {
-	if len(buf) == 0 {
-		return errors.New("update fixed buffer: empty buffer")
+	var iov unix.Iovec
+	if len(buf) > 0 {
+		iov.Base = &buf[0]
+		iov.SetLen(len(buf))
 	}
-	iov := unix.Iovec{Base: &buf[0]}
-	iov.SetLen(len(buf))
 	up := rsrcUpdate2{Offset: uint32(idx), Data: uint64(uintptr(unsafe.Pointer(&iov))), Nr: 1}
 	return r.register(regBuffersUpdate, unsafe.Pointer(&up), unsafe.Sizeof(up), "update fixed buffer")
 }
