@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iscsi/initiator"
 )
 
@@ -40,13 +41,11 @@ func (g *gatedConn) release() {
 	g.mu.Unlock()
 }
 
-// TestInitiatorStopsReading answers reads that add up to far more than the
-// socket buffers hold while the initiator reads nothing: the reader's
-// writes that do not wait come up short, the writer goroutine finishes
-// them, and once the initiator reads again every byte arrives in order
-// and the connection goes on working.
-func TestInitiatorStopsReading(t *testing.T) {
-	e := newEnv(t, nil)
+// gatedLogin logs in to testTarget over a connection with a small receive
+// buffer whose reads the test can hold, like an initiator that stops
+// reading.
+func (e *env) gatedLogin(t testing.TB, keys ...iscsi.KV) (*initiator.Conn, *gatedConn) {
+	t.Helper()
 	nc, err := net.Dial("tcp", e.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -56,11 +55,31 @@ func TestInitiatorStopsReading(t *testing.T) {
 	}
 	g := &gatedConn{Conn: nc}
 	c := initiator.New(g)
-	t.Cleanup(func() { c.Close() })
-	if _, err := c.Login(initiator.LoginOptions{InitiatorName: testInitiator, TargetName: testTarget}); err != nil {
+	t.Cleanup(func() {
+		g.mu.Lock()
+		if g.open != nil {
+			close(g.open)
+			g.open = nil
+		}
+		g.mu.Unlock()
+		c.Close()
+	})
+	if _, err := c.Login(initiator.LoginOptions{InitiatorName: testInitiator, TargetName: testTarget, Keys: keys}); err != nil {
 		t.Fatalf("login: %v", err)
 	}
 	clearUA(t, c)
+	return c, g
+}
+
+// TestInitiatorStopsReading answers reads that add up to far more than the
+// socket buffers hold while the initiator reads nothing: the reader's
+// writes that do not wait come up short, the writer goroutine finishes
+// them, and once the initiator reads again every byte arrives in order
+// and the connection goes on working.
+func TestInitiatorStopsReading(t *testing.T) {
+	e := newEnv(t, nil)
+	c, g := e.gatedLogin(t)
+	var err error
 	const size, reads = 1 << 20, 24
 	want := pattern(8*size, 0x5a)
 	writeBlocks(t, c, 0, want)

@@ -54,6 +54,17 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 	case flags&cmdFinal == 0 && (p.InitialR2T || flags&cmdWrite == 0):
 		return protoErr("F bit clear but no unsolicited data may follow")
 	}
+	if h.Immediate() {
+		// Immediate commands take no CmdSN slot: only this bounds them.
+		s.mu.Lock()
+		n := len(s.tasks)
+		s.mu.Unlock()
+		if n >= int(c.srv.opts.CmdWindow)+c.srv.opts.ImmediateTasks {
+			c.log.Warn("immediate SCSI command rejected: too many commands in flight", zap.Uint32("itt", h.ITT()),
+				zap.Int("in_flight", n), zap.Int("immediate_tasks_limit", c.srv.opts.ImmediateTasks))
+			return c.rejectPDU(h, pl, rejectImmediate)
+		}
+	}
 	t := getTask(c)
 	t.start = c.rxTime
 	t.itt = h.ITT()
@@ -107,7 +118,7 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 			if err := pl.discard(); err != nil {
 				return err
 			}
-			t.executed = true
+			t.executed.Store(true)
 			t.cmd.Reset()
 			t.cmd.Status = scsi.StatusBusy
 			scsiDone(&t.cmd)
@@ -208,7 +219,7 @@ func (c *conn) execute(t *task) {
 		c.endAborted(t)
 		return
 	}
-	t.executed = true
+	t.executed.Store(true)
 	if t.corrupt {
 		c.checkCondition(t, 0x0b, 0x47, 0x05) // ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR
 		return
@@ -229,7 +240,7 @@ func (c *conn) handleDataOut(h *Header, pl *payload) error {
 	s.mu.Lock()
 	t := s.tasks[h.ITT()]
 	s.mu.Unlock()
-	if t == nil || !t.write || t.executed {
+	if t == nil || !t.write || t.executed.Load() {
 		c.log.Info("Data-Out for no task waiting for data: ignored", zap.Uint32("itt", h.ITT()))
 		return pl.discard()
 	}
@@ -266,7 +277,7 @@ func (c *conn) handleDataOut(h *Header, pl *payload) error {
 		if err := c.rejectPDU(h, pl, rejectProtocol); err != nil {
 			return err
 		}
-		t.executed = true
+		t.executed.Store(true)
 		ascq := byte(0x00) // DATA PHASE ERROR
 		if off != expOff || off+n > end {
 			ascq = 0x05 // DATA OFFSET ERROR
@@ -307,7 +318,7 @@ func (t *task) DataDone(err error) {
 	t.c.sess.mu.Unlock()
 	if err != nil {
 		t.c.log.Warn("fetching write data failed", zap.Uint32("itt", t.itt), zap.Error(err))
-		t.executed = true
+		t.executed.Store(true)
 		t.c.checkCondition(t, 0x0b, 0x4b, 0x00) // ABORTED COMMAND, DATA PHASE ERROR
 		return
 	}

@@ -23,6 +23,9 @@ type conn struct {
 	cid   uint16
 	tpgt  uint16 // the portal group the connection came in through
 
+	loginHost   string // remote IP address, counted in the server's login limits
+	maxRecvData int    // the longest data segment the target declared it takes
+
 	// written by the reader during login only, then read-only
 	params Params
 
@@ -42,6 +45,9 @@ type conn struct {
 	wbhs     BHS         // writer: scratch header
 	statSN   uint32      // writer-owned after login
 
+	ctlQueued  atomic.Int64  // bytes queued by send (see PeerLimits.QueuedControl)
+	ctlFree    chan struct{} // signalled when ctlQueued falls to the limit
+	ignored    uint64        // reader: commands dropped outside the CmdSN window
 	received   atomic.Uint64 // PDUs received: the pinger watches it move
 	nopPending atomic.Uint32
 	nopTTT     atomic.Uint32
@@ -55,7 +61,7 @@ type conn struct {
 }
 
 func newConn(s *Server, tr Transport) *conn {
-	c := &conn{srv: s, tr: tr, wsig: make(chan struct{}, 1),
+	c := &conn{srv: s, tr: tr, wsig: make(chan struct{}, 1), ctlFree: make(chan struct{}, 1),
 		closing: make(chan struct{}), done: make(chan struct{}), params: DefaultParams()}
 	c.mover, _ = tr.(DataMover)
 	c.log = s.log.With(zap.String("remote", tr.RemoteAddr().String()))
@@ -81,7 +87,9 @@ func (c *conn) serve() {
 	defer close(c.done)
 	defer c.close()
 	c.tr.SetDeadline(time.Now().Add(c.srv.opts.LoginTimeout))
-	if err := c.login(); err != nil {
+	err := c.login()
+	c.srv.loginEnded(c)
+	if err != nil {
 		var le *LoginError
 		if !errors.As(err, &le) { // refusals were logged with their reason already
 			c.logEnd("login ended", err)
@@ -89,10 +97,14 @@ func (c *conn) serve() {
 		return
 	}
 	c.tr.SetDeadline(time.Time{})
+	c.maxRecvData = int(c.params.MaxRecvDataSegmentLength)
+	if c.params.RDMAExtensions {
+		c.maxRecvData = int(c.params.TargetRecvDataSegmentLength)
+	}
 	writerDone := make(chan struct{})
 	go func() { c.writer(); close(writerDone) }()
 	go c.pinger()
-	err := c.readLoop()
+	err = c.readLoop()
 	c.teardown()
 	c.logEnd("connection closed", err)
 	c.close()

@@ -132,6 +132,18 @@ func (c *conn) discardUntilClosed() {
 func (c *conn) dispatch(h *Header) error {
 	op := h.Opcode()
 	pl := payload{c: c, n: h.DataLen()}
+	if pl.n > c.maxRecvData {
+		// Nothing of it is read: its sender does not follow the
+		// negotiation, and its data may be up to 16 MiB.
+		c.log.Warn("PDU data segment longer than the target's MaxRecvDataSegmentLength: rejected, closing connection",
+			zap.Stringer("opcode", op), zap.Int("length", pl.n), zap.Int("max_recv_data_segment_length", c.maxRecvData))
+		c.reject(&h.BHS, rejectProtocol)
+		c.enqueue(outItem{kind: outClose})
+		return nil
+	}
+	if err := c.waitControl(); err != nil {
+		return err
+	}
 	switch op {
 	case OpDataOut:
 		return c.handleDataOut(h, &pl)
@@ -163,30 +175,61 @@ func (c *conn) dispatch(h *Header) error {
 		}
 		return c.runHeld()
 	}
+	if snLess(s.maxCmdSN.Load(), sn) || snLess(sn, exp) {
+		return c.ignore(h, &pl, exp)
+	}
 	if sn != exp {
-		if snLess(exp, sn) && !snLess(s.maxCmdSN.Load(), sn) {
-			data, _, err := pl.bytes()
-			if err != nil {
-				return err
-			}
-			hp := &heldPDU{hdr: *h, ahs: append([]byte(nil), h.AHS...), data: data}
-			s.mu.Lock()
-			if s.held == nil {
-				s.held = make(map[uint32]*heldPDU)
-			}
-			s.held[sn] = hp
-			s.mu.Unlock()
-			return nil
-		}
-		c.log.Info("command outside the CmdSN window ignored", zap.Uint32("cmdsn", sn),
-			zap.Uint32("expcmdsn", exp), zap.Uint32("maxcmdsn", s.maxCmdSN.Load()), zap.Stringer("opcode", op))
-		return pl.discard()
+		return c.hold(h, &pl)
 	}
 	s.expCmdSN.Store(exp + 1)
 	if err := c.handleRequest(h, &pl); err != nil {
 		return err
 	}
 	return c.runHeld()
+}
+
+// ignore drops a command outside the CmdSN window, as RFC 7143 4.2.2.1
+// requires; the log line is kept for the 1st, 2nd, 4th, 8th... of a
+// connection, so a flood does not flood the log.
+func (c *conn) ignore(h *Header, pl *payload, exp uint32) error {
+	c.ignored++
+	if c.ignored&(c.ignored-1) == 0 {
+		c.log.Warn("command outside the CmdSN window ignored", zap.Uint32("cmdsn", h.U32(offCmdSN)),
+			zap.Uint32("expcmdsn", exp), zap.Uint32("maxcmdsn", c.sess.maxCmdSN.Load()),
+			zap.Stringer("opcode", h.Opcode()), zap.Uint64("ignored_on_connection", c.ignored))
+	}
+	return pl.discard()
+}
+
+// hold keeps a command that came ahead of a CmdSN gap until the gap fills.
+// Beyond PeerLimits.HeldBytes of held data it is dropped instead, as if it
+// had been lost: the initiator's timeout and ABORT TASK end it.
+func (c *conn) hold(h *Header, pl *payload) error {
+	s := c.sess
+	s.mu.Lock()
+	full := s.heldBytes+pl.n > c.srv.opts.HeldBytes
+	if !full {
+		s.heldBytes += pl.n
+	}
+	s.mu.Unlock()
+	if full {
+		c.log.Warn("command ahead of a CmdSN gap dropped: the session holds too much data already",
+			zap.Uint32("cmdsn", h.U32(offCmdSN)), zap.Uint32("expcmdsn", s.expCmdSN.Load()),
+			zap.Int("length", pl.n), zap.Int("held_bytes_limit", c.srv.opts.HeldBytes))
+		return pl.discard()
+	}
+	data, _, err := pl.bytes()
+	if err != nil {
+		return err
+	}
+	hp := &heldPDU{hdr: *h, ahs: append([]byte(nil), h.AHS...), data: data}
+	s.mu.Lock()
+	if s.held == nil {
+		s.held = make(map[uint32]*heldPDU)
+	}
+	s.held[h.U32(offCmdSN)] = hp
+	s.mu.Unlock()
+	return nil
 }
 
 // runHeld runs the held commands that are next in CmdSN order. A
@@ -198,6 +241,9 @@ func (c *conn) runHeld() error {
 		s.mu.Lock()
 		hp := s.held[exp]
 		delete(s.held, exp)
+		if hp != nil {
+			s.heldBytes -= len(hp.data)
+		}
 		s.mu.Unlock()
 		if hp == nil {
 			return nil
@@ -310,7 +356,7 @@ func (c *conn) sendPing() {
 
 // checkCondition completes t at once with CHECK CONDITION and fixed sense.
 func (c *conn) checkCondition(t *task, key, asc, ascq byte) {
-	t.executed = true // answered: no Data-Out or abort may answer it again
+	t.executed.Store(true) // answered: no Data-Out or abort may answer it again
 	t.cmd.Reset()
 	t.cmd.Status = scsi.StatusCheckCondition
 	s := t.cmd.Sense[:18]

@@ -4,11 +4,19 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
 	"github.com/iserd/iserd/scsi"
 )
+
+// maxLoginData is the most data one Login Request or Response may carry:
+// MaxRecvDataSegmentLength is 8192 in both directions until the login ends
+// (RFC 7143 13.12). A request announcing more is refused before any of it
+// is read.
+const maxLoginData = 8192
 
 // Login stages (CSG/NSG values).
 const (
@@ -53,11 +61,14 @@ func (c *conn) login() error {
 			return fmt.Errorf("read login request: %w", err)
 		}
 		if h.Opcode() != OpLoginReq {
-			c.tr.ReadData(nil, h.DataLen())
-			if st.first {
+			if st.first { // not an iSCSI initiator: close without reading on
 				return fmt.Errorf("first PDU is a %v, not a Login Request", h.Opcode())
 			}
 			return c.loginFail(&h, loginErr(LoginInvalidDuringLogin, "%v during login", h.Opcode()))
+		}
+		if h.DataLen() > maxLoginData {
+			return c.loginFail(&h, loginErr(LoginInitiatorError,
+				"Login Request announces a %d-byte data segment; at most %d bytes are allowed during login", h.DataLen(), maxLoginData))
 		}
 		data := make([]byte, h.DataLen())
 		ok, err := c.tr.ReadData(data, len(data))
@@ -137,8 +148,7 @@ func (c *conn) loginStep(st *loginState, h *Header, data []byte) (done bool, _ *
 	}
 	st.pending = append(st.pending, data...)
 	if cont { // more text follows: acknowledge with an empty response
-		c.loginRespond(st, h, false, 0, nil, 0)
-		return false, nil
+		return false, c.loginRespond(st, h, false, 0, nil, 0)
 	}
 	kvs, err := ParseText(st.pending)
 	st.pending = st.pending[:0]
@@ -171,8 +181,7 @@ func (c *conn) loginStep(st *loginState, h *Header, data []byte) (done bool, _ *
 	}
 	resp = append(resp, r...)
 	if !transit {
-		c.loginRespond(st, h, false, 0, resp, 0)
-		return false, nil
+		return false, c.loginRespond(st, h, false, 0, resp, 0)
 	}
 	if nsg == stageFullFeature || csg == stageOperational {
 		r, lerr := st.neg.finish()
@@ -182,9 +191,14 @@ func (c *conn) loginStep(st *loginState, h *Header, data []byte) (done bool, _ *
 		resp = append(resp, r...)
 	}
 	if nsg != stageFullFeature {
-		c.loginRespond(st, h, true, nsg, resp, 0) // the response names the stage being left
+		if lerr := c.loginRespond(st, h, true, nsg, resp, 0); lerr != nil { // the response names the stage being left
+			return false, lerr
+		}
 		st.csg = nsg
 		return false, nil
+	}
+	if len(EncodeText(resp)) > maxLoginData { // refused before a session exists
+		return false, loginErr(LoginInitiatorError, "the answer to this Login Request would be longer than %d bytes", maxLoginData)
 	}
 	tsih, lerr := c.startSession(st)
 	if lerr != nil {
@@ -300,7 +314,14 @@ func (c *conn) startSession(st *loginState) (uint16, *LoginError) {
 }
 
 // loginRespond queues a Login Response; it is written at the next flush.
-func (c *conn) loginRespond(st *loginState, h *Header, transit bool, nsg int, kvs []KV, tsih uint16) {
+// It refuses to answer with more than maxLoginData bytes of text (many
+// unknown keys, each answered NotUnderstood): the login is then refused.
+func (c *conn) loginRespond(st *loginState, h *Header, transit bool, nsg int, kvs []KV, tsih uint16) *LoginError {
+	text := EncodeText(kvs)
+	if len(text) > maxLoginData {
+		return loginErr(LoginInitiatorError, "the answer to this Login Request would be %d bytes, more than the %d allowed during login",
+			len(text), maxLoginData)
+	}
 	var b BHS
 	b[0] = byte(OpLoginResp)
 	b[1] = byte(st.csg << 2)
@@ -314,10 +335,11 @@ func (c *conn) loginRespond(st *loginState, h *Header, transit bool, nsg int, kv
 	c.statSN++
 	b.SetU32(offExpStatSN, st.cmdSN)
 	b.SetU32(offMaxCmdSN, st.cmdSN+c.srv.opts.CmdWindow-1)
-	c.tr.Queue(&b, EncodeText(kvs))
+	c.tr.Queue(&b, text)
 	if !transit || nsg != stageFullFeature {
 		c.tr.Flush()
 	}
+	return nil
 }
 
 // authenticate handles AuthMethod and the CHAP keys of one request.
@@ -387,32 +409,71 @@ func hasValue(list, v string) bool {
 	return false
 }
 
-// ValidName checks an iSCSI name: iqn., eui. or naa. format (RFC 7143 4.2.7).
+// ValidName checks an iSCSI name against its syntax (RFC 7143 4.2.7,
+// RFC 3722): at most 223 bytes of UTF-8; iqn.yyyy-mm.naming-authority with
+// an optional :unique part, eui. and 16 hex digits, or naa. and 16 or 32
+// hex digits. In the ASCII range only letters, digits, '-', '.' and ':'
+// may appear; beyond it, letters and digits (stringprep's output).
 func ValidName(n string) error {
 	if len(n) > 223 {
 		return fmt.Errorf("%q is longer than 223 bytes", truncate(n))
 	}
+	if !utf8.ValidString(n) {
+		return fmt.Errorf("%q is not valid UTF-8", truncate(strings.ToValidUTF8(n, "\ufffd")))
+	}
 	lower := strings.ToLower(n)
 	switch {
 	case strings.HasPrefix(lower, "iqn."):
-		if len(n) < 12 || n[8] != '-' {
+		if !iqnDate(n[4:]) {
 			return fmt.Errorf("%q is not of the form iqn.yyyy-mm.reversed.domain[:name]", truncate(n))
 		}
 	case strings.HasPrefix(lower, "eui."):
-		if len(n) != 20 {
+		if len(n) != 20 || !isHex(n[4:]) {
 			return fmt.Errorf("%q is not eui. followed by 16 hex digits", truncate(n))
 		}
 	case strings.HasPrefix(lower, "naa."):
-		if len(n) != 20 && len(n) != 36 {
+		if len(n) != 20 && len(n) != 36 || !isHex(n[4:]) {
 			return fmt.Errorf("%q is not naa. followed by 16 or 32 hex digits", truncate(n))
 		}
 	default:
 		return fmt.Errorf("%q does not start with iqn., eui. or naa", truncate(n))
 	}
 	for _, r := range n {
-		if r <= ' ' || r == 0x7f {
-			return fmt.Errorf("%q contains a control or space character", truncate(n))
+		if !nameRune(r) {
+			return fmt.Errorf("%q contains %q, which an iSCSI name may not", truncate(n), r)
 		}
 	}
 	return nil
+}
+
+// iqnDate checks what follows "iqn.": yyyy-mm, a dot and a naming authority.
+func iqnDate(s string) bool {
+	if len(s) < 9 || s[4] != '-' || s[7] != '.' {
+		return false
+	}
+	for _, i := range []int{0, 1, 2, 3, 5, 6} {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func isHex(s string) bool {
+	for _, r := range s {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+			return false
+		}
+	}
+	return true
+}
+
+// nameRune reports whether r may appear in an iSCSI name.
+func nameRune(r rune) bool {
+	switch {
+	case r < utf8.RuneSelf:
+		return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == ':'
+	default:
+		return unicode.IsLetter(r) || unicode.IsDigit(r) || unicode.IsMark(r)
+	}
 }

@@ -81,12 +81,61 @@ type Options struct {
 	// Pool supplies command data buffers; RDMA transports and io_uring
 	// register its regions. NewServer makes one when it is nil.
 	Pool *bdev.Pool
+	PeerLimits
+}
+
+// PeerLimits bound what an initiator, logged in or not, can make the
+// target hold. Each is enforced where the resource is taken.
+type PeerLimits struct {
+	// LoginConns caps the connections still in their login phase, and
+	// LoginConnsPerHost those from one IP address; a connection beyond
+	// either is closed at once. Each holds at most one 8 KiB Login Request
+	// and 64 KiB of login text for at most LoginTimeout.
+	LoginConns, LoginConnsPerHost int
+	// HeldBytes caps the data of the commands one session holds back
+	// because they arrived ahead of a CmdSN gap; a command beyond it is
+	// dropped (logged) as if it had never come.
+	HeldBytes int
+	// QueuedControl caps the bytes of PDUs queued on one connection that no
+	// task accounts for (NOP-In echoes, Rejects, Text and TMF responses):
+	// the reader stops taking requests until the initiator has read them.
+	QueuedControl int
+	// ImmediateTasks is how many immediate SCSI commands one session may
+	// have in flight on top of its CmdSN window; more get Reject (reason
+	// 0x06, too many immediate commands).
+	ImmediateTasks int
+	// AbortDataTimeout is how long task management waits for Data-Out that
+	// an initiator still owes for a task it aborted from another session;
+	// the connection that owes it is then closed, which ends the task.
+	AbortDataTimeout time.Duration
+}
+
+// DefaultPeerLimits are the limits a Server applies where Options leave
+// them zero.
+func DefaultPeerLimits() PeerLimits {
+	return PeerLimits{LoginConns: 64, LoginConnsPerHost: 16, HeldBytes: 4 << 20, QueuedControl: 1 << 20,
+		ImmediateTasks: 16, AbortDataTimeout: 10 * time.Second}
+}
+
+// withDefaults fills the limits left zero from DefaultPeerLimits.
+func (l PeerLimits) withDefaults() PeerLimits {
+	d := DefaultPeerLimits()
+	for _, f := range []struct{ v, def *int }{{&l.LoginConns, &d.LoginConns}, {&l.LoginConnsPerHost, &d.LoginConnsPerHost},
+		{&l.HeldBytes, &d.HeldBytes}, {&l.QueuedControl, &d.QueuedControl}, {&l.ImmediateTasks, &d.ImmediateTasks}} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
+	}
+	if l.AbortDataTimeout <= 0 {
+		l.AbortDataTimeout = d.AbortDataTimeout
+	}
+	return l
 }
 
 // DefaultOptions are the server defaults.
 func DefaultOptions() Options {
 	return Options{Limits: DefaultLimits(), CmdWindow: 128, NopInterval: 15 * time.Second,
-		NopTimeout: 30 * time.Second, LoginTimeout: 30 * time.Second}
+		NopTimeout: 30 * time.Second, LoginTimeout: 30 * time.Second, PeerLimits: DefaultPeerLimits()}
 }
 
 // Server holds targets and sessions. Transports hand it connections.
@@ -100,12 +149,16 @@ type Server struct {
 	portals  []Portal
 	sessions map[uint16]*Session // by TSIH
 	conns    map[*conn]struct{}
+	logins   int            // connections in their login phase
+	loginsBy map[string]int // the same, by remote IP address
 	lastTSIH uint16
 	closed   bool
 	wg       sync.WaitGroup
 
 	nexusID       atomic.Uint64
 	discoveryCHAP atomic.Pointer[CHAPSecret]
+	refusedLogins atomic.Uint64 // connections closed for LoginConns limits
+	refusalLogged atomic.Int64  // unix seconds of the last such log line
 }
 
 // SetDiscoveryCHAP requires CHAP from discovery sessions (nil: none).
@@ -116,6 +169,7 @@ func NewServer(log *zap.Logger, opts Options) (*Server, error) {
 	if opts.CmdWindow == 0 {
 		opts.CmdWindow = 128
 	}
+	opts.PeerLimits = opts.PeerLimits.withDefaults()
 	if opts.Pool == nil {
 		p, err := bdev.NewPool(bdev.PoolOptions{})
 		if err != nil {
@@ -124,7 +178,7 @@ func NewServer(log *zap.Logger, opts Options) (*Server, error) {
 		opts.Pool = p
 	}
 	return &Server{log: log, opts: opts, pool: opts.Pool, targets: make(map[string]*Target),
-		sessions: make(map[uint16]*Session), conns: make(map[*conn]struct{})}, nil
+		sessions: make(map[uint16]*Session), conns: make(map[*conn]struct{}), loginsBy: make(map[string]int)}, nil
 }
 
 // Pool is the server's command buffer pool.
@@ -194,14 +248,26 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 }
 
 // ServeTransport runs one connection in its own goroutines. It returns
-// false when the server is shutting down and did not take the connection.
+// false when it did not take the connection (the caller closes it): the
+// server is shutting down, or too many connections are logging in
+// (PeerLimits.LoginConns, LoginConnsPerHost).
 func (s *Server) ServeTransport(tr Transport) bool {
+	host := remoteHost(tr.RemoteAddr())
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return false
 	}
+	if s.logins >= s.opts.LoginConns || s.loginsBy[host] >= s.opts.LoginConnsPerHost {
+		logins, mine := s.logins, s.loginsBy[host]
+		s.mu.Unlock()
+		s.refuseConn(host, logins, mine)
+		return false
+	}
+	s.logins++
+	s.loginsBy[host]++
 	c := newConn(s, tr)
+	c.loginHost = host
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -213,6 +279,42 @@ func (s *Server) ServeTransport(tr Transport) bool {
 		s.mu.Unlock()
 	}()
 	return true
+}
+
+// loginEnded takes a connection off the login counts, once its login phase
+// is over (in full feature phase, refused or dropped).
+func (s *Server) loginEnded(c *conn) {
+	s.mu.Lock()
+	s.logins--
+	if s.loginsBy[c.loginHost]--; s.loginsBy[c.loginHost] <= 0 {
+		delete(s.loginsBy, c.loginHost)
+	}
+	s.mu.Unlock()
+}
+
+// refuseConn logs a connection closed by the login limits, at most once a
+// second (a flood must not flood the log too), with the count so far.
+func (s *Server) refuseConn(host string, logins, fromHost int) {
+	n := s.refusedLogins.Add(1)
+	now := time.Now().Unix()
+	if last := s.refusalLogged.Load(); now > last && s.refusalLogged.CompareAndSwap(last, now) {
+		s.log.Warn("connection closed: too many connections are logging in", zap.String("remote", host),
+			zap.Int("logging_in", logins), zap.Int("from_this_host", fromHost),
+			zap.Int("limit", s.opts.LoginConns), zap.Int("limit_per_host", s.opts.LoginConnsPerHost),
+			zap.Uint64("refused_since_start", n))
+	}
+}
+
+// remoteHost is the IP address of a peer, or the whole address when it has
+// no port.
+func remoteHost(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	if h, _, err := net.SplitHostPort(a.String()); err == nil {
+		return h
+	}
+	return a.String()
 }
 
 // Shutdown stops taking connections, asks every connection to finish its

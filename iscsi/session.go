@@ -31,8 +31,9 @@ type Session struct {
 	expCmdSN atomic.Uint32
 	maxCmdSN atomic.Uint32
 
-	mu    sync.Mutex
-	held  map[uint32]*heldPDU // commands that arrived ahead of ExpCmdSN
+	mu        sync.Mutex
+	held      map[uint32]*heldPDU // commands that arrived ahead of ExpCmdSN
+	heldBytes int                 // their data, bounded by PeerLimits.HeldBytes
 	tasks map[uint32]*task    // by ITT
 	conn  *conn               // the session's one connection
 }

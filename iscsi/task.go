@@ -43,7 +43,7 @@ type task struct {
 	lun      *sessionCounters // the LUN's counters, nil for an unknown LUN
 	aborted  atomic.Bool
 	abortWG  *sync.WaitGroup // signalled when an aborted task has finished
-	executed bool
+	executed atomic.Bool     // answered or handed to the SCSI layer: no Data-Out or abort ends it again
 
 	senseBuf [2 + scsi.SenseSize]byte
 }

@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -59,6 +60,7 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 	hasLUN := lun != noLUN && scsiT.HasLUN(lun)
 	var wg sync.WaitGroup
 	var after func()
+	var owing []*Session // other sessions whose aborted tasks still wait for their initiator's data
 	switch fn {
 	case tmfAbortTask:
 		ref := h.U32(offTTT)
@@ -95,8 +97,8 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 		s.abortTasks(&wg, func(x *task) bool { return x.cmd.LUN == lun && x.itt != h.ITT() }, true)
 		if fn == tmfClearTaskSet {
 			for _, o := range c.srv.sessionsOf(s.target) {
-				if o != s && o.conn != nil {
-					o.abortTasks(&wg, func(x *task) bool { return x.cmd.LUN == lun }, false)
+				if o != s && o.conn != nil && o.abortTasks(&wg, func(x *task) bool { return x.cmd.LUN == lun }, false) {
+					owing = append(owing, o)
 				}
 			}
 			after = func() { scsiT.ClearTaskSet(s.nexus, lun) }
@@ -107,15 +109,15 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 			return nil
 		}
 		for _, o := range c.srv.sessionsOf(s.target) {
-			if o.conn != nil {
-				o.abortTasks(&wg, func(x *task) bool { return x.cmd.LUN == lun }, o == s)
+			if o.conn != nil && o.abortTasks(&wg, func(x *task) bool { return x.cmd.LUN == lun }, o == s) {
+				owing = append(owing, o)
 			}
 		}
 		after = func() { scsiT.LogicalUnitReset(s.nexus, lun) }
 	case tmfTargetWarmReset, tmfTargetColdReset:
 		for _, o := range c.srv.sessionsOf(s.target) {
-			if o.conn != nil {
-				o.abortTasks(&wg, func(*task) bool { return true }, o == s)
+			if o.conn != nil && o.abortTasks(&wg, func(*task) bool { return true }, o == s) {
+				owing = append(owing, o)
 			}
 		}
 		cold := fn == tmfTargetColdReset
@@ -133,7 +135,7 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 	}
 	log.Info("task management function")
 	go func() {
-		wg.Wait()
+		c.srv.waitAborted(&wg, owing, log)
 		if after != nil {
 			after()
 		}
@@ -153,34 +155,81 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 // abortTasks marks the matching tasks of session s aborted; wg counts them
 // until they have ended. Tasks in the SCSI layer end when it completes them.
 // Tasks still collecting data end at once when the caller is s's own reader
-// (reap); otherwise only that reader may end them, which it does when their
-// outstanding data has arrived (the initiator still sends it).
-func (s *Session) abortTasks(wg *sync.WaitGroup, match func(*task) bool, reap bool) {
+// (reap), even those another session's task management aborted before;
+// otherwise only that reader may end them, which it does when their
+// outstanding data has arrived (the initiator still sends it). owing
+// reports such tasks: see waitAborted.
+func (s *Session) abortTasks(wg *sync.WaitGroup, match func(*task) bool, reap bool) (owing bool) {
 	var idle []*task
 	s.mu.Lock()
 	for _, t := range s.tasks {
-		if t.aborted.Load() || !match(t) {
+		if !match(t) {
 			continue
 		}
-		t.aborted.Store(true)
-		if t.abortWG == nil {
-			t.abortWG = wg
-			wg.Add(1)
+		if !t.aborted.Load() {
+			t.aborted.Store(true)
+			if t.abortWG == nil {
+				t.abortWG = wg
+				wg.Add(1)
+			}
 		}
-		if reap && !t.executed && !t.fetching {
-			idle = append(idle, t)
+		if !t.executed.Load() && !t.fetching {
+			if reap {
+				idle = append(idle, t)
+			} else {
+				owing = true
+			}
 		}
 	}
 	s.mu.Unlock()
 	for _, t := range idle {
 		t.c.endAborted(t)
 	}
+	return owing
+}
+
+// waitAborted waits until the tasks a task management function aborted
+// have ended. When some still wait for data from their initiator after
+// PeerLimits.AbortDataTimeout (it never sends the Data-Out it owes), their
+// connections are closed: their teardown ends the tasks.
+func (srv *Server) waitAborted(wg *sync.WaitGroup, owing []*Session, log *zap.Logger) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	if len(owing) == 0 {
+		<-done
+		return
+	}
+	select {
+	case <-done:
+		return
+	case <-time.After(srv.opts.AbortDataTimeout):
+	}
+	for _, o := range owing {
+		if o.owesData(wg) {
+			log.Warn("initiator did not send the data of a task that task management aborted: closing its connection",
+				append(sessionFields(o), zap.Duration("waited", srv.opts.AbortDataTimeout))...)
+			o.Close()
+		}
+	}
+	<-done
+}
+
+// owesData reports whether a task that wg counts still waits for Data-Out.
+func (s *Session) owesData(wg *sync.WaitGroup) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range s.tasks {
+		if t.abortWG == wg && !t.executed.Load() && !t.fetching {
+			return true
+		}
+	}
+	return false
 }
 
 // endAborted ends an aborted task that never reached the SCSI layer; it is
 // released without a response. Only the task's reader calls it.
 func (c *conn) endAborted(t *task) {
-	t.executed = true
+	t.executed.Store(true)
 	c.enqueue(outItem{kind: outResponse, task: t})
 }
 
@@ -196,7 +245,7 @@ func (c *conn) waitTasks(match func(*task) bool) {
 		if !match(t) || t.abortWG != nil {
 			continue
 		}
-		if !t.executed && !t.fetching {
+		if !t.executed.Load() && !t.fetching {
 			idle = append(idle, t)
 			t.aborted.Store(true)
 		}

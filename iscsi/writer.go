@@ -1,6 +1,7 @@
 package iscsi
 
 import (
+	"net"
 	"time"
 
 	"go.uber.org/zap"
@@ -23,6 +24,7 @@ const (
 // outItem is one entry of the writer's queue.
 type outItem struct {
 	kind outKind
+	ctl  int32 // bytes counted in conn.ctlQueued (a PDU no task accounts for)
 	bhs  BHS
 	data []byte
 	task *task
@@ -41,6 +43,7 @@ func (c *conn) enqueue(it outItem) {
 		if it.kind == outResponse {
 			c.taskSent(it.task, time.Now())
 		}
+		c.controlSent(it.ctl)
 		return
 	}
 	c.wq = append(c.wq, it)
@@ -74,12 +77,44 @@ func (c *conn) endBurst() {
 }
 
 // send queues a ready-made PDU; status says whether it takes a StatSN.
+// Its bytes count against PeerLimits.QueuedControl until it is sent.
 func (c *conn) send(bhs *BHS, data []byte, status bool) {
 	k := outPDU
 	if status {
 		k = outStatus
 	}
-	c.enqueue(outItem{kind: k, bhs: *bhs, data: data})
+	n := int32(BHSLen + len(data))
+	c.ctlQueued.Add(int64(n))
+	c.enqueue(outItem{kind: k, ctl: n, bhs: *bhs, data: data})
+}
+
+// controlSent uncounts a PDU queued by send once the writer is done with it.
+func (c *conn) controlSent(n int32) {
+	if n != 0 && c.ctlQueued.Add(-int64(n)) <= int64(c.srv.opts.QueuedControl) {
+		select {
+		case c.ctlFree <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// waitControl holds the reader while the PDUs it queued that no task
+// accounts for exceed PeerLimits.QueuedControl (an initiator that sends
+// NOP-Outs or bad PDUs and does not read the answers): what is queued goes
+// out first; the initiator's own sending then stops at TCP's window.
+func (c *conn) waitControl() error {
+	if c.ctlQueued.Load() <= int64(c.srv.opts.QueuedControl) {
+		return nil
+	}
+	c.endBurst()
+	for c.ctlQueued.Load() > int64(c.srv.opts.QueuedControl) {
+		select {
+		case <-c.ctlFree:
+		case <-c.closing:
+			return net.ErrClosed
+		}
+	}
+	return nil
 }
 
 // The queue is sent by whichever goroutine owns the sending side
@@ -196,12 +231,14 @@ func (c *conn) queueBatch(batch []outItem) (closeAfter, halfClose bool, err erro
 		default:
 			c.stamp(&it.bhs, it.kind == outStatus)
 			err = c.tr.Queue(&it.bhs, it.data)
+			c.controlSent(it.ctl)
 		}
 	}
 	for _, it := range batch[i:] { // not sent after an error: release them all the same
 		if it.kind == outResponse {
 			c.sent = append(c.sent, it.task)
 		}
+		c.controlSent(it.ctl)
 	}
 	return closeAfter, halfClose, err
 }
@@ -260,6 +297,7 @@ func (c *conn) failQueued() {
 		if q[i].kind == outResponse {
 			c.taskSent(q[i].task, now)
 		}
+		c.controlSent(q[i].ctl)
 	}
 }
 
