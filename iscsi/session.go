@@ -34,8 +34,8 @@ type Session struct {
 	mu        sync.Mutex
 	held      map[uint32]*heldPDU // commands that arrived ahead of ExpCmdSN
 	heldBytes int                 // their data, bounded by PeerLimits.HeldBytes
-	tasks map[uint32]*task    // by ITT
-	conn  *conn               // the session's one connection
+	tasks     map[uint32]*task    // by ITT
+	conn      *conn               // the session's one connection
 }
 
 // heldPDU is a non-immediate command received ahead of a gap in CmdSN, or
