@@ -43,9 +43,14 @@ func LongFlags(args []string) []string {
 
 func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
-// Version describes the running binary from the build information the Go
-// toolchain embeds: module version, VCS revision and time (when built from
-// a git checkout with -buildvcs), Go version and platform.
+// Release is the version of a packaged build, set by the package build
+// with -ldflags "-X github.com/iserd/iserd/internal/cli.Release=...".
+var Release string
+
+// Version describes the running binary: Release when set, then the build
+// information the Go toolchain embeds: module version, VCS revision and
+// time (when built from a git clone with -buildvcs), Go version and
+// platform.
 func Version() string {
 	version, revision, when, dirty := "(devel)", "unknown", "", false
 	if bi, ok := debug.ReadBuildInfo(); ok {
@@ -62,6 +67,9 @@ func Version() string {
 				dirty = s.Value == "true"
 			}
 		}
+	}
+	if Release != "" {
+		version = Release + " " + version
 	}
 	if dirty {
 		revision += " (modified)"
@@ -84,6 +92,8 @@ func TitleLine(name, section string) string {
 // page, DIR/NAME.SECTION, from the descriptions and flags that --help
 // prints.
 func WriteManPage(cmd *cobra.Command, section, dir string) error {
+	cmd.InitDefaultHelpFlag()
+	cmd.InitDefaultVersionFlag()
 	var md bytes.Buffer
 	name := cmd.Name()
 	md.WriteString(TitleLine(name, section))
