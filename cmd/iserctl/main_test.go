@@ -100,7 +100,7 @@ func TestCommands(t *testing.T) {
 		{args: "portal list", out: []string{"ADDRESS", "127.0.0.1:3260", "tcp"}},
 		{args: "session list", out: []string{"TSIH"}},
 		{args: "session logout 77", code: 1, errOut: "session 77: not found"},
-		{args: "metrics", out: []string{`iserd_lun_capacity_bytes{target="` + target + `",lun="0"} 4194304`}},
+		{args: "metrics", out: []string{`iserd_lun_capacity_bytes{lun="0",target="` + target + `"} 4.194304e+06`}},
 		{args: "config show", out: []string{"name: " + target, "user: disc"}},
 		{args: "lun remove " + target + " 0", code: 1, errOut: "change that ACL first"},
 		{args: "target delete " + target, out: []string{"deleted"}},
