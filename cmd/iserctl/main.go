@@ -29,6 +29,7 @@ type app struct {
 	json   bool
 	stdin  io.Reader
 	out    io.Writer
+	errOut io.Writer // notes beside the output, such as what an import left out
 	getenv func(string) string
 	ctx    context.Context
 }
@@ -46,7 +47,7 @@ func (u usageError) Error() string { return string(u) }
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a := &app{stdin: stdin, out: stdout, getenv: getenv, ctx: ctx}
+	a := &app{stdin: stdin, out: stdout, errOut: stderr, getenv: getenv, ctx: ctx}
 	root := newRoot(a)
 	root.SetArgs(cli.LongFlags(args))
 	root.SetIn(stdin)
