@@ -45,6 +45,7 @@ func (m *migration) addPortal(address string, iser bool, tpgt uint16) {
 func (a *app) importCommand() *cobra.Command {
 	c := group("import", "carry targets over from LIO (targetcli) or tgt")
 	var dryRun bool
+	var portal string // where tgtd listened
 	sources := []struct {
 		name, short, long string
 		read              func(path string) (*migration, error)
@@ -58,7 +59,7 @@ func (a *app) importCommand() *cobra.Command {
 			"Read tgt's configuration file (/etc/tgt/targets.conf and the files it includes): targets, backing-store " +
 				"and direct-store LUNs numbered as tgt-admin numbers them, initiator-name ACLs, incominguser (CHAP) " +
 				"and outgoinguser (mutual CHAP). tgtd's portal is on its command line, not in the file: iserd is " +
-				"given 0.0.0.0:3260, or iSER there with driver iser.", readTGT},
+				"given --portal (default 0.0.0.0:3260).", func(path string) (*migration, error) { return readTGT(path, portal) }},
 	}
 	for _, s := range sources {
 		cmd := leaf(s.name, s.short, func(args []string) error {
@@ -71,7 +72,9 @@ func (a *app) importCommand() *cobra.Command {
 		cmd.Long = s.short + ". " + s.long + " Everything that is not carried over is listed. With --dry-run " +
 			"nothing changes: the YAML printed is a complete iserd.yaml."
 		cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the configuration as YAML instead of applying it")
-		cmd.MarkFlagFilename("FILE")
+		if s.name == "tgt" {
+			cmd.Flags().StringVar(&portal, "portal", tgtPortal, "the address tgtd listened on (its --iscsi portal=...)")
+		}
 		c.AddCommand(cmd)
 	}
 	return c

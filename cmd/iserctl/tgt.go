@@ -113,8 +113,8 @@ func splitOption(text string) (string, string) {
 	return strings.ToLower(strings.TrimSpace(key)), strings.TrimSpace(value)
 }
 
-// readTGT reads targets.conf.
-func readTGT(path string) (*migration, error) {
+// readTGT reads targets.conf; portal is where tgtd listened.
+func readTGT(path, portal string) (*migration, error) {
 	top := &tgtBlock{}
 	if err := parseTGT(path, top, 0); err != nil {
 		return nil, err
@@ -134,8 +134,10 @@ func readTGT(path string) (*migration, error) {
 		m.cfg.Targets = append(m.cfg.Targets, m.tgtTarget(b, driver))
 	}
 	if len(m.cfg.Targets) > 0 {
-		m.addPortal(tgtPortal, false, 0)
-		m.leave("portal: tgtd's address is on its command line, not in targets.conf; iserd gets %s (change it with iserctl portal)", tgtPortal)
+		m.addPortal(portal, false, 0)
+		if portal == tgtPortal {
+			m.leave("portal: tgtd's address is on its command line, not in targets.conf; iserd gets %s (give another with --portal)", portal)
+		}
 	}
 	return m, nil
 }
