@@ -3,11 +3,12 @@
 #   make test     install what the tests need (root), then run every test
 #   make test-vm  run the Linux-initiator / rdma_rxe scenarios in a qemu VM
 #   make bench    side-by-side benchmark against tgt (and LIO in the VM)
+#   make deb      the Debian package bin/iserd_VERSION_ARCH.deb (packaging/)
 export CGO_ENABLED := 0
 GO ?= go
 BIN := bin
 
-.PHONY: all build run test deps vet unit fuzz conformance test-vm bench clean
+.PHONY: all build run test deps vet unit fuzz conformance test-vm bench deb clean
 
 all: build
 
@@ -50,6 +51,9 @@ test: deps vet unit fuzz conformance
 
 bench: build
 	bench/run.sh
+
+deb:
+	packaging/build-deb.sh
 
 clean:
 	rm -rf $(BIN)

@@ -155,7 +155,7 @@ func (m *Manager) Handler() http.Handler {
 	for _, rt := range routes {
 		mux.HandleFunc(rt.pattern, m.serveJSON(rt.h))
 	}
-	mux.HandleFunc("GET /metrics", m.serveMetrics)
+	mux.Handle("GET /metrics", m.metricsHandler())
 	mux.HandleFunc("/", m.serveJSON(func(r *http.Request) (any, error) {
 		return nil, fmt.Errorf("%s %s: %w: see the API reference in README.md", r.Method, r.URL.Path, ErrNotFound)
 	}))
@@ -698,7 +698,7 @@ func (m *Manager) ServeAPI(ctx context.Context, l net.Listener) error {
 // ServeMetrics serves only /metrics on l (a TCP listener) until ctx ends.
 func (m *Manager) ServeMetrics(ctx context.Context, l net.Listener) error {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", m.serveMetrics)
+	mux.Handle("GET /metrics", m.metricsHandler())
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	stop := context.AfterFunc(ctx, func() { hs.Close() })
 	defer stop()

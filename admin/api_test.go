@@ -280,19 +280,19 @@ func TestSessions(t *testing.T) {
 		ss[0].Stats.Errors != 1 || ss[0].Stats.ReadBytes != 32 || ss[0].Connections[0].Params.MaxBurstLength == 0 {
 		t.Fatalf("sessions: %+v", ss)
 	}
-	var metrics strings.Builder
-	h.m.WriteMetrics(&metrics)
+	metrics := h.metrics()
 	for _, want := range []string{
 		`iserd_target_sessions{target="` + testTarget + `"} 1`,
-		`iserd_session_commands_total{target="` + testTarget + `",initiator="` + testInitiator,
-		`iserd_lun_errors_total{target="` + testTarget + `",lun="0"} 1`,
-		`iserd_lun_command_duration_seconds_bucket{target="` + testTarget + `",lun="0",le="+Inf"} 2`,
-		`iserd_lun_capacity_bytes{target="` + testTarget + `",lun="0"} 16777216`,
+		`iserd_session_commands_total{initiator="` + testInitiator + `",isid="`,
+		`iserd_lun_errors_total{lun="0",target="` + testTarget + `"} 1`,
+		`iserd_lun_command_duration_seconds_bucket{lun="0",target="` + testTarget + `",le="+Inf"} 2`,
+		`iserd_lun_capacity_bytes{lun="0",target="` + testTarget + `"} 1.6777216e+07`,
 	} {
-		if !strings.Contains(metrics.String(), want) {
+		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
+	lintMetrics(t, metrics)
 	tsih := ss[0].TSIH
 	var r Result
 	if err := h.client.Do(context.Background(), "POST", "/v1/sessions/"+itoa(tsih)+"/logout?close=true", nil, &r); err != nil {

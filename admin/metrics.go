@@ -1,115 +1,118 @@
 package admin
 
 import (
-	"fmt"
-	"io"
 	"net/http"
 	"strconv"
-	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/iserd/iserd/iscsi"
 )
 
-// series is one labelled set of counters.
-type series struct {
-	labels string // `name="value",...` without braces
-	stats  iscsi.SessionStats
-}
-
-// family describes the metrics written for a kind of series.
+// family is the set of metrics written for one kind of series: per LUN or
+// per session.
 type family struct {
-	prefix string // iserd_lun or iserd_session
-	what   string // "the LUN" or "the session", for HELP
+	commands, readBytes, writeBytes, errors, inFlight, duration *prometheus.Desc
 }
 
-// serveMetrics writes the counters of every LUN and session in the
-// Prometheus text exposition format (version 0.0.4).
-func (m *Manager) serveMetrics(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	m.WriteMetrics(w)
+// newFamily describes the command counters, queue depth and latency
+// histogram of the series named prefix_*, labelled by labels; what ends
+// their help texts.
+func newFamily(prefix, what string, labels ...string) family {
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc(prefix+"_"+name, help+" "+what+".", labels, nil)
+	}
+	return family{
+		commands:   d("commands_total", "SCSI commands completed by"),
+		readBytes:  d("read_bytes_total", "Bytes read from"),
+		writeBytes: d("write_bytes_total", "Bytes written to"),
+		errors:     d("errors_total", "Commands that ended with a status other than GOOD on"),
+		inFlight:   d("in_flight", "Commands received and not yet answered (queue depth) on"),
+		duration:   d("command_duration_seconds", "Latency of the commands of"),
+	}
 }
 
-// WriteMetrics writes the metrics to w.
-func (m *Manager) WriteMetrics(w io.Writer) {
-	var luns, sessions []series
-	var sizes []string
+func (f family) describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{f.commands, f.readBytes, f.writeBytes, f.errors, f.inFlight, f.duration} {
+		ch <- d
+	}
+}
+
+// collect writes one series of the family.
+func (f family) collect(ch chan<- prometheus.Metric, s iscsi.SessionStats, labels ...string) {
+	counter := func(d *prometheus.Desc, v uint64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(f.commands, s.Commands)
+	counter(f.readBytes, s.ReadBytes)
+	counter(f.writeBytes, s.WriteBytes)
+	counter(f.errors, s.Errors)
+	ch <- prometheus.MustNewConstMetric(f.inFlight, prometheus.GaugeValue, float64(s.InFlight), labels...)
+	buckets := make(map[float64]uint64, len(iscsi.LatencyBounds))
+	var count uint64
+	for i, n := range s.LatencyBuckets {
+		count += n
+		if i < len(iscsi.LatencyBounds) {
+			buckets[iscsi.LatencyBounds[i].Seconds()] = count
+		}
+	}
+	ch <- prometheus.MustNewConstHistogram(f.duration, count, float64(s.LatencyNanos)/1e9, buckets, labels...)
+}
+
+// collector reads the engine's per-target, per-LUN and per-session
+// counters at each scrape.
+type collector struct {
+	m                        *Manager
+	targetSessions, capacity *prometheus.Desc
+	lun, session             family
+}
+
+func newCollector(m *Manager) *collector {
+	return &collector{
+		m: m,
+		targetSessions: prometheus.NewDesc("iserd_target_sessions", "Sessions logged in to the target.",
+			[]string{"target"}, nil),
+		capacity: prometheus.NewDesc("iserd_lun_capacity_bytes", "Capacity of the LUN.", []string{"target", "lun"}, nil),
+		lun:      newFamily("iserd_lun", "the LUN since iserd started, over all sessions", "target", "lun"),
+		session:  newFamily("iserd_session", "the session since it logged in", "target", "initiator", "isid", "tsih"),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.targetSessions
+	ch <- c.capacity
+	c.lun.describe(ch)
+	c.session.describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	perTarget := map[string]int{}
-	for _, s := range m.srv.Sessions() {
+	for _, s := range c.m.srv.Sessions() {
 		if s.TargetName() == "" {
 			continue // discovery
 		}
 		perTarget[s.TargetName()]++
-		sessions = append(sessions, series{labels: labels("target", s.TargetName(), "initiator", s.InitiatorName(),
-			"isid", s.ISID(), "tsih", strconv.Itoa(int(s.TSIH()))), stats: s.Stats()})
+		c.session.collect(ch, s.Stats(), s.TargetName(), s.InitiatorName(), s.ISID(), strconv.Itoa(int(s.TSIH())))
 	}
-	targets := m.srv.Targets()
-	for _, t := range targets {
+	for _, t := range c.m.srv.Targets() {
+		ch <- prometheus.MustNewConstMetric(c.targetSessions, prometheus.GaugeValue, float64(perTarget[t.Name]), t.Name)
 		for _, lun := range t.SCSI.LUNs() {
-			l := labels("target", t.Name, "lun", strconv.FormatUint(lun, 10))
-			luns = append(luns, series{labels: l, stats: t.LUNStats(lun)})
-			sizes = append(sizes, fmt.Sprintf("iserd_lun_capacity_bytes{%s} %d\n", l, m.LUNSize(t.Name, lun)))
+			n := strconv.FormatUint(lun, 10)
+			ch <- prometheus.MustNewConstMetric(c.capacity, prometheus.GaugeValue, float64(c.m.LUNSize(t.Name, lun)), t.Name, n)
+			c.lun.collect(ch, t.LUNStats(lun), t.Name, n)
 		}
-	}
-	fmt.Fprint(w, "# HELP iserd_target_sessions Sessions logged in to the target.\n# TYPE iserd_target_sessions gauge\n")
-	for _, t := range targets {
-		fmt.Fprintf(w, "iserd_target_sessions{%s} %d\n", labels("target", t.Name), perTarget[t.Name])
-	}
-	fmt.Fprint(w, "# HELP iserd_lun_capacity_bytes Capacity of the LUN.\n# TYPE iserd_lun_capacity_bytes gauge\n")
-	fmt.Fprint(w, strings.Join(sizes, ""))
-	writeFamily(w, family{"iserd_lun", "the LUN since iserd started, over all sessions"}, luns)
-	writeFamily(w, family{"iserd_session", "the session since it logged in"}, sessions)
-}
-
-// writeFamily writes the command counters and latency histogram of a set
-// of series. The engine keeps no latency sum, so histograms have buckets
-// and a count only.
-func writeFamily(w io.Writer, f family, ss []series) {
-	counters := []struct {
-		name, help, typ string
-		value           func(iscsi.SessionStats) string
-	}{
-		{"commands_total", "SCSI commands completed by", "counter", func(s iscsi.SessionStats) string { return u(s.Commands) }},
-		{"read_bytes_total", "Bytes read from", "counter", func(s iscsi.SessionStats) string { return u(s.ReadBytes) }},
-		{"write_bytes_total", "Bytes written to", "counter", func(s iscsi.SessionStats) string { return u(s.WriteBytes) }},
-		{"errors_total", "Commands that ended with a status other than GOOD on", "counter",
-			func(s iscsi.SessionStats) string { return u(s.Errors) }},
-		{"in_flight", "Commands received and not yet answered (queue depth) on", "gauge",
-			func(s iscsi.SessionStats) string { return strconv.FormatInt(s.InFlight, 10) }},
-	}
-	for _, c := range counters {
-		fmt.Fprintf(w, "# HELP %s_%s %s %s.\n# TYPE %s_%s %s\n", f.prefix, c.name, c.help, f.what, f.prefix, c.name, c.typ)
-		for _, s := range ss {
-			fmt.Fprintf(w, "%s_%s{%s} %s\n", f.prefix, c.name, s.labels, c.value(s.stats))
-		}
-	}
-	name := f.prefix + "_command_duration_seconds"
-	fmt.Fprintf(w, "# HELP %s Latency of the commands of %s.\n# TYPE %s histogram\n", name, f.what, name)
-	for _, s := range ss {
-		var cum uint64
-		for i, n := range s.stats.LatencyBuckets {
-			cum += n
-			le := "+Inf"
-			if i < len(iscsi.LatencyBounds) {
-				le = strconv.FormatFloat(iscsi.LatencyBounds[i].Seconds(), 'g', -1, 64)
-			}
-			fmt.Fprintf(w, "%s_bucket{%s,le=\"%s\"} %d\n", name, s.labels, le, cum)
-		}
-		fmt.Fprintf(w, "%s_sum{%s} %g\n", name, s.labels, float64(s.stats.LatencyNanos)/1e9)
-		fmt.Fprintf(w, "%s_count{%s} %d\n", name, s.labels, cum)
 	}
 }
 
-func u(v uint64) string { return strconv.FormatUint(v, 10) }
-
-// labels formats name/value pairs as Prometheus labels, escaping values.
-func labels(kv ...string) string {
-	var b strings.Builder
-	esc := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
-	for i := 0; i+1 < len(kv); i += 2 {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "%s=\"%s\"", kv[i], esc.Replace(kv[i+1]))
-	}
-	return b.String()
+// metricsHandler serves the Prometheus metrics: the engine's series, and
+// the Go runtime's and the process's (go_*, process_*).
+func (m *Manager) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newCollector(m), collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }

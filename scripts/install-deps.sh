@@ -3,7 +3,8 @@
 # Needs root for apt-get; without root it only reports what is missing.
 set -euo pipefail
 pkgs=(libiscsi-bin open-iscsi fio tgt sg3-utils qemu-system-x86 busybox-static rdma-core
-      ibverbs-utils ibverbs-providers rdmacm-utils e2fsprogs iproute2 kmod cpio zstd)
+      ibverbs-utils ibverbs-providers rdmacm-utils e2fsprogs iproute2 kmod cpio zstd
+      bash-completion man-db systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

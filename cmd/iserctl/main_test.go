@@ -6,14 +6,19 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
 	"github.com/iserd/iserd/admin"
+	"github.com/iserd/iserd/internal/cli/clitest"
 	"github.com/iserd/iserd/iscsi"
 )
 
@@ -88,14 +93,14 @@ func TestCommands(t *testing.T) {
 		{args: "acl add " + target + " iqn.2026-11.org.iserd.test:h2 -map 1", code: 2, errOut: "SEEN=LUN pairs"},
 		{args: "acl list " + target, out: []string{"iqn.2026-11.org.iserd.test:h1", "5=0", "yes", "h1"}},
 		{args: "chap set -discovery -user disc", env: env, out: []string{"discovery sessions need CHAP"}},
-		{args: "chap set " + target + " -discovery -user x", env: env, code: 2, errOut: "either a TARGET or -discovery"},
+		{args: "chap set " + target + " -discovery -user x", env: env, code: 2, errOut: "either a TARGET or --discovery"},
 		{args: "target set " + target, code: 2, errOut: "nothing to set"},
 		{args: "target set " + target + " -open=true -max-sessions 0", out: []string{"updated"}},
 		{args: "target show " + target, out: []string{"open:          yes", "max sessions:  -"}},
 		{args: "portal list", out: []string{"ADDRESS", "127.0.0.1:3260", "tcp"}},
 		{args: "session list", out: []string{"TSIH"}},
 		{args: "session logout 77", code: 1, errOut: "session 77: not found"},
-		{args: "metrics", out: []string{`iserd_lun_capacity_bytes{target="` + target + `",lun="0"} 4194304`}},
+		{args: "metrics", out: []string{`iserd_lun_capacity_bytes{lun="0",target="` + target + `"} 4.194304e+06`}},
 		{args: "config show", out: []string{"name: " + target, "user: disc"}},
 		{args: "lun remove " + target + " 0", code: 1, errOut: "change that ACL first"},
 		{args: "target delete " + target, out: []string{"deleted"}},
@@ -140,4 +145,186 @@ func TestNoDaemon(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr.String(), "is it running") {
 		t.Errorf("exit %d, %q", code, stderr.String())
 	}
+}
+
+// TestMain lets the tests run this test binary as iserctl itself (for the
+// shell completion, which calls "iserctl __complete ...").
+func TestMain(m *testing.M) {
+	if os.Getenv("ISERCTL_TEST_MAIN") == "1" {
+		main()
+	}
+	os.Exit(m.Run())
+}
+
+// TestCompletion asks for completions the way the shells do (cobra's
+// hidden __complete command) and checks they come from the daemon.
+func TestCompletion(t *testing.T) {
+	sock := startDaemon(t)
+	base := "iqn.2026-11.org.iserd.test:base"
+	cases := []struct {
+		args string
+		want []string
+		not  []string
+	}{
+		{args: "target show ''", want: []string{base + "\t1 LUNs, 0 sessions"}},
+		{args: "lun remove ''", want: []string{base}},
+		{args: "lun remove " + base + " ''", want: []string{"0\t1MiB memory"}, not: []string{base}},
+		{args: "lun resize " + base + " 0 ''", not: []string{"0\t"}},
+		{args: "session logout ''", not: []string{base}},
+		{args: "session list --target ''", want: []string{base}},
+		{args: "portal add 127.0.0.1:3261 --transport ''", want: []string{"tcp", "iser", "both"}},
+		{args: "lun ''", want: []string{"add", "remove", "resize", "list"}},
+	}
+	for _, c := range cases {
+		t.Run(c.args, func(t *testing.T) {
+			args := append([]string{"__complete", "--socket", sock}, strings.Fields(strings.ReplaceAll(c.args, "''", "\x00"))...)
+			for i := range args {
+				args[i] = strings.ReplaceAll(args[i], "\x00", "")
+			}
+			var stdout, stderr bytes.Buffer
+			if code := run(args, nil, &stdout, &stderr, func(string) string { return "" }); code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr.String())
+			}
+			for _, w := range c.want {
+				if !strings.Contains(stdout.String(), w) {
+					t.Errorf("completion lacks %q:\n%s", w, stdout.String())
+				}
+			}
+			for _, n := range c.not {
+				if strings.Contains(stdout.String(), n) {
+					t.Errorf("completion offers %q:\n%s", n, stdout.String())
+				}
+			}
+		})
+	}
+}
+
+// TestBashCompletion loads the bash completion script the package
+// installs, checks that complete -p knows iserctl, and completes a
+// scripted command line (COMP_WORDS) against a running daemon.
+func TestBashCompletion(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash")
+	}
+	const bashCompletion = "/usr/share/bash-completion/bash_completion" // Debian's bash-completion
+	if _, err := os.Stat(bashCompletion); err != nil {
+		t.Skipf("%s is missing (scripts/install-deps.sh installs it)", bashCompletion)
+	}
+	sock := startDaemon(t)
+	dir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := "#!/bin/sh\nISERCTL_TEST_MAIN=1 exec " + self + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "iserctl"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var script, stderr bytes.Buffer
+	if code := run([]string{"completion", "bash"}, nil, &script, &stderr, os.Getenv); code != 0 {
+		t.Fatalf("completion bash: %d %s", code, stderr.String())
+	}
+	if err := os.WriteFile(filepath.Join(dir, "iserctl.bash"), script.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		words string // COMP_WORDS; the cursor is on the last word
+		want  string // COMPREPLY, one per line
+	}{
+		// bash splits words at ':' (COMP_WORDBREAKS), so the reply is what follows the last colon
+		{"iserctl --socket " + sock + " lun remove iqn.2026-11.org.iserd.test:b", "base"},
+		{"iserctl --socket " + sock + " lun remove iqn.2026-11.org.iserd.test:base ''", "0"},
+		{"iserctl ses", "session"},
+		{"iserctl session logout --n", "--now"},
+	}
+	for _, c := range cases {
+		t.Run(c.words, func(t *testing.T) {
+			prog := `set -e
+source ` + bashCompletion + `
+source "$DIR/iserctl.bash"
+complete -p iserctl
+compopt() { :; } # the builtin works only under a real completion; the options it sets are not under test
+COMP_WORDS=(` + c.words + `)
+COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+COMP_LINE="${COMP_WORDS[*]}"
+COMP_POINT=${#COMP_LINE}
+__start_iserctl iserctl "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf '%s\n' "${COMPREPLY[@]}"
+`
+			cmd := exec.Command(bash, "--norc", "-c", prog)
+			cmd.Env = append(os.Environ(), "DIR="+dir, "PATH="+dir+":"+os.Getenv("PATH"))
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v:\n%s", err, out)
+			}
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			if !strings.HasPrefix(lines[0], "complete -o default -F __start_iserctl iserctl") {
+				t.Errorf("complete -p: %q", lines[0])
+			}
+			if got := strings.TrimSpace(strings.Join(lines[1:], "\n")); got != c.want {
+				t.Errorf("COMPREPLY %q, want %q", got, c.want)
+			}
+		})
+	}
+}
+
+// TestUsage checks the command line mistakes and the commands that need
+// no daemon.
+func TestUsage(t *testing.T) {
+	cases := []struct {
+		args string
+		code int
+		out  string // in standard output or error
+	}{
+		{"version", 0, "iserctl "},
+		{"target frob", 2, `unknown command "frob"`},
+		{"sesion list", 2, "did you mean session"},
+		{"target list --frob", 2, "unknown flag: --frob"},
+		{"lun add -size", 2, "flag needs an argument"},
+		{"target", 0, "Available Commands"},
+		{"--help", 0, "import"},
+	}
+	for _, c := range cases {
+		t.Run(c.args, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(strings.Fields(c.args), nil, &stdout, &stderr, os.Getenv)
+			if code != c.code || !strings.Contains(stdout.String()+stderr.String(), c.out) {
+				t.Errorf("exit %d, %q %q; want %d with %q", code, stdout.String(), stderr.String(), c.code, c.out)
+			}
+		})
+	}
+}
+
+// TestManPage renders the manual page and checks that it describes every
+// command and flag --help does, and that man(1) formats it.
+func TestManPage(t *testing.T) {
+	dir := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"gendocs", dir}, nil, &stdout, &stderr, os.Getenv); code != 0 {
+		t.Fatalf("gendocs: %d %s", code, stderr.String())
+	}
+	page, err := os.ReadFile(filepath.Join(dir, "iserctl.8"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var visit func(c *cobra.Command)
+	visit = func(c *cobra.Command) {
+		if c.Hidden || c.Name() == "help" {
+			return
+		}
+		if c.Runnable() && !c.HasAvailableSubCommands() && !strings.Contains(string(page), c.Name()) {
+			t.Errorf("the page lacks %s", c.CommandPath())
+		}
+		c.NonInheritedFlags().VisitAll(func(f *pflag.Flag) {
+			if !strings.Contains(string(page), "--"+f.Name+" ") {
+				t.Errorf("the page lacks %s --%s", c.CommandPath(), f.Name)
+			}
+		})
+		for _, s := range c.Commands() {
+			visit(s)
+		}
+	}
+	visit(newRoot(&app{}))
+	clitest.RenderManPage(t, filepath.Join(dir, "iserctl.8"), "lun resize")
 }

@@ -6,8 +6,8 @@ package main
 
 import (
 	"context"
+	_ "embed"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -19,16 +19,21 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"gopkg.in/yaml.v3"
 
 	"github.com/iserd/iserd/admin"
+	"github.com/iserd/iserd/internal/cli"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iser"
 )
 
 func main() {
-	if err := run(); err != nil {
+	root := newRoot()
+	root.SetArgs(cli.LongFlags(os.Args[1:]))
+	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "iserd:", err)
 		os.Exit(1)
 	}
@@ -54,18 +59,126 @@ func (f *flags) override(c *admin.Config) {
 	}
 }
 
-func run() error {
+// newRoot is iserd's command line; --help and the manual page come from it.
+func newRoot() *cobra.Command {
 	var f flags
-	flag.StringVar(&f.config, "config", "", "YAML configuration file (default: DATA/iserd.yaml when the admin API saved one, else the embedded single-LUN target)")
-	flag.StringVar(&f.dataDir, "data", "", "data directory for relative LUN paths (overrides data_dir)")
-	flag.StringVar(&f.listen, "listen", "", "portal address host:port (overrides the configured portals)")
-	flag.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (overrides log.level)")
-	flag.StringVar(&f.socket, "admin-socket", admin.DefaultSocket, "unix socket of the admin API and metrics (empty: none)")
-	flag.StringVar(&f.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the whole run to this file (for performance work)")
-	flag.Parse()
-	flag.Visit(func(fl *flag.Flag) { f.socketSet = f.socketSet || fl.Name == "admin-socket" })
+	root := &cobra.Command{
+		Use:   "iserd",
+		Short: "userspace iSCSI and iSER (RDMA) target",
+		Long: "iserd serves block storage to iSCSI initiators over TCP and over RDMA (iSER, RFC 7145), from files, " +
+			"block devices or memory. Its targets, LUNs, ACLs, CHAP credentials and portals come from a YAML file " +
+			"(see iserd.yaml(5)) and can be changed while it runs with iserctl(8), which saves every change " +
+			"back to that file.\n\n" +
+			"Without --config, iserd uses DATA/iserd.yaml when the admin API saved one there, and otherwise an " +
+			"embedded default: one thin 1 GiB LUN, open to every initiator, on 127.0.0.1:3260 only. Long flags may " +
+			"be written with one dash (-config) as well as two (--config).\n\n" +
+			"Signals. SIGHUP reads the configuration file again and applies the difference (as iserctl reload). " +
+			"SIGINT and SIGTERM stop accepting logins, let in-flight commands finish, flush the backing files and exit.\n\n" +
+			"systemd. Under a unit with Type=notify, iserd reports READY=1 once every portal listens, " +
+			"RELOADING=1 while it applies a SIGHUP, STOPPING=1 when it shuts down, and a STATUS= line with its " +
+			"targets, LUNs and sessions; with WatchdogSec= it sends WATCHDOG=1 at half the interval from its main " +
+			"loop, after asking the engine for that status.\n\n" +
+			"Files. /etc/iserd/iserd.yaml (the packaged configuration), /var/lib/iserd (relative LUN paths and " +
+			"persistent reservation state), /run/iserd/admin.sock (the admin API, mode 0600).",
+		Example: "  iserd                                   # the embedded default, data in ./data\n" +
+			"  iserd --config /etc/iserd/iserd.yaml\n" +
+			"  iserd --listen 127.0.0.1:3261 --data /tmp/iserd --admin-socket ''",
+		Annotations:   map[string]string{cli.SeeAlso: "**iserctl**(8), iserd.yaml(5), **iscsiadm**(8), **systemd.service**(5)"},
+		Version:       cli.Version(),
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f.socketSet = cmd.Flags().Changed("admin-socket")
+			return run(&f)
+		},
+	}
+	root.SetVersionTemplate("iserd {{.Version}}")
+	root.CompletionOptions.DisableDefaultCmd = true
+	fl := root.Flags()
+	fl.StringVar(&f.config, "config", "", "YAML configuration file (default: DATA/iserd.yaml when the admin API saved one, else the embedded single-LUN target)")
+	fl.StringVar(&f.dataDir, "data", "", "data directory for relative LUN paths (overrides data_dir)")
+	fl.StringVar(&f.listen, "listen", "", "portal address host:port (overrides the configured portals)")
+	fl.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (overrides log.level)")
+	fl.StringVar(&f.socket, "admin-socket", admin.DefaultSocket, "unix socket of the admin API and metrics (empty: none)")
+	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the whole run to this file (for performance work)")
+	root.AddCommand(docsCommand(root), defaultConfigCommand())
+	return root
+}
 
-	cfg, path, embedded, err := loadConfig(&f)
+// example is the annotated configuration of iserd.yaml(5) and the README.
+//
+//go:embed iserd.example.yaml
+var example string
+
+// yamlPage is the text of iserd.yaml(5) around the annotated example.
+const yamlPage = `# NAME
+
+iserd.yaml - configuration of the iserd iSCSI target
+
+# SYNOPSIS
+
+/etc/iserd/iserd.yaml (packaged), DATA/iserd.yaml, or the file given to **iserd --config**
+
+# DESCRIPTION
+
+A YAML document describing iserd's portals, targets, LUNs, ACLs and CHAP credentials. Unknown fields are errors.
+The admin API (**iserctl**(8)) edits the same model and saves it back atomically (temporary file, fsync, rename,
+fsync of the directory); the file holds CHAP secrets, so keep it mode 0600 (iserd writes it so).
+
+SIGHUP or **iserctl reload** reads the file again and applies the difference: targets, LUNs (added, removed,
+replaced when their backing store or options change, resized when only the size grows), ACLs, CHAP, session
+limits, portals. A file that does not load, or that would shrink a LUN, is refused as a whole and the running
+configuration stays. data_dir, limits, metrics, log and target aliases take effect at the next start.
+
+CHAP secrets are 12 to 255 characters. Target and initiator names are iSCSI names (iqn., eui. or naa.). Sizes take
+K, M, G and T with or without iB, or a byte count.
+
+# EXAMPLE
+
+Every field, with its meaning and default:
+
+` + "```" + `
+%s` + "```" + `
+
+# SEE ALSO
+
+**iserd**(8), **iserctl**(8)
+`
+
+// docsCommand writes iserd.8 and iserd.yaml.5; the package build runs it.
+func docsCommand(root *cobra.Command) *cobra.Command {
+	return &cobra.Command{Use: "gendocs DIR", Short: "write the manual pages iserd.8 and iserd.yaml.5 into DIR",
+		Hidden: true, Args: cobra.ExactArgs(1), RunE: func(_ *cobra.Command, args []string) error {
+			if err := cli.WriteManPage(root, "8", args[0]); err != nil {
+				return err
+			}
+			page := cli.TitleLine("iserd.yaml", "5") + fmt.Sprintf(yamlPage, example)
+			return cli.WriteMarkdownPage(args[0], "iserd.yaml.5", []byte(page))
+		}}
+}
+
+// defaultConfigCommand prints the embedded default with its data directory
+// set: the packaged /etc/iserd/iserd.yaml.
+func defaultConfigCommand() *cobra.Command {
+	return &cobra.Command{Use: "default-config DATA_DIR", Short: "print the embedded default configuration as YAML",
+		Hidden: true, Args: cobra.ExactArgs(1), RunE: func(cmd *cobra.Command, args []string) error {
+			cfg := admin.DefaultConfig()
+			cfg.DataDir = args[0]
+			if err := cfg.Check(); err != nil {
+				return err
+			}
+			raw, err := yaml.Marshal(cfg)
+			if err != nil {
+				return fmt.Errorf("default configuration: %w", err)
+			}
+			_, err = cmd.OutOrStdout().Write(raw)
+			return err
+		}}
+}
+
+func run(f *flags) error {
+	cfg, path, embedded, err := loadConfig(f)
 	if err != nil {
 		return err
 	}
@@ -106,7 +219,7 @@ func run() error {
 	} else {
 		log.Info("configuration loaded; admin API changes are saved to it", zap.String("config", path))
 	}
-	if err := serveAdmin(ctx, m, &f, log, errc); err != nil {
+	if err := serveAdmin(ctx, m, f, log, errc); err != nil {
 		return err
 	}
 	if a := cfg.Metrics.Address; a != "" {
@@ -117,21 +230,33 @@ func run() error {
 		log.Info("serving metrics", zap.String("address", "http://"+l.Addr().String()+"/metrics"))
 		go report(ctx, errc, func() error { return m.ServeMetrics(ctx, l) })
 	}
+	sd := newNotifier(log)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	go reloadOnHUP(ctx, m, log, hup)
+	go reloadOnHUP(ctx, m, log, hup, sd)
 	if embedded {
 		t, p := cfg.Targets[0].Name, cfg.Portals[0].Address
 		fmt.Fprintf(os.Stderr, "\niserd is serving %s on %s (data in %s).\nLog in with:\n"+
 			"  iscsiadm -m discovery -t sendtargets -p %s\n  iscsiadm -m node -T %s -p %s --login\n"+
 			"or test with libiscsi:\n  iscsi-inq iscsi://%s/%s/0\n\n", t, p, cfg.DataDir, p, t, p, p, t)
 	}
-	select {
-	case <-ctx.Done():
-	case err := <-errc:
-		log.Error("stopping", zap.Error(err))
+	sd.ready(status(m))
+	tick := time.NewTicker(sd.period())
+	defer tick.Stop()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-errc:
+			log.Error("stopping", zap.Error(err))
+			break loop
+		case <-tick.C:
+			sd.alive(status(m))
+		}
 	}
+	sd.stopping()
 	log.Info("shutting down: finishing in-flight commands")
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -220,14 +345,17 @@ func serveAdmin(ctx context.Context, m *admin.Manager, f *flags, log *zap.Logger
 }
 
 // reloadOnHUP applies the configuration file again on each SIGHUP
-// delivered on hup.
-func reloadOnHUP(ctx context.Context, m *admin.Manager, log *zap.Logger, hup <-chan os.Signal) {
+// delivered on hup, telling systemd while it does.
+func reloadOnHUP(ctx context.Context, m *admin.Manager, log *zap.Logger, hup <-chan os.Signal, sd *notifier) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hup:
-			if err := m.Reload(); err != nil {
+			sd.reloading()
+			err := m.Reload()
+			sd.ready(status(m))
+			if err != nil {
 				log.Error("SIGHUP: configuration not reloaded, the running one is unchanged", zap.Error(err))
 				continue
 			}

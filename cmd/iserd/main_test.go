@@ -87,7 +87,7 @@ func TestSIGHUP(t *testing.T) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	go reloadOnHUP(ctx, m, zap.NewNop(), hup)
+	go reloadOnHUP(ctx, m, zap.NewNop(), hup, newNotifier(zap.NewNop()))
 
 	cfg.Targets[0].LUNs = append(cfg.Targets[0].LUNs, admin.LUNConfig{LUN: 3, Backend: "memory", Size: 2 << 20})
 	if err := cfg.Save(path); err != nil {
