@@ -45,16 +45,21 @@ logout_all
 log "checksums intact after iSER logout and login"
 
 fds() { ls /proc/"$ISERD_PID"/fd | wc -l; }
-rdma_objs() { rdma resource show 2>/dev/null | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^(qp|cq|mr|pd|cm_id)$/) s += $(i + 1)} END {print s + 0}'; }
-fd0=$(fds) r0=$(rdma_objs)
+# QPs, CQs, PDs and cm_ids must come back exactly; memory registrations may
+# only shrink: the buffer pool unmaps regions idle for 30 s and iSER
+# deregisters them first.
+rdma_objs() { rdma resource show 2>/dev/null | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^(qp|cq|pd|cm_id)$/) s += $(i + 1)} END {print s + 0}'; }
+rdma_mrs() { rdma resource show 2>/dev/null | awk '{for (i = 1; i <= NF; i++) if ($i == "mr") s += $(i + 1)} END {print s + 0}'; }
+fd0=$(fds) r0=$(rdma_objs) m0=$(rdma_mrs)
 for i in $(seq 20); do
   login_iser "$IQN" >/dev/null
   wait_disk "$IQN" >/dev/null
   logout_all
 done
 sleep 1
-fd1=$(fds) r1=$(rdma_objs)
-log "after 20 iSER login/logout cycles: fds $fd0 -> $fd1, rdma objects $r0 -> $r1"
+fd1=$(fds) r1=$(rdma_objs) m1=$(rdma_mrs)
+log "after 20 iSER login/logout cycles: fds $fd0 -> $fd1, rdma qp+cq+pd+cm_id $r0 -> $r1, mr $m0 -> $m1"
 assert_eq "$fd0" "$fd1" "iserd open file descriptors"
-assert_eq "$r0" "$r1" "RDMA objects (rdma resource show)"
+assert_eq "$r0" "$r1" "RDMA QPs, CQs, PDs and cm_ids (rdma resource show)"
+[ "$m1" -le "$m0" ] || { echo "memory registrations grew: $m0 -> $m1"; exit 1; }
 iserd_stop
