@@ -92,7 +92,8 @@ func TestImportTGT(t *testing.T) {
 	}
 	cfg, left := importDryRun(t, "tgt", conf)
 	web, open := cfg.Target("iqn.2001-04.com.example:web"), cfg.Target("iqn.2001-04.com.example:open")
-	if web == nil || open == nil || len(cfg.Targets) != 3 {
+	named := cfg.Target("iqn.2001-04.com.example:named")
+	if web == nil || open == nil || named == nil || len(cfg.Targets) != 4 {
 		t.Fatalf("targets: %+v", cfg.Targets)
 	}
 	// tgt-admin: explicit lun 1 first, then the lowest free numbers,
@@ -115,6 +116,7 @@ func TestImportTGT(t *testing.T) {
 		{"CHAP", web.CHAP != nil && web.CHAP.User == "web" && web.CHAP.Secret == "web-secret-1234" &&
 			web.CHAP.MutualUser == "target" && web.CHAP.MutualSecret == "target-secret-12"},
 		{"open without initiator-address", open.Open && open.LUN(1) != nil},
+		{"initiator-name alone stays an ACL", !named.Open && named.ACL("iqn.1993-08.org.debian:01:host3") != nil},
 		{"rbd left out", len(cfg.Target("iqn.2001-04.com.example:rbd").LUNs) == 0},
 		{"portal", len(cfg.Portals) == 1 && cfg.Portals[0].Address == "0.0.0.0:3260"},
 	}
@@ -124,7 +126,8 @@ func TestImportTGT(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"initiator-address 192.0.2.0/24", "incominguser other", "option maxconnections 1",
-		"option vendor_id EXAMPLE", "bs-type rbd", "direct-store passed", "tgtd's address is on its command line"} {
+		"option vendor_id EXAMPLE", "bs-type rbd", "direct-store passed",
+		"named: no initiator-address, so tgt-admin bound ALL", "tgtd's address is on its command line"} {
 		if !strings.Contains(left, want) {
 			t.Errorf("the list of what was left out lacks %q:\n%s", want, left)
 		}

@@ -192,8 +192,14 @@ func (m *migration) tgtTarget(b *tgtBlock, driver string) admin.TargetConfig {
 			m.leave("target %s: option %s %s: not carried over", t.Name, key, value)
 		}
 	}
-	if len(t.ACLs) == 0 && !hasOption(b, "initiator-address") {
-		t.Open = true // tgt-admin binds ALL when no initiator-address is given
+	if !hasOption(b, "initiator-address") {
+		// tgt-admin binds ALL when no initiator-address is given, and tgt admits an
+		// initiator whose address or name is bound: initiator-name alone lets everyone in.
+		if len(t.ACLs) == 0 {
+			t.Open = true
+		} else {
+			m.leave("target %s: no initiator-address, so tgt-admin bound ALL and tgt let every initiator in; iserd admits only the initiator-name list (add the others, or set open: true)", t.Name)
+		}
 	}
 	if t.CHAP != nil && t.CHAP.User == "" {
 		m.leave("target %s: outgoinguser without incominguser; iserd's mutual CHAP needs the initiator's CHAP first: not carried over", t.Name)

@@ -228,13 +228,15 @@ wait_disk() {
   done
 }
 
-# logout_all: logs out of every session and forgets all node and discovery records.
+# logout_all: logs out of every session and forgets all node and discovery records and the
+# ifaces scenarios made (discovery binds a record to every iface there is).
 logout_all() {
   local out st=0
   if [ -n "$(ls /sys/class/iscsi_session 2>/dev/null)" ]; then
     out=$(iscsiadm -m node -U all 2>&1) || { echo "logout failed:"$'\n'"$out" >&2; st=1; }
   fi
   rm -rf /var/lib/iscsi/nodes /var/lib/iscsi/send_targets
+  rm -f /etc/iscsi/ifaces/*
   if [ -n "$(ls /sys/class/iscsi_session 2>/dev/null)" ]; then
     echo "logout_all: sessions remain: $(ls /sys/class/iscsi_session)" >&2
     st=1

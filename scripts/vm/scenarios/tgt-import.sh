@@ -61,7 +61,10 @@ targets:
     luns: [{lun: 0, backend: memory, size: 1MiB}]
 EOC
 iserd_start /tmp/iserd.yaml
-iserctl import tgt /tmp/targets.conf --portal "$P" --dry-run
+out=$(iserctl import tgt /tmp/targets.conf --portal "$P" --dry-run 2>&1)
+echo "$out"
+# initiator-name without initiator-address: tgt let every initiator in; iserd keeps the ACL and says so
+assert_contains "$out" "tgt-admin bound ALL" "import --dry-run"
 iserctl import tgt /tmp/targets.conf --portal "$P"
 iserctl target show "$IQN"
 
