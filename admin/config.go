@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -43,7 +44,105 @@ type LimitsConfig struct {
 	// CmdWindow is how many commands one session may have outstanding
 	// (the MaxCmdSN window, default 128).
 	CmdWindow uint32 `yaml:"cmd_window,omitempty" json:"cmd_window,omitempty"`
+	// The rest bound what one initiator can make iserd hold (see
+	// iscsi.PeerLimits; zero takes its default).
+	// Connections caps all iSCSI connections, logged in or not (4096).
+	Connections int `yaml:"connections,omitempty" json:"connections,omitempty"`
+	// LoginConnections caps the connections still logging in (64), and
+	// LoginConnectionsPerHost those from one IP address (16).
+	LoginConnections        int `yaml:"login_connections,omitempty" json:"login_connections,omitempty"`
+	LoginConnectionsPerHost int `yaml:"login_connections_per_host,omitempty" json:"login_connections_per_host,omitempty"`
+	// HeldBytes caps the data of commands a session holds behind a CmdSN
+	// gap (4MiB).
+	HeldBytes Size `yaml:"held_bytes,omitempty" json:"held_bytes,omitempty"`
+	// QueuedControl caps the answers queued on a connection that no task
+	// accounts for: NOP-In echoes, Rejects, Text and TMF responses (1MiB).
+	QueuedControl Size `yaml:"queued_control,omitempty" json:"queued_control,omitempty"`
+	// ImmediateTasks is how many immediate commands a session may have in
+	// flight beyond its window (16).
+	ImmediateTasks int `yaml:"immediate_tasks,omitempty" json:"immediate_tasks,omitempty"`
+	// AbortDataTimeout is how long task management waits for Data-Out an
+	// initiator owes for an aborted task before closing its connection (10s).
+	AbortDataTimeout Duration `yaml:"abort_data_timeout,omitempty" json:"abort_data_timeout,omitempty"`
 }
+
+// PeerLimits are the iscsi.PeerLimits the configuration sets; zero fields
+// take the defaults.
+func (l LimitsConfig) PeerLimits() iscsi.PeerLimits {
+	return iscsi.PeerLimits{Connections: l.Connections, LoginConns: l.LoginConnections,
+		LoginConnsPerHost: l.LoginConnectionsPerHost, HeldBytes: int(l.HeldBytes), QueuedControl: int(l.QueuedControl),
+		ImmediateTasks: l.ImmediateTasks, AbortDataTimeout: time.Duration(l.AbortDataTimeout)}
+}
+
+// check validates the limits.
+func (l LimitsConfig) check() error {
+	if m := l.BufferMemory; m != 0 && m < bdev.DefaultRegionSize {
+		return fmt.Errorf("limits.buffer_memory %s is below one buffer region (%s)", m, Size(bdev.DefaultRegionSize))
+	}
+	if w := l.CmdWindow; w > 65535 {
+		return fmt.Errorf("limits.cmd_window %d is above 65535", w)
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+		max  int64
+	}{
+		{"connections", int64(l.Connections), 1 << 20},
+		{"login_connections", int64(l.LoginConnections), 1 << 16},
+		{"login_connections_per_host", int64(l.LoginConnectionsPerHost), 1 << 16},
+		{"held_bytes", int64(l.HeldBytes), 1 << 30},
+		{"queued_control", int64(l.QueuedControl), 1 << 30},
+		{"immediate_tasks", int64(l.ImmediateTasks), 1 << 16},
+		{"abort_data_timeout", int64(l.AbortDataTimeout), int64(time.Hour)},
+	} {
+		if f.v < 0 || f.v > f.max {
+			return fmt.Errorf("limits.%s %d is outside 0..%d (0 takes the default)", f.name, f.v, f.max)
+		}
+	}
+	if l.LoginConnectionsPerHost > 0 && l.LoginConnections > 0 && l.LoginConnectionsPerHost > l.LoginConnections {
+		return fmt.Errorf("limits.login_connections_per_host %d is above limits.login_connections %d",
+			l.LoginConnectionsPerHost, l.LoginConnections)
+	}
+	return nil
+}
+
+// Duration is a time span written as Go writes durations: 10s, 1m30s.
+type Duration time.Duration
+
+// UnmarshalYAML reads a duration such as 10s.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as 10s.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// UnmarshalJSON accepts "10s" or a number of nanoseconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var str string
+	if err := json.Unmarshal(b, &str); err != nil {
+		var ns int64
+		if err := json.Unmarshal(b, &ns); err != nil {
+			return fmt.Errorf("duration %s: want a string such as \"10s\"", b)
+		}
+		*d = Duration(ns)
+		return nil
+	}
+	v, err := time.ParseDuration(str)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes the duration as "10s".
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
 // MetricsConfig places the Prometheus endpoint on a TCP address, in
 // addition to the admin socket.
@@ -465,11 +564,8 @@ func (c *Config) Check() error {
 			return fmt.Errorf("discovery_chap: %w", err)
 		}
 	}
-	if m := c.Limits.BufferMemory; m != 0 && m < bdev.DefaultRegionSize {
-		return fmt.Errorf("limits.buffer_memory %s is below one buffer region (%s)", m, Size(bdev.DefaultRegionSize))
-	}
-	if w := c.Limits.CmdWindow; w > 65535 {
-		return fmt.Errorf("limits.cmd_window %d is above 65535", w)
+	if err := c.Limits.check(); err != nil {
+		return err
 	}
 	if a := c.Metrics.Address; a != "" {
 		if _, _, err := net.SplitHostPort(a); err != nil {

@@ -81,6 +81,7 @@ func New(cfg *Config, o Options) (*Manager, error) {
 	if cfg.Limits.CmdWindow != 0 {
 		opts.CmdWindow = cfg.Limits.CmdWindow
 	}
+	opts.PeerLimits = cfg.Limits.PeerLimits()
 	if cfg.Limits.BufferMemory != 0 {
 		pool, err := bdev.NewPool(bdev.PoolOptions{Max: int64(cfg.Limits.BufferMemory)})
 		if err != nil {

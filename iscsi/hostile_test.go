@@ -253,6 +253,22 @@ func TestLoginPhaseBounds(t *testing.T) {
 			return err == nil
 		})
 	})
+	t.Run("logged-in connections past the daemon-wide cap", func(t *testing.T) {
+		e := newEnv(t, func(o *iscsi.Options) { o.Connections = 3 })
+		for range 3 {
+			e.login(t)
+		}
+		nc, err := net.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		start := time.Now()
+		if _, err := nc.Read(make([]byte, 1)); err == nil || time.Since(start) > time.Second {
+			t.Fatalf("fourth connection not closed at once: read %v after %v", err, time.Since(start))
+		}
+	})
 	t.Run("first PDU not a login", func(t *testing.T) {
 		e := limited(t)
 		nc, err := net.Dial("tcp", e.addr)

@@ -87,6 +87,9 @@ type Options struct {
 // PeerLimits bound what an initiator, logged in or not, can make the
 // target hold. Each is enforced where the resource is taken.
 type PeerLimits struct {
+	// Connections caps all connections, logging in or logged in; one
+	// beyond it is closed at once.
+	Connections int
 	// LoginConns caps the connections still in their login phase, and
 	// LoginConnsPerHost those from one IP address; a connection beyond
 	// either is closed at once. Each holds at most one 8 KiB Login Request
@@ -113,14 +116,14 @@ type PeerLimits struct {
 // DefaultPeerLimits are the limits a Server applies where Options leave
 // them zero.
 func DefaultPeerLimits() PeerLimits {
-	return PeerLimits{LoginConns: 64, LoginConnsPerHost: 16, HeldBytes: 4 << 20, QueuedControl: 1 << 20,
+	return PeerLimits{Connections: 4096, LoginConns: 64, LoginConnsPerHost: 16, HeldBytes: 4 << 20, QueuedControl: 1 << 20,
 		ImmediateTasks: 16, AbortDataTimeout: 10 * time.Second}
 }
 
 // withDefaults fills the limits left zero from DefaultPeerLimits.
 func (l PeerLimits) withDefaults() PeerLimits {
 	d := DefaultPeerLimits()
-	for _, f := range []struct{ v, def *int }{{&l.LoginConns, &d.LoginConns}, {&l.LoginConnsPerHost, &d.LoginConnsPerHost},
+	for _, f := range []struct{ v, def *int }{{&l.Connections, &d.Connections}, {&l.LoginConns, &d.LoginConns}, {&l.LoginConnsPerHost, &d.LoginConnsPerHost},
 		{&l.HeldBytes, &d.HeldBytes}, {&l.QueuedControl, &d.QueuedControl}, {&l.ImmediateTasks, &d.ImmediateTasks}} {
 		if *f.v <= 0 {
 			*f.v = *f.def
@@ -157,7 +160,7 @@ type Server struct {
 
 	nexusID       atomic.Uint64
 	discoveryCHAP atomic.Pointer[CHAPSecret]
-	refusedLogins atomic.Uint64 // connections closed for LoginConns limits
+	refusedLogins atomic.Uint64 // connections closed by the connection limits
 	refusalLogged atomic.Int64  // unix seconds of the last such log line
 }
 
@@ -249,8 +252,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 // ServeTransport runs one connection in its own goroutines. It returns
 // false when it did not take the connection (the caller closes it): the
-// server is shutting down, or too many connections are logging in
-// (PeerLimits.LoginConns, LoginConnsPerHost).
+// server is shutting down, or there are too many connections, or too many
+// logging in (PeerLimits.Connections, LoginConns, LoginConnsPerHost).
 func (s *Server) ServeTransport(tr Transport) bool {
 	host := remoteHost(tr.RemoteAddr())
 	s.mu.Lock()
@@ -258,10 +261,10 @@ func (s *Server) ServeTransport(tr Transport) bool {
 		s.mu.Unlock()
 		return false
 	}
-	if s.logins >= s.opts.LoginConns || s.loginsBy[host] >= s.opts.LoginConnsPerHost {
-		logins, mine := s.logins, s.loginsBy[host]
+	if len(s.conns) >= s.opts.Connections || s.logins >= s.opts.LoginConns || s.loginsBy[host] >= s.opts.LoginConnsPerHost {
+		conns, logins, mine := len(s.conns), s.logins, s.loginsBy[host]
 		s.mu.Unlock()
-		s.refuseConn(host, logins, mine)
+		s.refuseConn(host, conns, logins, mine)
 		return false
 	}
 	s.logins++
@@ -292,16 +295,20 @@ func (s *Server) loginEnded(c *conn) {
 	s.mu.Unlock()
 }
 
-// refuseConn logs a connection closed by the login limits, at most once a
-// second (a flood must not flood the log too), with the count so far.
-func (s *Server) refuseConn(host string, logins, fromHost int) {
+// refuseConn logs a connection closed by the connection limits, at most
+// once a second (a flood must not flood the log too), with the count so far.
+func (s *Server) refuseConn(host string, conns, logins, fromHost int) {
 	n := s.refusedLogins.Add(1)
 	now := time.Now().Unix()
 	if last := s.refusalLogged.Load(); now > last && s.refusalLogged.CompareAndSwap(last, now) {
-		s.log.Warn("connection closed: too many connections are logging in", zap.String("remote", host),
-			zap.Int("logging_in", logins), zap.Int("from_this_host", fromHost),
-			zap.Int("limit", s.opts.LoginConns), zap.Int("limit_per_host", s.opts.LoginConnsPerHost),
-			zap.Uint64("refused_since_start", n))
+		msg := "connection closed: too many connections are logging in"
+		if conns >= s.opts.Connections {
+			msg = "connection closed: too many connections"
+		}
+		s.log.Warn(msg, zap.String("remote", host), zap.Int("connections", conns),
+			zap.Int("connections_limit", s.opts.Connections), zap.Int("logging_in", logins),
+			zap.Int("from_this_host", fromHost), zap.Int("limit", s.opts.LoginConns),
+			zap.Int("limit_per_host", s.opts.LoginConnsPerHost), zap.Uint64("refused_since_start", n))
 	}
 }
 
