@@ -41,6 +41,9 @@ type LimitsConfig struct {
 	// BufferMemory caps the memory mapped for command data buffers
 	// (default 1GiB); a command that finds the pool exhausted gets BUSY.
 	BufferMemory Size `yaml:"buffer_memory,omitempty" json:"buffer_memory,omitempty"`
+	// BufferIdle is how long a buffer region stays mapped unused before it
+	// is given back to the system (default 30s).
+	BufferIdle Duration `yaml:"buffer_idle,omitempty" json:"buffer_idle,omitempty"`
 	// CmdWindow is how many commands one session may have outstanding
 	// (the MaxCmdSN window, default 128).
 	CmdWindow uint32 `yaml:"cmd_window,omitempty" json:"cmd_window,omitempty"`
@@ -94,6 +97,7 @@ func (l LimitsConfig) check() error {
 		{"queued_control", int64(l.QueuedControl), 1 << 30},
 		{"immediate_tasks", int64(l.ImmediateTasks), 1 << 16},
 		{"abort_data_timeout", int64(l.AbortDataTimeout), int64(time.Hour)},
+		{"buffer_idle", int64(l.BufferIdle), int64(24 * time.Hour)},
 	} {
 		if f.v < 0 || f.v > f.max {
 			return fmt.Errorf("limits.%s %d is outside 0..%d (0 takes the default)", f.name, f.v, f.max)

@@ -82,8 +82,8 @@ func New(cfg *Config, o Options) (*Manager, error) {
 		opts.CmdWindow = cfg.Limits.CmdWindow
 	}
 	opts.PeerLimits = cfg.Limits.PeerLimits()
-	if cfg.Limits.BufferMemory != 0 {
-		pool, err := bdev.NewPool(bdev.PoolOptions{Max: int64(cfg.Limits.BufferMemory)})
+	if cfg.Limits.BufferMemory != 0 || cfg.Limits.BufferIdle != 0 {
+		pool, err := bdev.NewPool(bdev.PoolOptions{Max: int64(cfg.Limits.BufferMemory), TrimInterval: time.Duration(cfg.Limits.BufferIdle)})
 		if err != nil {
 			return nil, fmt.Errorf("limits.buffer_memory: %w", err)
 		}

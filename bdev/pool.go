@@ -389,6 +389,24 @@ func (p *Pool) Trim() int {
 	return n
 }
 
+// Outstanding reports the buffers handed out by Get and not yet Put, and
+// the bytes of their size classes.
+func (p *Pool) Outstanding() (bufs int, bytes int64) {
+	p.mu.Lock()
+	n := p.nextReg
+	p.mu.Unlock()
+	for i := range n {
+		r := p.regions[i].Load()
+		if r == nil || len(r.bufs) == 0 {
+			continue
+		}
+		out := int(r.out.Load())
+		bufs += out
+		bytes += int64(out) * int64(len(r.bufs[0].data))
+	}
+	return bufs, bytes
+}
+
 // Mapped reports the bytes the pool has mapped now.
 func (p *Pool) Mapped() int64 {
 	return int64(len(*p.spans.Load())) * int64(p.regionSize)

@@ -2,7 +2,6 @@ package iscsi_test
 
 import (
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -10,41 +9,10 @@ import (
 	"github.com/iserd/iserd/iscsi/initiator"
 )
 
-// gatedConn is an initiator's connection whose reads wait while it is
-// held, like an initiator that stops reading for a while.
-type gatedConn struct {
-	net.Conn
-	mu   sync.Mutex
-	open chan struct{} // closed on release; nil when not held
-}
-
-func (g *gatedConn) Read(p []byte) (int, error) {
-	g.mu.Lock()
-	open := g.open
-	g.mu.Unlock()
-	if open != nil {
-		<-open
-	}
-	return g.Conn.Read(p)
-}
-
-func (g *gatedConn) hold() {
-	g.mu.Lock()
-	g.open = make(chan struct{})
-	g.mu.Unlock()
-}
-
-func (g *gatedConn) release() {
-	g.mu.Lock()
-	close(g.open)
-	g.open = nil
-	g.mu.Unlock()
-}
-
 // gatedLogin logs in to testTarget over a connection with a small receive
 // buffer whose reads the test can hold, like an initiator that stops
 // reading.
-func (e *env) gatedLogin(t testing.TB, keys ...iscsi.KV) (*initiator.Conn, *gatedConn) {
+func (e *env) gatedLogin(t testing.TB, keys ...iscsi.KV) (*initiator.Conn, *initiator.Gate) {
 	t.Helper()
 	nc, err := net.Dial("tcp", e.addr)
 	if err != nil {
@@ -53,17 +21,9 @@ func (e *env) gatedLogin(t testing.TB, keys ...iscsi.KV) (*initiator.Conn, *gate
 	if err := nc.(*net.TCPConn).SetReadBuffer(16 << 10); err != nil {
 		t.Fatal(err)
 	}
-	g := &gatedConn{Conn: nc}
+	g := initiator.NewGate(nc)
 	c := initiator.New(g)
-	t.Cleanup(func() {
-		g.mu.Lock()
-		if g.open != nil {
-			close(g.open)
-			g.open = nil
-		}
-		g.mu.Unlock()
-		c.Close()
-	})
+	t.Cleanup(func() { c.Close() })
 	if _, err := c.Login(initiator.LoginOptions{InitiatorName: testInitiator, TargetName: testTarget, Keys: keys}); err != nil {
 		t.Fatalf("login: %v", err)
 	}
@@ -84,18 +44,18 @@ func TestInitiatorStopsReading(t *testing.T) {
 	want := pattern(8*size, 0x5a)
 	writeBlocks(t, c, 0, want)
 
-	g.hold()
+	g.Hold()
 	tasks := make([]*initiator.Task, reads)
 	for i := range tasks {
 		off := i % 8 * size
 		tasks[i], err = c.Start(ctxT(t), &initiator.Command{CDB: initiator.Read16(uint64(off/blockSize), size/blockSize), ReadLen: size})
 		if err != nil {
-			g.release()
+			g.Release()
 			t.Fatalf("read %d: %v", i, err)
 		}
 	}
 	time.Sleep(200 * time.Millisecond) // the target fills its socket and waits
-	g.release()
+	g.Release()
 	for i, task := range tasks {
 		r, err := task.Wait(ctxT(t))
 		if err != nil {

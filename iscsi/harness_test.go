@@ -58,6 +58,14 @@ func newEnv(t testing.TB, tune func(*iscsi.Options)) *env {
 		if err := <-served; err != nil {
 			t.Errorf("serve: %v", err)
 		}
+		sctx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+		defer stop()
+		if err := srv.Shutdown(sctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if n, bytes := srv.Pool().Outstanding(); n != 0 {
+			t.Errorf("after shutdown %d command buffers (%d bytes) were never given back to the pool", n, bytes)
+		}
 	})
 	return &env{srv: srv, addr: l.Addr().String()}
 }

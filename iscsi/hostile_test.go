@@ -112,7 +112,7 @@ func TestWindowEnforced(t *testing.T) {
 	c, g := e.gatedLogin(t)
 	sess := e.srv.Sessions()[0]
 	base := liveHeap()
-	g.hold()
+	g.Hold()
 	stop := make(chan struct{})
 	peak := make(chan int64)
 	go func() {
@@ -156,7 +156,7 @@ func TestPoolServesEverySizeAfterExhaustion(t *testing.T) {
 	e := newEnv(t, func(o *iscsi.Options) { o.Pool = pool })
 	for range 2 {
 		c, g := e.gatedLogin(t)
-		g.hold()
+		g.Hold()
 		for i := range 64 {
 			if _, err := c.Start(ctxT(t), &initiator.Command{CDB: initiator.Read16(uint64(i)*2048, 2048), ReadLen: 1 << 20}); err != nil {
 				t.Fatal(err)
@@ -307,7 +307,7 @@ func TestEchoAndHeldBounds(t *testing.T) {
 	t.Run("echoes not read", func(t *testing.T) {
 		c, g := e.gatedLogin(t, kv("MaxRecvDataSegmentLength", fmt.Sprint(segment))...)
 		base := liveHeap()
-		g.hold()
+		g.Hold()
 		sent := make(chan int)
 		go func() {
 			n := 0
@@ -320,7 +320,7 @@ func TestEchoAndHeldBounds(t *testing.T) {
 		}()
 		time.Sleep(500 * time.Millisecond)
 		checkHeapGrowth(t, "NOP-Outs of 256 KiB not read", base, 4<<20)
-		g.release()
+		g.Release()
 		if n := <-sent; n != 200 {
 			t.Fatalf("sent %d NOP-Outs", n)
 		}

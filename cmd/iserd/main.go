@@ -25,6 +25,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/iserd/iserd/admin"
+	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/internal/cli"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iser"
@@ -230,6 +231,11 @@ func run(f *flags) error {
 		log.Info("serving metrics", zap.String("address", "http://"+l.Addr().String()+"/metrics"))
 		go report(ctx, errc, func() error { return m.ServeMetrics(ctx, l) })
 	}
+	idle := time.Duration(cfg.Limits.BufferIdle)
+	if idle <= 0 {
+		idle = bdev.DefaultTrimInterval
+	}
+	go returnIdleHeap(ctx, idle)
 	sd := newNotifier(log)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
