@@ -31,7 +31,7 @@ vet:
 # product builds and runs with CGO_ENABLED=0.
 unit:
 	CGO_ENABLED=1 $(GO) test -count=1 -race ./...
-	$(GO) test -count=1 -run 'Allocs' ./...   # allocation counts are pinned without the race detector
+	$(GO) test -count=1 -run 'Allocs|HostilePeerRSS' ./...   # allocations and memory are measured without the race detector
 
 fuzz:
 	scripts/fuzz-short.sh

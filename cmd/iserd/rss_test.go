@@ -139,8 +139,8 @@ func (d *iserdProc) login(t *testing.T, keys ...string) (*initiator.Conn, *initi
 // connection README states; once the peer is gone, RSS and descriptors
 // come back near their start.
 func TestHostilePeerRSS(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs a daemon for about a minute")
+	if testing.Short() || raceDetector {
+		t.Skip("measures memory: runs without -race and -short (make unit runs it so)")
 	}
 	d := startDaemon(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
