@@ -390,8 +390,12 @@ func (f *fakeEP) next(t testing.TB) []byte {
 	}
 }
 
-// unread reports whether a message the connection sent is waiting.
-func (f *fakeEP) unread() bool { return len(f.inbox) > 0 }
+// recvsPosted is how many receives the connection has posted.
+func (f *fakeEP) recvsPosted() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.recvs)
+}
 
 // testConn is a connection over a fake endpoint, with depth RDMA READs in
 // flight at most, serving buffers from a pool of its own.

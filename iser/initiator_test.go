@@ -106,13 +106,20 @@ func (in *testInit) login(t testing.TB) {
 	if h.Opcode() != iscsi.OpLoginResp || h[36] != 0 || h.Flags()&0x83 != 0x83 {
 		t.Fatalf("login: %v, status %02x%02x, flags %#x", h.Opcode(), h[36], h[37], h.Flags())
 	}
-	for range 4 { // TEST UNIT READY until the POWER ON unit attention is gone
+	in.clearUA(t)
+}
+
+// clearUA sends TEST UNIT READY until the unit attentions queued for the
+// nexus (a new one starts with POWER ON) are gone.
+func (in *testInit) clearUA(t testing.TB) {
+	t.Helper()
+	for range 4 {
 		itt := in.command(t, make([]byte, 6), 0, 0, nil, iscsi.RemoteBuffer{}, iscsi.RemoteBuffer{})
 		if in.status(t, itt) == statusGood {
 			return
 		}
 	}
-	t.Fatal("TEST UNIT READY keeps failing after login")
+	t.Fatal("TEST UNIT READY keeps failing")
 }
 
 func (in *testInit) nextITT() uint32 {
@@ -173,6 +180,13 @@ func (in *testInit) command(t testing.TB, cdb []byte, lun uint64, edtl uint32, i
 	copy(b[32:48], cdb)
 	in.send(t, &b, imm, write, read)
 	return itt
+}
+
+// settle waits until the target's reader has handled every PDU sent so
+// far: it posts a PDU's receive again when it goes on to read the next.
+func (in *testInit) settle(t testing.TB) {
+	t.Helper()
+	waitFor(t, "the target to read every PDU", func() bool { return in.f.recvsPosted() == numRecv })
 }
 
 // status waits for the SCSI Response of task itt and returns its status;
