@@ -74,6 +74,7 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 	t.read = flags&cmdRead != 0
 	t.write = flags&cmdWrite != 0
 	t.edtl = edtl
+	t.readBuf, t.writeBuf = h.ReadBuf, h.WriteBuf
 	n := copy(t.cdb[:], h.BHS[32:48])
 	n += extendedCDB(h.AHS, t.cdb[16:])
 	lun := s.targetLUN(t.lunField)
@@ -189,7 +190,7 @@ func (c *conn) progress(t *task) {
 			c.sess.mu.Lock()
 			t.fetching = true
 			c.sess.mu.Unlock()
-			c.mover.GetData(t.itt, t.buf[t.unsolEnd:t.edtl], t)
+			c.mover.GetData(t.itt, t.writeBuf, t.buf[t.unsolEnd:t.edtl], t)
 		}
 		return
 	}

@@ -50,6 +50,7 @@ type conn struct {
 	ignored    uint64        // reader: commands dropped outside the CmdSN window
 	received   atomic.Uint64 // PDUs received: the pinger watches it move
 	nopPending atomic.Uint32
+	async      asyncState // Asynchronous Messages not yet acknowledged
 	nopTTT     atomic.Uint32
 
 	closeOnce sync.Once

@@ -93,6 +93,7 @@ func (c *conn) readLoop() error {
 		}
 		burst++
 		c.received.Add(1)
+		c.asyncAcked(h.U32(offExpStatSN))
 		if err := c.dispatch(&h); err != nil {
 			return err
 		}

@@ -152,6 +152,20 @@ func (f *tcpTransport) SetDigests(header, data bool) { f.hdrDigest, f.dataDigest
 type Header struct {
 	BHS
 	AHS []byte
+	// ReadBuf and WriteBuf are the initiator's buffers for a SCSI
+	// Command's Data-In and Data-Out, when the transport carries them
+	// beside the PDU (iSER's header, RFC 7145 9.2); TCP leaves them zero.
+	// A task keeps them, so they go when the task does.
+	ReadBuf, WriteBuf RemoteBuffer
+}
+
+// RemoteBuffer is an initiator buffer that an RDMA transport writes or
+// reads directly: its steering tag (the RDMA remote key) and the virtual
+// address of its first byte.
+type RemoteBuffer struct {
+	STag  uint32
+	VA    uint64
+	Valid bool // the initiator advertised it (iSER's WSV or RSV bit)
 }
 
 // ReadHeader reads the next BHS and AHS and checks the header digest.
@@ -361,15 +375,19 @@ func (f *tcpTransport) resetBatch() {
 // DataMover is implemented by transports that move task data by RDMA
 // instead of Data-In, R2T and solicited Data-Out PDUs (iSER, RFC 7145).
 type DataMover interface {
-	// PutData places a read command's data in the initiator's buffer of
-	// task itt. The status PDU is queued after PutData returns, so the
-	// transport must deliver it after the data (RC ordering does that).
-	// The buffer stays the transport's until it calls done.DataDone.
-	PutData(itt uint32, data []byte, done DataWaiter) error
+	// PutData places a read command's data in the initiator's buffer to
+	// (Header.ReadBuf of task itt). The status PDU is queued after PutData
+	// returns, so the transport must deliver it after the data (RC
+	// ordering does that). On success the buffer stays the transport's
+	// until it calls done.DataDone, which it always does, also when the
+	// connection closes first; on an error it never calls it.
+	PutData(itt uint32, to RemoteBuffer, data []byte, done DataWaiter) error
 	// GetData fetches the solicited data of write task itt (everything the
-	// initiator did not send as immediate or unsolicited data) into dst and
-	// calls done.DataDone once it is there or has failed.
-	GetData(itt uint32, dst []byte, done DataWaiter)
+	// initiator did not send as immediate or unsolicited data) from its
+	// buffer from (Header.WriteBuf) into dst and calls done.DataDone once
+	// it is there or has failed; once only, and also when the connection
+	// is closed before or while it runs.
+	GetData(itt uint32, from RemoteBuffer, dst []byte, done DataWaiter)
 	// FullFeature is called once login has succeeded, with the negotiated
 	// parameters, before any full feature phase PDU is read.
 	FullFeature(p *Params) error

@@ -93,7 +93,8 @@ func (s *Session) Close() {
 }
 
 // RequestLogout asks the initiator to log out (an Asynchronous Message,
-// RFC 7143 11.9.1) and closes the session if it has not within wait.
+// RFC 7143 11.9.1; not sent while maxAsyncUnacked others are outstanding)
+// and closes the session if it has not within wait.
 func (s *Session) RequestLogout(wait time.Duration) {
 	c := s.conn
 	if c == nil {
@@ -105,8 +106,9 @@ func (s *Session) RequestLogout(wait time.Duration) {
 	b.SetU32(offITT, NoTag)
 	b[36] = 1 // AsyncEvent: the target requests logout
 	b.SetU16(42, uint16(wait/time.Second))
-	c.send(&b, nil, true)
-	c.log.Info("asked the initiator to log out", zap.Duration("deadline", wait))
+	if c.sendAsync(&b, nil) {
+		c.log.Info("asked the initiator to log out", zap.Duration("deadline", wait))
+	}
 	time.AfterFunc(wait, s.Close)
 }
 

@@ -21,6 +21,9 @@ type task struct {
 	edtl     uint32 // expected data transfer length
 	cdb      [260]byte
 
+	// The initiator's buffers, for a transport that moves data by RDMA.
+	readBuf, writeBuf RemoteBuffer
+
 	cmd  scsi.Command
 	buf  []byte    // data-out collected, or data-in buffer
 	pbuf *bdev.Buf // the pool buffer behind buf

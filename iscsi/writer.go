@@ -230,6 +230,9 @@ func (c *conn) queueBatch(batch []outItem) (closeAfter, halfClose bool, err erro
 			halfClose = true
 		default:
 			c.stamp(&it.bhs, it.kind == outStatus)
+			if it.bhs.Opcode() == OpAsync {
+				c.asyncStamped(it.bhs.U32(offCmdSN))
+			}
 			err = c.tr.Queue(&it.bhs, it.data)
 			c.controlSent(it.ctl)
 		}
@@ -329,7 +332,7 @@ func (c *conn) writeResponse(t *task) (putting bool, err error) {
 	residual, resFlags := t.residual()
 	collapse := len(data) > 0 && cmd.Status == scsi.StatusGood
 	if c.mover != nil && len(data) > 0 {
-		if err := c.mover.PutData(t.itt, data, t); err != nil {
+		if err := c.mover.PutData(t.itt, t.readBuf, data, t); err != nil {
 			return false, err
 		}
 		t.putting, putting = true, true

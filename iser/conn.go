@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/rdma"
 )
@@ -22,12 +24,17 @@ import (
 // Wire constants (RFC 7145 9.2 and the Linux initiator's use of them).
 const (
 	hdrLen       = 28   // iSER header before every iSCSI PDU
+	flagOpMask   = 0xf0 // the message type in the flags byte
 	flagCtrl     = 0x10 // iSCSI control-type PDU follows
 	flagHello    = 0x20
 	flagWSV      = 0x08 // write STag valid
 	flagRSV      = 0x04 // read STag valid
 	repZBVANot   = 0x80 // CM reply: zero-based virtual addresses not used
 	repSendWInv  = 0x40 // CM reply: send with invalidate not used
+	offWriteSTag = 4    // header fields, after the flags and 3 reserved bytes
+	offWriteVA   = 8
+	offReadSTag  = 16
+	offReadVA    = 20
 	recvDataSize = 8192 // TargetRecvDataSegmentLength over iSER
 	// slotSize holds an iSER header, a BHS, an AHS and a data segment.
 	slotSize = hdrLen + iscsi.BHSLen + 1024 + recvDataSize
@@ -45,27 +52,31 @@ const (
 	wrKindMask = 0xff << 56
 )
 
-// stags are the initiator's buffers for one command (from its iSER header).
-type stags struct {
-	writeSTag, readSTag uint32
-	writeVA, readVA     uint64
-}
-
 // pendingRead is an RDMA READ waiting for a slot under the initiator depth.
 type pendingRead struct {
-	wr     rdma.SendWR
+	sge    rdma.SGE
+	from   iscsi.RemoteBuffer
 	waiter iscsi.DataWaiter
+}
+
+// errClosed is what data moves that cannot finish end with.
+var errClosed = fmt.Errorf("iSER connection closed: %w", rdma.ErrDisconnected)
+
+// slots is a connection's own registered memory: numRecv receive slots
+// and numSend send slots of slotSize bytes each.
+type slots struct {
+	recvMR, sendMR   *rdma.MR
+	recvMem, sendMem []byte
 }
 
 // conn is one iSER connection: an iscsi.Transport and iscsi.DataMover.
 type conn struct {
-	p   *Portal
-	rc  *rdma.Conn
-	reg *regions
-	log *zap.Logger
-
-	recvMR, sendMR   *rdma.MR
-	recvMem, sendMem []byte
+	ep       endpoint
+	pool     *bdev.Pool
+	reg      *regions
+	log      *zap.Logger
+	src, dst netip.AddrPort
+	slots
 
 	// receive side (reader goroutine)
 	recvCh  chan uint64 // slot<<32 | byte length, from the CQ goroutine
@@ -75,81 +86,42 @@ type conn struct {
 	wake    chan struct{}
 	rdl     atomic.Int64 // read deadline, unix nanoseconds, 0 for none
 
-	// send side
-	postMu    sync.Mutex // serializes posting to the QP
-	sqMu      sync.Mutex
-	sqCond    *sync.Cond
-	sqFree    int
-	slots     []int // free send slots
-	pending   []rdma.SendWR
-	sgl       [][1]rdma.SGE // per send slot, backing for pending WR SGLs
-	wsgl      [][1]rdma.SGE // per RDMA WRITE slot
-	writes    []iscsi.DataWaiter
-	freeWrite []int
-	reads     []iscsi.DataWaiter // in flight, by read slot
-	rsgl      [][1]rdma.SGE
-	freeRead  []int
-	queued    []pendingRead
+	// send side, owned by whoever sends (iscsi serializes it)
+	pending []rdma.SendWR // queued, posted by Flush
+	sgl     [][1]rdma.SGE // per send slot, backing for pending SGLs
+	wsgl    [][1]rdma.SGE // per RDMA WRITE slot
 
-	tagMu sync.Mutex
-	tags  map[uint32]stags
+	postMu  sync.Mutex     // serializes posting; guards the staging below
+	recvWR  [1]rdma.RecvWR // staging for a receive
+	recvSGE [1]rdma.SGE    // (posting copies both)
+	readWR  [1]rdma.SendWR // staging for an RDMA READ
+	readSGE [1]rdma.SGE
+
+	sqMu      sync.Mutex         // guards what follows up to queued
+	sqCond    *sync.Cond         // signalled when send resources free up or the connection dies
+	sqFree    int                // send queue entries not taken
+	slotFree  []int              // free send slots
+	writes    []iscsi.DataWaiter // RDMA WRITEs in flight, by write slot
+	freeWrite []int
+	reads     []iscsi.DataWaiter // RDMA READs in flight, by read slot
+	freeRead  []int
+	queued    []pendingRead // RDMA READs beyond the initiator depth
 
 	dead      chan struct{}
 	deadOnce  sync.Once
 	cqDone    chan struct{}
 	cancel    context.CancelFunc
 	closeOnce sync.Once
+	closeErr  error
 }
 
-func newConn(p *Portal, req *rdma.ConnRequest) (*conn, error) {
-	c := &conn{p: p, cur: -1, recvCh: make(chan uint64, numRecv), wake: make(chan struct{}, 1),
-		tags: map[uint32]stags{}, dead: make(chan struct{}), cqDone: make(chan struct{})}
+// newConn sets up a connection's logic over ep, whose receive and send
+// slots are s, for data buffers from pool as registered in reg. Receives
+// are posted by postReceives; start begins taking completions.
+func newConn(ep endpoint, s slots, pool *bdev.Pool, reg *regions, log *zap.Logger) *conn {
+	c := &conn{ep: ep, slots: s, pool: pool, reg: reg, log: log, cur: -1, recvCh: make(chan uint64, numRecv),
+		wake: make(chan struct{}, 1), dead: make(chan struct{}), cqDone: make(chan struct{})}
 	c.sqCond = sync.NewCond(&c.sqMu)
-	if len(req.PrivateData) >= 4 && req.PrivateData[0]&flagHello != 0 {
-		req.Reject(nil)
-		return nil, errors.New("initiator asked for iSER hello messages, which are not supported")
-	}
-	cfg := rdma.ConnConfig{
-		Pool: p.devs, SendWR: sqDepth, RecvWR: numRecv, SendSGE: 1, RecvSGE: 1,
-		CQSize:             sqDepth + numRecv,
-		ResponderResources: req.ResponderResources, InitiatorDepth: req.InitiatorDepth,
-		PrivateData: []byte{repZBVANot | repSendWInv, 0, 0, 0},
-		Prepare:     c.prepare,
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	rc, err := req.Accept(ctx, cfg)
-	if err != nil {
-		c.freeBuffers()
-		return nil, fmt.Errorf("accept: %w", err)
-	}
-	c.rc = rc
-	c.log = p.log.With(zap.Stringer("remote", rc.Dst))
-	depth := max(1, int(rc.InitiatorDepth))
-	c.reads = make([]iscsi.DataWaiter, depth)
-	c.rsgl = make([][1]rdma.SGE, depth)
-	for i := depth - 1; i >= 0; i-- {
-		c.freeRead = append(c.freeRead, i)
-	}
-	cctx, ccancel := context.WithCancel(context.Background())
-	c.cancel = ccancel
-	go c.completions(cctx)
-	return c, nil
-}
-
-// prepare runs with the QP in INIT: buffers are registered and every
-// receive is posted before the connection is accepted.
-func (c *conn) prepare(rc *rdma.Conn) error {
-	var err error
-	if c.reg, err = c.p.poolRegions(rc.PD); err != nil {
-		return err
-	}
-	if c.recvMR, c.recvMem, err = rc.PD.AllocBuffer(numRecv*slotSize, rdma.AccessLocalWrite); err != nil {
-		return fmt.Errorf("receive buffers: %w", err)
-	}
-	if c.sendMR, c.sendMem, err = rc.PD.AllocBuffer(numSend*slotSize, rdma.AccessLocalWrite); err != nil {
-		return fmt.Errorf("send buffers: %w", err)
-	}
 	c.sgl = make([][1]rdma.SGE, numSend)
 	c.wsgl = make([][1]rdma.SGE, sqDepth)
 	c.writes = make([]iscsi.DataWaiter, sqDepth)
@@ -157,22 +129,45 @@ func (c *conn) prepare(rc *rdma.Conn) error {
 		c.freeWrite = append(c.freeWrite, i)
 	}
 	for i := numSend - 1; i >= 0; i-- {
-		c.slots = append(c.slots, i)
+		c.slotFree = append(c.slotFree, i)
 	}
 	c.sqFree = sqDepth
-	for i := 0; i < numRecv; i++ {
-		if err := c.postRecv(rc, i); err != nil {
+	return c
+}
+
+// postReceives posts a receive for every slot; with an RDMA connection
+// this runs while its QP is in INIT, before the initiator can send.
+func (c *conn) postReceives() error {
+	for i := range numRecv {
+		if err := c.postRecv(i); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (c *conn) postRecv(rc *rdma.Conn, slot int) error {
-	sge := c.recvMR.SGE(slot*slotSize, slotSize)
+// start begins taking completions once the connection is established;
+// depth is the number of RDMA READs it may have in flight.
+func (c *conn) start(depth int, src, dst netip.AddrPort) {
+	c.src, c.dst = src, dst
+	c.log = c.log.With(zap.Stringer("remote", dst))
+	depth = max(1, depth)
+	c.reads = make([]iscsi.DataWaiter, depth)
+	for i := depth - 1; i >= 0; i-- {
+		c.freeRead = append(c.freeRead, i)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	go c.completions(ctx)
+}
+
+func (c *conn) postRecv(slot int) error {
 	c.postMu.Lock()
-	defer c.postMu.Unlock()
-	if err := rc.QP.PostRecv(rdma.RecvWR{ID: wrRecv | uint64(slot), SGL: []rdma.SGE{sge}}); err != nil {
+	c.recvSGE[0] = c.recvMR.SGE(slot*slotSize, slotSize)
+	c.recvWR[0] = rdma.RecvWR{ID: wrRecv | uint64(slot), SGL: c.recvSGE[:]}
+	err := c.ep.PostRecv(c.recvWR[:]...)
+	c.postMu.Unlock()
+	if err != nil {
 		return fmt.Errorf("post receive: %w", err)
 	}
 	return nil
@@ -183,7 +178,7 @@ func (c *conn) completions(ctx context.Context) {
 	defer close(c.cqDone)
 	wcs := make([]rdma.WorkCompletion, 64)
 	for {
-		n, err := c.rc.CQ.Wait(ctx, wcs)
+		n, err := c.ep.Wait(ctx, wcs)
 		if err != nil {
 			if ctx.Err() == nil {
 				c.fail(fmt.Errorf("completion queue: %w", err))
@@ -199,67 +194,47 @@ func (c *conn) completions(ctx context.Context) {
 func (c *conn) complete(wc *rdma.WorkCompletion) {
 	kind, idx := wc.ID&wrKindMask, int(wc.ID&^wrKindMask)
 	err := wc.Err()
-	if err != nil && kind != wrRead {
+	if err != nil && kind != wrRead { // a failed READ fails its command; the QP's errors follow
 		c.fail(fmt.Errorf("work completion: %w", err))
 	}
-	switch kind {
-	case wrRecv:
+	if kind == wrRecv {
 		if err == nil {
 			c.recvCh <- uint64(idx)<<32 | uint64(wc.ByteLen)
 		}
+		return
+	}
+	var w iscsi.DataWaiter
+	c.sqMu.Lock()
+	switch kind {
 	case wrSend:
-		c.sqMu.Lock()
-		c.slots = append(c.slots, idx)
-		c.sqFree++
-		readsWait := len(c.queued) > 0
-		c.sqCond.Broadcast()
-		c.sqMu.Unlock()
-		if readsWait { // a send queue entry is free again: reads queued for one may start
-			c.startQueuedRead()
-		}
+		c.slotFree = append(c.slotFree, idx)
 	case wrWrite:
-		c.sqMu.Lock()
-		c.sqFree++
-		w := c.writes[idx]
-		c.writes[idx] = nil
+		w, c.writes[idx] = c.writes[idx], nil
 		c.freeWrite = append(c.freeWrite, idx)
-		readsWait := len(c.queued) > 0
-		c.sqCond.Broadcast()
-		c.sqMu.Unlock()
-		if readsWait {
-			c.startQueuedRead()
-		}
-		if w != nil {
-			w.DataDone(err)
-		}
 	case wrRead:
-		c.sqMu.Lock()
-		c.sqFree++
-		w := c.reads[idx]
-		c.reads[idx] = nil
+		w, c.reads[idx] = c.reads[idx], nil
 		c.freeRead = append(c.freeRead, idx)
-		var next *pendingRead
-		if len(c.queued) > 0 && err == nil {
-			next = &c.queued[0]
+		if err != nil {
+			err = fmt.Errorf("RDMA READ of write data: %w", err)
 		}
-		c.sqCond.Broadcast()
-		c.sqMu.Unlock()
-		if next != nil {
-			c.startQueuedRead()
-		}
-		if w != nil {
-			if err != nil {
-				err = fmt.Errorf("RDMA READ of write data: %w", err)
-			}
-			w.DataDone(err)
-		}
+	}
+	c.sqFree++
+	readsWait := len(c.queued) > 0
+	c.sqCond.Broadcast()
+	c.sqMu.Unlock()
+	if readsWait { // a send queue entry or a read slot is free again
+		c.startQueuedRead()
+	}
+	if w != nil {
+		w.DataDone(err)
 	}
 }
 
-// fail marks the connection dead: readers see EOF, writers an error.
+// fail marks the connection dead: readers see EOF, writers an error, and
+// no data move starts any more.
 func (c *conn) fail(err error) {
 	c.deadOnce.Do(func() {
-		if !errors.Is(err, rdma.ErrDisconnected) && c.log != nil {
+		if !errors.Is(err, rdma.ErrDisconnected) {
 			c.log.Info("iSER connection ended", zap.Error(err))
 		}
 		close(c.dead)
@@ -269,12 +244,53 @@ func (c *conn) fail(err error) {
 	})
 }
 
+func (c *conn) isDead() bool {
+	select {
+	case <-c.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// parseMessage decodes a received iSER message (RFC 7145 9.2): the iSER
+// header, whose STags go to h.WriteBuf and h.ReadBuf, then an iSCSI
+// control PDU, whose BHS goes to h and whose AHS h points to in msg. The
+// PDU's data segment starts at dataOff.
+func parseMessage(msg []byte, h *iscsi.Header) (dataOff int, err error) {
+	if len(msg) < hdrLen+iscsi.BHSLen {
+		return 0, fmt.Errorf("iSER message of %d bytes is shorter than its headers", len(msg))
+	}
+	flags := msg[0]
+	if flags&flagOpMask != flagCtrl {
+		return 0, fmt.Errorf("iSER message type 0x%x is not an iSCSI control PDU", flags>>4)
+	}
+	copy(h.BHS[:], msg[hdrLen:])
+	ahs := h.TotalAHSLen()
+	dataOff = hdrLen + iscsi.BHSLen + ahs
+	if dataOff+h.DataLen() > len(msg) {
+		return 0, fmt.Errorf("iSCSI PDU says %d AHS and %d data bytes but the message holds %d",
+			ahs, h.DataLen(), len(msg)-hdrLen-iscsi.BHSLen)
+	}
+	h.AHS = msg[hdrLen+iscsi.BHSLen : dataOff]
+	h.WriteBuf, h.ReadBuf = iscsi.RemoteBuffer{}, iscsi.RemoteBuffer{}
+	if flags&flagWSV != 0 {
+		h.WriteBuf = iscsi.RemoteBuffer{STag: binary.BigEndian.Uint32(msg[offWriteSTag:]),
+			VA: binary.BigEndian.Uint64(msg[offWriteVA:]), Valid: true}
+	}
+	if flags&flagRSV != 0 {
+		h.ReadBuf = iscsi.RemoteBuffer{STag: binary.BigEndian.Uint32(msg[offReadSTag:]),
+			VA: binary.BigEndian.Uint64(msg[offReadVA:]), Valid: true}
+	}
+	return dataOff, nil
+}
+
 // ReadHeader takes the next received PDU.
 func (c *conn) ReadHeader(h *iscsi.Header) error {
 	if c.cur >= 0 { // the previous PDU has been consumed: its buffer can receive again
 		slot := c.cur
 		c.cur = -1
-		if err := c.postRecv(c.rc, slot); err != nil {
+		if err := c.postRecv(slot); err != nil {
 			return err
 		}
 	}
@@ -292,8 +308,8 @@ func (c *conn) ReadHeader(h *iscsi.Header) error {
 		case v = <-c.recvCh:
 		case <-c.dead:
 			return io.EOF
-		case <-c.rc.Done():
-			c.fail(c.rc.Err())
+		case <-c.ep.Done():
+			c.fail(c.ep.Err())
 			return io.EOF
 		case <-timeout:
 			return os.ErrDeadlineExceeded
@@ -305,35 +321,9 @@ func (c *conn) ReadHeader(h *iscsi.Header) error {
 		}
 	}
 	c.cur, c.curLen = int(v>>32), int(uint32(v))
-	msg := c.recvMem[c.cur*slotSize : c.cur*slotSize+c.curLen]
-	if len(msg) < hdrLen+iscsi.BHSLen {
-		return fmt.Errorf("iSER message of %d bytes is shorter than its headers", len(msg))
-	}
-	flags := msg[0]
-	if flags&0xf0 != flagCtrl {
-		return fmt.Errorf("iSER message type 0x%x is not an iSCSI control PDU", flags>>4)
-	}
-	copy(h.BHS[:], msg[hdrLen:])
-	ahs := h.TotalAHSLen()
-	c.dataOff = hdrLen + iscsi.BHSLen + ahs
-	if c.dataOff+h.DataLen() > len(msg) {
-		return fmt.Errorf("iSCSI PDU says %d AHS and %d data bytes but the message holds %d",
-			ahs, h.DataLen(), len(msg)-hdrLen-iscsi.BHSLen)
-	}
-	h.AHS = msg[hdrLen+iscsi.BHSLen : c.dataOff]
-	if h.Opcode() == iscsi.OpSCSICmd {
-		var t stags
-		if flags&flagWSV != 0 {
-			t.writeSTag, t.writeVA = binary.BigEndian.Uint32(msg[4:]), binary.BigEndian.Uint64(msg[8:])
-		}
-		if flags&flagRSV != 0 {
-			t.readSTag, t.readVA = binary.BigEndian.Uint32(msg[16:]), binary.BigEndian.Uint64(msg[20:])
-		}
-		c.tagMu.Lock()
-		c.tags[h.ITT()] = t
-		c.tagMu.Unlock()
-	}
-	return nil
+	var err error
+	c.dataOff, err = parseMessage(c.recvMem[c.cur*slotSize:c.cur*slotSize+c.curLen], h)
+	return err
 }
 
 // Buffered reports whether another received PDU is waiting, so that the
@@ -371,37 +361,44 @@ func (c *conn) Queue(bhs *iscsi.BHS, data []byte) error {
 	c.sgl[slot][0] = c.sendMR.SGE(slot*slotSize, n)
 	c.pending = append(c.pending, rdma.SendWR{ID: wrSend | uint64(slot), Opcode: rdma.OpSend,
 		Flags: rdma.SendSignaled, SGL: c.sgl[slot][:]})
-	if bhs.Opcode() == iscsi.OpSCSIResp {
-		c.tagMu.Lock()
-		delete(c.tags, bhs.ITT())
-		c.tagMu.Unlock()
-	}
 	return nil
 }
 
-// takeSlot waits for a free send slot and send queue entry.
-func (c *conn) takeSlot() (int, error) {
+// waitSend waits until a send slot (when slot) and more than spare send
+// queue entries are free, posting the queued work requests when that is
+// what it takes. It returns with sqMu held, or with an error once the
+// connection is dead.
+func (c *conn) waitSend(slot bool, spare int) error {
 	c.sqMu.Lock()
-	defer c.sqMu.Unlock()
-	for len(c.slots) == 0 || c.sqFree-len(c.pending) <= 0 {
-		select {
-		case <-c.dead:
-			return 0, io.ErrClosedPipe
-		default:
-		}
-		if len(c.pending) > 0 {
+	for {
+		if c.isDead() {
 			c.sqMu.Unlock()
-			err := c.Flush()
-			c.sqMu.Lock()
-			if err != nil {
-				return 0, err
+			return errClosed
+		}
+		if (!slot || len(c.slotFree) > 0) && c.sqFree > spare {
+			return nil
+		}
+		if len(c.pending) > 0 { // their completions free what we wait for
+			c.sqMu.Unlock()
+			if err := c.Flush(); err != nil {
+				return err
 			}
+			c.sqMu.Lock()
 			continue
 		}
 		c.sqCond.Wait()
 	}
-	s := c.slots[len(c.slots)-1]
-	c.slots = c.slots[:len(c.slots)-1]
+}
+
+// takeSlot waits for a free send slot and takes it with a send queue entry.
+func (c *conn) takeSlot() (int, error) {
+	if err := c.waitSend(true, 0); err != nil {
+		return 0, err
+	}
+	s := c.slotFree[len(c.slotFree)-1]
+	c.slotFree = c.slotFree[:len(c.slotFree)-1]
+	c.sqFree--
+	c.sqMu.Unlock()
 	return s, nil
 }
 
@@ -410,11 +407,8 @@ func (c *conn) Flush() error {
 	if len(c.pending) == 0 {
 		return nil
 	}
-	c.sqMu.Lock()
-	c.sqFree -= len(c.pending)
-	c.sqMu.Unlock()
 	c.postMu.Lock()
-	err := c.rc.QP.PostSend(c.pending...)
+	err := c.ep.PostSend(c.pending...)
 	c.postMu.Unlock()
 	clear(c.pending)
 	c.pending = c.pending[:0]
@@ -425,79 +419,58 @@ func (c *conn) Flush() error {
 	return nil
 }
 
-// PutData queues the RDMA WRITE of a read command's data; the status PDU
-// queued next goes out after it. done hears when the buffer is free again.
-func (c *conn) PutData(itt uint32, data []byte, done iscsi.DataWaiter) error {
-	c.tagMu.Lock()
-	t, ok := c.tags[itt]
-	c.tagMu.Unlock()
-	if !ok || t.readSTag == 0 && t.readVA == 0 {
+// PutData queues the RDMA WRITE of a read command's data to the
+// initiator's buffer to; the status PDU queued next goes out after it.
+// done hears when the buffer is free again.
+func (c *conn) PutData(itt uint32, to iscsi.RemoteBuffer, data []byte, done iscsi.DataWaiter) error {
+	if !to.Valid {
 		return fmt.Errorf("read command %#x carries no read STag", itt)
 	}
-	sge, err := c.reg.sge(c.p.srv.Pool(), data)
+	sge, err := c.reg.sge(c.pool, data)
 	if err != nil {
-		return err
+		return fmt.Errorf("read command %#x: %w", itt, err)
 	}
-	c.sqMu.Lock()
-	for c.sqFree-len(c.pending) <= 1 || len(c.freeWrite) == 0 {
-		if c.isDead() {
-			c.sqMu.Unlock()
-			return io.ErrClosedPipe
-		}
-		if len(c.pending) > 0 {
-			c.sqMu.Unlock()
-			if err := c.Flush(); err != nil {
-				return err
-			}
-			c.sqMu.Lock()
-			continue
-		}
-		c.sqCond.Wait()
+	if err := c.waitSend(false, 1); err != nil { // one entry stays for the status
+		return err
 	}
 	i := c.freeWrite[len(c.freeWrite)-1]
 	c.freeWrite = c.freeWrite[:len(c.freeWrite)-1]
 	c.writes[i] = done
+	c.sqFree--
 	c.sqMu.Unlock()
 	c.wsgl[i][0] = sge
 	c.pending = append(c.pending, rdma.SendWR{ID: wrWrite | uint64(i), Opcode: rdma.OpRDMAWrite, Flags: rdma.SendSignaled,
-		SGL: c.wsgl[i][:], RemoteAddr: t.readVA, RKey: t.readSTag})
+		SGL: c.wsgl[i][:], RemoteAddr: to.VA, RKey: to.STag})
 	return nil
 }
 
-func (c *conn) isDead() bool {
-	select {
-	case <-c.dead:
-		return true
-	default:
-		return false
-	}
-}
-
-// GetData RDMA READs a write command's solicited data into dst.
-func (c *conn) GetData(itt uint32, dst []byte, w iscsi.DataWaiter) {
-	c.tagMu.Lock()
-	t, ok := c.tags[itt]
-	c.tagMu.Unlock()
-	if !ok || t.writeSTag == 0 && t.writeVA == 0 {
+// GetData RDMA READs a write command's solicited data from the
+// initiator's buffer from into dst; w hears when it is there or has
+// failed, at once when the connection is dead already.
+func (c *conn) GetData(itt uint32, from iscsi.RemoteBuffer, dst []byte, w iscsi.DataWaiter) {
+	if !from.Valid {
 		w.DataDone(fmt.Errorf("write command %#x carries no write STag", itt))
 		return
 	}
-	sge, err := c.reg.sge(c.p.srv.Pool(), dst)
+	sge, err := c.reg.sge(c.pool, dst)
 	if err != nil {
-		w.DataDone(err)
+		w.DataDone(fmt.Errorf("write command %#x: %w", itt, err))
 		return
 	}
-	pr := pendingRead{wr: rdma.SendWR{Opcode: rdma.OpRDMARead, Flags: rdma.SendSignaled,
-		RemoteAddr: t.writeVA, RKey: t.writeSTag}, waiter: w}
-	pr.wr.SGL = []rdma.SGE{sge}
 	c.sqMu.Lock()
-	c.queued = append(c.queued, pr)
+	if c.isDead() { // Close may have failed the queue already: it would stay forever
+		c.sqMu.Unlock()
+		w.DataDone(fmt.Errorf("write command %#x: %w", itt, errClosed))
+		return
+	}
+	c.queued = append(c.queued, pendingRead{sge: sge, from: from, waiter: w})
 	c.sqMu.Unlock()
 	c.startQueuedRead()
 }
 
 // startQueuedRead posts queued RDMA READs while the initiator depth and the
-// send queue allow.
+// send queue allow. Once the connection is dead they stay queued: Close
+// fails them.
 func (c *conn) startQueuedRead() {
 	for {
 		c.sqMu.Lock()
@@ -506,26 +479,30 @@ func (c *conn) startQueuedRead() {
 			return
 		}
 		pr := c.queued[0]
-		c.queued = c.queued[1:]
+		c.queued = c.queued[:copy(c.queued, c.queued[1:])]
 		idx := c.freeRead[len(c.freeRead)-1]
 		c.freeRead = c.freeRead[:len(c.freeRead)-1]
 		c.reads[idx] = pr.waiter
 		c.sqFree--
 		c.sqMu.Unlock()
-		c.rsgl[idx] = [1]rdma.SGE{pr.wr.SGL[0]}
-		pr.wr.SGL = c.rsgl[idx][:]
-		pr.wr.ID = wrRead | uint64(idx)
 		c.postMu.Lock()
-		err := c.rc.QP.PostSend(pr.wr)
+		c.readSGE[0] = pr.sge
+		c.readWR[0] = rdma.SendWR{ID: wrRead | uint64(idx), Opcode: rdma.OpRDMARead, Flags: rdma.SendSignaled,
+			SGL: c.readSGE[:], RemoteAddr: pr.from.VA, RKey: pr.from.STag}
+		err := c.ep.PostSend(c.readWR[:]...)
 		c.postMu.Unlock()
 		if err != nil {
 			c.sqMu.Lock()
+			w := c.reads[idx] // nil when Close has failed it already
 			c.reads[idx] = nil
 			c.freeRead = append(c.freeRead, idx)
 			c.sqFree++
 			c.sqMu.Unlock()
-			pr.waiter.DataDone(fmt.Errorf("post RDMA READ: %w", err))
 			c.fail(err)
+			if w != nil {
+				w.DataDone(fmt.Errorf("post RDMA READ: %w", err))
+			}
+			return
 		}
 	}
 }
@@ -560,18 +537,22 @@ func (c *conn) SetReadDeadline(t time.Time) error {
 }
 
 // LocalAddr is the address the initiator connected to.
-func (c *conn) LocalAddr() net.Addr { return net.TCPAddrFromAddrPort(c.rc.Src) }
+func (c *conn) LocalAddr() net.Addr { return net.TCPAddrFromAddrPort(c.src) }
 
 // RemoteAddr is the initiator's address.
-func (c *conn) RemoteAddr() net.Addr { return net.TCPAddrFromAddrPort(c.rc.Dst) }
+func (c *conn) RemoteAddr() net.Addr { return net.TCPAddrFromAddrPort(c.dst) }
 
-// Close disconnects and releases everything; pending RDMA READs fail.
+// Close disconnects and releases everything. Every data move not finished
+// by then (RDMA READs and WRITEs in flight or queued) ends with an error,
+// and none starts afterwards.
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
 		c.fail(rdma.ErrDisconnected)
-		c.cancel()
-		<-c.cqDone
-		c.rc.Close()
+		if c.cancel != nil {
+			c.cancel()
+			<-c.cqDone
+		}
+		c.closeErr = c.ep.Close()
 		c.sqMu.Lock()
 		var waiters []iscsi.DataWaiter
 		for _, table := range [][]iscsi.DataWaiter{c.reads, c.writes} {
@@ -588,21 +569,13 @@ func (c *conn) Close() error {
 		c.queued = nil
 		c.sqMu.Unlock()
 		for _, w := range waiters {
-			w.DataDone(fmt.Errorf("iSER connection closed: %w", rdma.ErrDisconnected))
+			w.DataDone(errClosed)
 		}
-		c.freeBuffers()
 	})
-	return nil
-}
-
-func (c *conn) freeBuffers() {
-	if c.recvMR != nil {
-		c.recvMR.Dereg()
-	}
-	if c.sendMR != nil {
-		c.sendMR.Dereg()
-	}
+	return c.closeErr
 }
 
 // addrOf is the virtual address of a slice's first byte.
 func addrOf(b []byte) uint64 { return uint64(uintptr(unsafe.Pointer(unsafe.SliceData(b)))) }
+
+var _ iscsi.DataMover = (*conn)(nil) // iscsi finds the DataMover by a type assertion

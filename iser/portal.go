@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -30,14 +31,6 @@ type Portal struct {
 
 	mu      sync.Mutex
 	regions map[*rdma.PD]*regions // the buffer pool registered per device
-}
-
-// regions holds one memory region per bdev.Pool region for one device.
-type regions struct {
-	mu     sync.RWMutex
-	mrs    []*rdma.MR
-	cancel func()
-	err    error
 }
 
 // Listen starts listening for iSER connections on addr.
@@ -78,14 +71,7 @@ func (p *Portal) close() {
 	p.l.Close()
 	p.mu.Lock()
 	for pd, r := range p.regions {
-		r.cancel()
-		r.mu.Lock()
-		for _, mr := range r.mrs {
-			if mr != nil {
-				mr.Dereg()
-			}
-		}
-		r.mu.Unlock()
+		r.close()
 		delete(p.regions, pd)
 	}
 	p.mu.Unlock()
@@ -95,7 +81,7 @@ func (p *Portal) close() {
 
 // accept sets up one connection and hands it to the iSCSI engine.
 func (p *Portal) accept(ctx context.Context, req *rdma.ConnRequest) {
-	c, err := newConn(p, req)
+	c, err := p.establish(req)
 	if err != nil {
 		p.log.Warn("iSER connection refused", zap.Error(err))
 		return
@@ -105,40 +91,135 @@ func (p *Portal) accept(ctx context.Context, req *rdma.ConnRequest) {
 	}
 }
 
+// establish accepts a connection request: the QP is built, the slot
+// memory registered and every receive posted before the initiator hears
+// the reply.
+func (p *Portal) establish(req *rdma.ConnRequest) (*conn, error) {
+	if len(req.PrivateData) >= 4 && req.PrivateData[0]&flagHello != 0 {
+		req.Reject(nil)
+		return nil, errors.New("initiator asked for iSER hello messages, which are not supported")
+	}
+	ep := &rdmaEndpoint{}
+	var c *conn
+	cfg := rdma.ConnConfig{
+		Pool: p.devs, SendWR: sqDepth, RecvWR: numRecv, SendSGE: 1, RecvSGE: 1,
+		CQSize:             sqDepth + numRecv,
+		ResponderResources: req.ResponderResources, InitiatorDepth: req.InitiatorDepth,
+		PrivateData: []byte{repZBVANot | repSendWInv, 0, 0, 0},
+		Prepare: func(rc *rdma.Conn) error { // the QP is in INIT
+			ep.Conn = rc
+			reg, err := p.poolRegions(rc.PD)
+			if err != nil {
+				return err
+			}
+			var s slots
+			if s.recvMR, s.recvMem, err = ep.alloc(numRecv * slotSize); err != nil {
+				return fmt.Errorf("receive buffers: %w", err)
+			}
+			if s.sendMR, s.sendMem, err = ep.alloc(numSend * slotSize); err != nil {
+				return fmt.Errorf("send buffers: %w", err)
+			}
+			c = newConn(ep, s, p.srv.Pool(), reg, p.log)
+			return c.postReceives()
+		},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rc, err := req.Accept(ctx, cfg)
+	if err != nil {
+		ep.freeBuffers()
+		return nil, fmt.Errorf("accept: %w", err)
+	}
+	c.start(int(rc.InitiatorDepth), rc.Src, rc.Dst)
+	return c, nil
+}
+
 // poolRegions registers the server's buffer pool with the device of pd,
 // once per device; regions mapped later are registered as they appear.
 func (p *Portal) poolRegions(pd *rdma.PD) (*regions, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if r := p.regions[pd]; r != nil {
-		return r, r.err
+	r := p.regions[pd]
+	if r == nil {
+		r = trackRegions(p.srv.Pool(), pdRegistrar{pd}, p.log)
+		p.regions[pd] = r
 	}
-	pool := p.srv.Pool()
-	r := &regions{mrs: make([]*rdma.MR, pool.MaxRegions())}
-	r.cancel = pool.OnRegion(func(i int, mem []byte) {
-		if mem == nil { // the pool unmaps the region: none of its buffers is in use
-			r.mu.Lock()
-			mr := r.mrs[i]
-			r.mrs[i] = nil
-			r.mu.Unlock()
-			if mr != nil {
-				if err := mr.Dereg(); err != nil {
-					p.log.Warn("deregister buffer region", zap.Int("region", i), zap.Error(err))
-				}
-			}
-			return
-		}
-		mr, err := pd.RegMR(mem, rdma.AccessLocalWrite)
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if err != nil {
-			r.err = errors.Join(r.err, fmt.Errorf("register buffer region %d: %w", i, err))
-			return
-		}
-		r.mrs[i] = mr
-	})
-	p.regions[pd] = r
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	return r, r.err
+}
+
+// registrar registers memory with one device: pdRegistrar for an RDMA
+// device, the tests' fake otherwise.
+type registrar interface {
+	register(mem []byte) (*rdma.MR, error)
+	deregister(mr *rdma.MR) error
+}
+
+// pdRegistrar registers memory with an RDMA device's protection domain.
+type pdRegistrar struct{ pd *rdma.PD }
+
+func (r pdRegistrar) register(mem []byte) (*rdma.MR, error) {
+	return r.pd.RegMR(mem, rdma.AccessLocalWrite)
+}
+
+func (pdRegistrar) deregister(mr *rdma.MR) error { return mr.Dereg() }
+
+// regions holds one memory region per bdev.Pool region for one device.
+type regions struct {
+	dev    registrar
+	log    *zap.Logger
+	mu     sync.RWMutex
+	mrs    []*rdma.MR
+	cancel func()
+	err    error // registrations that failed
+}
+
+// trackRegions registers pool's regions with dev, those mapped now and
+// those mapped later, and deregisters each one as the pool unmaps it.
+func trackRegions(pool *bdev.Pool, dev registrar, log *zap.Logger) *regions {
+	r := &regions{dev: dev, log: log, mrs: make([]*rdma.MR, pool.MaxRegions())}
+	r.cancel = pool.OnRegion(r.update)
+	return r
+}
+
+// update follows one region of the pool: mapped (mem) or unmapped (nil).
+func (r *regions) update(i int, mem []byte) {
+	if mem == nil { // the pool unmaps the region: none of its buffers is in use
+		r.mu.Lock()
+		mr := r.mrs[i]
+		r.mrs[i] = nil
+		r.mu.Unlock()
+		if mr != nil {
+			if err := r.dev.deregister(mr); err != nil {
+				r.log.Warn("deregister buffer region", zap.Int("region", i), zap.Error(err))
+			}
+		}
+		return
+	}
+	mr, err := r.dev.register(mem)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		r.err = errors.Join(r.err, fmt.Errorf("register buffer region %d: %w", i, err))
+		return
+	}
+	r.mrs[i] = mr
+}
+
+// close stops following the pool and deregisters every region.
+func (r *regions) close() {
+	r.cancel()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, mr := range r.mrs {
+		if mr != nil {
+			if err := r.dev.deregister(mr); err != nil {
+				r.log.Warn("deregister buffer region", zap.Int("region", i), zap.Error(err))
+			}
+			r.mrs[i] = nil
+		}
+	}
 }
 
 // sge returns the scatter/gather entry for a pool buffer slice.
