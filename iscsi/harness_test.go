@@ -10,17 +10,16 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/iserd/iserd/bdev"
+	"github.com/iserd/iserd/internal/targettest"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iscsi/initiator"
-	"github.com/iserd/iserd/scsi"
 )
 
 const (
 	testInitiator = "iqn.2026-01.test.iserd:initiator"
 	testTarget    = "iqn.2026-01.test.iserd:disk1"
 	otherTarget   = "iqn.2026-01.test.iserd:disk2"
-	blockSize     = 512
+	blockSize     = targettest.BlockSize
 	diskSize      = 64 << 20
 )
 
@@ -74,45 +73,17 @@ func newEnv(t testing.TB, tune func(*iscsi.Options)) *env {
 // pool; at cleanup it is shut down and the pool closed.
 func newServer(t testing.TB, opts iscsi.Options) *iscsi.Server {
 	t.Helper()
-	pool, err := bdev.NewPool(bdev.PoolOptions{})
-	if err != nil {
-		t.Fatalf("buffer pool: %v", err)
-	}
-	opts.Pool = pool
-	srv, err := iscsi.NewServer(zap.NewNop(), opts)
-	if err != nil {
-		t.Fatalf("new server: %v", err)
-	}
+	srv := targettest.NewServer(t, opts)
 	for _, name := range []string{testTarget, otherTarget} {
 		addTarget(t, srv, name)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := pool.Close(); err != nil {
-			t.Errorf("close buffer pool: %v", err)
-		}
-	})
 	return srv
 }
 
 // addTarget adds a target with a thin memory LUN 0.
 func addTarget(t testing.TB, srv *iscsi.Server, name string) {
 	t.Helper()
-	st := scsi.NewTarget(name)
-	disk, err := scsi.NewDisk(bdev.NewMemory(diskSize), scsi.DiskConfig{BlockSize: blockSize, Thin: true})
-	if err != nil {
-		t.Fatalf("new disk: %v", err)
-	}
-	if err := st.AddLUN(0, disk); err != nil {
-		t.Fatalf("add LUN: %v", err)
-	}
-	if err := srv.AddTarget(&iscsi.Target{Name: name, SCSI: st}); err != nil {
-		t.Fatalf("add target: %v", err)
-	}
+	targettest.AddTarget(t, srv, name, diskSize)
 }
 
 // dial connects a new initiator; the connection is closed at cleanup.
