@@ -197,7 +197,7 @@ func (c *conn) loginStep(st *loginState, h *Header, data []byte) (done bool, _ *
 		st.csg = nsg
 		return false, nil
 	}
-	if len(EncodeText(resp)) > maxLoginData { // refused before a session exists
+	if textLen(resp) > maxLoginData { // refused before a session exists
 		return false, loginErr(LoginInitiatorError, "the answer to this Login Request would be longer than %d bytes", maxLoginData)
 	}
 	tsih, lerr := c.startSession(st)

@@ -3,7 +3,6 @@ package iscsi
 import (
 	"bytes"
 	"fmt"
-	"strings"
 )
 
 // KV is one key=value pair of a text or login data segment.
@@ -80,12 +79,21 @@ func truncate(s string) string {
 
 // EncodeText joins pairs into a data segment.
 func EncodeText(kvs []KV) []byte {
-	var b strings.Builder
+	b := make([]byte, 0, textLen(kvs))
 	for _, kv := range kvs {
-		b.WriteString(kv.Key)
-		b.WriteByte('=')
-		b.WriteString(kv.Value)
-		b.WriteByte(0)
+		b = append(b, kv.Key...)
+		b = append(b, '=')
+		b = append(b, kv.Value...)
+		b = append(b, 0)
 	}
-	return []byte(b.String())
+	return b
+}
+
+// textLen is the length of EncodeText(kvs).
+func textLen(kvs []KV) int {
+	n := 0
+	for _, kv := range kvs {
+		n += len(kv.Key) + len(kv.Value) + 2
+	}
+	return n
 }
