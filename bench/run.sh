@@ -2,8 +2,8 @@
 # Usage: bench/run.sh [all|host|vm]      (make bench: make build, then all)
 # Side-by-side benchmark of iserd against its peers, every figure repeated:
 #   host: iserd and tgtd (started here on free ports of 127.0.0.1, stopped at the end) on the
-#         same backing: a file in /dev/shm ("shm") and a RAM device ("mem": iserd's memory
-#         backend, tgt's null backing store). Reads with libiscsi's iscsi-perf, writes with
+#         same backing: a file in /dev/shm ("shm"), a RAM device ("mem": iserd's memory
+#         backend, tgt's null backing store) and a file on a disk filesystem opened O_DIRECT ("disk"). Reads with libiscsi's iscsi-perf, writes with
 #         bench/cmd/iscsi-load; CPU time per I/O of the target process from /proc/PID/stat.
 #   vm:   scripts/vm/scenarios/bench-targets.sh in one VM boot: Linux initiator + fio against
 #         iserd, LIO and tgt over iSCSI/TCP and iserd and LIO over iSER.
@@ -32,6 +32,10 @@ note() { echo "bench: $*" >&2; }
 die() { note "$*"; exit 1; }
 
 WORK=$(mktemp -d /dev/shm/iserd-bench.XXXXXX)
+# The "disk" backing: a file on a disk filesystem (BENCH_DISK_DIR, default /var/tmp), opened O_DIRECT
+# by both targets, the case of a real disk (page cache out of the way).
+DISK=$(mktemp -d "${BENCH_DISK_DIR:-/var/tmp}/iserd-bench.XXXXXX")
+[ "$(stat -f -c %T "$DISK")" != tmpfs ] || die "$DISK is on tmpfs: set BENCH_DISK_DIR to a disk filesystem"
 ISERD_PID='' TGTD_PID='' TGT_CP=''
 
 # stop_iserd: SIGTERM, then SIGKILL after 15 s.
@@ -62,7 +66,7 @@ stop_tgtd() {
 cleanup() {
   stop_iserd
   stop_tgtd
-  rm -rf "$WORK"
+  rm -rf "$WORK" "$DISK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -93,7 +97,7 @@ wait_port() {
 
 start_iserd() {
   ISERD_PORT=$(free_port 13260)
-  fallocate -l "${LUN_SIZE_MB}M" "$WORK/iserd.img"
+  for f in "$WORK/iserd.img" "$DISK/iserd.img"; do fallocate -l "${LUN_SIZE_MB}M" "$f"; done
   cat >"$WORK/iserd.yaml" <<EOF
 portals: [{address: "127.0.0.1:$ISERD_PORT"}]
 log: {level: warn}
@@ -104,6 +108,9 @@ targets:
   - name: $IQN_ISERD-mem
     open: true
     luns: [{lun: 0, backend: memory, size: ${LUN_SIZE_MB}MiB}]
+  - name: $IQN_ISERD-disk
+    open: true
+    luns: [{lun: 0, path: $DISK/iserd.img, size: ${LUN_SIZE_MB}MiB, direct: true}]
 EOF
   bin/iserd -config "$WORK/iserd.yaml" >"$WORK/iserd.log" 2>&1 &
   ISERD_PID=$!
@@ -114,7 +121,7 @@ start_tgtd() {
   TGT_PORT=$(free_port $((ISERD_PORT + 1)))
   TGT_CP=4260
   while [ -e "/var/run/tgtd/socket.$TGT_CP" ]; do TGT_CP=$((TGT_CP + 1)); done
-  fallocate -l "${LUN_SIZE_MB}M" "$WORK/tgt.img"
+  for f in "$WORK/tgt.img" "$DISK/tgt.img"; do fallocate -l "${LUN_SIZE_MB}M" "$f"; done
   tgtd -f -C "$TGT_CP" --iscsi portal="127.0.0.1:$TGT_PORT" >"$WORK/tgtd.log" 2>&1 &
   TGTD_PID=$!
   wait_port "$TGTD_PID" "$TGT_PORT" "$WORK/tgtd.log" tgtd
@@ -124,7 +131,10 @@ start_tgtd() {
     $t --op bind --mode target --tid 1 -I ALL &&
     $t --op new --mode target --tid 2 -T "$IQN_TGT-mem" &&
     $t --op new --mode logicalunit --tid 2 --lun 1 --bstype null -b /dev/null &&
-    $t --op bind --mode target --tid 2 -I ALL; } >"$WORK/tgtadm.log" 2>&1 ||
+    $t --op bind --mode target --tid 2 -I ALL &&
+    $t --op new --mode target --tid 3 -T "$IQN_TGT-disk" &&
+    $t --op new --mode logicalunit --tid 3 --lun 1 -b "$DISK/tgt.img" --bsoflags direct &&
+    $t --op bind --mode target --tid 3 -I ALL; } >"$WORK/tgtadm.log" 2>&1 ||
     { cat "$WORK/tgtadm.log" >&2; die "tgtadm could not configure tgtd"; }
 }
 
@@ -169,7 +179,7 @@ run_host() {
   start_tgtd
   note "host: iserd (pid $ISERD_PID) on 127.0.0.1:$ISERD_PORT, tgtd (pid $TGTD_PID) on 127.0.0.1:$TGT_PORT; $RUNS runs of ${SECS}s per figure"
   local backing target c name tool rw bs qd pid portal iqn lun t0 t1 ios value unit r
-  for backing in shm mem; do # warm up: every block written once (iserd's memory LUN allocates on write)
+  for backing in shm mem disk; do # warm up: every block written once (iserd's memory LUN allocates on write)
     for target in iserd tgt; do
       read -r pid portal iqn lun <<<"$(endpoint "$target" "$backing")"
       "$WORK/bin/iscsi-load" -portal "$portal" -target "$iqn" -lun "$lun" -initiator "$INITIATOR" \
@@ -180,7 +190,7 @@ run_host() {
   for c in "${HOST_CASES[@]}"; do
     read -r name tool rw bs qd <<<"$c"
     for r in $(seq "$RUNS"); do
-      for backing in shm mem; do
+      for backing in shm mem disk; do
         for target in iserd tgt; do
           read -r pid portal iqn lun <<<"$(endpoint "$target" "$backing")"
           t0=$(cpu_ticks "$pid")
@@ -264,6 +274,8 @@ for b in shm mem; do
   goal "host $b 4k random read QD32" host "$b/randread-4k-qd32" iserd tgt 1.5
   goal "host $b 128k sequential read" host "$b/read-128k-qd8" iserd tgt 1
 done
+goal "host disk 4k random read QD1" host "disk/randread-4k-qd1" iserd tgt 1
+goal "host disk 4k random read QD32" host "disk/randread-4k-qd32" iserd tgt 2.5
 for c in randread-4k-qd16 randwrite-4k-qd16; do
   goal "vm tcp $c" vm "tcp/$c" iserd lio 1
   goal "vm iser $c" vm "iser/$c" iserd lio 1
