@@ -67,6 +67,9 @@ type collector struct {
 	m                        *Manager
 	targetSessions, capacity *prometheus.Desc
 	lun, session             family
+	// server-wide
+	refusedConns, busyNoBuffer             *prometheus.Desc
+	bufferMapped, bufferInUse, bufferLimit *prometheus.Desc
 }
 
 func newCollector(m *Manager) *collector {
@@ -77,6 +80,13 @@ func newCollector(m *Manager) *collector {
 		capacity: prometheus.NewDesc("iserd_lun_capacity_bytes", "Capacity of the LUN.", []string{"target", "lun"}, nil),
 		lun:      newFamily("iserd_lun", "the LUN since iserd started, over all sessions", "target", "lun"),
 		session:  newFamily("iserd_session", "the session since it logged in", "target", "initiator", "isid", "tsih"),
+		refusedConns: prometheus.NewDesc("iserd_connections_refused_total",
+			"Connections closed at once by limits.connections or limits.login_connections[_per_host].", nil, nil),
+		busyNoBuffer: prometheus.NewDesc("iserd_commands_busy_no_buffer_total",
+			"Commands answered BUSY because limits.buffer_memory was exhausted.", nil, nil),
+		bufferMapped: prometheus.NewDesc("iserd_buffer_mapped_bytes", "Command buffer memory mapped now.", nil, nil),
+		bufferInUse:  prometheus.NewDesc("iserd_buffer_in_use_bytes", "Command buffer memory held by commands now.", nil, nil),
+		bufferLimit:  prometheus.NewDesc("iserd_buffer_limit_bytes", "Most command buffer memory iserd maps (limits.buffer_memory).", nil, nil),
 	}
 }
 
@@ -86,10 +96,19 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.capacity
 	c.lun.describe(ch)
 	c.session.describe(ch)
+	for _, d := range []*prometheus.Desc{c.refusedConns, c.busyNoBuffer, c.bufferMapped, c.bufferInUse, c.bufferLimit} {
+		ch <- d
+	}
 }
 
 // Collect implements prometheus.Collector.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.m.srv.Stats()
+	ch <- prometheus.MustNewConstMetric(c.refusedConns, prometheus.CounterValue, float64(st.RefusedConns))
+	ch <- prometheus.MustNewConstMetric(c.busyNoBuffer, prometheus.CounterValue, float64(st.BusyNoBuffer))
+	ch <- prometheus.MustNewConstMetric(c.bufferMapped, prometheus.GaugeValue, float64(st.BufferMapped))
+	ch <- prometheus.MustNewConstMetric(c.bufferInUse, prometheus.GaugeValue, float64(st.BufferInUse))
+	ch <- prometheus.MustNewConstMetric(c.bufferLimit, prometheus.GaugeValue, float64(st.BufferLimit))
 	perTarget := map[string]int{}
 	for _, s := range c.m.srv.Sessions() {
 		if s.TargetName() == "" {

@@ -60,6 +60,11 @@ func TestMetricsFamilies(t *testing.T) {
 		`iserd_lun_command_duration_seconds_sum{lun="0",target="` + testTarget + `"} 0`,
 		"# TYPE iserd_lun_commands_total counter",
 		"# TYPE iserd_lun_in_flight gauge",
+		"iserd_commands_busy_no_buffer_total 0",
+		"iserd_connections_refused_total 0",
+		"iserd_buffer_limit_bytes 1.073741824e+09",
+		"# TYPE iserd_buffer_in_use_bytes gauge",
+		"# TYPE iserd_buffer_mapped_bytes gauge",
 		"go_goroutines ",
 		"process_resident_memory_bytes ",
 	} {

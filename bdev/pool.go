@@ -407,6 +407,10 @@ func (p *Pool) Outstanding() (bufs int, bytes int64) {
 	return bufs, bytes
 }
 
+// Limit is the most memory the pool maps (PoolOptions.Max, rounded down to
+// whole regions).
+func (p *Pool) Limit() int64 { return int64(len(p.regions)) * int64(p.regionSize) }
+
 // Mapped reports the bytes the pool has mapped now.
 func (p *Pool) Mapped() int64 {
 	return int64(len(*p.spans.Load())) * int64(p.regionSize)

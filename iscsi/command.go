@@ -115,7 +115,7 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 	if (t.read || t.write) && edtl > 0 {
 		b, err := c.srv.pool.Get(int(edtl))
 		if err != nil {
-			c.log.Warn("no buffer for the command: answering BUSY", zap.Uint32("edtl", edtl), zap.Error(err))
+			c.srv.noBuffer(edtl, err)
 			if err := pl.discard(); err != nil {
 				return err
 			}

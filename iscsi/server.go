@@ -162,6 +162,8 @@ type Server struct {
 	discoveryCHAP atomic.Pointer[CHAPSecret]
 	refusedLogins atomic.Uint64 // connections closed by the connection limits
 	refusalLogged atomic.Int64  // unix seconds of the last such log line
+	busyNoBuffer  atomic.Uint64 // commands answered BUSY: the buffer pool was exhausted
+	busyLogged    atomic.Int64  // unix seconds of the last such log line
 }
 
 // SetDiscoveryCHAP requires CHAP from discovery sessions (nil: none).
@@ -309,6 +311,37 @@ func (s *Server) refuseConn(host string, conns, logins, fromHost int) {
 			zap.Int("connections_limit", s.opts.Connections), zap.Int("logging_in", logins),
 			zap.Int("from_this_host", fromHost), zap.Int("limit", s.opts.LoginConns),
 			zap.Int("limit_per_host", s.opts.LoginConnsPerHost), zap.Uint64("refused_since_start", n))
+	}
+}
+
+// ServerStats are the server-wide counters and the buffer pool's figures.
+type ServerStats struct {
+	// RefusedConns counts connections closed at once by the connection
+	// limits (PeerLimits.Connections, LoginConns, LoginConnsPerHost).
+	RefusedConns uint64
+	// BusyNoBuffer counts commands answered BUSY because the buffer pool
+	// was exhausted.
+	BusyNoBuffer uint64
+	// BufferMapped is the memory the pool has mapped, BufferInUse what
+	// commands hold of it, BufferLimit its cap.
+	BufferMapped, BufferInUse, BufferLimit int64
+}
+
+// Stats reads the server-wide counters.
+func (s *Server) Stats() ServerStats {
+	_, inUse := s.pool.Outstanding()
+	return ServerStats{RefusedConns: s.refusedLogins.Load(), BusyNoBuffer: s.busyNoBuffer.Load(),
+		BufferMapped: s.pool.Mapped(), BufferInUse: inUse, BufferLimit: s.pool.Limit()}
+}
+
+// noBuffer counts a command answered BUSY for want of a buffer, and logs it
+// at most once a second (an exhausted pool must not flood the log too).
+func (s *Server) noBuffer(edtl uint32, err error) {
+	n := s.busyNoBuffer.Add(1)
+	now := time.Now().Unix()
+	if last := s.busyLogged.Load(); now > last && s.busyLogged.CompareAndSwap(last, now) {
+		s.log.Warn("no buffer for the command: answering BUSY", zap.Uint32("edtl", edtl), zap.Error(err),
+			zap.Int64("buffer_memory", s.pool.Limit()), zap.Uint64("busy_since_start", n))
 	}
 }
 
