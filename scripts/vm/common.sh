@@ -49,16 +49,6 @@ fetch_kernel() {
 VM_ADDR=192.0.2.1
 VM_INITIATOR=iqn.2024-01.test.iserd:vm-initiator
 VM_LOCK=${VM_LOCK:-/tmp/iserd-vm.lock}
-
-# vm_accel: kvm when this machine's KVM can run a guest (qemu starts with it and keeps
-# running), else tcg (emulation, several times slower).
-vm_accel() {
-  local st=0
-  [ -w /dev/kvm ] || { echo tcg; return; }
-  timeout 2 qemu-system-x86_64 -accel kvm -M none -display none -monitor none -serial none -nodefaults \
-    </dev/null >/dev/null 2>&1 || st=$?
-  if [ "$st" -eq 124 ]; then echo kvm; else echo tcg; fi
-}
 BOOT_ALLOWANCE=120        # seconds for boot and setup on top of the scenarios' own limits
 DEFAULT_SCENARIO_TIMEOUT=300
 
@@ -128,7 +118,7 @@ console_filter() {
 # Returns 0 when the VM reported a status (see scenario_results), 124 on timeout, 125 when it
 # ended without reporting one. Sets VM_STARTED to $SECONDS once no other VM holds the lock.
 vm_boot() {
-  local timeout=$1 mode=$2 log=$3 token st lock_fd accel
+  local timeout=$1 mode=$2 log=$3 token st lock_fd
   shift 3
   command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is not installed (scripts/install-deps.sh)"
   # One VM at a time on this machine (the CPUs are shared); the lock also guards the cache.
@@ -143,9 +133,8 @@ vm_boot() {
   build_run_layer "$timeout" "$token" "$@"
   mkdir -p "$(dirname "$log")"
   echo "$token" >"$log.token"
-  accel=${VM_ACCEL:-$(vm_accel)}
-  note "booting ($accel, timeout ${timeout}s, console log $log)"
-  timeout -k 10 "$timeout" qemu-system-x86_64 -accel "$accel" -cpu max -m 3072 -smp 2 \
+  note "booting (timeout ${timeout}s, console log $log)"
+  timeout -k 10 "$timeout" qemu-system-x86_64 -accel "${VM_ACCEL:-tcg}" -cpu max -m 3072 -smp 2 \
     -nographic -no-reboot -nic none -kernel "$CACHE_DIR/base/vmlinuz" -initrd "$CACHE_DIR/run/initrd" \
     -append "console=ttyS0 quiet panic=-1" </dev/null 2>&1 | sed -u 's/\r//g; s/\x1b\[[0-9;?]*[a-zA-Z]//g; s/\x1bc//g' | tee "$log" | console_filter "$token" "$mode"
   st=${PIPESTATUS[0]}
