@@ -270,9 +270,17 @@ type LUNConfig struct {
 	Path      string `yaml:"path,omitempty" json:"path,omitempty"`
 	Size      Size   `yaml:"size,omitempty" json:"size,omitempty"`
 	BlockSize uint32 `yaml:"block_size,omitempty" json:"block_size,omitempty"`
-	Thin      *bool  `yaml:"thin,omitempty" json:"thin,omitempty"`
-	ReadOnly  bool   `yaml:"read_only,omitempty" json:"read_only,omitempty"`
-	Serial    string `yaml:"serial,omitempty" json:"serial,omitempty"`
+	// PhysicalBlockSize is the physical block size the LUN reports (READ
+	// CAPACITY (16), Block Limits VPD page): a power of two from
+	// block_size to 64KiB; absent: block_size.
+	PhysicalBlockSize uint32 `yaml:"physical_block_size,omitempty" json:"physical_block_size,omitempty"`
+	Thin              *bool  `yaml:"thin,omitempty" json:"thin,omitempty"`
+	ReadOnly          bool   `yaml:"read_only,omitempty" json:"read_only,omitempty"`
+	Serial            string `yaml:"serial,omitempty" json:"serial,omitempty"`
+	// SanitizeRate bounds SANITIZE OVERWRITE to this many bytes per second
+	// so that it runs as long as on a disk; absent: as fast as the backing
+	// store allows.
+	SanitizeRate Size `yaml:"sanitize_rate,omitempty" json:"sanitize_rate,omitempty"`
 }
 
 // LogConfig selects log verbosity and format.
@@ -620,6 +628,11 @@ func (l *LUNConfig) check() error {
 	}
 	if l.BlockSize != 512 && l.BlockSize != 4096 {
 		return fmt.Errorf("block_size %d is neither 512 nor 4096", l.BlockSize)
+	}
+	if l.PhysicalBlockSize != 0 {
+		if err := scsi.CheckPhysicalBlockSize(l.BlockSize, l.PhysicalBlockSize); err != nil {
+			return fmt.Errorf("physical_block_size: %w", err)
+		}
 	}
 	if l.Thin == nil {
 		thin := true

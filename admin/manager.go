@@ -581,10 +581,11 @@ func (m *Manager) openLUN(cfg *Config, target string, lc LUNConfig) (*liveLUN, e
 	stateDir := cfg.resolve("state")
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		dev.Close()
-		return nil, fmt.Errorf("state directory for persistent reservations: %w", err)
+		return nil, fmt.Errorf("state directory for persistent reservations and sanitize: %w", err)
 	}
-	disk, err := scsi.NewDisk(dev, scsi.DiskConfig{BlockSize: lc.BlockSize, ReadOnly: lc.ReadOnly,
-		Thin: *lc.Thin, Serial: lc.Serial, NAA: naaFor(target, lc.LUN), StateDir: stateDir})
+	disk, err := scsi.NewDisk(dev, scsi.DiskConfig{BlockSize: lc.BlockSize, PhysicalBlockSize: lc.PhysicalBlockSize,
+		ReadOnly: lc.ReadOnly, Thin: *lc.Thin, Serial: lc.Serial, NAA: naaFor(target, lc.LUN), StateDir: stateDir,
+		SanitizeRate: int64(lc.SanitizeRate)})
 	if err != nil {
 		dev.Close()
 		return nil, err

@@ -153,7 +153,9 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 }
 
 // abortTasks marks the matching tasks of session s aborted; wg counts them
-// until they have ended. Tasks in the SCSI layer end when it completes them.
+// until they have ended. Tasks in the SCSI layer end when it completes them;
+// it is told of the abort, so that one waiting for a long operation (a
+// SANITIZE) ends now.
 // Tasks still collecting data end at once when the caller is s's own reader
 // (reap), even those another session's task management aborted before;
 // otherwise only that reader may end them, which it does when their
@@ -173,12 +175,14 @@ func (s *Session) abortTasks(wg *sync.WaitGroup, match func(*task) bool, reap bo
 				wg.Add(1)
 			}
 		}
-		if !t.executed.Load() && !t.fetching {
-			if reap {
-				idle = append(idle, t)
-			} else {
-				owing = true
-			}
+		switch {
+		case t.executed.Load():
+			s.target.SCSI.Abort(&t.cmd) // never completes it synchronously: s.mu may be held
+		case t.fetching:
+		case reap:
+			idle = append(idle, t)
+		default:
+			owing = true
 		}
 	}
 	s.mu.Unlock()

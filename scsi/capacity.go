@@ -15,13 +15,14 @@ func (d *Disk) readCapacity10(c *Command) result {
 	return respond(c, b, len(b))
 }
 
-// readCapacity16 implements READ CAPACITY (16) with, on thin units, LBPME
-// and LBPRZ. One logical block per physical block is reported: libiscsi's
-// GET LBA STATUS tests only hold for that.
+// readCapacity16 implements READ CAPACITY (16): the LOGICAL BLOCKS PER
+// PHYSICAL BLOCK EXPONENT of the configured physical block size (the
+// lowest aligned LBA is 0) and, on thin units, LBPME and LBPRZ.
 func (d *Disk) readCapacity16(c *Command) result {
 	b := make([]byte, 32)
 	binary.BigEndian.PutUint64(b, d.blocks()-1)
 	binary.BigEndian.PutUint32(b[8:], d.cfg.BlockSize)
+	b[13] = byte(d.pshift)
 	if d.cfg.Thin {
 		b[14] = 0x80 | 0x40 // LBPME, LBPRZ
 	}

@@ -7,13 +7,14 @@ func (d *Disk) testUnitReady(*Command) result { return good }
 
 // requestSense implements REQUEST SENSE: the oldest pending unit attention
 // (which it clears), else SANITIZE IN PROGRESS with its progress while a
-// sanitize runs, else NO SENSE, in the format the DESC bit asks for.
+// sanitize runs or SANITIZE COMMAND FAILED after one failed, else NO SENSE, in the format the DESC bit asks for.
 func (d *Disk) requestSense(c *Command) result {
 	s, ok := d.ua.take(nexusIDOf(c.Nexus))
+	st := d.san.Load()
 	switch {
 	case ok:
-	case d.sanitizing.Load():
-		s = d.sanitizeProgress()
+	case st != nil:
+		s = d.sanitizeSense(st)
 	default:
 		s = senseData{key: keyNoSense}
 	}

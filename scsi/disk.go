@@ -17,6 +17,15 @@ import (
 type DiskConfig struct {
 	// BlockSize is the logical block size: 512 or 4096.
 	BlockSize uint32
+	// PhysicalBlockSize is the size of the unit's physical blocks: a power
+	// of two from BlockSize to maxPhysicalBlock (0 means BlockSize). It is
+	// reported as LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT in READ
+	// CAPACITY (16) and as the optimal transfer and unmap granularities of
+	// the Block Limits VPD page; I/O of any alignment is still accepted.
+	PhysicalBlockSize uint32
+	// SanitizeRate bounds how fast SANITIZE OVERWRITE writes, in bytes per
+	// second, so that it takes as long as on a disk; 0 is unbounded.
+	SanitizeRate int64
 	// ReadOnly write-protects the logical unit.
 	ReadOnly bool
 	// Thin enables logical block provisioning management: UNMAP, WRITE
@@ -36,9 +45,11 @@ type DiskConfig struct {
 	// (defaults "ISERD", "VIRTUAL-DISK", "0001").
 	Vendor, Product, Revision string
 	// StateDir is the directory where the logical unit keeps state that
-	// must survive restarts: persistent reservations registered with
-	// APTPL (file "pr-<NAA>.state", replaced atomically). Empty disables
-	// APTPL (REPORT CAPABILITIES then clears PTPL_C).
+	// must survive restarts, in files replaced atomically: persistent
+	// reservations registered with APTPL ("pr-<NAA>.state") and a sanitize
+	// operation in progress or failed ("sanitize-<NAA>.state"). Empty
+	// disables APTPL (REPORT CAPABILITIES then clears PTPL_C), and a
+	// sanitize then does not survive a restart.
 	StateDir string
 }
 
@@ -51,6 +62,7 @@ const (
 	maxUnmapDescs     = 2048       // MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
 	maxUnmapBlocks    = 0xffffffff // MAXIMUM UNMAP LBA COUNT: no limit
 	naaMask           = 1<<60 - 1
+	maxPhysicalBlock  = 64 << 10 // largest PhysicalBlockSize
 )
 
 // Disk is an SBC-3 direct-access logical unit backed by a bdev.Device.
@@ -60,6 +72,7 @@ type Disk struct {
 	mapper bdev.Mapper // nil when not thin
 	cfg    DiskConfig
 	shift  uint // log2(BlockSize)
+	pshift uint // log2(PhysicalBlockSize / BlockSize)
 
 	tgt    atomic.Pointer[Target] // the target the disk is attached to
 	mode   atomic.Pointer[modeState]
@@ -73,8 +86,10 @@ type Disk struct {
 	prSaved bool                    // an APTPL state file exists (under prMu)
 	copies  copyTable               // EXTENDED COPY results by list identifier
 
-	sanitizing atomic.Bool   // a SANITIZE operation is running
-	sanDone    atomic.Uint64 // blocks it has processed
+	san       atomic.Pointer[sanitizeState] // running or failed sanitize; nil: none
+	sanStop   chan struct{}                 // closed by Close: a running sanitize stops
+	sanWG     sync.WaitGroup                // the running sanitize's goroutine
+	closeOnce sync.Once
 }
 
 // NewDisk returns a logical unit over dev.
@@ -89,9 +104,21 @@ func NewDisk(dev bdev.Device, cfg DiskConfig) (*Disk, error) {
 	default:
 		return nil, fmt.Errorf("new disk: block size %d: must be 512 or 4096", cfg.BlockSize)
 	}
-	d := &Disk{dev: dev, cfg: cfg}
+	if cfg.PhysicalBlockSize == 0 {
+		cfg.PhysicalBlockSize = cfg.BlockSize
+	}
+	if err := CheckPhysicalBlockSize(cfg.BlockSize, cfg.PhysicalBlockSize); err != nil {
+		return nil, fmt.Errorf("new disk: %w", err)
+	}
+	if cfg.SanitizeRate < 0 {
+		return nil, fmt.Errorf("new disk: sanitize rate %d is negative", cfg.SanitizeRate)
+	}
+	d := &Disk{dev: dev, cfg: cfg, sanStop: make(chan struct{})}
 	for 1<<d.shift < cfg.BlockSize {
 		d.shift++
+	}
+	for cfg.BlockSize<<d.pshift < cfg.PhysicalBlockSize {
+		d.pshift++
 	}
 	if cfg.Thin {
 		m, ok := dev.(bdev.Mapper)
@@ -112,7 +139,21 @@ func NewDisk(dev bdev.Device, cfg DiskConfig) (*Disk, error) {
 	if pr != nil {
 		d.pr.Store(pr)
 	}
+	if err := d.loadSanitize(); err != nil {
+		return nil, fmt.Errorf("new disk: %w", err)
+	}
 	return d, nil
+}
+
+// CheckPhysicalBlockSize reports whether physical is a physical block size
+// a unit with block-byte logical blocks can have: a power of two from
+// block to 64 KiB.
+func CheckPhysicalBlockSize(block, physical uint32) error {
+	if physical < block || physical > maxPhysicalBlock || physical&(physical-1) != 0 {
+		return fmt.Errorf("physical block size %d: must be a power of two from the block size %d to %d",
+			physical, block, maxPhysicalBlock)
+	}
+	return nil
 }
 
 // identify fills in the default identification strings and designators.
@@ -170,8 +211,11 @@ func inquiryString(s, def string, n int) string {
 	return s
 }
 
-// Close closes the backing device.
+// Close stops a running sanitize operation (it resumes at the next open
+// when StateDir is set) and closes the backing device.
 func (d *Disk) Close() error {
+	d.closeOnce.Do(func() { close(d.sanStop) })
+	d.sanWG.Wait()
 	if err := d.dev.Close(); err != nil {
 		return fmt.Errorf("close disk: %w", err)
 	}

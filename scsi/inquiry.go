@@ -161,19 +161,22 @@ func (d *Disk) deviceIdentification(n *Nexus) []byte {
 	return b
 }
 
-// blockLimits is the body of the Block Limits VPD page (SBC-3 6.5.3).
+// blockLimits is the body of the Block Limits VPD page (SBC-4 6.6.4). The
+// optimal transfer length granularity and the optimal unmap granularity
+// are one physical block.
 func (d *Disk) blockLimits() []byte {
+	lbppb := uint32(1) << d.pshift
 	b := make([]byte, 0x3c)
 	b[1] = maxCAWBlocks
-	binary.BigEndian.PutUint16(b[2:], 1) // OPTIMAL TRANSFER LENGTH GRANULARITY
+	binary.BigEndian.PutUint16(b[2:], uint16(lbppb)) // OPTIMAL TRANSFER LENGTH GRANULARITY
 	binary.BigEndian.PutUint32(b[4:], maxTransferBytes>>d.shift)
 	binary.BigEndian.PutUint32(b[8:], optTransferBytes>>d.shift)
 	binary.BigEndian.PutUint32(b[12:], maxTransferBytes>>d.shift) // MAXIMUM PREFETCH LENGTH
 	if d.cfg.Thin {
 		binary.BigEndian.PutUint32(b[16:], maxUnmapBlocks)
 		binary.BigEndian.PutUint32(b[20:], maxUnmapDescs)
-		binary.BigEndian.PutUint32(b[24:], 1) // OPTIMAL UNMAP GRANULARITY
-		b[28] = 0x80                          // UGAVALID, alignment 0
+		binary.BigEndian.PutUint32(b[24:], lbppb) // OPTIMAL UNMAP GRANULARITY
+		b[28] = 0x80                              // UGAVALID, alignment 0
 	}
 	binary.BigEndian.PutUint64(b[32:], maxWriteSameBytes>>d.shift)
 	binary.BigEndian.PutUint32(b[40:], maxAtomicBytes>>d.shift) // MAXIMUM ATOMIC TRANSFER LENGTH

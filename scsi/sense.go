@@ -52,6 +52,7 @@ const (
 	ascALUAChanged            asc = 0x2a06
 	ascCapacityChanged        asc = 0x2a09
 	ascCommandsCleared        asc = 0x2f00
+	ascSanitizeFailed         asc = 0x3103
 	ascSavingNotSupported     asc = 0x3900
 	ascReportedLUNsChanged    asc = 0x3f0e
 	ascInternalTargetFailure  asc = 0x4400

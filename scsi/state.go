@@ -10,14 +10,17 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
-// The persistent reservation state file of a logical unit (APTPL): a magic
-// line, the payload length, the JSON payload and its CRC-32C. A file that
-// does not check out is reported, never used.
+// A state file of a logical unit (persistent reservations with APTPL, a
+// sanitize operation in progress or failed): a magic line naming its kind,
+// the payload length, the JSON payload and its CRC-32C. A file that does
+// not check out is reported, never used.
 const (
-	prMagic    = "iserd-pr-state-1\n"
-	prMaxBytes = 8 << 20
+	prMagic       = "iserd-pr-state-1\n"
+	sanitizeMagic = "iserd-sanitize-state-1\n"
+	stateMaxBytes = 8 << 20
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -44,19 +47,52 @@ func (d *Disk) savePR(s *prState) error {
 		d.prSaved = false
 		return syncDir(filepath.Dir(path))
 	}
-	payload, err := json.Marshal(s)
+	b, err := encodeState(prMagic, s)
 	if err != nil {
 		return fmt.Errorf("encode reservation state: %w", err)
 	}
-	var buf bytes.Buffer
-	buf.WriteString(prMagic)
-	buf.Write(binary.BigEndian.AppendUint32(nil, uint32(len(payload))))
-	buf.Write(payload)
-	buf.Write(binary.BigEndian.AppendUint32(nil, crc32.Checksum(payload, castagnoli)))
-	if err := writeFileAtomic(path, buf.Bytes()); err != nil {
+	if err := writeFileAtomic(path, b); err != nil {
 		return err
 	}
 	d.prSaved = true
+	return nil
+}
+
+// encodeState frames v as a state file of the kind magic names.
+func encodeState(magic string, v any) ([]byte, error) {
+	payload, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	buf.WriteString(magic)
+	buf.Write(binary.BigEndian.AppendUint32(nil, uint32(len(payload))))
+	buf.Write(payload)
+	buf.Write(binary.BigEndian.AppendUint32(nil, crc32.Checksum(payload, castagnoli)))
+	return buf.Bytes(), nil
+}
+
+// decodeState checks the framing of a state file of the kind magic names
+// and decodes its payload into v.
+func decodeState(b []byte, magic string, v any) error {
+	if !bytes.HasPrefix(b, []byte(magic)) {
+		return fmt.Errorf("not a %s file", strings.TrimSpace(magic))
+	}
+	b = b[len(magic):]
+	if len(b) < 8 {
+		return errors.New("truncated")
+	}
+	n := int(binary.BigEndian.Uint32(b))
+	if n > stateMaxBytes || len(b) != 4+n+4 {
+		return fmt.Errorf("torn: %d bytes for a %d-byte payload", len(b)-8, n)
+	}
+	payload := b[4 : 4+n]
+	if crc32.Checksum(payload, castagnoli) != binary.BigEndian.Uint32(b[4+n:]) {
+		return errors.New("checksum mismatch")
+	}
+	if err := json.Unmarshal(payload, v); err != nil {
+		return fmt.Errorf("decode: %w", err)
+	}
 	return nil
 }
 
@@ -83,24 +119,9 @@ func (d *Disk) loadPR() (*prState, error) {
 
 // decodePR checks and decodes a state file.
 func decodePR(b []byte) (*prState, error) {
-	if !bytes.HasPrefix(b, []byte(prMagic)) {
-		return nil, errors.New("not a reservation state file")
-	}
-	b = b[len(prMagic):]
-	if len(b) < 8 {
-		return nil, errors.New("truncated")
-	}
-	n := int(binary.BigEndian.Uint32(b))
-	if n > prMaxBytes || len(b) != 4+n+4 {
-		return nil, fmt.Errorf("torn: %d bytes for a %d-byte payload", len(b)-8, n)
-	}
-	payload := b[4 : 4+n]
-	if crc32.Checksum(payload, castagnoli) != binary.BigEndian.Uint32(b[4+n:]) {
-		return nil, errors.New("checksum mismatch")
-	}
 	var s prState
-	if err := json.Unmarshal(payload, &s); err != nil {
-		return nil, fmt.Errorf("decode: %w", err)
+	if err := decodeState(b, prMagic, &s); err != nil {
+		return nil, err
 	}
 	if err := s.validate(); err != nil {
 		return nil, err

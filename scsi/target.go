@@ -185,6 +185,18 @@ func (t *Target) ClearTaskSet(n *Nexus, lun uint64) {
 	}
 }
 
+// Abort tells the logical unit that the transport aborted c, a command it
+// is running. A SANITIZE waiting for its operation then completes at once
+// with TASK ABORTED while the operation goes on (SBC-4: task management
+// does not stop a sanitize); other commands complete as they would have.
+// Abort never calls c.Done before it returns, so the transport may hold
+// its own locks; it must not reuse c until c.Done was called.
+func (t *Target) Abort(c *Command) {
+	if d := t.LUN(c.LUN); d != nil {
+		d.abortSanitize(c)
+	}
+}
+
 // nexusIDOf is n.ID, or 0 for a nil nexus.
 func nexusIDOf(n *Nexus) uint64 {
 	if n == nil {
@@ -227,8 +239,8 @@ func (d *Disk) execute(c *Command) {
 			return
 		}
 	}
-	if ok && d.sanitizing.Load() && e.flags&fUAExempt == 0 {
-		d.complete(c, fail(d.sanitizeProgress()))
+	if st := d.san.Load(); st != nil && ok && e.flags&fUAExempt == 0 && (!st.op.Failed || e.usage[0] != opSanitize) {
+		d.complete(c, fail(d.sanitizeSense(st)))
 		return
 	}
 	if ok {

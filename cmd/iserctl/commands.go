@@ -202,8 +202,12 @@ func (a *app) lunTable(luns []admin.LUNConfig) {
 			where = "(memory)"
 		}
 		thin := l.Thin != nil && *l.Thin
+		block := strconv.Itoa(int(l.BlockSize))
+		if l.PhysicalBlockSize != 0 && l.PhysicalBlockSize != l.BlockSize {
+			block += "/" + strconv.Itoa(int(l.PhysicalBlockSize))
+		}
 		rows = append(rows, []string{strconv.FormatUint(l.LUN, 10), l.Backend, where, l.Size.String(),
-			strconv.Itoa(int(l.BlockSize)), yesNo(thin), yesNo(l.ReadOnly)})
+			block, yesNo(thin), yesNo(l.ReadOnly)})
 	}
 	a.table("LUN\tBACKEND\tPATH\tSIZE\tBLOCK\tTHIN\tREAD-ONLY", rows)
 }
@@ -256,7 +260,7 @@ func lunNumber(s string) (uint64, error) {
 	return n, nil
 }
 
-// sizeFlag is a --size flag taking 10GiB, 512M or bytes.
+// sizeFlag is a byte-count flag (--size, --sanitize-rate) taking 10GiB, 512M or bytes.
 type sizeFlag struct{ v admin.Size }
 
 func (s *sizeFlag) String() string { return s.v.String() }
@@ -276,7 +280,7 @@ func (a *app) lunCommand() *cobra.Command {
 	}, "TARGET")
 
 	var l admin.LUNConfig
-	var size sizeFlag
+	var size, sanitizeRate sizeFlag
 	var memory, thick bool
 	add := leaf("add", "add a LUN; initiators see REPORTED LUNS DATA HAS CHANGED", func(args []string) error {
 		n, err := lunNumber(args[1])
@@ -284,7 +288,7 @@ func (a *app) lunCommand() *cobra.Command {
 			return err
 		}
 		thin := !thick
-		l.LUN, l.Size, l.Thin = n, size.v, &thin
+		l.LUN, l.Size, l.Thin, l.SanitizeRate = n, size.v, &thin, sanitizeRate.v
 		if memory {
 			l.Backend = "memory"
 		}
@@ -299,6 +303,8 @@ func (a *app) lunCommand() *cobra.Command {
 	f.StringVar(&l.IO, "io", "", "uring (default) or threads")
 	f.BoolVar(&l.Direct, "direct", false, "O_DIRECT")
 	f.Uint32Var(&l.BlockSize, "block-size", 0, "512 (default) or 4096")
+	f.Uint32Var(&l.PhysicalBlockSize, "physical-block-size", 0, "physical block size reported, a power of two up to 65536 (default: the block size)")
+	f.Var(&sanitizeRate, "sanitize-rate", "bytes per second SANITIZE OVERWRITE writes, e.g. 100MiB (default: no limit)")
 	f.BoolVar(&l.ReadOnly, "read-only", false, "write-protect the LUN")
 	f.BoolVar(&thick, "thick", false, "no thin provisioning (UNMAP)")
 	f.StringVar(&l.Serial, "serial", "", "unit serial number")
