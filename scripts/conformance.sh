@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
 # Runs libiscsi's conformance suite (iscsi-test-cu) against iserd on
 # 127.0.0.1 and scores it with scripts/libiscsi-score.sh (CUnit's verdict per
-# test; skips are not passes). One iserd serves a target per pass:
-#   default    a thin 64 MiB LUN of 512-byte blocks                 FAMILY
-#   physical   the same with 4096-byte physical blocks (LBPPB 8)    FAMILY
-#   read-only  a read-only LUN                                      ALL.ReadOnly
+# test; skips are not passes). One iserd serves a target per configuration:
+#   pass        target LUN                                        tests
+#   default     thin 64 MiB, 512-byte blocks                      FAMILY
+#   physical    the same with 4096-byte physical blocks (LBPPB 8) FAMILY
+#   multipath   the default LUN through both portals              ALL.MultipathIO
+#   read-only   a read-only LUN                                   ALL.ReadOnly
+# Only the multipath pass gives libiscsi a second URL: with one, the tests
+# that need a second initiator log in a second session under the second
+# initiator name and log it out when done. With two they use the second
+# path and never log out, so what they leave behind stays: Sanitize.Reservations
+# ends holding a RESERVE(6) on the second path (mpath_sd2_put does nothing
+# for a multipath device), and Sanitize.Reset's SANITIZE then gets the
+# RESERVATION CONFLICT SPC-2 requires instead of starting.
 # Each pass is scored, then the total over distinct tests: a test failed
 # when it failed in any pass, passed when it passed in one and failed in
-# none. The script fails on any failure, or when FAMILY is ALL and fewer
-# than MIN_PASSED tests passed in total (a feature silently turning into
-# skips). The target listens on two portals: the second URL is libiscsi's
-# multipath path, and the reservation tests log in with two initiator
-# names. SANITIZE tests are allowed (the LUNs are scratch); sanitize_rate
-# makes an OVERWRITE of the 64 MiB LUN last about 8 s, as on a disk, which
-# Sanitize.Reset needs (it resets the target while the overwrite runs).
+# none. A failure listed in libiscsi_bugs below, with its exact assertion,
+# is a proven bug of the suite and counted apart. The script fails on any
+# other failure, or when FAMILY is ALL and fewer than MIN_PASSED tests passed
+# in total (a feature silently turning into skips). The reservation tests log
+# in with two initiator names. SANITIZE tests are allowed (the LUNs are
+# scratch); sanitize_rate makes an OVERWRITE of the 64 MiB LUNs last about
+# 8 s, as on a disk, which Sanitize.Reset needs (it resets the target and
+# reconnects while the overwrite runs).
 #   scripts/conformance.sh [FAMILY]     default ALL
-# ISERD_TEST_PORT is the first port tried (default 3270); the next free
-# pair of ports is used.
+# ISERD_TEST_PORT is the first port tried (default 3270); the first pair of
+# free ports from there is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 family=${1:-ALL}
@@ -25,9 +35,19 @@ iqn=iqn.2026-11.org.iserd:conformance
 init1=iqn.2026-11.org.iserd:initiator-1
 init2=iqn.2026-11.org.iserd:initiator-2
 min_passed=${MIN_PASSED:-217}
-passes=(default physical read-only)
-declare -A pass_target=([default]=$iqn [physical]=$iqn-physical [read-only]=$iqn-read-only)
-declare -A pass_family=([default]=$family [physical]=$family [read-only]=ALL.ReadOnly)
+passes=(default physical multipath read-only)
+declare -A pass_target=([default]=$iqn [physical]=$iqn-physical [multipath]=$iqn [read-only]=$iqn-read-only)
+declare -A pass_family=([default]=$family [physical]=$family [multipath]=ALL.MultipathIO [read-only]=ALL.ReadOnly)
+# Failures that are bugs of libiscsi 1.19 (and of its master branch), as
+# "pass test assertion":
+# - GetLBAStatus.UnmapSingle asks for the status from LBA i+1 and requires
+#   the first descriptor to start at i+LBPPB (test_get_lba_status_unmap_single.c
+#   lines 121-135), which holds only for one logical block per physical
+#   block: SBC-4 (GET LBA STATUS parameter data) requires the first
+#   descriptor to start at the STARTING LOGICAL BLOCK ADDRESS of the CDB.
+libiscsi_bugs=(
+  "physical GetLBAStatus.UnmapSingle test_get_lba_status_unmap_single.c:135"
+)
 
 command -v iscsi-test-cu >/dev/null || { echo "conformance: iscsi-test-cu missing (apt-get install libiscsi-bin)" >&2; exit 1; }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -76,32 +96,51 @@ done
 [ -n "$pid" ] || { echo "conformance: found no free pair of ports" >&2; exit 1; }
 echo "conformance: iserd on 127.0.0.1:$port and :$port2 (work directory $work)"
 
+# block prints the output of test $2 (Suite.Test) in raw output $1.
+block() {
+  awk -v want="$2" '
+    /^Suite: / { suite = $2; on = 0; next }
+    /^  Test: / { name = substr($0, 9); sub(/ \.\.\..*/, "", name); on = (suite "." name == want) }
+    /^Run Summary/ { on = 0 }
+    on' "$1"
+}
+
 summaries=()
 for p in "${passes[@]}"; do
-  [ "$p" = read-only ] && [ "$family" != ALL ] && continue
+  [ "$family" != ALL ] && [ "$p" != default ] && [ "$p" != physical ] && continue
   t=${pass_target[$p]}
+  urls=("iscsi://127.0.0.1:$port/$t/0")
+  [ "$p" = multipath ] && urls+=("iscsi://127.0.0.1:$port2/$t/0")
   echo "== pass $p: ${pass_family[$p]} on $t"
   scripts/libiscsi-score.sh -t "${pass_family[$p]}" -o "$work/$p" -- \
-    --allow-sanitize --initiator-name="$init1" --initiator-name-2="$init2" \
-    "iscsi://127.0.0.1:$port/$t/0" "iscsi://127.0.0.1:$port2/$t/0" | tee "$work/$p.txt"
+    --allow-sanitize --initiator-name="$init1" --initiator-name-2="$init2" "${urls[@]}" | tee "$work/$p.txt"
   kill -0 $pid 2>/dev/null || { echo "conformance: iserd died during pass $p" >&2; tail -20 "$work/iserd.log"; exit 1; }
-  summaries+=("$p: $(tail -1 "$work/$p.txt" | sed 's/^libiscsi: //')")
+  for bug in "${libiscsi_bugs[@]}"; do
+    read -r bp bt ba <<< "$bug"
+    [ "$bp" = "$p" ] || continue
+    if grep -q "^$bt"$'\t'"failed" "$work/$p/results.tsv" && block "$work/$p/raw.txt" "$bt" | grep -qF "$ba"; then
+      echo "known libiscsi bug: $bt fails at $ba (see scripts/conformance.sh)"
+      sed -i "s/^$bt\tfailed\t.*/$bt\tlibiscsi-bug\t$ba/" "$work/$p/results.tsv"
+    fi
+  done
+  summaries+=("$p: $(awk -F'\t' '{n[$2]++} END {printf "%d passed, %d failed, %d skipped, %d known libiscsi bug(s)", n["passed"], n["failed"], n["skipped"], n["libiscsi-bug"]}' "$work/$p/results.tsv")")
 done
 
 # Total over distinct tests: failed anywhere, else passed anywhere, else skipped.
 results=()
 for p in "${passes[@]}"; do [ -f "$work/$p/results.tsv" ] && results+=("$work/$p/results.tsv"); done
 awk -F'\t' '
-  { seen[$1] = 1; if ($2 == "failed") f[$1] = 1; else if ($2 == "passed") p[$1] = 1 }
+  { seen[$1] = 1; if ($2 == "failed") f[$1] = 1; else if ($2 == "passed") p[$1] = 1; else if ($2 == "libiscsi-bug") b[$1] = 1 }
   END {
     for (t in seen) { if (t in f) nf++; else if (t in p) np++; else ns++ }
+    for (t in b) nb++
     for (t in f) print t > "/dev/stderr"
-    printf "%d %d %d\n", np, nf, ns
+    printf "%d %d %d %d\n", np, nf, ns, nb
   }' "${results[@]}" > "$work/total.txt" 2> "$work/failed.txt"
-read -r passed failed skipped < "$work/total.txt"
+read -r passed failed skipped bugs < "$work/total.txt"
 echo "== conformance:"
 printf '  %s\n' "${summaries[@]}"
-echo "  total (distinct tests): $passed passed, $failed failed, $skipped skipped"
+echo "  total (distinct tests): $passed passed, $failed failed, $skipped skipped; ${bugs:-0} known libiscsi bug(s) not counted"
 if [ "$failed" -gt 0 ]; then
   echo "conformance: failures:" >&2
   sort "$work/failed.txt" >&2
