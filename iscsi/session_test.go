@@ -466,6 +466,30 @@ func TestLogout(t *testing.T) {
 		}
 		expectClosed(t, c)
 	})
+	t.Run("the nexus is gone when the response comes", func(t *testing.T) {
+		// A RESERVE (6) ends with its I_T nexus: once the Logout Response
+		// is in, another session must not meet it. Repeated, since ending
+		// the nexus after the response raced with the next command.
+		other := e.login(t)
+		for i := range 50 {
+			c := e.login(t)
+			if r, err := c.Do(ctxT(t), &initiator.Command{CDB: []byte{0x16, 0, 0, 0, 0, 0}}); err != nil || r.Status != 0 {
+				t.Fatalf("round %d: RESERVE (6): %+v %v", i, r, err)
+			}
+			if code, err := c.Logout(ctxT(t), initiator.LogoutSession); err != nil || code != 0 {
+				t.Fatalf("round %d: logout: %d %v", i, code, err)
+			}
+			r, err := other.Do(ctxT(t), &initiator.Command{CDB: make([]byte, 6)})
+			if err != nil {
+				t.Fatalf("round %d: TEST UNIT READY: %v", i, err)
+			}
+			if r.Status != 0 {
+				t.Fatalf("round %d: TEST UNIT READY from another session after the logout: status %#x sense %x",
+					i, r.Status, r.Sense)
+			}
+			expectClosed(t, c)
+		}
+	})
 	t.Run("reads in flight complete first", func(t *testing.T) {
 		c := e.login(t)
 		var tasks []*initiator.Task

@@ -148,7 +148,8 @@ func sortStrings(s []string) {
 	}
 }
 
-// handleLogout closes the session or connection after its tasks end.
+// handleLogout closes the session or connection after its tasks end; the
+// session is forgotten before the response goes out.
 func (c *conn) handleLogout(h *Header, pl *payload) error {
 	if err := pl.discard(); err != nil {
 		return err
@@ -168,6 +169,10 @@ func (c *conn) handleLogout(h *Header, pl *payload) error {
 	}
 	if code == 0 {
 		c.waitTasks(func(*task) bool { return true })
+		// The I_T nexus ends here, not when the connection is gone: once
+		// the initiator has the response, its other sessions must no
+		// longer meet what the nexus held (a SCSI-2 reservation).
+		c.srv.unregister(c.sess)
 	}
 	var b BHS
 	b[0] = byte(OpLogoutResp)
