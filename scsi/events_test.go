@@ -6,7 +6,6 @@ import (
 	"slices"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/iserd/iserd/bdev"
 )
@@ -163,64 +162,5 @@ func TestReadDefectData(t *testing.T) {
 	}
 	if b := data(h.mustGood(h.a, []byte{0xb7, 0x08 | 3, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0})); !bytes.Equal(b, []byte{0, 0x0b, 0, 0, 0, 0, 0, 0}) {
 		t.Fatalf("READ DEFECT DATA (12): % x", b)
-	}
-}
-
-func cdbSanitize(immed bool, sa byte, plen int) []byte {
-	b := []byte{0x48, sa, 0, 0, 0, 0, 0, 0, 0, 0}
-	if immed {
-		b[1] |= 0x80
-	}
-	binary.BigEndian.PutUint16(b[7:], uint16(plen))
-	return b
-}
-
-func TestSanitize(t *testing.T) {
-	// A small unit: OVERWRITE touches every block of the (sparse) memory.
-	h := newHarnessOn(t, bdev.NewMemory(8<<20), DiskConfig{Thin: true, BlockSize: 512})
-	h.mustGood(h.a, cdb10(0x2a, 9, 1), bytes.Repeat([]byte{0xee}, 512)...)
-	overwrite := append([]byte{0x01, 0, 0, 3}, "abc"...)
-	h.mustGood(h.a, cdbSanitize(false, sanOverwrite, len(overwrite)), overwrite...)
-	if got := data(h.mustGood(h.a, cdb10(0x28, 9, 1))); !bytes.Equal(got, bytes.Repeat([]byte("abc"), 171)[:512]) {
-		t.Fatalf("after overwrite: % x", got[:16])
-	}
-	// BLOCK ERASE with IMMED: GOOD at once, then SANITIZE IN PROGRESS until done.
-	h.mustGood(h.a, cdbSanitize(true, sanBlockErase, 0))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c := h.run(h.a, cdbTUR())
-		if c.Status == StatusGood {
-			break
-		}
-		if s := senseOf(c); s.key != keyNotReady || s.code != ascSanitizeInProgress || time.Now().After(deadline) {
-			t.Fatalf("TUR during sanitize: %#x %+v", c.Status, s)
-		}
-	}
-	if got := data(h.mustGood(h.a, cdb10(0x28, 9, 1))); !bytes.Equal(got, make([]byte, 512)) {
-		t.Fatal("block erase left data behind")
-	}
-	h.mustGood(h.a, cdbSanitize(false, sanExitFailure, 0))
-	tests := []struct {
-		name   string
-		cdb    []byte
-		params []byte
-		code   asc
-	}{
-		{"crypto erase", cdbSanitize(false, sanCryptoErase, 0), nil, ascInvalidFieldInCDB},
-		{"block erase with data", cdbSanitize(false, sanBlockErase, 4), make([]byte, 4), ascInvalidFieldInCDB},
-		{"pattern too long", cdbSanitize(false, sanOverwrite, 4+513), make([]byte, 517), ascInvalidFieldInCDB},
-		{"zero count", cdbSanitize(false, sanOverwrite, 5), []byte{0, 0, 0, 1, 7}, ascInvalidFieldInParam},
-		{"length mismatch", cdbSanitize(false, sanOverwrite, 6), []byte{1, 0, 0, 1, 7, 7}, ascInvalidFieldInParam},
-	}
-	for _, tt := range tests {
-		c := h.exec(h.a, 0, tt.cdb, tt.params, 0)
-		if s := senseOf(c); s.code != tt.code {
-			t.Errorf("%s: %#x %+v, want %04x", tt.name, c.Status, s, tt.code)
-		}
-	}
-	// Block erase exists only on thin units.
-	thick := newHarness(t, DiskConfig{})
-	if c := thick.run(thick.a, cdbSanitize(false, sanBlockErase, 0)); senseOf(c).code != ascInvalidFieldInCDB {
-		t.Fatalf("block erase on a thick unit: %#x %+v", c.Status, senseOf(c))
 	}
 }
