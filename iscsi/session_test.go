@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iscsi/initiator"
+	"github.com/iserd/iserd/scsi"
 )
 
 // quiet is how long a test waits to be sure an answer does not come.
@@ -911,4 +913,86 @@ func TestResetAcrossSessions(t *testing.T) {
 	<-done
 	clearUA(t, writer)
 	checkUsable(t, writer)
+}
+
+// TestTaskManagementDuringSanitize: a SANITIZE without IMMED waits for its
+// overwrite, which lasts seconds at the LUN's sanitize rate. ABORT TASK
+// ends the command (no response) without waiting for the overwrite, which
+// goes on, as it does across a LOGICAL UNIT RESET; nothing is left in
+// flight, and the overwrite completes.
+func TestTaskManagementDuringSanitize(t *testing.T) {
+	const name = "iqn.2026-01.test.iserd:sanitize"
+	e := newEnv(t, nil)
+	st := scsi.NewTarget(name)
+	disk, err := scsi.NewDisk(bdev.NewMemory(4<<20), scsi.DiskConfig{BlockSize: blockSize, SanitizeRate: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddLUN(0, disk); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.AddTarget(&iscsi.Target{Name: name, SCSI: st}); err != nil {
+		t.Fatal(err)
+	}
+	login := func() *initiator.Conn {
+		c := e.dial(t)
+		if _, err := c.Login(initiator.LoginOptions{InitiatorName: testInitiator, TargetName: name}); err != nil {
+			t.Fatalf("login: %v", err)
+		}
+		clearUA(t, c)
+		return c
+	}
+	// sanitizing reports whether TEST UNIT READY says SANITIZE IN PROGRESS
+	// (after any unit attention) rather than GOOD.
+	sanitizing := func(c *initiator.Conn) bool {
+		t.Helper()
+		for range 4 {
+			r, err := c.Do(ctxT(t), &initiator.Command{CDB: make([]byte, 6)})
+			if err != nil {
+				t.Fatalf("TEST UNIT READY: %v", err)
+			}
+			switch {
+			case r.Status == 0:
+				return false
+			case len(r.Sense) >= 14 && r.Sense[2]&0x0f == 0x02 && r.Sense[12] == 0x04 && r.Sense[13] == 0x1b:
+				return true
+			case len(r.Sense) < 3 || r.Sense[2]&0x0f != 0x06:
+				t.Fatalf("TEST UNIT READY: status %#x sense %x", r.Status, r.Sense)
+			}
+		}
+		t.Fatal("TEST UNIT READY keeps reporting unit attentions")
+		return false
+	}
+	a, b := login(), login()
+	params := []byte{1, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef} // one pass of a 4-byte pattern
+	san, err := a.Start(ctxT(t), &initiator.Command{CDB: []byte{0x48, 0x01, 0, 0, 0, 0, 0, 0, byte(len(params)), 0}, DataOut: params, Attr: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, "no SANITIZE IN PROGRESS", func() bool { return sanitizing(b) })
+	if code, err := a.TaskManagement(ctxT(t), initiator.TMF{Function: initiator.TMFAbortTask, RefTask: san}); err != nil || code != 0 {
+		t.Fatalf("ABORT TASK: %d %v", code, err)
+	}
+	if !sanitizing(b) {
+		t.Fatal("the overwrite ended with the aborted command, or ABORT TASK waited for it")
+	}
+	select {
+	case <-san.Done():
+		t.Fatal("the aborted SANITIZE was answered")
+	default:
+		san.Abandon()
+	}
+	if code, err := b.TaskManagement(ctxT(t), initiator.TMF{Function: initiator.TMFLUReset}); err != nil || code != 0 {
+		t.Fatalf("LOGICAL UNIT RESET: %d %v", code, err)
+	}
+	if !sanitizing(b) {
+		t.Fatal("the overwrite ended with the LOGICAL UNIT RESET")
+	}
+	if n := e.srv.Target(name).LUNStats(0).InFlight; n != 0 {
+		t.Fatalf("%d commands in flight after the abort", n)
+	}
+	waitFor(t, 15*time.Second, "the overwrite did not end", func() bool { return !sanitizing(b) })
+	checkSame(t, "after the overwrite", readBlocks(t, b, 8191, blockSize).Data, bytes.Repeat(params[4:], blockSize/4))
+	clearUA(t, a) // the reset's
+	checkSame(t, "read by the aborting session", readBlocks(t, a, 0, blockSize).Data, bytes.Repeat(params[4:], blockSize/4))
 }
