@@ -85,6 +85,21 @@ func TestAPI(t *testing.T) {
 			body: `{"lun":2,"backend":"memory","size":1000}`, status: 400, want: "not a multiple of the block size"},
 		{name: "LUN number too large", method: "POST", path: dbPath + "/luns", body: `{"lun":16384,"backend":"memory","size":"1MiB"}`,
 			status: 400, want: "LUN numbers go from 0 to 16383"},
+		{name: "physical block size not a power of two", method: "POST", path: dbPath + "/luns",
+			body:   `{"lun":3,"backend":"memory","size":"1MiB","physical_block_size":3072}`,
+			status: 400, want: "physical_block_size: physical block size 3072: must be a power of two"},
+		{name: "physical block smaller than a block", method: "POST", path: dbPath + "/luns",
+			body:   `{"lun":3,"backend":"memory","size":"1MiB","block_size":4096,"physical_block_size":512}`,
+			status: 400, want: "from the block size 4096"},
+		{name: "LUN with physical blocks and a sanitize rate", method: "POST", path: dbPath + "/luns",
+			body:   `{"lun":3,"backend":"memory","size":"1MiB","physical_block_size":4096,"sanitize_rate":"8MiB"}`,
+			status: 200, check: func(t *testing.T) {
+				cfg := h.m.Server().Target(db).SCSI.LUN(3).Config()
+				if cfg.PhysicalBlockSize != 4096 || cfg.SanitizeRate != 8<<20 {
+					t.Errorf("LUN 3: %d-byte physical blocks, sanitize rate %d", cfg.PhysicalBlockSize, cfg.SanitizeRate)
+				}
+			}},
+		{name: "remove it", method: "DELETE", path: dbPath + "/luns/3", status: 200},
 		{name: "LUN on a missing target", method: "POST", path: "/v1/targets/iqn.2026-11.com.example:nope/luns",
 			body: `{"lun":0,"backend":"memory","size":"1MiB"}`, status: 404, want: "not found"},
 		{name: "grow", method: "POST", path: dbPath + "/luns/1/resize", body: `{"size":"8MiB"}`,
