@@ -22,8 +22,8 @@
 # in total (a feature silently turning into skips). The reservation tests log
 # in with two initiator names. SANITIZE tests are allowed (the LUNs are
 # scratch); sanitize_rate makes an OVERWRITE of the 64 MiB LUNs last about
-# 8 s, as on a disk, which Sanitize.Reset needs (it resets the target and
-# reconnects while the overwrite runs).
+# 16 s, as on a disk, which Sanitize.Reset needs (it resets the target and
+# reconnects while the overwrite runs, which takes it 5 s unloaded).
 #   scripts/conformance.sh [FAMILY]     default ALL
 # ISERD_TEST_PORT is the first port tried (default 3270); the first pair of
 # free ports from there is used.
@@ -69,11 +69,11 @@ targets:
   - name: ${pass_target[default]}
     open: true
     luns:
-      - {lun: 0, path: lun0.img, size: 64MiB, block_size: 512, thin: true, sanitize_rate: 8MiB}
+      - {lun: 0, path: lun0.img, size: 64MiB, block_size: 512, thin: true, sanitize_rate: 4MiB}
   - name: ${pass_target[physical]}
     open: true
     luns:
-      - {lun: 0, path: lun-physical.img, size: 64MiB, block_size: 512, physical_block_size: 4096, thin: true, sanitize_rate: 8MiB}
+      - {lun: 0, path: lun-physical.img, size: 64MiB, block_size: 512, physical_block_size: 4096, thin: true, sanitize_rate: 4MiB}
   - name: ${pass_target[read-only]}
     open: true
     luns:
