@@ -34,7 +34,7 @@ work=$(mktemp -d /tmp/iserd-conformance.XXXXXX)
 iqn=iqn.2026-11.org.iserd:conformance
 init1=iqn.2026-11.org.iserd:initiator-1
 init2=iqn.2026-11.org.iserd:initiator-2
-min_passed=${MIN_PASSED:-217}
+min_passed=${MIN_PASSED:-218}
 passes=(default physical multipath read-only)
 declare -A pass_target=([default]=$iqn [physical]=$iqn-physical [multipath]=$iqn [read-only]=$iqn-read-only)
 declare -A pass_family=([default]=$family [physical]=$family [multipath]=ALL.MultipathIO [read-only]=ALL.ReadOnly)
