@@ -1,6 +1,7 @@
 package scsi
 
 import (
+	"reflect"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -99,6 +100,39 @@ func FuzzPROut(f *testing.F) {
 			if err := p.validate(); err != nil {
 				t.Fatalf("sa %d type %d params % x: %v", sa, typ, params, err)
 			}
+		}
+	})
+}
+
+// FuzzSanitizeState feeds arbitrary sanitize state files to the decoder a
+// logical unit runs at open: none may panic, and what it accepts must be a
+// sanitize the unit can run, unchanged by another encoding.
+func FuzzSanitizeState(f *testing.F) {
+	for _, op := range []sanitizeOp{
+		{SA: sanOverwrite, Pattern: []byte{0xaa, 0x55}, Passes: 3, Invert: true},
+		{SA: sanBlockErase, AUSE: true, Failed: true},
+	} {
+		b, err := encodeState(sanitizeMagic, op)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		op, err := decodeSanitize(b, 512)
+		if err != nil {
+			return
+		}
+		if op.SA == sanOverwrite && (len(op.Pattern) == 0 || len(op.Pattern) > 512 || op.Passes < 1 || op.Passes > owCount) {
+			t.Fatalf("accepted an overwrite it cannot run: %+v", op)
+		}
+		again, err := encodeState(sanitizeMagic, op)
+		if err != nil {
+			t.Fatal(err)
+		}
+		op2, err := decodeSanitize(again, 512)
+		if err != nil || !reflect.DeepEqual(op, op2) {
+			t.Fatalf("re-encoded %+v decodes as %+v, %v", op, op2, err)
 		}
 	})
 }
