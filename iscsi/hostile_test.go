@@ -75,6 +75,8 @@ func TestResetWhileInitiatorOwesData(t *testing.T) {
 			})
 			a := e.login(t)
 			b := e.login(t, tc.keys...)
+			// The count of the logins' last TEST UNIT READY may still be 1.
+			waitFor(t, time.Second, "commands of the logins still in flight", func() bool { return e.lunInFlight() == 0 })
 			rawCommand(t, b, tc.flags, 1<<20, initiator.Write16(0, (1<<20)/blockSize), nil)
 			if tc.flags&0x80 != 0 {
 				expectPDU(t, b, iscsi.OpR2T)
