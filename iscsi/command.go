@@ -36,7 +36,7 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 	protoErr := func(why string) error {
 		c.log.Warn("SCSI Command rejected: "+why, zap.Uint32("itt", h.ITT()))
 		if !h.Immediate() {
-			s.maxCmdSN.Add(1)
+			s.openWindow()
 		}
 		return c.rejectPDU(h, pl, rejectProtocol)
 	}
@@ -214,7 +214,8 @@ func (c *conn) nextTTT() uint32 {
 	return c.tttSeq
 }
 
-// execute hands a task to the SCSI layer.
+// execute hands a task with all its data to the SCSI layer, once the
+// session's rate limiters (if any) let it.
 func (c *conn) execute(t *task) {
 	if t.aborted.Load() {
 		c.endAborted(t)
@@ -225,6 +226,14 @@ func (c *conn) execute(t *task) {
 		c.checkCondition(t, 0x0b, 0x47, 0x05) // ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR
 		return
 	}
+	if q := c.sess.qos.Load(); q != nil && !q.throttle(c.sess, t) {
+		return // it waits; qosRelease runs it
+	}
+	c.run(t)
+}
+
+// run hands a task to the SCSI layer.
+func (c *conn) run(t *task) {
 	t.cmd.Reset()
 	t.cmd.DataOut, t.cmd.DataIn = nil, nil
 	if t.write {

@@ -251,7 +251,7 @@ func (c *conn) runHeld() error {
 		}
 		s.expCmdSN.Store(exp + 1)
 		if hp.aborted {
-			s.maxCmdSN.Add(1)
+			s.openWindow()
 			continue
 		}
 		hp.hdr.AHS = hp.ahs
@@ -272,7 +272,7 @@ func (c *conn) handleRequest(h *Header, pl *payload) error {
 		return c.handleCommand(h, pl) // the window opens when the task ends
 	}
 	if !h.Immediate() && !(op == OpNOPOut && h.ITT() == NoTag) {
-		defer c.sess.maxCmdSN.Add(1)
+		defer c.sess.openWindow()
 	}
 	switch op {
 	case OpNOPOut:

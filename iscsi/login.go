@@ -286,7 +286,7 @@ func (c *conn) startSession(st *loginState) (uint16, *LoginError) {
 	s := &Session{srv: c.srv, target: st.target, isid: st.isid, params: c.params, loginAt: time.Now(),
 		discovery: c.params.SessionType == "Discovery", conn: c, view: newLUNView(st.acl)}
 	s.expCmdSN.Store(st.cmdSN)
-	s.maxCmdSN.Store(st.cmdSN + c.srv.opts.CmdWindow - 1)
+	s.avgBytes.Store(initialAvgBytes)
 	if !s.discovery {
 		s.nexus = &scsi.Nexus{
 			ID:            c.srv.nexusID.Add(1),
@@ -303,7 +303,12 @@ func (c *conn) startSession(st *loginState) (uint16, *LoginError) {
 	c.srv.register(s)
 	if s.nexus != nil {
 		st.target.SCSI.AddNexus(s.nexus)
+		st.target.attachQoS(s)
 	}
+	// A session under rate limits starts with the window they allow.
+	w := s.window()
+	s.slots.Store(w)
+	s.maxCmdSN.Store(st.cmdSN + w - 1)
 	c.sess = s
 	c.log = c.log.With(zap.Uint16("tsih", s.tsih), zap.String("isid", s.ISID()))
 	c.log.Info("login complete", zap.String("session_type", c.params.SessionType),
@@ -334,7 +339,11 @@ func (c *conn) loginRespond(st *loginState, h *Header, transit bool, nsg int, kv
 	b.SetU32(offCmdSN, c.statSN)
 	c.statSN++
 	b.SetU32(offExpStatSN, st.cmdSN)
-	b.SetU32(offMaxCmdSN, st.cmdSN+c.srv.opts.CmdWindow-1)
+	if c.sess != nil {
+		b.SetU32(offMaxCmdSN, c.sess.maxCmdSN.Load())
+	} else {
+		b.SetU32(offMaxCmdSN, st.cmdSN+c.srv.opts.CmdWindow-1)
+	}
 	c.tr.Queue(&b, text)
 	if !transit || nsg != stageFullFeature {
 		c.tr.Flush()

@@ -25,6 +25,7 @@ type Target struct {
 	access   atomic.Pointer[Access]
 	limits   atomic.Pointer[Limits]
 	lunStats sync.Map // LUN -> *sessionCounters
+	qos      targetQoS
 }
 
 // SetAccess replaces the target's access policy; logins after the call use

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/iserd/iserd/qos"
 	"github.com/iserd/iserd/scsi"
 )
 
@@ -30,6 +31,16 @@ type Session struct {
 	// by the writer when it stamps outgoing PDUs.
 	expCmdSN atomic.Uint32
 	maxCmdSN atomic.Uint32
+	// slots is the CmdSN window granted: commands outstanding plus those
+	// the initiator may still send (see openWindow).
+	slots atomic.Uint32
+
+	// Rate limits: the chains its commands pass (nil: none), its flows by
+	// limiter (under the target's qos lock), and the average size of its
+	// limited commands, which its window is sized on.
+	qos      atomic.Pointer[sessionQoS]
+	qosFlows map[*qos.Limiter]*qos.Flow
+	avgBytes atomic.Int64
 
 	mu        sync.Mutex
 	held      map[uint32]*heldPDU // commands that arrived ahead of ExpCmdSN
@@ -115,6 +126,7 @@ func (srv *Server) unregister(s *Session) {
 	}
 	srv.mu.Unlock()
 	if s.target != nil && s.nexus != nil {
+		s.target.detachQoS(s)
 		s.target.SCSI.RemoveNexus(s.nexus)
 	}
 }

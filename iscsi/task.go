@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/iserd/iserd/bdev"
+	"github.com/iserd/iserd/qos"
 	"github.com/iserd/iserd/scsi"
 )
 
@@ -49,6 +50,7 @@ type task struct {
 	executed atomic.Bool     // answered or handed to the SCSI layer: no Data-Out or abort ends it again
 
 	senseBuf [2 + scsi.SenseSize]byte
+	qe       qos.Entry // its way through the session's rate limiters
 }
 
 // r2tRange is one outstanding R2T.
@@ -69,6 +71,7 @@ func getTask(c *conn) *task {
 	t.cmd.Done = scsiDone
 	if t.cmd.Ctx == nil {
 		t.cmd.Ctx = t
+		t.qe.Owner = t
 	}
 	return t
 }
@@ -83,6 +86,7 @@ func (t *task) release() {
 	*t = task{}
 	t.r2ts = r2ts
 	t.cmd.Ctx = ctx
+	t.qe.Owner = ctx
 	taskPool.Put(t)
 }
 
@@ -132,7 +136,7 @@ func (c *conn) taskSent(t *task, now time.Time) {
 	wg := t.abortWG
 	s.mu.Unlock()
 	if !t.immed {
-		s.maxCmdSN.Add(1)
+		s.openWindow()
 	}
 	if wg != nil {
 		wg.Done()

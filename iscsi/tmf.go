@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/iserd/iserd/qos"
 )
 
 // Task management functions and responses (RFC 7143 11.5, 11.6).
@@ -155,7 +157,7 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 // abortTasks marks the matching tasks of session s aborted; wg counts them
 // until they have ended. Tasks in the SCSI layer end when it completes them;
 // it is told of the abort, so that one waiting for a long operation (a
-// SANITIZE) ends now.
+// SANITIZE) ends now. Tasks waiting for their rate limiters end at once.
 // Tasks still collecting data end at once when the caller is s's own reader
 // (reap), even those another session's task management aborted before;
 // otherwise only that reader may end them, which it does when their
@@ -177,7 +179,11 @@ func (s *Session) abortTasks(wg *sync.WaitGroup, match func(*task) bool, reap bo
 		}
 		switch {
 		case t.executed.Load():
-			s.target.SCSI.Abort(&t.cmd) // never completes it synchronously: s.mu may be held
+			if qos.Remove(&t.qe) {
+				idle = append(idle, t) // it was waiting for its rate limiters: it ends now
+			} else {
+				s.target.SCSI.Abort(&t.cmd) // never completes it synchronously: s.mu may be held
+			}
 		case t.fetching:
 		case reap:
 			idle = append(idle, t)
