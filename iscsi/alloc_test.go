@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/iserd/iserd/iscsi"
+	"github.com/iserd/iserd/qos"
 )
 
 // rawClient is a single-command-at-a-time initiator that reuses fixed
@@ -113,15 +114,25 @@ func TestSteadyStateAllocs(t *testing.T) {
 	read10 := []byte{0x28, 0, 0, 0, 0, 8, 0, 0, 8, 0}
 	write10 := []byte{0x2a, 0, 0, 0, 0, 8, 0, 0, 8, 0}
 	payload := make([]byte, 4096)
+	// Rate limits cost no allocation either: under a limit the commands
+	// stay below (they pass at once), and under one that makes each wait
+	// for the pacer.
+	readRun := func() { c.command(t, read10, 4096, false, nil) }
+	writeRun := func() { c.command(t, write10, 4096, true, payload) }
 	cases := []struct {
 		name string
+		lim  qos.Limits // on LUN 0
 		run  func()
 	}{
-		{"read 4k", func() { c.command(t, read10, 4096, false, nil) }},
-		{"write 4k immediate", func() { c.command(t, write10, 4096, true, payload) }},
+		{"read 4k", qos.Limits{}, readRun},
+		{"write 4k immediate", qos.Limits{}, writeRun},
+		{"read 4k under a limit not reached", qos.Limits{IOPS: 1e9}, readRun},
+		{"write 4k paced at 4000 IOPS", qos.Limits{IOPS: 4000, Burst: qos.MinBurst}, writeRun},
 	}
+	tgt := e.srv.Target(testTarget)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			tgt.SetQoS(iscsi.QoS{LUNs: map[uint64]qos.Limits{0: tc.lim}})
 			for range 200 { // warm pools and maps
 				tc.run()
 			}
@@ -129,6 +140,9 @@ func TestSteadyStateAllocs(t *testing.T) {
 				t.Errorf("%s: %.2f allocations per command, want 0", tc.name, n)
 			}
 		})
+	}
+	if st := tgt.QoSStats(); len(st) != 1 || st[0].Stats.Throttled == 0 {
+		t.Errorf("the paced case was not throttled: %+v", st)
 	}
 }
 
