@@ -65,6 +65,10 @@ type SessionInfo struct {
 	LUNs        map[uint64]uint64 `json:"luns,omitempty"`
 	Connections []ConnectionInfo  `json:"connections"`
 	Stats       Stats             `json:"stats"`
+	// CmdWindow is how many commands the session may have outstanding;
+	// QoSLimited says rate limits shrink it.
+	CmdWindow  uint32 `json:"cmd_window"`
+	QoSLimited bool   `json:"qos_limited,omitempty"`
 }
 
 // ConnectionInfo is one connection of a session and its negotiated
@@ -112,10 +116,11 @@ func sessionInfo(s *iscsi.Session) SessionInfo {
 	if p.RDMAExtensions {
 		transport = "iser"
 	}
+	w, limited := s.Window()
 	return SessionInfo{TSIH: s.TSIH(), Type: p.SessionType, Target: s.TargetName(), Initiator: s.InitiatorName(),
 		InitiatorAlias: p.InitiatorAlias, ISID: s.ISID(), LoginTime: s.LoginTime(), LUNs: s.LUNs(),
 		Connections: []ConnectionInfo{{Remote: s.RemoteAddr(), Transport: transport, Params: p}},
-		Stats:       statsOf(s.Stats())}
+		Stats:       statsOf(s.Stats()), CmdWindow: w, QoSLimited: limited}
 }
 
 // apiFunc handles one request and returns the value to send as JSON.
@@ -148,6 +153,15 @@ func (m *Manager) Handler() http.Handler {
 		{"GET /v1/portals", func(*http.Request) (any, error) { return m.Config().Portals, nil }},
 		{"POST /v1/portals", m.addPortal},
 		{"DELETE /v1/portals/{address}", m.deletePortal},
+		{"GET /v1/targets/{target}/qos", m.getQoS},
+		{"PUT /v1/targets/{target}/qos", m.setQoS("QoS", targetQoS)},
+		{"DELETE /v1/targets/{target}/qos", m.setQoS("QoS", targetQoS)},
+		{"PUT /v1/targets/{target}/initiator_qos", m.setQoS("initiator QoS", initiatorQoS)},
+		{"DELETE /v1/targets/{target}/initiator_qos", m.setQoS("initiator QoS", initiatorQoS)},
+		{"PUT /v1/targets/{target}/luns/{lun}/qos", m.setQoS("LUN QoS", lunQoS)},
+		{"DELETE /v1/targets/{target}/luns/{lun}/qos", m.setQoS("LUN QoS", lunQoS)},
+		{"PUT /v1/targets/{target}/acls/{initiator}/qos", m.setACLQoS},
+		{"DELETE /v1/targets/{target}/acls/{initiator}/qos", m.setACLQoS},
 		{"GET /v1/sessions", m.listSessions},
 		{"GET /v1/sessions/{tsih}", m.getSession},
 		{"POST /v1/sessions/{tsih}/logout", m.logoutSession},

@@ -171,6 +171,12 @@ type ACLConfig struct {
 	LUNs     map[uint64]uint64 `yaml:"luns,omitempty" json:"luns,omitempty"`
 	ReadOnly bool              `yaml:"read_only,omitempty" json:"read_only,omitempty"`
 	CHAP     *CHAPConfig       `yaml:"chap,omitempty" json:"chap,omitempty"`
+	// QoS limits this initiator's sessions together, in place of the
+	// target's initiator_qos.
+	QoS *QoSConfig `yaml:"qos,omitempty" json:"qos,omitempty"`
+	// Weight is each of this initiator's sessions' share of the target's
+	// and LUNs' limits when initiators contend for them (default 1).
+	Weight int `yaml:"weight,omitempty" json:"weight,omitempty"`
 }
 
 // PortalConfig is one listening address.
@@ -207,6 +213,10 @@ type TargetConfig struct {
 	// PortGroups are the ALUA target port groups; without them every
 	// port is active/optimized.
 	PortGroups []PortGroupConfig `yaml:"port_groups,omitempty" json:"port_groups,omitempty"`
+	// QoS limits all sessions of the target together; InitiatorQoS limits
+	// each initiator without a qos block in its ACL entry.
+	QoS          *QoSConfig `yaml:"qos,omitempty" json:"qos,omitempty"`
+	InitiatorQoS *QoSConfig `yaml:"initiator_qos,omitempty" json:"initiator_qos,omitempty"`
 }
 
 // PortGroupConfig is one ALUA target port group.
@@ -281,6 +291,8 @@ type LUNConfig struct {
 	// so that it runs as long as on a disk; absent: as fast as the backing
 	// store allows.
 	SanitizeRate Size `yaml:"sanitize_rate,omitempty" json:"sanitize_rate,omitempty"`
+	// QoS limits the LUN over all sessions.
+	QoS *QoSConfig `yaml:"qos,omitempty" json:"qos,omitempty"`
 }
 
 // LogConfig selects log verbosity and format.
@@ -565,6 +577,9 @@ func (c *Config) Check() error {
 			return fmt.Errorf("targets[%d] (%s): %w", i, t.Name, err)
 		}
 		if err := t.checkPortGroups(); err != nil {
+			return fmt.Errorf("targets[%d] (%s): %w", i, t.Name, err)
+		}
+		if err := t.checkQoS(); err != nil {
 			return fmt.Errorf("targets[%d] (%s): %w", i, t.Name, err)
 		}
 		if t.MaxSessions < 0 || t.MaxSessionsPerInitiator < 0 {

@@ -320,6 +320,7 @@ func change(old, next *LUNConfig) lunChange {
 	}
 	a, b := *old, *next
 	a.Size, b.Size = 0, 0
+	a.QoS, b.QoS = nil, nil // applied live by SetQoS
 	if !reflect.DeepEqual(a, b) {
 		return lunReplace
 	}
@@ -377,6 +378,7 @@ func (m *Manager) addTarget(t *TargetConfig, p *pending) {
 	it := &iscsi.Target{Name: t.Name, Alias: t.Alias, SCSI: st}
 	it.SetAccess(t.access())
 	it.SetLimits(t.limits())
+	it.SetQoS(t.qos())
 	m.setPortGroups(st, t)
 	st.OnPortGroupChange(func(gs []scsi.PortGroup) { go m.savePortGroups(t.Name, gs) })
 	if err := m.srv.AddTarget(it); err != nil {
@@ -433,8 +435,10 @@ func (m *Manager) attach(st *scsi.Target, k lunKey, l *liveLUN) {
 
 // removeTarget ends a target's sessions and closes its LUNs.
 func (m *Manager) removeTarget(t *TargetConfig) {
-	if _, err := m.srv.RemoveTarget(t.Name); err != nil {
+	if it, err := m.srv.RemoveTarget(t.Name); err != nil {
 		m.log.Error("removing target", zap.String("target", t.Name), zap.Error(err))
+	} else {
+		it.SetQoS(iscsi.QoS{}) // its limiters' pacers stop
 	}
 	for _, lc := range t.LUNs {
 		m.close(lunKey{t.Name, lc.LUN})
@@ -480,6 +484,10 @@ func (m *Manager) updateTarget(old, t *TargetConfig, p *pending) {
 		}
 	}
 	it.SetLimits(t.limits())
+	if q := t.qos(); !reflect.DeepEqual(old.qos(), q) {
+		it.SetQoS(q)
+		m.log.Info("QoS changed", zap.String("target", t.Name))
+	}
 	if !reflect.DeepEqual(old.PortGroups, t.PortGroups) {
 		m.setPortGroups(it.SCSI, t)
 	}
@@ -544,6 +552,9 @@ func (m *Manager) Close() error {
 	for a, l := range m.portals {
 		l.Close()
 		delete(m.portals, a)
+	}
+	for _, t := range m.srv.Targets() {
+		t.SetQoS(iscsi.QoS{})
 	}
 	for k, l := range m.luns {
 		if err := l.disk.Close(); err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/iserd/iserd/iscsi"
+	"github.com/iserd/iserd/qos"
 )
 
 // family is the set of metrics written for one kind of series: per LUN or
@@ -61,12 +62,81 @@ func (f family) collect(ch chan<- prometheus.Metric, s iscsi.SessionStats, label
 	ch <- prometheus.MustNewConstHistogram(f.duration, count, float64(s.LatencyNanos)/1e9, buckets, labels...)
 }
 
+// qosFamily is the metrics of the rate limiters, labelled by target,
+// scope (target, lun or initiator), lun and initiator (empty when the
+// scope has none).
+type qosFamily struct {
+	admitted, bytes, throttled, throttledSeconds, overdrawn, queued, wait, limit *prometheus.Desc
+}
+
+func newQoSFamily() qosFamily {
+	labels := []string{"target", "scope", "lun", "initiator"}
+	d := func(name, help string, extra ...string) *prometheus.Desc {
+		return prometheus.NewDesc("iserd_qos_"+name, help, append(labels, extra...), nil)
+	}
+	return qosFamily{
+		admitted:         d("admitted_total", "Commands the rate limiter admitted, at once or after waiting."),
+		bytes:            d("admitted_bytes_total", "Bytes of the commands the rate limiter admitted."),
+		throttled:        d("throttled_total", "Commands that waited in the rate limiter."),
+		throttledSeconds: d("throttled_seconds_total", "Time commands waited in the rate limiter, summed."),
+		overdrawn:        d("overdrawn_total", "Commands admitted after waiting the longest a command may (1s), beyond the limit."),
+		queued:           d("queued", "Commands waiting in the rate limiter now."),
+		wait:             d("wait_seconds", "How long admitted commands waited in the rate limiter."),
+		limit:            d("limit", "A configured limit: commands or bytes per second, or the burst in seconds.", "limit"),
+	}
+}
+
+func (f qosFamily) describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{f.admitted, f.bytes, f.throttled, f.throttledSeconds, f.overdrawn, f.queued, f.wait, f.limit} {
+		ch <- d
+	}
+}
+
+// collect writes one limiter's series.
+func (f qosFamily) collect(ch chan<- prometheus.Metric, target string, st iscsi.QoSStat) {
+	lun := ""
+	if st.Scope == "lun" {
+		lun = strconv.FormatUint(st.LUN, 10)
+	}
+	labels := []string{target, st.Scope, lun, st.Initiator}
+	s := st.Stats
+	counter := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	counter(f.admitted, float64(s.Admitted))
+	counter(f.bytes, float64(s.Bytes))
+	counter(f.throttled, float64(s.Throttled))
+	counter(f.throttledSeconds, float64(s.ThrottledNanos)/1e9)
+	counter(f.overdrawn, float64(s.Overdrawn))
+	ch <- prometheus.MustNewConstMetric(f.queued, prometheus.GaugeValue, float64(s.Queued), labels...)
+	buckets := make(map[float64]uint64, len(qos.WaitBounds))
+	var count uint64
+	for i, n := range s.Wait {
+		count += n
+		if i < len(qos.WaitBounds) {
+			buckets[qos.WaitBounds[i].Seconds()] = count
+		}
+	}
+	ch <- prometheus.MustNewConstHistogram(f.wait, count, float64(s.ThrottledNanos)/1e9, buckets, labels...)
+	l := st.Limits
+	for _, v := range []struct {
+		name string
+		v    float64
+	}{{"iops", l.IOPS}, {"read_iops", l.ReadIOPS}, {"write_iops", l.WriteIOPS}, {"bandwidth", l.Bandwidth},
+		{"read_bandwidth", l.ReadBandwidth}, {"write_bandwidth", l.WriteBandwidth}, {"burst_seconds", l.Burst.Seconds()}} {
+		if v.v != 0 {
+			ch <- prometheus.MustNewConstMetric(f.limit, prometheus.GaugeValue, v.v, append(labels, v.name)...)
+		}
+	}
+}
+
 // collector reads the engine's per-target, per-LUN and per-session
 // counters at each scrape.
 type collector struct {
-	m                        *Manager
-	targetSessions, capacity *prometheus.Desc
-	lun, session             family
+	m                                       *Manager
+	targetSessions, capacity, sessionWindow *prometheus.Desc
+	lun, session                            family
+	qos                                     qosFamily
 	// server-wide
 	refusedConns, busyNoBuffer             *prometheus.Desc
 	bufferMapped, bufferInUse, bufferLimit *prometheus.Desc
@@ -87,6 +157,9 @@ func newCollector(m *Manager) *collector {
 		bufferMapped: prometheus.NewDesc("iserd_buffer_mapped_bytes", "Command buffer memory mapped now.", nil, nil),
 		bufferInUse:  prometheus.NewDesc("iserd_buffer_in_use_bytes", "Command buffer memory held by commands now.", nil, nil),
 		bufferLimit:  prometheus.NewDesc("iserd_buffer_limit_bytes", "Most command buffer memory iserd maps (limits.buffer_memory).", nil, nil),
+		sessionWindow: prometheus.NewDesc("iserd_session_cmd_window", "Commands the session may have outstanding (its CmdSN window; rate limits shrink it).",
+			[]string{"target", "initiator", "isid", "tsih"}, nil),
+		qos: newQoSFamily(),
 	}
 }
 
@@ -94,11 +167,13 @@ func newCollector(m *Manager) *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.targetSessions
 	ch <- c.capacity
+	ch <- c.sessionWindow
 	c.lun.describe(ch)
 	c.session.describe(ch)
 	for _, d := range []*prometheus.Desc{c.refusedConns, c.busyNoBuffer, c.bufferMapped, c.bufferInUse, c.bufferLimit} {
 		ch <- d
 	}
+	c.qos.describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -115,7 +190,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			continue // discovery
 		}
 		perTarget[s.TargetName()]++
-		c.session.collect(ch, s.Stats(), s.TargetName(), s.InitiatorName(), s.ISID(), strconv.Itoa(int(s.TSIH())))
+		labels := []string{s.TargetName(), s.InitiatorName(), s.ISID(), strconv.Itoa(int(s.TSIH()))}
+		c.session.collect(ch, s.Stats(), labels...)
+		w, _ := s.Window()
+		ch <- prometheus.MustNewConstMetric(c.sessionWindow, prometheus.GaugeValue, float64(w), labels...)
 	}
 	for _, t := range c.m.srv.Targets() {
 		ch <- prometheus.MustNewConstMetric(c.targetSessions, prometheus.GaugeValue, float64(perTarget[t.Name]), t.Name)
@@ -123,6 +201,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			n := strconv.FormatUint(lun, 10)
 			ch <- prometheus.MustNewConstMetric(c.capacity, prometheus.GaugeValue, float64(c.m.LUNSize(t.Name, lun)), t.Name, n)
 			c.lun.collect(ch, t.LUNStats(lun), t.Name, n)
+		}
+		for _, st := range t.QoSStats() {
+			c.qos.collect(ch, t.Name, st)
 		}
 	}
 }
