@@ -201,5 +201,8 @@ func (m *Manager) setACLQoS(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r.Method == http.MethodDelete {
+		return m.result("QoS of %s on %s cleared: no own limits, weight 1", initiator, r.PathValue("target")), nil
+	}
 	return m.result("QoS of %s on %s set", initiator, r.PathValue("target")), nil
 }

@@ -1,5 +1,6 @@
 // Command iserctl administers a running iserd through its admin API:
-// targets, LUNs, ACLs, CHAP credentials, portals, limits and sessions.
+// targets, LUNs, ACLs, CHAP credentials, portals, limits, rate limits
+// (QoS) and sessions.
 // Changes apply at once and are saved to iserd's configuration file.
 // Output is a table for people, or the API's JSON with --json.
 package main
@@ -83,6 +84,7 @@ func newRoot(a *app) *cobra.Command {
 		"  ISERCTL_SECRET=secret-of-12-chars iserctl acl add iqn.2026-11.com.example:web \\\n" +
 		"      iqn.1993-08.org.debian:01:host1 --map 0=0 --chap-user host1\n" +
 		"  iserctl session list\n" +
+		"  iserctl qos set iqn.2026-11.com.example:web --lun 0 --iops 2000 --bandwidth 40MiB\n" +
 		"  iserctl import lio /etc/rtslib-fb-target/saveconfig.json --dry-run\n" +
 		"  source <(iserctl completion bash)"
 	root.Annotations = map[string]string{cli.SeeAlso: "**iserd**(8), **iserd.yaml**(5), **iscsiadm**(8)"}
@@ -96,7 +98,7 @@ func newRoot(a *app) *cobra.Command {
 
 	root.AddCommand(
 		a.configCommand(), a.reloadCommand(), a.targetCommand(), a.lunCommand(), a.aclCommand(), a.chapCommand(),
-		a.portalCommand(), a.sessionCommand(), a.metricsCommand(), a.importCommand(), a.versionCommand(),
+		a.portalCommand(), a.sessionCommand(), a.qosCommand(), a.metricsCommand(), a.importCommand(), a.versionCommand(),
 		docsCommand(root),
 	)
 	return root
