@@ -85,7 +85,7 @@ suite() {
   slow=$(grep -A1 -E '"le": "(2.5s|\+Inf)"' <<<"$got" | sed -n 's/.*"count": *\([0-9]*\).*/\1/p' |
     awk '{ s += $1 } END { print s + 0 }')
   assert_eq 0 "$slow" "$tr: commands that waited 1 s or more"
-  log "$tr: waits in iserd at QD128: $(grep -A1 '"le"' <<<"$got" | sed -n 's/.*"\(le\|count\)": *"*\([^",]*\).*/\2/p' | paste -sd' ')"
+  log "$tr: waits in iserd at QD128: $(grep -A1 '"le"' <<<"$got" | sed -n 's/.*"\(le\|count\)": *"*\([^",]*\).*/\2/p' | tr '\n' ' ')"
 
   iserctl qos set "$IQN" --lun 0 --iops 2000 >/dev/null
   read -r iops kib <<<"$(measure "$dev" --rw=randread --bs=4k --iodepth=32)"
