@@ -445,13 +445,16 @@ func (f *Flow) offer(e *Entry) bool {
 		e.waited, e.since = true, now
 	}
 	e.queuedAt = now
-	if f.n == 0 {
+	head := f.n == 0 // a new head may go sooner than the pacer planned
+	if head {
 		f.vt = max(f.vt, l.vtime)
 	}
 	f.push(e)
 	l.queued++
 	l.mu.Unlock()
-	l.kick()
+	if head {
+		l.kick()
+	}
 	return false
 }
 

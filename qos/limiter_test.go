@@ -435,3 +435,41 @@ func TestLimitsCheck(t *testing.T) {
 		}
 	}
 }
+
+// TestPacer runs the real pacer goroutine: commands queued beyond the
+// burst are released by it, and Close lets what still waits go on.
+func TestPacer(t *testing.T) {
+	l := NewLimiter(Limits{IOPS: 2000, Burst: MinBurst})
+	released := make(chan *Entry, 100)
+	c := NewChain(func(e *Entry) { released <- e }, l.Attach(1))
+	es := make([]Entry, 100)
+	inline := 0
+	for i := range 60 {
+		if c.Admit(&es[i], Cost{Bytes: 4096}) {
+			inline++
+		}
+	}
+	if inline == 0 || inline > 30 {
+		t.Fatalf("%d of 60 passed at once under a 20-command bucket", inline)
+	}
+	for range 60 - inline {
+		select {
+		case <-released:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the pacer did not release the queued commands")
+		}
+	}
+	l.SetLimits(Limits{IOPS: 0.001, Burst: MinBurst}) // one command per 1000 s
+	for i := 60; i < 100; i++ {
+		c.Admit(&es[i], Cost{Bytes: 4096})
+	}
+	l.Close()
+	n := 0
+	for len(released) > 0 {
+		<-released
+		n++
+	}
+	if st := l.Stats(); n == 0 || st.Queued != 0 {
+		t.Errorf("Close released %d, %d still queued", n, st.Queued)
+	}
+}
