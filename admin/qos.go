@@ -166,38 +166,5 @@ func (r Rate) MarshalJSON() ([]byte, error) { return json.Marshal(r.String()) }
 // String formats the rate as a size, such as 40MiB.
 func (r Rate) String() string { return Size(r).String() }
 
-// Duration is a time span written as 200ms, 1s or 1m30s.
-type Duration time.Duration
-
-// UnmarshalYAML reads a duration such as 200ms.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration such as 200ms or 2s", n.Line, n.Value)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// MarshalYAML writes the duration as 200ms.
-func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
-
-// UnmarshalJSON accepts a string such as "200ms".
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var str string
-	if err := json.Unmarshal(b, &str); err != nil {
-		return fmt.Errorf("duration %s: write it as a string such as \"200ms\"", b)
-	}
-	v, err := time.ParseDuration(str)
-	if err != nil {
-		return fmt.Errorf("%q is not a duration such as 200ms or 2s", str)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// MarshalJSON writes the duration as a string.
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
-
 // String formats the duration as 200ms.
 func (d Duration) String() string { return time.Duration(d).String() }

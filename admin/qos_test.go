@@ -32,7 +32,7 @@ func TestQoSConfig(t *testing.T) {
     luns: [{lun: 0, backend: memory, size: 1MiB}]`, `rate "fast" is not bytes per second`},
 		{"bad burst", `
     qos: {iops: 10, burst: soon}
-    luns: [{lun: 0, backend: memory, size: 1MiB}]`, `"soon" is not a duration`},
+    luns: [{lun: 0, backend: memory, size: 1MiB}]`, `invalid duration "soon"`},
 		{"burst too short", `
     luns: [{lun: 0, backend: memory, size: 1MiB, qos: {iops: 10, burst: 1ms}}]`, "lun 0: qos: burst 1ms is outside 10ms..1h0m0s"},
 		{"burst alone", `
@@ -135,7 +135,7 @@ func TestQoSAPI(t *testing.T) {
 		{"acl weight only", "PUT", tp + "/acls/" + testInitiator + "/qos", `{"weight": 5}`, 200, "set"},
 		{"acl nothing", "PUT", tp + "/acls/" + testInitiator + "/qos", `{}`, 400, "give qos, weight or both"},
 		{"no such acl", "PUT", tp + "/acls/iqn.2026-11.org.iserd.test:nobody/qos", `{"weight": 2}`, 404, "add the initiator first"},
-		{"bad burst", "PUT", tp + "/qos", `{"iops": 10, "burst": 5}`, 400, "write it as a string"},
+		{"bad burst", "PUT", tp + "/qos", `{"iops": 10, "burst": "soon"}`, 400, "invalid duration"},
 		{"bad weight", "PUT", tp + "/acls/" + testInitiator + "/qos", `{"weight": -2}`, 400, "weight -2 is outside"},
 	}
 	for _, s := range steps {
