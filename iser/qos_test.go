@@ -1,0 +1,43 @@
+package iser
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/iserd/iserd/iscsi"
+	"github.com/iserd/iserd/qos"
+)
+
+// TestQoS runs commands over iSER under a LUN limit set live: writes (part
+// immediate data, the rest by RDMA READ) and reads (by RDMA WRITE) wait
+// for the limiter, their data arrives intact, and the session's window
+// shrinks towards what the limit admits in 500 ms: each answered command
+// withholds its CmdSN, so MaxCmdSN stands still and the window loses one.
+func TestQoS(t *testing.T) {
+	in := newInit(t, 4, nil)
+	it := in.srv.Target(testTarget)
+	it.SetQoS(iscsi.QoS{LUNs: map[uint64]qos.Limits{0: {IOPS: 50, Burst: qos.MinBurst}}})
+	var maxCmdSN uint32
+	for i := range 20 {
+		data := pattern(16<<10, byte(i+1))
+		in.write(t, uint64(i)*64, data, 4096)
+		if i == 0 {
+			maxCmdSN = in.in.U32(32)
+		} else if got := in.in.U32(32); got != maxCmdSN {
+			t.Fatalf("command %d: MaxCmdSN %d, was %d: the window did not shrink", i, got, maxCmdSN)
+		}
+		if got := in.read(t, uint64(i)*64, len(data)); !bytes.Equal(got, data) {
+			t.Fatalf("command %d: read back different data", i)
+		}
+	}
+	st := it.QoSStats()
+	if len(st) != 1 || st[0].Stats.Admitted != 40 || st[0].Stats.Throttled < 30 {
+		t.Errorf("limiter %+v: want 40 admitted, most of them after waiting", st)
+	}
+	waitIdle(t, in.testConn)
+	s := in.srv.Sessions()[0]
+	waitFor(t, "the last answered command's slot", func() bool { w, _ := s.Window(); return w == 128-40 })
+	if _, limited := s.Window(); !limited {
+		t.Error("the session's window is not limited")
+	}
+}
