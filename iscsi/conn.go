@@ -95,6 +95,9 @@ func (c *conn) serve() {
 		if !errors.As(err, &le) { // refusals were logged with their reason already
 			c.logEnd("login ended", err)
 		}
+		if c.sess != nil {
+			c.teardown() // the session was made, but the final answer or iSER's switch failed
+		}
 		return
 	}
 	c.tr.SetDeadline(time.Time{})

@@ -283,7 +283,10 @@ func (l *Limiter) nextWake(now int64) time.Duration {
 	return max(time.Duration(next), slack)
 }
 
-// refill adds the tokens accrued up to now; the caller holds l.mu.
+// refill adds the tokens accrued up to now; the caller holds l.mu. While
+// commands wait, the bucket keeps up to MaxWait of its rate rather than
+// its burst: tokens that accrue while the pacer oversleeps (a busy or
+// emulated machine) are owed to the commands that waited, not lost.
 func (l *Limiter) refill(now int64) {
 	dt := float64(now-l.last) / 1e9
 	if dt <= 0 {
@@ -293,7 +296,11 @@ func (l *Limiter) refill(now int64) {
 	for i := range l.b {
 		b := &l.b[i]
 		if b.rate > 0 {
-			b.level = min(b.depth, b.level+b.rate*dt)
+			depth := b.depth
+			if l.queued > 0 {
+				depth = max(depth, b.rate*MaxWait.Seconds())
+			}
+			b.level = min(depth, b.level+b.rate*dt)
 		}
 	}
 }

@@ -157,6 +157,36 @@ func TestBucketAccuracy(t *testing.T) {
 func ran(s *source) float64   { return float64(s.ran) }
 func bytes(s *source) float64 { return float64(s.bytes) }
 
+// TestPacerStalls keeps the rate when the pacer now and then wakes far
+// later than the bucket's burst (a busy or emulated machine): the tokens
+// that accrued meanwhile are owed to the commands that waited.
+func TestPacerStalls(t *testing.T) {
+	tests := []struct {
+		name  string
+		lim   Limits
+		depth int
+		stall time.Duration
+	}{
+		{"2000 IOPS, QD128, 150 ms stalls", Limits{IOPS: 2000}, 128, 150 * time.Millisecond},
+		{"100 IOPS, QD32, 300 ms stalls", Limits{IOPS: 100}, 32, 300 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newSim(t)
+			l := s.limiter(tt.lim)
+			src := s.source(tt.depth, fixed(4096, false), l.Attach(1))
+			s.run(time.Second, time.Millisecond)
+			n := src.ran
+			for range 20 { // 20 times: half a second of 1 ms steps, then one stall
+				s.run(500*time.Millisecond, time.Millisecond)
+				s.run(tt.stall, tt.stall)
+			}
+			secs := 20 * (500*time.Millisecond + tt.stall).Seconds()
+			near(t, "rate", float64(src.ran-n)/secs, tt.lim.IOPS, 0.01)
+		})
+	}
+}
+
 func TestReadLimitLeavesWritesFree(t *testing.T) {
 	s := newSim(t)
 	l := s.limiter(Limits{ReadIOPS: 100})

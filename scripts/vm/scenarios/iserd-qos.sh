@@ -60,22 +60,20 @@ new_iface() {
   iscsiadm -m iface -I "$1" -o update -n iface.initiatorname -v "$2" >/dev/null
   iscsiadm -m iface -I "$1" -o update -n iface.transport_name -v "$3" >/dev/null
 }
-# disk_of IFACE: logs in through IFACE and prints the new disk.
-disk_of() {
-  local before d x
-  before=" $(ls /sys/block | grep '^sd' | tr '\n' ' ') "
-  iscsiadm -m node -T "$IQN" -p "$VM_ADDR" -I "$1" -o new >/dev/null 2>&1 || true
-  iscsiadm -m node -T "$IQN" -p "$VM_ADDR" -I "$1" -l >/dev/null
+# disk_for INITIATOR: the disk of the session INITIATOR logged in with (waits up to 10 s).
+disk_for() {
+  local s d
   for _ in $(seq 100); do
-    d=
-    for x in $(ls /sys/block | grep '^sd'); do [[ $before == *" $x "* ]] || d=$x; done
-    [ -n "$d" ] && { echo "/dev/$d"; return 0; }
+    for s in /sys/class/iscsi_session/session*; do
+      [ "$(cat "$s/initiatorname" 2>/dev/null)" = "$1" ] || continue
+      d=$(ls "$s"/device/target*/*:*:*:*/block/ 2>/dev/null | head -1)
+      [ -n "$d" ] && [ -b "/dev/$d" ] && { echo "/dev/$d"; return 0; }
+    done
     sleep 0.1
   done
-  echo "no disk appeared for $1" >&2
+  echo "no disk for a session of $1" >&2
   return 1
 }
-
 # sample: "ADMITTED BYTES MS": what LUN 0's limiter has admitted so far, and when.
 sample() { local j; j=$(qos_json); echo "$(json_num admitted <<<"$j") $(json_num bytes <<<"$j") $(ms_now)"; }
 # load DEV FIO_OPTION...: 20 s of fio on DEV; iserd's counts sampled 5 s and 15 s in give the
@@ -115,13 +113,14 @@ no_sessions() {
 }
 
 suite() {
-  local tr=$1 dev errs got slow w rate bps fiops fkib cap capk lim bw tc delay before after ia ib ratio
+  local tr=$1 dev errs got slow w rate bps fiops fkib cap capk lim bw t0 tc delay before after ia ib ratio
   errs=$(io_errors)
 
   # 100 IOPS at QD128: set before login, so the session starts with a window of 50.
   limit --iops 100
   timed "login $tr" iscsi_login "$IQN" "$VM_ADDR" "$tr"
   dev=$(wait_disk "$IQN")
+  iserctl session list --target "$IQN"
   read -r rate bps fiops fkib <<<"$(load "$dev" --rw=randread --bs=4k --iodepth=128)"
   got=$(qos_json)
   w=$(json_num cmd_window <<<"$got")
@@ -166,8 +165,9 @@ suite() {
     --time_based --runtime=20 --size=192M --write_iops_log=/tmp/qos-live --log_avg_msec=200 \
     --log_unix_epoch=1 >/dev/null &
   sleep 8
-  tc=$(ms_now)
+  t0=$(ms_now)
   iserctl qos set "$IQN" --lun 0 --iops $((lim / 4)) >/dev/null
+  tc=$(ms_now) # in force from here: iserctl has had its answer
   wait $!
   # The first 200 ms interval ending after the change whose rate is within 15% of the new limit
   # (its end bounds when the limit took hold); the rates before, and after the first second.
@@ -176,7 +176,7 @@ suite() {
     $1 > tc && !d && $2 <= l * 1.15 { d = $1 - tc }
     $1 > tc + 1000 { s += $2; n++ }
     END { printf "%d %d %d\n", d ? d : 99999, n0 ? s0 / n0 : 0, n ? s / n : 0 }' /tmp/qos-live_iops.1.log)"
-  log "$tr: $lim -> $((lim / 4)) IOPS under fio: in effect within ${delay} ms (fio: $before IOPS before, $after after)"
+  log "$tr: $lim -> $((lim / 4)) IOPS under fio: in effect within ${delay} ms of iserctl's answer (iserctl took $((tc - t0)) ms; fio: $before IOPS before, $after after)"
   [ "$delay" -le 1000 ] || miss "$tr: the new limit took ${delay} ms to take effect"
   within "$after" $((lim / 4)) 0.05 || miss "$tr: $after IOPS after the change to $((lim / 4))"
   logout_all
@@ -192,8 +192,10 @@ suite() {
   for i in ifa ifb; do
     iscsiadm -m node -T "$IQN" -p "$VM_ADDR" -I $i -o update -n iface.transport_name -v "$tr" >/dev/null
   done
-  da=$(disk_of ifa)
-  db=$(disk_of ifb)
+  iscsiadm -m node -T "$IQN" -l >/dev/null # both ifaces' records
+  da=$(disk_for "$NODE_A")
+  db=$(disk_for "$NODE_B")
+  iserctl session list --target "$IQN"
   quick "$da" --rw=randread --bs=4k --iodepth=32 --runtime=20 --ramp_time=1 >/tmp/qos-a &
   pa=$!
   quick "$db" --rw=randread --bs=4k --iodepth=32 --runtime=20 --ramp_time=1 >/tmp/qos-b
