@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"testing"
 
+	"github.com/iserd/iserd/internal/targettest"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/qos"
 )
@@ -39,5 +40,43 @@ func TestQoS(t *testing.T) {
 	waitFor(t, "the last answered command's slot", func() bool { w, _ := s.Window(); return w == 128-40 })
 	if _, limited := s.Window(); !limited {
 		t.Error("the session's window is not limited")
+	}
+}
+
+// TestFailedSwitchLeavesNoSession logs in over iSER without agreeing to
+// RDMAExtensions: the session is made, then the switch to full feature
+// phase fails; it must not stay registered (nor attached to the target's
+// rate limiters, where it would dilute the other sessions' shares).
+func TestFailedSwitchLeavesNoSession(t *testing.T) {
+	opts := iscsi.DefaultOptions()
+	opts.NopInterval = 0
+	srv := targettest.NewServer(t, opts)
+	targettest.AddTarget(t, srv, testTarget, testDiskSize)
+	srv.Target(testTarget).SetQoS(iscsi.QoS{LUNs: map[uint64]qos.Limits{0: {IOPS: 100}}})
+	tc := newConnOver(t, srv.Pool(), 4)
+	if !srv.ServeTransport(tc.conn) {
+		t.Fatal("the server did not take the connection")
+	}
+	var b iscsi.BHS
+	b[0] = 0x40 | byte(iscsi.OpLoginReq)
+	b[1] = 0x80 | 1<<2 | 3 // T, CSG operational, NSG full feature
+	b[8] = 0x80
+	b.SetU32(24, 1)
+	text := iscsi.EncodeText([]iscsi.KV{{Key: "InitiatorName", Value: testInitiator}, {Key: "TargetName", Value: testTarget},
+		{Key: "SessionType", Value: "Normal"}, {Key: "RDMAExtensions", Value: "No"}})
+	if err := tc.f.deliver(appendMessage(nil, &b, text, iscsi.RemoteBuffer{}, iscsi.RemoteBuffer{})); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the connection to end", func() bool {
+		select {
+		case <-tc.f.Done():
+			return true
+		default:
+			return false
+		}
+	})
+	waitFor(t, "the session to go", func() bool { return len(srv.Sessions()) == 0 })
+	if w := srv.Target(testTarget).QoSStats(); len(w) != 1 {
+		t.Fatalf("limiters %+v", w)
 	}
 }
