@@ -202,9 +202,10 @@ suite() {
   no_sessions
 
   # Two initiators, weights 1 (node-a) and 3 (node-b), on one LUN whose limit (a quarter of the
-  # one above) they contend for; 64 commands each (Linux's default is 32 per disk), so that
-  # both keep commands waiting in iserd despite the emulation's latency.
-  limit --iops $((lim / 4))
+  # one above, at most 400) they contend for; 64 commands each (Linux's default is 32 per disk),
+  # so that both keep commands waiting in iserd despite the emulation's latency.
+  local wl=$((lim / 4 < 400 ? lim / 4 : 400))
+  limit --iops $wl
   new_iface ifa "$NODE_A" tcp
   new_iface ifb "$NODE_B" tcp
   iscsiadm -m discovery -t st -p "$VM_ADDR" -I ifa -I ifb >/dev/null
@@ -230,9 +231,9 @@ suite() {
   read -r ia ib <<<"$(awk -v a="$NODE_A" -v b="$NODE_B" -v ms=$((tc - t0)) 'NR == FNR { n0[$1] = $2; next }
     { d[$1] = ($2 - n0[$1]) * 1000 / ms } END { printf "%d %d\n", d[a], d[b] }' /tmp/qos-s0 /tmp/qos-s1)"
   ratio=$(awk -v a="$ia" -v b="$ib" 'BEGIN { printf "%.2f", b / a }')
-  log "$tr: weights 1:3 under $((lim / 4)) IOPS, iserd's counts over 10 s: node-a $ia, node-b $ib IOPS (ratio $ratio, sum $((ia + ib))); fio: node-a $(cut -d' ' -f1 /tmp/qos-a), node-b $(cut -d' ' -f1 /tmp/qos-b) IOPS; limiter $(limiter_stats)"
+  log "$tr: weights 1:3 under $wl IOPS, iserd's counts over 10 s: node-a $ia, node-b $ib IOPS (ratio $ratio, sum $((ia + ib))); fio: node-a $(cut -d' ' -f1 /tmp/qos-a), node-b $(cut -d' ' -f1 /tmp/qos-b) IOPS; limiter $(limiter_stats)"
   within "$ratio" 3 0.10 || miss "$tr: node-b/node-a = $ratio, want 3 +-10%"
-  within "$((ia + ib))" $((lim / 4)) 0.05 || miss "$tr: $((ia + ib)) IOPS in all under a $((lim / 4)) IOPS limit"
+  within "$((ia + ib))" $wl 0.05 || miss "$tr: $((ia + ib)) IOPS in all under a $wl IOPS limit"
   expect_eq "$errs" "$(io_errors)" "$tr: ping timeouts and SCSI errors in dmesg"
   logout_all
   no_sessions
