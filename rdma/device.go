@@ -31,7 +31,38 @@ type Device struct {
 	NodeGUID   uint64 // node GUID in host order (sysfs prints it as four hex groups)
 	UverbsPath string // verbs character device, e.g. /dev/infiniband/uverbs0
 	Parent     string // netdev an rxe device sits on ("" for hardware devices)
-	Ports      []Port
+	// Driver is the kernel driver behind the device (e.g. mlx5_core, bnxt_en, irdma, rdma_rxe),
+	// "" when sysfs does not say.
+	Driver string
+	Ports  []Port
+}
+
+// driverName is Driver, or "unknown".
+func (d *Device) driverName() string {
+	if d.Driver == "" {
+		return "unknown"
+	}
+	return d.Driver
+}
+
+// softDrivers names the drivers of software devices, which have no bus device in sysfs, by the
+// prefix the kernel gives their names.
+var softDrivers = []struct{ prefix, driver string }{{"rxe", "rdma_rxe"}, {"siw", "siw"}}
+
+// readDriver finds the kernel driver of the device whose sysfs directory is base.
+func readDriver(base string, d *Device) string {
+	if l, err := os.Readlink(filepath.Join(base, "device", "driver")); err == nil {
+		return filepath.Base(l)
+	}
+	for _, s := range softDrivers {
+		if strings.HasPrefix(d.Name, s.prefix) {
+			return s.driver
+		}
+	}
+	if d.Parent != "" {
+		return "rdma_rxe" // only rxe has the parent attribute
+	}
+	return ""
 }
 
 // Port describes one port of a Device.
@@ -145,6 +176,7 @@ func readDevice(classDir, name string, uverbs map[string]string) (Device, error)
 	if p, err := readTrim(filepath.Join(base, "parent")); err == nil {
 		d.Parent = p
 	}
+	d.Driver = readDriver(base, &d)
 	ports, err := os.ReadDir(filepath.Join(base, "ports"))
 	if err != nil {
 		return d, fmt.Errorf("rdma: device %s ports: %w", name, err)

@@ -65,8 +65,11 @@ func TestDevices(t *testing.T) {
 		len(d.Ports[0].Netdevs) != 1 || d.Ports[0].Netdevs[0] != "d0" {
 		t.Errorf("ports %+v", d.Ports)
 	}
-	if _, err := providerFor(&d); err != nil {
-		t.Errorf("no provider for an rxe device: %v", err)
+	if d.Driver != "rdma_rxe" {
+		t.Errorf("driver %q, want rdma_rxe", d.Driver)
+	}
+	if p, err := ProviderNative.ProviderFor(d); err != nil || p != "rxe" {
+		t.Errorf("native provider for an rxe device: %q, %v", p, err)
 	}
 	if g, err := DeviceByGUID(0x505400fffe123456); err != nil || g.Name != "rxe0" {
 		t.Errorf("DeviceByGUID = %+v, %v", g, err)
