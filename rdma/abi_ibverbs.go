@@ -157,7 +157,7 @@ type ibvWC struct {
 	SLID         uint16
 	SL           uint8
 	DLIDPathBits uint8
-	_            [6]byte
+	_            [2]byte
 }
 
 // ibvWCWithInv is IBV_WC_WITH_INV: libibverbs' bit for the kernel's IB_WC_WITH_INVALIDATE (the
@@ -232,6 +232,7 @@ type ibvQPAttr struct {
 	AltTimeout      uint8
 	_               uint8
 	RateLimit       uint32
+	_               uint32 // union ibv_gid in ah_attr aligns the struct to 8
 }
 
 // ibvDeviceAttr is struct ibv_device_attr.
@@ -281,29 +282,29 @@ type ibvDeviceAttr struct {
 
 // ibvPortAttr is struct ibv_port_attr.
 type ibvPortAttr struct {
-	State          uint32
-	MaxMTU         uint32
-	ActiveMTU      uint32
-	GIDTblLen      int32
-	PortCapFlags   uint32
-	MaxMsgSz       uint32
-	BadPkeyCntr    uint32
-	QkeyViolCntr   uint32
-	PkeyTblLen     uint16
-	LID            uint16
-	SMLID          uint16
-	LMC            uint8
-	MaxVLNum       uint8
-	SMSL           uint8
-	SubnetTimeout  uint8
-	InitTypeReply  uint8
-	ActiveWidth    uint8
-	ActiveSpeed    uint8
-	PhysState      uint8
-	LinkLayer      uint8
-	Flags          uint8
-	PortCapFlags2  uint16
-	_              [2]byte
+	State         uint32
+	MaxMTU        uint32
+	ActiveMTU     uint32
+	GIDTblLen     int32
+	PortCapFlags  uint32
+	MaxMsgSz      uint32
+	BadPkeyCntr   uint32
+	QkeyViolCntr  uint32
+	PkeyTblLen    uint16
+	LID           uint16
+	SMLID         uint16
+	LMC           uint8
+	MaxVLNum      uint8
+	SMSL          uint8
+	SubnetTimeout uint8
+	InitTypeReply uint8
+	ActiveWidth   uint8
+	ActiveSpeed   uint8
+	PhysState     uint8
+	LinkLayer     uint8
+	Flags         uint8
+	PortCapFlags2 uint16
+	_             [2]byte
 }
 
 // ibvAsyncEvent is struct ibv_async_event.

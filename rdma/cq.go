@@ -107,9 +107,9 @@ type CompChannel struct {
 	f    *os.File        // netpoller mode
 	rc   syscall.RawConn // f's, for raw reads that still park in the netpoller
 	sw   *syscallWaiter  // syscall-wait mode
-	fd   int         // ours (with libibverbs, a duplicate of the channel's)
-	lib  uintptr     // struct ibv_comp_channel * (libibverbs)
-	intr interrupter // wakes waiters whose context ended
+	fd   int             // ours (with libibverbs, a duplicate of the channel's)
+	lib  uintptr         // struct ibv_comp_channel * (libibverbs)
+	intr interrupter     // wakes waiters whose context ended
 	mu   sync.Mutex
 	cqs  map[uint64]*CQ
 	dead bool
@@ -573,13 +573,9 @@ func (cq *CQ) Arm(solicitedOnly bool) error {
 	if cq.dead {
 		return fmt.Errorf("rdma: arm CQ: %w", ErrClosed)
 	}
-	if cq.lib != 0 {
-		solicited := uintptr(0)
-		if solicitedOnly {
-			solicited = 1
-		}
-		if err := callInt(cq.ctx.lib.c.Ops.ReqNotifyCQ, cq.lib, solicited); err != nil {
-			return fmt.Errorf("rdma: arm CQ: req_notify_cq: %w", err)
+	if r, ok := cq.ring.(*ibvCQRing); ok {
+		if err := r.arm(solicitedOnly); err != nil {
+			return fmt.Errorf("rdma: arm CQ: %w", err)
 		}
 		return nil
 	}

@@ -24,6 +24,9 @@ type ibvQPRings struct {
 	recvSGE            []ibvSGE
 	bad                []uintptr // bad_wr of post_send [0] and post_recv [1]
 	caps               QPCaps
+	// The arguments of post_send and post_recv: handed to purego as a slice that already
+	// lives on the heap, so that a call allocates none.
+	sendArgs, recvArgs [3]uintptr
 }
 
 // newIbvQPRings prepares the posting memory of a QP created through libibverbs.
@@ -94,7 +97,8 @@ func (r *ibvQPRings) PostSend(wrs []SendWR) (int, error) {
 		}
 	}
 	r.bad[0] = 0
-	if err := callInt(r.postSend, r.qp, addrOf(&r.send[0]), addrOf(&r.bad[0])); err != nil {
+	r.sendArgs = [3]uintptr{r.qp, addrOf(&r.send[0]), addrOf(&r.bad[0])}
+	if err := callInt(r.postSend, r.sendArgs[:]...); err != nil {
 		return r.badIndex(r.bad[0], addrOf(&r.send[0]), unsafe.Sizeof(ibvSendWR{}), len(wrs)), postErrno(err)
 	}
 	return len(wrs), nil
@@ -140,7 +144,8 @@ func (r *ibvQPRings) PostRecv(wrs []RecvWR) (int, error) {
 		}
 	}
 	r.bad[1] = 0
-	if err := callInt(r.postRecv, r.qp, addrOf(&r.recv[0]), addrOf(&r.bad[1])); err != nil {
+	r.recvArgs = [3]uintptr{r.qp, addrOf(&r.recv[0]), addrOf(&r.bad[1])}
+	if err := callInt(r.postRecv, r.recvArgs[:]...); err != nil {
 		return r.badIndex(r.bad[1], addrOf(&r.recv[0]), unsafe.Sizeof(ibvRecvWR{}), len(wrs)), postErrno(err)
 	}
 	return len(wrs), nil
@@ -151,9 +156,11 @@ func (r *ibvQPRings) Close() error { return r.mem.free() }
 
 // ibvCQRing polls through the provider's poll_cq into completions in mmap'd memory.
 type ibvCQRing struct {
-	cq, poll uintptr
-	mem      *cmem
-	wc       []ibvWC
+	cq, poll, reqNotify uintptr
+	mem                 *cmem
+	wc                  []ibvWC
+	pollArgs            [3]uintptr // as ibvQPRings.sendArgs
+	armArgs             [2]uintptr
 }
 
 func newIbvCQRing(cq uintptr, ops *ibvContextOps, n int) (*ibvCQRing, error) {
@@ -161,7 +168,19 @@ func newIbvCQRing(cq uintptr, ops *ibvContextOps, n int) (*ibvCQRing, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &ibvCQRing{cq: cq, poll: ops.PollCQ, mem: mem, wc: takeN[ibvWC](mem, n)}, nil
+	return &ibvCQRing{cq: cq, poll: ops.PollCQ, reqNotify: ops.ReqNotifyCQ, mem: mem, wc: takeN[ibvWC](mem, n)}, nil
+}
+
+// arm asks for a completion event through the provider's req_notify_cq.
+func (r *ibvCQRing) arm(solicitedOnly bool) error {
+	r.armArgs = [2]uintptr{r.cq, 0}
+	if solicitedOnly {
+		r.armArgs[1] = 1
+	}
+	if err := callInt(r.reqNotify, r.armArgs[:]...); err != nil {
+		return fmt.Errorf("req_notify_cq: %w", err)
+	}
+	return nil
 }
 
 // Poll implements CQRing. A provider error (a negative count) reads as no completion.
@@ -170,7 +189,8 @@ func (r *ibvCQRing) Poll(wc []WorkCompletion) int {
 	if n == 0 {
 		return 0
 	}
-	got := int(int32(call(r.poll, r.cq, uintptr(n), addrOf(&r.wc[0]))))
+	r.pollArgs = [3]uintptr{r.cq, uintptr(n), addrOf(&r.wc[0])}
+	got := int(int32(call(r.poll, r.pollArgs[:]...)))
 	for i := 0; i < got; i++ {
 		u := &r.wc[i]
 		flags := u.WCFlags &^ (ibvWCWithInv | WCWithInvalidate)

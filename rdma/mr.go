@@ -88,8 +88,8 @@ type MR struct {
 	handle uint32
 	lib    uintptr // struct ibv_mr * (libibverbs)
 	LKey   uint32  // key for local SGEs
-	RKey   uint32 // key a peer uses for RDMA READ/WRITE
-	Addr   uint64 // virtual address of the first byte (the peer's remote_addr base)
+	RKey   uint32  // key a peer uses for RDMA READ/WRITE
+	Addr   uint64  // virtual address of the first byte (the peer's remote_addr base)
 	Len    int
 	buf    []byte // mmap'd memory owned by the MR (AllocBuffer), unmapped on Dereg
 	dead   bool
