@@ -243,6 +243,9 @@ func TestIbvPollAndArm(t *testing.T) {
 // TestIbvPostPollAllocs checks the libibverbs data path: posting and polling through the
 // provider's functions allocate nothing.
 func TestIbvPostPollAllocs(t *testing.T) {
+	if raceDetector {
+		t.Skip("under the race detector sync.Pool drops items, and purego pools its call blocks (make unit runs this without it)")
+	}
 	f := newFakeIbv(t)
 	qp := f.qp(t, fakeCaps)
 	cq := f.cq(t)
