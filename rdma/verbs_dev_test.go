@@ -14,6 +14,19 @@ import (
 	"time"
 )
 
+// testProvider is the provider the device tests drive devices with: RDMA_TEST_PROVIDER (auto,
+// native or libibverbs; auto when unset).
+var testProvider = ProviderChoice(os.Getenv("RDMA_TEST_PROVIDER"))
+
+// checkProvider fails the test when c is not driven by the provider RDMA_TEST_PROVIDER asked for.
+func checkProvider(t testing.TB, c *Context) {
+	t.Helper()
+	want := map[ProviderChoice]string{ProviderNative: "rxe", ProviderLibibverbs: "libibverbs"}[testProvider]
+	if want != "" && c.Provider() != want {
+		t.Fatalf("device %s is driven by %s, RDMA_TEST_PROVIDER asked for %s", c.Device.Name, c.Provider(), testProvider)
+	}
+}
+
 // testDevice returns the first RDMA device or skips the test on a host without one.
 func testDevice(t testing.TB) Device {
 	t.Helper()
@@ -116,10 +129,11 @@ func TestVerbsLoopback(t *testing.T) {
 	dev := testDevice(t)
 	gidIndex, gid := ipv4GIDIndex(t, dev)
 	fdsBefore := countFDs(t)
-	c, err := Open(dev)
+	c, err := OpenWith(dev, testProvider)
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkProvider(t, c)
 	attr, err := c.QueryDevice()
 	if err != nil {
 		t.Fatal(err)
