@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,8 +35,13 @@ type Portal struct {
 	regions map[*rdma.PD]*regions // the buffer pool registered per device
 }
 
-// Listen starts listening for iSER connections on addr.
-func Listen(srv *iscsi.Server, addr netip.AddrPort, log *zap.Logger) (*Portal, error) {
+// Listen starts listening for iSER connections on addr, driving RDMA devices with the provider
+// choice picks. It refuses an address whose network interface has no RDMA device, or whose
+// device no provider can drive, and says why.
+func Listen(srv *iscsi.Server, addr netip.AddrPort, provider rdma.ProviderChoice, log *zap.Logger) (*Portal, error) {
+	if err := CheckAddr(addr.Addr(), provider); err != nil {
+		return nil, fmt.Errorf("iser portal %v: %w", addr, err)
+	}
 	cm, err := rdma.OpenCM()
 	if err != nil {
 		return nil, fmt.Errorf("iser portal %v: %w", addr, err)
@@ -44,8 +51,58 @@ func Listen(srv *iscsi.Server, addr netip.AddrPort, log *zap.Logger) (*Portal, e
 		cm.Close()
 		return nil, fmt.Errorf("iser portal %v: %w", addr, err)
 	}
-	return &Portal{srv: srv, log: log.With(zap.String("portal", addr.String()), zap.String("transport", "iser")),
-		cm: cm, l: l, devs: rdma.NewDevicePool(), addr: addr, regions: map[*rdma.PD]*regions{}}, nil
+	p := &Portal{srv: srv, log: log.With(zap.String("portal", addr.String()), zap.String("transport", "iser")),
+		cm: cm, l: l, devs: rdma.NewDevicePoolFor(provider), addr: addr, regions: map[*rdma.PD]*regions{}}
+	live.Lock()
+	live.portals[p] = struct{}{}
+	live.Unlock()
+	return p, nil
+}
+
+// CheckAddr says whether an iSER portal on a can work: an RDMA device must sit on the network
+// interface holding a (any device for a wildcard address) and provider must be able to drive it.
+func CheckAddr(a netip.Addr, provider rdma.ProviderChoice) error {
+	devs, err := rdma.DevicesForAddr(a)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, d := range devs {
+		if _, err := provider.ProviderFor(d); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return nil // one usable device is enough for a wildcard address
+	}
+	return errors.Join(errs...)
+}
+
+// live holds the portals serving, for OpenDevices.
+var live = struct {
+	sync.Mutex
+	portals map[*Portal]struct{}
+}{portals: map[*Portal]struct{}{}}
+
+// OpenDevices lists the RDMA devices the iSER portals hold open, with the QPs, CQs and MRs alive
+// on each (summed over the portals, which open devices separately).
+func OpenDevices() []rdma.OpenDevice {
+	live.Lock()
+	defer live.Unlock()
+	var out []rdma.OpenDevice
+	for p := range live.portals {
+		for _, d := range p.devs.Open() {
+			i := slices.IndexFunc(out, func(o rdma.OpenDevice) bool { return o.Name == d.Name && o.Provider == d.Provider })
+			if i < 0 {
+				out = append(out, d)
+				continue
+			}
+			out[i].QPs += d.QPs
+			out[i].CQs += d.CQs
+			out[i].MRs += d.MRs
+		}
+	}
+	slices.SortFunc(out, func(a, b rdma.OpenDevice) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // Addr is the address the portal listens on.
@@ -68,6 +125,9 @@ func (p *Portal) Serve(ctx context.Context) error {
 }
 
 func (p *Portal) close() {
+	live.Lock()
+	delete(live.portals, p)
+	live.Unlock()
 	p.l.Close()
 	p.mu.Lock()
 	for pd, r := range p.regions {

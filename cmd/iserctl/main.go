@@ -96,7 +96,7 @@ func newRoot(a *app) *cobra.Command {
 
 	root.AddCommand(
 		a.configCommand(), a.reloadCommand(), a.targetCommand(), a.lunCommand(), a.aclCommand(), a.chapCommand(),
-		a.portalCommand(), a.sessionCommand(), a.metricsCommand(), a.importCommand(), a.versionCommand(),
+		a.portalCommand(), a.sessionCommand(), a.rdmaCommand(), a.metricsCommand(), a.importCommand(), a.versionCommand(),
 		docsCommand(root),
 	)
 	return root
