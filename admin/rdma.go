@@ -4,7 +4,7 @@ package admin
 type RDMAStatus struct {
 	// Provider is the configured choice (rdma.provider): auto, native or libibverbs.
 	Provider string `json:"provider"`
-	// Libibverbs is "loaded", "not loaded" (not needed so far) or why it cannot be loaded.
+	// Libibverbs is "loaded", "not needed (provider native)" or why it cannot be loaded.
 	Libibverbs string       `json:"libibverbs"`
 	Devices    []RDMADevice `json:"devices"`
 	// Error says why the devices could not be listed (e.g. no RDMA device at all).

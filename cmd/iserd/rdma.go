@@ -34,7 +34,13 @@ func checkRDMA(provider rdma.ProviderChoice, log *zap.Logger) {
 
 // rdmaStatus describes the RDMA devices for GET /v1/rdma.
 func rdmaStatus(provider rdma.ProviderChoice) admin.RDMAStatus {
-	st := admin.RDMAStatus{Provider: provider.String(), Libibverbs: "not loaded", Devices: []admin.RDMADevice{}}
+	st := admin.RDMAStatus{Provider: provider.String(), Libibverbs: "not needed (provider native)", Devices: []admin.RDMADevice{}}
+	if provider != rdma.ProviderNative {
+		st.Libibverbs = "loaded"
+		if err := rdma.LibibverbsStatus(); err != nil {
+			st.Libibverbs = err.Error()
+		}
+	}
 	devs, err := rdma.Devices()
 	if err != nil {
 		st.Error = err.Error()
@@ -68,12 +74,6 @@ func rdmaStatus(provider rdma.ProviderChoice) admin.RDMAStatus {
 			}
 		}
 		st.Devices = append(st.Devices, out)
-	}
-	if provider != rdma.ProviderNative {
-		st.Libibverbs = "loaded"
-		if err := rdma.LibibverbsStatus(); err != nil {
-			st.Libibverbs = err.Error()
-		}
 	}
 	return st
 }
