@@ -29,10 +29,11 @@ iserd_start /tmp/iserd-iser.yaml
 timed "login iser" login_iser "$IQN"
 want=rxe
 [ "$provider" = libibverbs ] && want=libibverbs
-st=$(iserctl rdma --json)
+iserctl rdma --json
+st=$(iserctl rdma)
 echo "$st"
-assert_contains "$st" '"provider":"'"$want"'","open":true' "iserctl rdma --json (the provider driving rxe0)"
-assert_contains "$(iserctl rdma)" "rxe0" "iserctl rdma"
+assert_eq "$want" "$(awk '$1 == "rxe0" {print $NF}' <<<"$st")" "the provider iserctl rdma shows for rxe0"
+[[ $(awk '$1 == "rxe0" {print $(NF - 1)}' <<<"$st") == [1-9]*/* ]] || fail "iserctl rdma shows no QP held on rxe0"
 dev=$(wait_disk "$IQN")
 assert_contains "$(iscsiadm -m session)" "iser: " "iscsiadm -m session"
 assert_contains "$(sg_readcap "$dev")" "805306368 bytes" "sg_readcap $dev"
