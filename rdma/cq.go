@@ -113,6 +113,10 @@ type CompChannel struct {
 	mu   sync.Mutex
 	cqs  map[uint64]*CQ
 	dead bool
+	// ackArgs holds the arguments of ibv_ack_cq_events on the heap, so that acknowledging an
+	// event allocates nothing; ackMu serializes the waiters' use of it.
+	ackMu   sync.Mutex
+	ackArgs [2]uintptr
 }
 
 // syscallWaiter lets one goroutine at a time sleep in epoll_wait(2) on the channel fd and an
@@ -291,7 +295,10 @@ func (ch *CompChannel) event(buf []byte, n int, errno unix.Errno) (*CQ, error) {
 	if ch.lib != 0 {
 		// The event names the struct ibv_cq, which ibv_destroy_cq does not free before this
 		// acknowledgement (it waits for one per event read).
-		call(ch.ctx.lib.lib.ackCQEvents, uintptr(binary.NativeEndian.Uint64(buf)), 1)
+		ch.ackMu.Lock()
+		ch.ackArgs = [2]uintptr{uintptr(binary.NativeEndian.Uint64(buf)), 1}
+		call(ch.ctx.lib.lib.ackCQEvents, ch.ackArgs[:]...)
+		ch.ackMu.Unlock()
 	}
 	return ch.cqFor(buf), nil
 }

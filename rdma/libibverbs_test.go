@@ -3,6 +3,7 @@
 package rdma
 
 import (
+	"encoding/binary"
 	"errors"
 	"os"
 	"os/exec"
@@ -47,6 +48,7 @@ type fakeIbv struct {
 	ctx                       *Context
 	ops                       *ibvContextOps
 	log, reset, ready, armsFn uintptr
+	acked, ackedCQ            uintptr
 }
 
 func newFakeIbv(t *testing.T) *fakeIbv {
@@ -71,8 +73,10 @@ func newFakeIbv(t *testing.T) *fakeIbv {
 	c := &takeN[ibvContext](mem, 1)[0]
 	c.Ops.PostSend, c.Ops.PostRecv = sym("fake_post_send"), sym("fake_post_recv")
 	c.Ops.PollCQ, c.Ops.ReqNotifyCQ = sym("fake_poll_cq"), sym("fake_req_notify_cq")
-	f := &fakeIbv{mem: mem, ctx: &Context{lib: &ibvCtx{ctx: addrOf(c), c: c}}, ops: &c.Ops,
-		log: sym("fake_log"), reset: sym("fake_reset"), ready: sym("fake_ready"), armsFn: sym("fake_arms")}
+	lib := &ibvLib{ackCQEvents: sym("fake_ack_cq_events")}
+	f := &fakeIbv{mem: mem, ctx: &Context{lib: &ibvCtx{lib: lib, ctx: addrOf(c), c: c}}, ops: &c.Ops,
+		log: sym("fake_log"), reset: sym("fake_reset"), ready: sym("fake_ready"), armsFn: sym("fake_arms"),
+		acked: sym("fake_acked"), ackedCQ: sym("fake_acked_cq")}
 	f.resetLog(-1)
 	return f
 }
@@ -251,6 +255,10 @@ func TestIbvPostPollAllocs(t *testing.T) {
 	cq := f.cq(t)
 	msg := []byte("ping")
 	wc := make([]WorkCompletion, 4)
+	// A completion channel of the made-up device with the CQ on it, and one event for that CQ.
+	ch := &CompChannel{ctx: f.ctx, lib: 1, cqs: map[uint64]*CQ{uint64(cq.lib): cq}}
+	var ev [8]byte
+	binary.NativeEndian.PutUint64(ev[:], uint64(cq.lib))
 	resetArgs, readyArgs := []uintptr{^uintptr(0)}, []uintptr{1} // call's arguments, allocated once
 	allocs := testing.AllocsPerRun(200, func() {
 		call(f.reset, resetArgs...)
@@ -268,8 +276,14 @@ func TestIbvPostPollAllocs(t *testing.T) {
 		if err := cq.Arm(false); err != nil {
 			t.Fatal(err)
 		}
+		if got, err := ch.event(ev[:], len(ev), 0); got != cq || err != nil {
+			t.Fatalf("completion event for %p: %v", got, err)
+		}
 	})
 	if allocs != 0 {
-		t.Errorf("%.1f allocations per post/poll round, want 0", allocs)
+		t.Errorf("%.1f allocations per post/poll/arm/event round, want 0", allocs)
+	}
+	if n, c := call(f.acked), call(f.ackedCQ); n < 200 || c != cq.lib {
+		t.Errorf("%d completion events acknowledged to libibverbs (last for CQ %#x), want one per event for %#x", n, c, cq.lib)
 	}
 }

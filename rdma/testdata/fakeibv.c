@@ -100,6 +100,18 @@ int fake_poll_cq(struct ibv_cq *cq, int n, struct ibv_wc *wc)
 	return got;
 }
 
+/* Stands in for ibv_ack_cq_events: counts the acknowledgements and keeps the last CQ. */
+static unsigned long long acked_cq, acked;
+
+void fake_ack_cq_events(struct ibv_cq *cq, unsigned int n)
+{
+	acked_cq = (uintptr_t)cq;
+	acked += n;
+}
+
+unsigned long long fake_acked(void) { return acked; }
+unsigned long long fake_acked_cq(void) { return acked_cq; }
+
 int fake_req_notify_cq(struct ibv_cq *cq, int solicited)
 {
 	arms[solicited != 0]++;
