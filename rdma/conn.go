@@ -535,3 +535,6 @@ func (c *Conn) releaseVerbs() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Choice is the provider choice the pool opens devices with.
+func (p *DevicePool) Choice() ProviderChoice { return p.choice }
