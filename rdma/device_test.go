@@ -4,10 +4,12 @@ package rdma
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -193,5 +195,24 @@ func TestOpenWithoutDevice(t *testing.T) {
 	defer func() { cmPath = old }()
 	if _, err := OpenCM(); !errors.Is(err, ErrNoDevice) {
 		t.Errorf("OpenCM without rdma_cm: %v, want ErrNoDevice", err)
+	}
+}
+
+// TestDevicesForAddr checks the reasons a portal address is refused: loopback has no RDMA
+// device here or in the test VM (rxe0 sits on d0), and a documentation address no interface holds.
+func TestDevicesForAddr(t *testing.T) {
+	tests := []struct {
+		addr string
+		want string
+	}{
+		{"127.0.0.1", "network interface lo (address 127.0.0.1) has no RDMA device"},
+		{"::ffff:127.0.0.1", "network interface lo (address 127.0.0.1) has no RDMA device"},
+		{"198.51.100.77", "no network interface has address 198.51.100.77"},
+	}
+	for _, tc := range tests {
+		devs, err := DevicesForAddr(netip.MustParseAddr(tc.addr))
+		if !errors.Is(err, ErrNoDevice) || !strings.Contains(fmt.Sprint(err), tc.want) {
+			t.Errorf("DevicesForAddr(%s) = %v, %v; want ErrNoDevice saying %q", tc.addr, devs, err, tc.want)
+		}
 	}
 }
