@@ -344,6 +344,9 @@ type DeviceAttr struct {
 // QueryDevice returns the device attributes.
 func (c *Context) QueryDevice() (DeviceAttr, error) {
 	if c.lib != nil {
+		if c.isClosed() {
+			return DeviceAttr{}, fmt.Errorf("rdma: %s: query device: %w", c.Device.Name, ErrClosed)
+		}
 		a, err := c.lib.queryDevice()
 		if err != nil {
 			return a, fmt.Errorf("rdma: %s: %w", c.Device.Name, err)
@@ -408,6 +411,9 @@ func (c *Context) QueryPort(port int) (PortAttr, error) {
 		return PortAttr{}, fmt.Errorf("rdma: bad port number %d", port)
 	}
 	if c.lib != nil {
+		if c.isClosed() {
+			return PortAttr{}, fmt.Errorf("rdma: %s: query port: %w", c.Device.Name, ErrClosed)
+		}
 		a, err := c.lib.queryPort(port)
 		if err != nil {
 			return a, fmt.Errorf("rdma: %s port %d: %w", c.Device.Name, port, err)

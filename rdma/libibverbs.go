@@ -98,7 +98,11 @@ func openLibibverbs(name string) (*ibvLib, error) {
 // cptr turns an address C gave us into a pointer (C memory: the garbage collector ignores it).
 func cptr(p uintptr) unsafe.Pointer { return *(*unsafe.Pointer)(unsafe.Pointer(&p)) }
 
-// call calls a C function; the result is the C return value.
+// call calls a C function; the result is the C return value. Like purego.SyscallN, it keeps
+// Go memory whose address is converted to uintptr in its arguments on the heap and alive for the
+// call (a slice of arguments passed on with ... costs no allocation).
+//
+//go:uintptrescapes
 func call(fn uintptr, args ...uintptr) uintptr {
 	r, _, _ := purego.SyscallN(fn, args...)
 	return r
@@ -106,6 +110,8 @@ func call(fn uintptr, args ...uintptr) uintptr {
 
 // callErrno calls a C function that returns 0 (an int) or a pointer, and errno on failure: the
 // thread is locked so that errno is read on the thread that called.
+//
+//go:uintptrescapes
 func (l *ibvLib) callErrno(fn uintptr, args ...uintptr) (uintptr, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -121,6 +127,8 @@ func (l *ibvLib) callErrno(fn uintptr, args ...uintptr) (uintptr, error) {
 }
 
 // callInt calls a C function that returns 0 or an errno value (as the verbs do).
+//
+//go:uintptrescapes
 func callInt(fn uintptr, args ...uintptr) error {
 	if r := int32(call(fn, args...)); r != 0 {
 		if r < 0 {

@@ -237,6 +237,9 @@ func (pd *PD) CreateQP(a QPInitAttr) (*QP, error) {
 func (pd *PD) createIbvQP(a *QPInitAttr) (*QP, error) {
 	c := pd.ctx
 	ic := c.lib
+	if c.isClosed() {
+		return nil, fmt.Errorf("rdma: create QP: %w", ErrClosed)
+	}
 	ic.mu.Lock()
 	in := ic.qpInit
 	*in = ibvQPInitAttr{SendCQ: a.SendCQ.lib, RecvCQ: a.RecvCQ.lib, QPType: qpTypeRC, Cap: ibvQPCap{
