@@ -70,7 +70,7 @@ func startDaemon(t *testing.T) string {
 // can drive.
 var testRDMA = admin.RDMAStatus{Provider: "libibverbs", Libibverbs: "loaded", Devices: []admin.RDMADevice{
 	{Name: "mlx5_0", Driver: "mlx5_core", NodeGUID: "0002c90300012345", Netdevs: []string{"ens1f0"},
-		Ports: []admin.RDMAPort{{Num: 1, State: "ACTIVE", LinkLayer: "Ethernet", GIDs: []string{"192.0.2.7"}}},
+		Ports:    []admin.RDMAPort{{Num: 1, State: "ACTIVE", LinkLayer: "Ethernet", GIDs: []string{"192.0.2.7"}}},
 		Provider: "libibverbs", Open: true, QPs: 2, CQs: 2, MRs: 5},
 	{Name: "qedr0", Driver: "qede", Netdevs: []string{}, ProviderError: "libibverbs has no user-space provider"},
 }}
