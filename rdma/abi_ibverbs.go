@@ -160,9 +160,13 @@ type ibvWC struct {
 	_            [2]byte
 }
 
-// ibvWCWithInv is IBV_WC_WITH_INV: libibverbs' bit for the kernel's IB_WC_WITH_INVALIDATE (the
-// two enums number their flags differently).
-const ibvWCWithInv = 1 << 3
+// Completion flags of libibverbs (enum ibv_wc_flags): GRH and WITH_IMM are numbered like the
+// kernel's, WITH_INV and IP_CSUM_OK are the kernel's IP_CSUM_OK and WITH_INVALIDATE swapped.
+const (
+	ibvWCKeep     = 1<<0 | 1<<1 // IBV_WC_GRH, IBV_WC_WITH_IMM
+	ibvWCIPCsumOK = 1 << 2
+	ibvWCWithInv  = 1 << 3
+)
 
 // ibvQPCap is struct ibv_qp_cap.
 type ibvQPCap struct {

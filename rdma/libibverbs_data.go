@@ -193,8 +193,12 @@ func (r *ibvCQRing) Poll(wc []WorkCompletion) int {
 	got := int(int32(call(r.poll, r.pollArgs[:]...)))
 	for i := 0; i < got; i++ {
 		u := &r.wc[i]
-		flags := u.WCFlags &^ (ibvWCWithInv | WCWithInvalidate)
-		if u.WCFlags&ibvWCWithInv != 0 {
+		// Providers disagree on the invalidate flag: mlx5 sets IBV_WC_WITH_INV, librxe passes the
+		// kernel's IB_WC_WITH_INVALIDATE, which is libibverbs' IBV_WC_IP_CSUM_OK bit. That
+		// checksum flag exists for UD and raw packet QPs only, so on our RC QPs either bit
+		// means the SEND invalidated Ex.
+		flags := u.WCFlags & ibvWCKeep
+		if u.WCFlags&(ibvWCWithInv|ibvWCIPCsumOK) != 0 {
 			flags |= WCWithInvalidate
 		}
 		wc[i] = WorkCompletion{ID: u.WRID, Status: WCStatus(u.Status), Opcode: WCOpcode(u.Opcode),

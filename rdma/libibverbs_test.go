@@ -221,15 +221,15 @@ func TestIbvPollAndArm(t *testing.T) {
 		t.Fatalf("Poll = %d, %v, want 2", n, err)
 	}
 	want := WorkCompletion{ID: 1, Status: WCSuccess, Opcode: WCRecv, ByteLen: 101, Ex: 0xabc, QPNum: 7,
-		Flags: WCWithInvalidate, VendorErr: 0x12}
+		Flags: WCWithInvalidate | 1, VendorErr: 0x12}
 	if wc[0] != want {
 		t.Errorf("completion %+v, want %+v", wc[0], want)
 	}
-	if wc[1].ID != 2 || wc[1].Status != WCWRFlushErr {
-		t.Errorf("second completion %+v, want ID 2 flushed", wc[1])
+	if wc[1].ID != 2 || wc[1].Status != WCWRFlushErr || wc[1].Flags != WCWithInvalidate {
+		t.Errorf("second completion %+v, want ID 2 flushed, invalidate flag from librxe's numbering", wc[1])
 	}
-	if n, _ := cq.Poll(wc[:]); n != 1 {
-		t.Errorf("second Poll = %d, want 1", n)
+	if n, _ := cq.Poll(wc[:]); n != 1 || wc[0].Flags != 0 {
+		t.Errorf("second Poll = %d, %+v; want 1 without flags", n, wc[0])
 	}
 	if n, _ := cq.Poll(wc[:]); n != 0 {
 		t.Errorf("Poll of an empty CQ = %d", n)

@@ -81,8 +81,9 @@ int fake_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr
 	return 0;
 }
 
-/* Every completion is a receive that invalidated rkey 0xabc, with the checksum flag libibverbs
- * numbers like the kernel's invalidate flag. */
+/* Every completion is a receive of rkey 0xabc; its flags cycle through what providers set: the
+ * GRH and IBV_WC_WITH_INV (mlx5), the kernel's invalidate bit, which libibverbs calls
+ * IBV_WC_IP_CSUM_OK (librxe), and none. */
 int fake_poll_cq(struct ibv_cq *cq, int n, struct ibv_wc *wc)
 {
 	int got = 0;
@@ -95,7 +96,8 @@ int fake_poll_cq(struct ibv_cq *cq, int n, struct ibv_wc *wc)
 		wc[got].invalidated_rkey = 0xabc;
 		wc[got].qp_num = 7;
 		wc[got].vendor_err = 0x12;
-		wc[got].wc_flags = IBV_WC_WITH_INV | IBV_WC_IP_CSUM_OK;
+		wc[got].wc_flags = next_id % 3 == 1 ? IBV_WC_GRH | IBV_WC_WITH_INV :
+				   next_id % 3 == 2 ? IBV_WC_IP_CSUM_OK : 0;
 	}
 	return got;
 }
