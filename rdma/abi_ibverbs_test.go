@@ -171,8 +171,8 @@ func TestIbvABILayout(t *testing.T) {
 	}
 }
 
-// TestIbvABIAgainstHeader compiles the same sizes and offsets with verbs.h and compares.
-func TestIbvABIAgainstHeader(t *testing.T) {
+// TestIbvCHeaderABI compiles the same sizes and offsets with verbs.h and compares.
+func TestIbvCHeaderABI(t *testing.T) {
 	layouts := ibvLayouts()
 	var src strings.Builder
 	src.WriteString("#include <stddef.h>\n#include <stdio.h>\n#include <infiniband/verbs.h>\nint main(void) {\n")

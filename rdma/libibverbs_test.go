@@ -15,7 +15,8 @@ import (
 	"github.com/ebitengine/purego"
 )
 
-// verbsHeader is where libibverbs-dev installs verbs.h; the C-side tests need it and a compiler.
+// verbsHeader is where libibverbs-dev installs verbs.h; the C-side tests (named TestIbvC...) need
+// it and a compiler, which the test VM does not have.
 const verbsHeader = "/usr/include/infiniband/verbs.h"
 
 // compileC builds testdata C source src with gcc (as a shared object when shared) or skips the
@@ -120,9 +121,9 @@ func (f *fakeIbv) cq(t *testing.T) *CQ {
 
 var fakeCaps = QPCaps{MaxSendWR: 64, MaxRecvWR: 64, MaxSendSGE: 2, MaxRecvSGE: 2, MaxInline: 16}
 
-// TestIbvPostSend checks every kind of send work request as the provider's post_send reads it
+// TestIbvCPostSend checks every kind of send work request as the provider's post_send reads it
 // through verbs.h.
-func TestIbvPostSend(t *testing.T) {
+func TestIbvCPostSend(t *testing.T) {
 	f := newFakeIbv(t)
 	qp := f.qp(t, fakeCaps)
 	sgl := []SGE{{Addr: 0x1000, Length: 10, LKey: 0x11}, {Addr: 0x2000, Length: 20, LKey: 0x22}}
@@ -179,8 +180,8 @@ func TestIbvPostSend(t *testing.T) {
 	}
 }
 
-// TestIbvPostErrors checks that a failed post reports how many requests were queued.
-func TestIbvPostErrors(t *testing.T) {
+// TestIbvCPostErrors checks that a failed post reports how many requests were queued.
+func TestIbvCPostErrors(t *testing.T) {
 	f := newFakeIbv(t)
 	qp := f.qp(t, fakeCaps)
 	sge := []SGE{{Addr: 0x1000, Length: 1, LKey: 1}}
@@ -209,9 +210,9 @@ func TestIbvPostErrors(t *testing.T) {
 	}
 }
 
-// TestIbvPollAndArm checks the completions as poll_cq fills them in (libibverbs numbers the
+// TestIbvCPollAndArm checks the completions as poll_cq fills them in (libibverbs numbers the
 // invalidate flag differently from the kernel) and arming through req_notify_cq.
-func TestIbvPollAndArm(t *testing.T) {
+func TestIbvCPollAndArm(t *testing.T) {
 	f := newFakeIbv(t)
 	cq := f.cq(t)
 	call(f.ready, 3)
@@ -244,9 +245,9 @@ func TestIbvPollAndArm(t *testing.T) {
 	}
 }
 
-// TestIbvPostPollAllocs checks the libibverbs data path: posting and polling through the
+// TestIbvCPostPollAllocs checks the libibverbs data path: posting and polling through the
 // provider's functions allocate nothing.
-func TestIbvPostPollAllocs(t *testing.T) {
+func TestIbvCPostPollAllocs(t *testing.T) {
 	if raceDetector {
 		t.Skip("under the race detector sync.Pool drops items, and purego pools its call blocks (make unit runs this without it)")
 	}
