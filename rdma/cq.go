@@ -113,8 +113,8 @@ type CompChannel struct {
 	mu   sync.Mutex
 	cqs  map[uint64]*CQ
 	dead bool
-	// ackArgs holds the arguments of ibv_ack_cq_events on the heap, so that acknowledging an
-	// event allocates nothing; ackMu serializes the waiters' use of it.
+	// ackArgs holds the arguments of ibv_ack_cq_events on the heap, so that acknowledging
+	// allocates nothing; ackMu serializes its use.
 	ackMu   sync.Mutex
 	ackArgs [2]uintptr
 }
@@ -278,7 +278,52 @@ func rawRead(fd int, buf []byte) (int, unix.Errno) {
 func (ch *CompChannel) cqFor(ev []byte) *CQ {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	return ch.cqs[binary.NativeEndian.Uint64(ev)]
+	cq := ch.cqs[binary.NativeEndian.Uint64(ev)]
+	if ch.lib != 0 {
+		ch.countEventLocked(binary.NativeEndian.Uint64(ev), cq)
+	}
+	return cq
+}
+
+// ackBatch bounds the completion events of a libibverbs CQ left unacknowledged.
+const ackBatch = 1 << 16
+
+// countEventLocked accounts for a completion event read for the struct ibv_cq at addr (cq is its
+// CQ, nil when unknown); ch.mu must be held. libibverbs' ibv_destroy_cq waits until every event
+// read for the CQ was acknowledged, and the C object lives until then, so acknowledging can wait:
+// events are counted and acknowledged in batches, and all at once by CQ.Destroy before it
+// destroys; an event for a CQ being destroyed (or unknown) is acknowledged at once. That saves a
+// call into C per event.
+func (ch *CompChannel) countEventLocked(addr uint64, cq *CQ) {
+	if cq == nil || cq.destroying {
+		ch.ackLib(uintptr(addr), 1)
+		return
+	}
+	cq.unacked++
+	if cq.unacked >= ackBatch {
+		ch.ackLib(uintptr(addr), cq.unacked)
+		cq.unacked = 0
+	}
+}
+
+// ackLib acknowledges n completion events of the struct ibv_cq at addr (ibv_ack_cq_events).
+func (ch *CompChannel) ackLib(addr uintptr, n uint32) {
+	ch.ackMu.Lock()
+	ch.ackArgs = [2]uintptr{addr, uintptr(n)}
+	call(ch.ctx.lib.lib.ackCQEvents, ch.ackArgs[:]...)
+	ch.ackMu.Unlock()
+}
+
+// ackPending acknowledges the events counted for cq and makes later ones be acknowledged at
+// once; CQ.Destroy calls it before ibv_destroy_cq.
+func (ch *CompChannel) ackPending(cq *CQ) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	cq.destroying = true
+	if cq.unacked > 0 {
+		ch.ackLib(uintptr(cq.lib), cq.unacked)
+		cq.unacked = 0
+	}
 }
 
 // event checks what a read of the channel returned: the event's CQ, nil to read on (no event,
@@ -291,14 +336,6 @@ func (ch *CompChannel) event(buf []byte, n int, errno unix.Errno) (*CQ, error) {
 		return nil, fmt.Errorf("rdma: read completion channel: %w", errno)
 	case n != len(buf):
 		return nil, fmt.Errorf("rdma: completion channel returned %d bytes", n)
-	}
-	if ch.lib != 0 {
-		// The event names the struct ibv_cq, which ibv_destroy_cq does not free before this
-		// acknowledgement (it waits for one per event read).
-		ch.ackMu.Lock()
-		ch.ackArgs = [2]uintptr{uintptr(binary.NativeEndian.Uint64(buf)), 1}
-		call(ch.ctx.lib.lib.ackCQEvents, ch.ackArgs[:]...)
-		ch.ackMu.Unlock()
 	}
 	return ch.cqFor(buf), nil
 }
@@ -451,6 +488,10 @@ type CQ struct {
 	uh     uint64  // user handle: with libibverbs, the struct ibv_cq *
 	lib    uintptr // struct ibv_cq * (libibverbs)
 	ring   CQRing
+	// Completion events read but not yet acknowledged to libibverbs, and whether Destroy has
+	// begun; both guarded by the channel's mu (see CompChannel.countEventLocked).
+	unacked    uint32
+	destroying bool
 	// Size is the number of completions the CQ holds (as granted by the kernel).
 	Size int
 	// Spin is how many empty polls Wait makes before it arms the CQ and sleeps; 0 (the default)
@@ -639,6 +680,9 @@ func (cq *CQ) Destroy() error {
 	if c.lib != nil {
 		// Not under c.mu: ibv_destroy_cq waits for the acknowledgement of every event read
 		// for the CQ, which the async reader gives before it takes c.mu.
+		if cq.ch != nil {
+			cq.ch.ackPending(cq)
+		}
 		if err = callInt(c.lib.lib.destroyCQ, cq.lib); err == nil {
 			c.mu.Lock()
 			delete(c.cqs, cq.uh)
