@@ -35,7 +35,7 @@ targets:
 EOC
 iserd_start /tmp/iserd-bench.yaml
 cat >/tmp/iserd-bench-ibv.yaml <<EOC
-portals: [{address: "$VM_ADDR:3264", transport: iser}]
+portals: [{address: "$VM_ADDR:3264", transport: both}] # TCP for the discovery before the iSER login
 rdma: {provider: libibverbs}
 log: {level: warn}
 targets:
