@@ -165,6 +165,12 @@ func (m *Manager) Handler() http.Handler {
 		{"GET /v1/sessions", m.listSessions},
 		{"GET /v1/sessions/{tsih}", m.getSession},
 		{"POST /v1/sessions/{tsih}/logout", m.logoutSession},
+		{"GET /v1/rdma", func(*http.Request) (any, error) {
+			if m.rdma == nil {
+				return nil, fmt.Errorf("RDMA devices: %w: this server has no RDMA support", ErrNotFound)
+			}
+			return m.rdma(), nil
+		}},
 	}
 	for _, rt := range routes {
 		mux.HandleFunc(rt.pattern, m.serveJSON(rt.h))

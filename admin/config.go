@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -34,7 +35,20 @@ type Config struct {
 	Limits LimitsConfig `yaml:"limits,omitempty" json:"limits"`
 	// Metrics optionally serves /metrics on a TCP address too.
 	Metrics MetricsConfig `yaml:"metrics,omitempty" json:"metrics"`
+	// RDMA says how iSER portals drive their RDMA devices. It takes effect at start.
+	RDMA RDMAConfig `yaml:"rdma,omitempty" json:"rdma"`
 }
+
+// RDMAConfig chooses the RDMA provider.
+type RDMAConfig struct {
+	// Provider is auto (default: the native provider where iserd has one for the device's
+	// driver, i.e. rxe, else libibverbs), native (kernel ABI only), or libibverbs (every device
+	// through libibverbs.so.1 and rdma-core's user-space providers: mlx5, bnxt_re, irdma, efa...).
+	Provider string `yaml:"provider,omitempty" json:"provider,omitempty"`
+}
+
+// rdmaProviders are the values RDMAConfig.Provider takes.
+var rdmaProviders = []string{"", "auto", "native", "libibverbs"}
 
 // LimitsConfig bounds daemon-wide resources. They take effect at start.
 type LimitsConfig struct {
@@ -527,6 +541,9 @@ const maxLUN = 16383
 
 // Check validates the configuration and fills defaults.
 func (c *Config) Check() error {
+	if !slices.Contains(rdmaProviders, c.RDMA.Provider) {
+		return fmt.Errorf("rdma.provider %q is not auto, native or libibverbs", c.RDMA.Provider)
+	}
 	if len(c.Portals) == 0 {
 		c.Portals = []PortalConfig{{Address: "127.0.0.1:3260"}}
 	}

@@ -37,6 +37,9 @@ type Options struct {
 	// Override adjusts a configuration read by Reload the way the daemon's
 	// command line adjusted the first one (may be nil).
 	Override func(*Config)
+	// RDMA reports the RDMA devices for GET /v1/rdma (nil: the API answers that this server
+	// has no RDMA support).
+	RDMA func() RDMAStatus
 }
 
 // Manager owns the running configuration of an iscsi.Server. Its methods
@@ -47,6 +50,7 @@ type Manager struct {
 	path     string
 	listen   func(*iscsi.Server, PortalConfig) (io.Closer, error)
 	override func(*Config)
+	rdma     func() RDMAStatus
 
 	mu      sync.Mutex
 	cfg     *Config
@@ -93,8 +97,8 @@ func New(cfg *Config, o Options) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start server: %w", err)
 	}
-	m := &Manager{log: o.Log, srv: srv, path: o.Path, listen: o.Listen, override: o.Override,
-		cfg:  &Config{DataDir: cfg.DataDir, Log: cfg.Log, Limits: cfg.Limits, Metrics: cfg.Metrics},
+	m := &Manager{log: o.Log, srv: srv, path: o.Path, listen: o.Listen, override: o.Override, rdma: o.RDMA,
+		cfg:  &Config{DataDir: cfg.DataDir, Log: cfg.Log, Limits: cfg.Limits, Metrics: cfg.Metrics, RDMA: cfg.RDMA},
 		luns: map[lunKey]*liveLUN{}, portals: map[string]io.Closer{}}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -190,6 +194,9 @@ func restartOnly(a, b *Config) []string {
 	}
 	if a.Metrics != b.Metrics {
 		out = append(out, "metrics")
+	}
+	if a.RDMA != b.RDMA {
+		out = append(out, "rdma")
 	}
 	for _, t := range b.Targets {
 		if o := a.Target(t.Name); o != nil && o.Alias != t.Alias {

@@ -280,5 +280,8 @@ for c in randread-4k-qd16 randwrite-4k-qd16; do
   goal "vm tcp $c" vm "tcp/$c" iserd lio 1
   goal "vm iser $c" vm "iser/$c" iserd lio 1
 done
+for c in randread-4k-qd16 randwrite-4k-qd16 read-128k-qd8 write-128k-qd8; do
+  goal "vm iser $c, libibverbs vs native provider" vm "iser/$c" iserd-ibv iserd 0.95
+done
 note "results in $RESULTS/latest.tsv and latest.svg, every run in samples.tsv ($((SECONDS - START))s)"
 exit $st

@@ -33,6 +33,8 @@ type endpoint interface {
 type rdmaEndpoint struct {
 	*rdma.Conn
 	mrs []*rdma.MR
+	// release, once set, is told when the endpoint is closed (and whether its device went away).
+	release func(removed bool)
 }
 
 // PostSend posts to the connection's QP.
@@ -66,8 +68,14 @@ func (e *rdmaEndpoint) Close() error {
 	return errors.Join(err, e.freeBuffers())
 }
 
-// freeBuffers releases the slot memory (also when accepting failed).
+// freeBuffers releases the slot memory (also when accepting failed) and tells release.
 func (e *rdmaEndpoint) freeBuffers() error {
+	defer func() {
+		if e.release != nil {
+			e.release(e.Conn != nil && errors.Is(e.Conn.Err(), rdma.ErrDeviceRemoved))
+			e.release = nil
+		}
+	}()
 	var errs []error
 	for _, mr := range e.mrs {
 		if err := mr.Dereg(); err != nil {

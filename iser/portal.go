@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,10 +33,17 @@ type Portal struct {
 
 	mu      sync.Mutex
 	regions map[*rdma.PD]*regions // the buffer pool registered per device
+	conns   map[*rdma.PD]int      // connections alive per device
+	removed map[*rdma.PD]bool     // devices that went away: dropped once their last connection is closed
 }
 
-// Listen starts listening for iSER connections on addr.
-func Listen(srv *iscsi.Server, addr netip.AddrPort, log *zap.Logger) (*Portal, error) {
+// Listen starts listening for iSER connections on addr, driving RDMA devices with the provider
+// choice picks. It refuses an address whose network interface has no RDMA device, or whose
+// device no provider can drive, and says why.
+func Listen(srv *iscsi.Server, addr netip.AddrPort, provider rdma.ProviderChoice, log *zap.Logger) (*Portal, error) {
+	if err := CheckAddr(addr.Addr(), provider); err != nil {
+		return nil, fmt.Errorf("iser portal %v: %w", addr, err)
+	}
 	cm, err := rdma.OpenCM()
 	if err != nil {
 		return nil, fmt.Errorf("iser portal %v: %w", addr, err)
@@ -44,8 +53,59 @@ func Listen(srv *iscsi.Server, addr netip.AddrPort, log *zap.Logger) (*Portal, e
 		cm.Close()
 		return nil, fmt.Errorf("iser portal %v: %w", addr, err)
 	}
-	return &Portal{srv: srv, log: log.With(zap.String("portal", addr.String()), zap.String("transport", "iser")),
-		cm: cm, l: l, devs: rdma.NewDevicePool(), addr: addr, regions: map[*rdma.PD]*regions{}}, nil
+	p := &Portal{srv: srv, log: log.With(zap.String("portal", addr.String()), zap.String("transport", "iser")),
+		cm: cm, l: l, devs: rdma.NewDevicePoolFor(provider), addr: addr, regions: map[*rdma.PD]*regions{},
+		conns: map[*rdma.PD]int{}, removed: map[*rdma.PD]bool{}}
+	live.Lock()
+	live.portals[p] = struct{}{}
+	live.Unlock()
+	return p, nil
+}
+
+// CheckAddr says whether an iSER portal on a can work: an RDMA device must sit on the network
+// interface holding a (any device for a wildcard address) and provider must be able to drive it.
+func CheckAddr(a netip.Addr, provider rdma.ProviderChoice) error {
+	devs, err := rdma.DevicesForAddr(a)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, d := range devs {
+		if _, err := provider.ProviderFor(d); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return nil // one usable device is enough for a wildcard address
+	}
+	return errors.Join(errs...)
+}
+
+// live holds the portals serving, for OpenDevices.
+var live = struct {
+	sync.Mutex
+	portals map[*Portal]struct{}
+}{portals: map[*Portal]struct{}{}}
+
+// OpenDevices lists the RDMA devices the iSER portals hold open, with the QPs, CQs and MRs alive
+// on each (summed over the portals, which open devices separately).
+func OpenDevices() []rdma.OpenDevice {
+	live.Lock()
+	defer live.Unlock()
+	var out []rdma.OpenDevice
+	for p := range live.portals {
+		for _, d := range p.devs.Open() {
+			i := slices.IndexFunc(out, func(o rdma.OpenDevice) bool { return o.Name == d.Name && o.Provider == d.Provider })
+			if i < 0 {
+				out = append(out, d)
+				continue
+			}
+			out[i].QPs += d.QPs
+			out[i].CQs += d.CQs
+			out[i].MRs += d.MRs
+		}
+	}
+	slices.SortFunc(out, func(a, b rdma.OpenDevice) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // Addr is the address the portal listens on.
@@ -53,6 +113,10 @@ func (p *Portal) Addr() netip.AddrPort { return p.addr }
 
 // Serve accepts connections until ctx ends or the listener fails, then
 // releases the portal's devices once its connections are gone.
+//
+// When the RDMA device goes away (rdma link delete, driver unloaded), its connections end, the
+// device is released once the last of them is closed, so that the kernel can finish removing
+// it, and the portal listens again once a device holds its address again.
 func (p *Portal) Serve(ctx context.Context) error {
 	defer p.close()
 	for {
@@ -61,13 +125,96 @@ func (p *Portal) Serve(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("iser portal %v: %w", p.addr, err)
+			if !errors.Is(err, rdma.ErrDeviceRemoved) {
+				return fmt.Errorf("iser portal %v: %w", p.addr, err)
+			}
+			if err := p.relisten(ctx); err != nil {
+				return nil // ctx ended
+			}
+			continue
 		}
 		go p.accept(ctx, req)
 	}
 }
 
+// relistenEvery is how often a portal whose device went away tries to listen again.
+const relistenEvery = time.Second
+
+// relisten replaces the listener after its device went away, once rdma_cm can bind the address
+// again; it returns ctx.Err() when ctx ends first.
+func (p *Portal) relisten(ctx context.Context) error {
+	p.log.Warn("iSER portal: the RDMA device went away; its connections end, the portal listens again when a device holds the address")
+	p.l.Close()
+	p.mu.Lock()
+	for pd := range p.regions {
+		p.removed[pd] = true
+		p.releaseIfIdleLocked(pd)
+	}
+	p.mu.Unlock()
+	t := time.NewTicker(relistenEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		if CheckAddr(p.addr.Addr(), p.devs.Choice()) != nil {
+			continue
+		}
+		l, err := rdma.Listen(p.cm, p.addr, 128)
+		if err != nil {
+			continue
+		}
+		p.l = l
+		p.log.Info("iSER portal listening again")
+		return nil
+	}
+}
+
+// connStart counts a connection on pd, until connGone.
+func (p *Portal) connStart(pd *rdma.PD) {
+	p.mu.Lock()
+	p.conns[pd]++
+	p.mu.Unlock()
+}
+
+// connGone is called when a connection on pd is closed; removed says it ended because the
+// device went away.
+func (p *Portal) connGone(pd *rdma.PD, removed bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.conns[pd]--
+	if removed {
+		p.removed[pd] = true
+	}
+	p.releaseIfIdleLocked(pd)
+}
+
+// releaseIfIdleLocked deregisters the buffer pool from a removed device and closes the device
+// once no connection uses it; p.mu must be held.
+func (p *Portal) releaseIfIdleLocked(pd *rdma.PD) {
+	if !p.removed[pd] || p.conns[pd] > 0 {
+		return
+	}
+	if r := p.regions[pd]; r != nil {
+		r.close()
+		delete(p.regions, pd)
+	}
+	delete(p.removed, pd)
+	delete(p.conns, pd)
+	guid := pd.Context().Device.NodeGUID
+	if err := p.devs.Drop(guid); err != nil {
+		p.log.Warn("release the removed RDMA device", zap.String("device", pd.Context().Device.Name), zap.Error(err))
+		return
+	}
+	p.log.Info("released the removed RDMA device", zap.String("device", pd.Context().Device.Name))
+}
+
 func (p *Portal) close() {
+	live.Lock()
+	delete(live.portals, p)
+	live.Unlock()
 	p.l.Close()
 	p.mu.Lock()
 	for pd, r := range p.regions {
@@ -112,6 +259,8 @@ func (p *Portal) establish(req *rdma.ConnRequest) (*conn, error) {
 			if err != nil {
 				return err
 			}
+			p.connStart(rc.PD)
+			ep.release = func(removed bool) { p.connGone(rc.PD, removed) }
 			var s slots
 			if s.recvMR, s.recvMem, err = ep.alloc(numRecv * slotSize); err != nil {
 				return fmt.Errorf("receive buffers: %w", err)

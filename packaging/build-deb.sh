@@ -55,8 +55,9 @@ Maintainer: iserd developers <iserd@localhost>
 Installed-Size: $(du -sk --exclude=DEBIAN "$root" | cut -f1)
 Section: net
 Priority: optional
+Depends: libc6
 Recommends: bash-completion
-Suggests: open-iscsi, rdma-core
+Suggests: open-iscsi, rdma-core, libibverbs1, ibverbs-providers
 Homepage: https://github.com/iserd/iserd
 Description: userspace iSCSI and iSER (RDMA) target
  iserd serves block storage to iSCSI initiators over TCP and over RDMA

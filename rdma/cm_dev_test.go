@@ -170,7 +170,7 @@ func TestCMTransfer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	fds0, res0 := countFDs(t), resourceCounts(t)
-	pool := NewDevicePool()
+	pool := NewDevicePoolFor(testProvider)
 	srvCM, err := OpenCM()
 	if err != nil {
 		t.Fatal(err)
@@ -180,6 +180,7 @@ func TestCMTransfer(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv, cli := connectPair(t, ctx, pool, srvCM, cliCM, 18600)
+	checkProvider(t, srv.conn.PD.Context())
 	// Move the server's connection to a CM of its own: its disconnect must arrive there.
 	migCM, err := OpenCM()
 	if err != nil {
@@ -321,7 +322,7 @@ func TestCMReject(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	fds0 := countFDs(t)
-	pool := NewDevicePool()
+	pool := NewDevicePoolFor(testProvider)
 	cm, err := OpenCM()
 	if err != nil {
 		t.Fatal(err)
@@ -367,7 +368,7 @@ func runPeer(port string) int {
 	var p uint16
 	fmt.Sscan(port, &p)
 	ctx := context.Background()
-	pool := NewDevicePool()
+	pool := NewDevicePoolFor(testProvider)
 	cm, err := OpenCM()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -447,7 +448,7 @@ func TestCMPeerKilled(t *testing.T) {
 	if n, err := out.Read(line); err != nil || !strings.Contains(string(line[:n]), "listening") {
 		t.Fatalf("peer did not start: %q %v", line[:n], err)
 	}
-	pool := NewDevicePool()
+	pool := NewDevicePoolFor(testProvider)
 	cm, err := OpenCM()
 	if err != nil {
 		t.Fatal(err)

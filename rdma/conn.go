@@ -14,12 +14,39 @@ import (
 // DevicePool opens each device once and keeps one Context and one PD per device, so that the
 // connections on a device share their memory registrations. It is safe for concurrent use.
 type DevicePool struct {
-	mu   sync.Mutex
-	devs map[uint64]*PD
+	choice ProviderChoice
+	mu     sync.Mutex
+	devs   map[uint64]*PD
 }
 
-// NewDevicePool returns an empty pool.
-func NewDevicePool() *DevicePool { return &DevicePool{devs: map[uint64]*PD{}} }
+// NewDevicePool returns an empty pool that opens devices with the provider ProviderAuto picks.
+func NewDevicePool() *DevicePool { return NewDevicePoolFor(ProviderAuto) }
+
+// NewDevicePoolFor returns an empty pool that opens devices with the provider choice picks.
+func NewDevicePoolFor(choice ProviderChoice) *DevicePool {
+	return &DevicePool{choice: choice, devs: map[uint64]*PD{}}
+}
+
+// OpenDevice is one device a pool holds open, and what is alive on it.
+type OpenDevice struct {
+	Name     string
+	Provider string // "rxe" (native) or "libibverbs"
+	QPs      int
+	CQs      int
+	MRs      int
+}
+
+// Open lists the devices the pool holds open.
+func (p *DevicePool) Open() []OpenDevice {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]OpenDevice, 0, len(p.devs))
+	for _, pd := range p.devs {
+		qps, cqs, mrs := pd.ctx.Held()
+		out = append(out, OpenDevice{Name: pd.ctx.Device.Name, Provider: pd.ctx.Provider(), QPs: qps, CQs: cqs, MRs: mrs})
+	}
+	return out
+}
 
 // PD returns the protection domain of the device with node GUID guid, opening it on first use.
 func (p *DevicePool) PD(guid uint64) (*PD, error) {
@@ -35,7 +62,7 @@ func (p *DevicePool) PD(guid uint64) (*PD, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := Open(dev)
+	c, err := OpenWith(dev, p.choice)
 	if err != nil {
 		return nil, err
 	}
@@ -508,3 +535,6 @@ func (c *Conn) releaseVerbs() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Choice is the provider choice the pool opens devices with.
+func (p *DevicePool) Choice() ProviderChoice { return p.choice }

@@ -31,8 +31,9 @@ type cmdScratch struct {
 // through it. Close destroys whatever is still alive, in dependency order.
 type Context struct {
 	Device Device
-	prov   Provider
-	fd     int
+	prov   Provider // native provider (nil when lib drives the device)
+	lib    *ibvCtx  // libibverbs provider
+	fd     int      // uverbs command fd (native; -1 with libibverbs)
 	async  *os.File
 
 	// NumCompVectors is the number of completion vectors the device offers.
@@ -103,21 +104,28 @@ type AsyncEvent struct {
 	Port int
 }
 
-// Open opens the device dev with the provider that matches it.
-func Open(dev Device) (*Context, error) {
-	prov, err := providerFor(&dev)
+// Open opens the device dev with the provider ProviderAuto picks for it.
+func Open(dev Device) (*Context, error) { return OpenWith(dev, ProviderAuto) }
+
+// OpenWith opens the device dev with the provider choice selects for it.
+func OpenWith(dev Device, choice ProviderChoice) (*Context, error) {
+	prov, err := choice.resolve(&dev)
 	if err != nil {
 		return nil, err
+	}
+	c := &Context{
+		Device: dev, prov: prov, fd: -1, scratch: new(cmdScratch),
+		qps: map[uint64]*QP{}, cqs: map[uint64]*CQ{}, mrs: map[*MR]struct{}{}, mws: map[*MW]struct{}{}, pds: map[*PD]struct{}{},
+		chans: map[*CompChannel]struct{}{}, events: make(chan AsyncEvent, 64), asyncDone: make(chan struct{}),
+	}
+	if prov == nil {
+		return c.openIbv()
 	}
 	fd, err := unix.Open(dev.UverbsPath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("rdma: open %s: %w", dev.UverbsPath, err)
 	}
-	c := &Context{
-		Device: dev, prov: prov, fd: fd, scratch: new(cmdScratch),
-		qps: map[uint64]*QP{}, cqs: map[uint64]*CQ{}, mrs: map[*MR]struct{}{}, mws: map[*MW]struct{}{}, pds: map[*PD]struct{}{},
-		chans: map[*CompChannel]struct{}{}, events: make(chan AsyncEvent, 64), asyncDone: make(chan struct{}),
-	}
+	c.fd = fd
 	var resp uverbsGetContextResp
 	if err := c.execute(cmdGetContext, asBytes(&resp), asBytes(&uverbsRespCmd{})); err != nil {
 		unix.Close(fd)
@@ -148,6 +156,46 @@ func OpenByName(name string) (*Context, error) {
 		return nil, err
 	}
 	return Open(d)
+}
+
+// openIbv opens the device through libibverbs; the async event fd is a duplicate of the
+// context's, read in Go like the native one (and every event acknowledged to libibverbs).
+func (c *Context) openIbv() (*Context, error) {
+	ic, err := openIbv(&c.Device)
+	if err != nil {
+		return nil, err
+	}
+	c.lib = ic
+	c.NumCompVectors = int(ic.c.NumCompVectors)
+	fd, err := dupFD(ic.c.AsyncFD, "async event")
+	if err == nil {
+		c.async, err = pollableFile(fd, c.Device.Name+"-async")
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		ic.close()
+		return nil, err
+	}
+	go c.readAsync()
+	return c, nil
+}
+
+// Provider names the provider that drives the device: "libibverbs", or the native one's name
+// ("rxe").
+func (c *Context) Provider() string {
+	if c.lib != nil {
+		return ProviderLibibverbs.String()
+	}
+	return c.prov.Name()
+}
+
+// Held counts the QPs, CQs and MRs alive on the device.
+func (c *Context) Held() (qps, cqs, mrs int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.qps), len(c.cqs), len(c.mrs)
 }
 
 // pollableFile makes fd non-blocking and wraps it in an os.File, which registers it with the
@@ -181,6 +229,10 @@ func (c *Context) readAsync() {
 			EventType: binary.NativeEndian.Uint32(buf[8:]),
 		}
 		ev := AsyncEvent{Type: AsyncEventType(desc.EventType)}
+		if c.lib != nil {
+			// Before taking c.mu: a destroy waits for this under it.
+			c.lib.ackAsync(desc.Element, desc.EventType)
+		}
 		c.mu.Lock()
 		switch ev.Type {
 		case EventCQErr:
@@ -291,6 +343,16 @@ type DeviceAttr struct {
 
 // QueryDevice returns the device attributes.
 func (c *Context) QueryDevice() (DeviceAttr, error) {
+	if c.lib != nil {
+		if c.isClosed() {
+			return DeviceAttr{}, fmt.Errorf("rdma: %s: query device: %w", c.Device.Name, ErrClosed)
+		}
+		a, err := c.lib.queryDevice()
+		if err != nil {
+			return a, fmt.Errorf("rdma: %s: %w", c.Device.Name, err)
+		}
+		return a, nil
+	}
 	var r uverbsQueryDeviceResp
 	if err := c.execute(cmdQueryDevice, asBytes(&r), asBytes(&uverbsRespCmd{})); err != nil {
 		return DeviceAttr{}, fmt.Errorf("rdma: %s: %w", c.Device.Name, err)
@@ -347,6 +409,16 @@ var ErrPortDown = errors.New("rdma: port not active")
 func (c *Context) QueryPort(port int) (PortAttr, error) {
 	if port < 1 || port > 255 {
 		return PortAttr{}, fmt.Errorf("rdma: bad port number %d", port)
+	}
+	if c.lib != nil {
+		if c.isClosed() {
+			return PortAttr{}, fmt.Errorf("rdma: %s: query port: %w", c.Device.Name, ErrClosed)
+		}
+		a, err := c.lib.queryPort(port)
+		if err != nil {
+			return a, fmt.Errorf("rdma: %s port %d: %w", c.Device.Name, port, err)
+		}
+		return a, nil
 	}
 	var r uverbsQueryPortResp
 	if err := c.execute(cmdQueryPort, asBytes(&r), asBytes(&uverbsQueryPort{PortNum: uint8(port)})); err != nil {
@@ -408,7 +480,11 @@ func (c *Context) Close() error {
 	c.mu.Unlock()
 	errs = append(errs, c.async.Close())
 	<-c.asyncDone
-	if err := unix.Close(c.fd); err != nil {
+	if c.lib != nil {
+		if err := c.lib.close(); err != nil {
+			errs = append(errs, fmt.Errorf("rdma: close %s: %w", c.Device.Name, err))
+		}
+	} else if err := unix.Close(c.fd); err != nil {
 		errs = append(errs, fmt.Errorf("rdma: close %s: %w", c.Device.UverbsPath, err))
 	}
 	return errors.Join(errs...)

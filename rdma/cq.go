@@ -107,11 +107,16 @@ type CompChannel struct {
 	f    *os.File        // netpoller mode
 	rc   syscall.RawConn // f's, for raw reads that still park in the netpoller
 	sw   *syscallWaiter  // syscall-wait mode
-	fd   int
-	intr interrupter // wakes waiters whose context ended
+	fd   int             // ours (with libibverbs, a duplicate of the channel's)
+	lib  uintptr         // struct ibv_comp_channel * (libibverbs)
+	intr interrupter     // wakes waiters whose context ended
 	mu   sync.Mutex
 	cqs  map[uint64]*CQ
 	dead bool
+	// ackArgs holds the arguments of ibv_ack_cq_events on the heap, so that acknowledging
+	// allocates nothing; ackMu serializes its use.
+	ackMu   sync.Mutex
+	ackArgs [2]uintptr
 }
 
 // syscallWaiter lets one goroutine at a time sleep in epoll_wait(2) on the channel fd and an
@@ -196,10 +201,35 @@ func (c *Context) newCompChannel(syscallWait bool) (*CompChannel, error) {
 	if c.closed {
 		return nil, fmt.Errorf("rdma: create completion channel: %w", ErrClosed)
 	}
+	if c.lib != nil {
+		return c.ibvChannelLocked(syscallWait)
+	}
 	if err := c.executeLocked(cmdCreateCompChannel, asBytes(&r), asBytes(&uverbsRespCmd{})); err != nil {
 		return nil, fmt.Errorf("rdma: %s: %w", c.Device.Name, err)
 	}
 	return c.adoptChannelLocked(int(r.FD), syscallWait)
+}
+
+// ibvChannelLocked creates a completion channel through libibverbs and waits on a duplicate of
+// its fd; c.mu must be held.
+func (c *Context) ibvChannelLocked(syscallWait bool) (*CompChannel, error) {
+	l := c.lib.lib
+	p, err := l.callErrno(l.createCompChannel, c.lib.ctx)
+	if err != nil {
+		return nil, fmt.Errorf("rdma: %s: ibv_create_comp_channel: %w", c.Device.Name, err)
+	}
+	fd, err := dupFD((*ibvCompChannel)(cptr(p)).FD, "completion channel")
+	if err != nil {
+		call(l.destroyCompChannel, p)
+		return nil, err
+	}
+	ch, err := c.adoptChannelLocked(fd, syscallWait)
+	if err != nil {
+		call(l.destroyCompChannel, p)
+		return nil, err
+	}
+	ch.lib = p
+	return ch, nil
 }
 
 // adoptChannelLocked wraps the completion channel fd (closing it on failure) for the chosen
@@ -248,7 +278,52 @@ func rawRead(fd int, buf []byte) (int, unix.Errno) {
 func (ch *CompChannel) cqFor(ev []byte) *CQ {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	return ch.cqs[binary.NativeEndian.Uint64(ev)]
+	cq := ch.cqs[binary.NativeEndian.Uint64(ev)]
+	if ch.lib != 0 {
+		ch.countEventLocked(binary.NativeEndian.Uint64(ev), cq)
+	}
+	return cq
+}
+
+// ackBatch bounds the completion events of a libibverbs CQ left unacknowledged.
+const ackBatch = 1 << 16
+
+// countEventLocked accounts for a completion event read for the struct ibv_cq at addr (cq is its
+// CQ, nil when unknown); ch.mu must be held. libibverbs' ibv_destroy_cq waits until every event
+// read for the CQ was acknowledged, and the C object lives until then, so acknowledging can wait:
+// events are counted and acknowledged in batches, and all at once by CQ.Destroy before it
+// destroys; an event for a CQ being destroyed (or unknown) is acknowledged at once. That saves a
+// call into C per event.
+func (ch *CompChannel) countEventLocked(addr uint64, cq *CQ) {
+	if cq == nil || cq.destroying {
+		ch.ackLib(uintptr(addr), 1)
+		return
+	}
+	cq.unacked++
+	if cq.unacked >= ackBatch {
+		ch.ackLib(uintptr(addr), cq.unacked)
+		cq.unacked = 0
+	}
+}
+
+// ackLib acknowledges n completion events of the struct ibv_cq at addr (ibv_ack_cq_events).
+func (ch *CompChannel) ackLib(addr uintptr, n uint32) {
+	ch.ackMu.Lock()
+	ch.ackArgs = [2]uintptr{addr, uintptr(n)}
+	call(ch.ctx.lib.lib.ackCQEvents, ch.ackArgs[:]...)
+	ch.ackMu.Unlock()
+}
+
+// ackPending acknowledges the events counted for cq and makes later ones be acknowledged at
+// once; CQ.Destroy calls it before ibv_destroy_cq.
+func (ch *CompChannel) ackPending(cq *CQ) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	cq.destroying = true
+	if cq.unacked > 0 {
+		ch.ackLib(uintptr(cq.lib), cq.unacked)
+		cq.unacked = 0
+	}
 }
 
 // event checks what a read of the channel returned: the event's CQ, nil to read on (no event,
@@ -382,19 +457,23 @@ func (ch *CompChannel) Close() error {
 	}
 	ch.dead = true
 	ch.mu.Unlock()
+	var err error
 	if sw := ch.sw; sw != nil {
 		sw.closed.Store(true)
 		sw.interrupt()
 		sw.mu.Lock() // the waiter has left
 		defer sw.mu.Unlock()
 		ch.intr.close()
-		if err := errors.Join(unix.Close(ch.fd), sw.close()); err != nil {
-			return fmt.Errorf("rdma: close completion channel: %w", err)
-		}
-		return nil
+		err = errors.Join(unix.Close(ch.fd), sw.close())
+	} else {
+		err = ch.f.Close()
+		ch.intr.close()
 	}
-	err := ch.f.Close()
-	ch.intr.close()
+	if ch.lib != 0 {
+		if e := callInt(c.lib.lib.destroyCompChannel, ch.lib); e != nil {
+			err = errors.Join(err, fmt.Errorf("ibv_destroy_comp_channel: %w", e))
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("rdma: close completion channel: %w", err)
 	}
@@ -406,8 +485,13 @@ type CQ struct {
 	ctx    *Context
 	ch     *CompChannel
 	handle uint32
-	uh     uint64
+	uh     uint64  // user handle: with libibverbs, the struct ibv_cq *
+	lib    uintptr // struct ibv_cq * (libibverbs)
 	ring   CQRing
+	// Completion events read but not yet acknowledged to libibverbs, and whether Destroy has
+	// begun; both guarded by the channel's mu (see CompChannel.countEventLocked).
+	unacked    uint32
+	destroying bool
 	// Size is the number of completions the CQ holds (as granted by the kernel).
 	Size int
 	// Spin is how many empty polls Wait makes before it arms the CQ and sleeps; 0 (the default)
@@ -428,6 +512,9 @@ func (c *Context) CreateCQ(cqe int, ch *CompChannel, vector int) (*CQ, error) {
 	}
 	if ch != nil && ch.ctx != c {
 		return nil, errors.New("rdma: completion channel belongs to another device")
+	}
+	if c.lib != nil {
+		return c.createIbvCQ(cqe, ch, vector)
 	}
 	drvIn, drvOutLen := c.prov.CQDriverData()
 	resp := make([]byte, int(unsafe.Sizeof(uverbsCreateCQResp{}))+drvOutLen)
@@ -457,6 +544,46 @@ func (c *Context) CreateCQ(cqe int, ch *CompChannel, vector int) (*CQ, error) {
 		_ = c.execute(cmdDestroyCQ, make([]byte, 8), asBytes(&uverbsDestroyObj{Handle: cq.handle}))
 		return nil, err
 	}
+	c.addCQ(cq)
+	return cq, nil
+}
+
+// createIbvCQ creates a CQ through libibverbs.
+func (c *Context) createIbvCQ(cqe int, ch *CompChannel, vector int) (*CQ, error) {
+	l := c.lib.lib
+	var chp uintptr
+	if ch != nil {
+		chp = ch.lib
+	}
+	if c.isClosed() {
+		return nil, fmt.Errorf("rdma: create CQ: %w", ErrClosed)
+	}
+	p, err := l.callErrno(l.createCQ, c.lib.ctx, uintptr(cqe), 0, chp, uintptr(vector))
+	if err != nil {
+		return nil, fmt.Errorf("rdma: %s: ibv_create_cq: %w", c.Device.Name, err)
+	}
+	v := (*ibvCQ)(cptr(p))
+	cq := &CQ{ctx: c, ch: ch, handle: v.Handle, uh: uint64(p), lib: p, Size: int(v.CQE)}
+	ring, err := newIbvCQRing(p, &c.lib.c.Ops, len(cq.stage))
+	if err != nil {
+		call(l.destroyCQ, p)
+		return nil, err
+	}
+	cq.ring = ring
+	c.addCQ(cq)
+	return cq, nil
+}
+
+func (c *Context) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// addCQ records a new CQ in the context and its channel.
+func (c *Context) addCQ(cq *CQ) {
+	ch := cq.ch
+	uh := cq.uh
 	c.mu.Lock()
 	c.cqs[uh] = cq
 	c.mu.Unlock()
@@ -465,7 +592,6 @@ func (c *Context) CreateCQ(cqe int, ch *CompChannel, vector int) (*CQ, error) {
 		ch.cqs[uh] = cq
 		ch.mu.Unlock()
 	}
-	return cq, nil
 }
 
 // Poll moves up to len(wc) completions into wc and returns how many; it never blocks.
@@ -494,6 +620,12 @@ func (cq *CQ) Arm(solicitedOnly bool) error {
 	defer cq.mu.Unlock()
 	if cq.dead {
 		return fmt.Errorf("rdma: arm CQ: %w", ErrClosed)
+	}
+	if r, ok := cq.ring.(*ibvCQRing); ok {
+		if err := r.arm(solicitedOnly); err != nil {
+			return fmt.Errorf("rdma: arm CQ: %w", err)
+		}
+		return nil
 	}
 	size := unsafe.Sizeof(*cmd)
 	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(cq.ctx.fd), uintptr(unsafe.Pointer(cmd)), size)
@@ -544,16 +676,29 @@ func (cq *CQ) Destroy() error {
 	if cq.dead {
 		return nil
 	}
-	var r uverbsDestroyCQResp
-	c.mu.Lock()
 	var err error
-	if !c.closed {
-		err = deviceGone(c.executeLocked(cmdDestroyCQ, asBytes(&r), asBytes(&uverbsDestroyObj{Handle: cq.handle})))
+	if c.lib != nil {
+		// Not under c.mu: ibv_destroy_cq waits for the acknowledgement of every event read
+		// for the CQ, which the async reader gives before it takes c.mu.
+		if cq.ch != nil {
+			cq.ch.ackPending(cq)
+		}
+		if err = callInt(c.lib.lib.destroyCQ, cq.lib); err == nil {
+			c.mu.Lock()
+			delete(c.cqs, cq.uh)
+			c.mu.Unlock()
+		}
+	} else {
+		var r uverbsDestroyCQResp
+		c.mu.Lock()
+		if !c.closed {
+			err = deviceGone(c.executeLocked(cmdDestroyCQ, asBytes(&r), asBytes(&uverbsDestroyObj{Handle: cq.handle})))
+		}
+		if err == nil {
+			delete(c.cqs, cq.uh)
+		}
+		c.mu.Unlock()
 	}
-	if err == nil {
-		delete(c.cqs, cq.uh)
-	}
-	c.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("rdma: destroy CQ: %w", err)
 	}

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -31,7 +33,38 @@ type Device struct {
 	NodeGUID   uint64 // node GUID in host order (sysfs prints it as four hex groups)
 	UverbsPath string // verbs character device, e.g. /dev/infiniband/uverbs0
 	Parent     string // netdev an rxe device sits on ("" for hardware devices)
-	Ports      []Port
+	// Driver is the kernel driver behind the device (e.g. mlx5_core, bnxt_en, irdma, rdma_rxe),
+	// "" when sysfs does not say.
+	Driver string
+	Ports  []Port
+}
+
+// driverName is Driver, or "unknown".
+func (d *Device) driverName() string {
+	if d.Driver == "" {
+		return "unknown"
+	}
+	return d.Driver
+}
+
+// softDrivers names the drivers of software devices, which have no bus device in sysfs, by the
+// prefix the kernel gives their names.
+var softDrivers = []struct{ prefix, driver string }{{"rxe", "rdma_rxe"}, {"siw", "siw"}}
+
+// readDriver finds the kernel driver of the device whose sysfs directory is base.
+func readDriver(base string, d *Device) string {
+	if l, err := os.Readlink(filepath.Join(base, "device", "driver")); err == nil {
+		return filepath.Base(l)
+	}
+	for _, s := range softDrivers {
+		if strings.HasPrefix(d.Name, s.prefix) {
+			return s.driver
+		}
+	}
+	if d.Parent != "" {
+		return "rdma_rxe" // only rxe has the parent attribute
+	}
+	return ""
 }
 
 // Port describes one port of a Device.
@@ -145,6 +178,7 @@ func readDevice(classDir, name string, uverbs map[string]string) (Device, error)
 	if p, err := readTrim(filepath.Join(base, "parent")); err == nil {
 		d.Parent = p
 	}
+	d.Driver = readDriver(base, &d)
 	ports, err := os.ReadDir(filepath.Join(base, "ports"))
 	if err != nil {
 		return d, fmt.Errorf("rdma: device %s ports: %w", name, err)
@@ -260,4 +294,59 @@ func DelLink(name string) error {
 		return fmt.Errorf("rdma: delete link %s: %w", name, err)
 	}
 	return nil
+}
+
+// DevicesForAddr returns the RDMA devices an rdma_cm listener on a can use: every device for a
+// wildcard address, else the device on the network interface that holds a (found with netlink,
+// then rdmamap, then the netdevs behind the devices' RoCE GIDs, which covers VLANs and bonds).
+// The error, wrapping ErrNoDevice, names the interface and says why it has no device.
+func DevicesForAddr(a netip.Addr) ([]Device, error) {
+	a = a.Unmap()
+	if a.IsUnspecified() {
+		devs, err := Devices()
+		if err != nil {
+			return nil, err
+		}
+		return devs, nil
+	}
+	netdev, err := netdevOf(a)
+	if err != nil {
+		return nil, err
+	}
+	if d, err := DeviceForNetdev(netdev); err == nil {
+		return []Device{d}, nil
+	}
+	devs, err := Devices()
+	if err != nil && !errors.Is(err, ErrNoDevice) {
+		return nil, err
+	}
+	for _, d := range devs {
+		for _, p := range d.Ports {
+			if slices.Contains(p.Netdevs, netdev) {
+				return []Device{d}, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("rdma: network interface %s (address %v) has no RDMA device: load its NIC's RDMA driver, or for Soft-RoCE `rdma link add rxe0 type rxe netdev %s`: %w",
+		netdev, a, netdev, ErrNoDevice)
+}
+
+// netdevOf returns the network interface that holds address a.
+func netdevOf(a netip.Addr) (string, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return "", fmt.Errorf("rdma: list addresses: %w", err)
+	}
+	for _, x := range addrs {
+		ip, ok := netip.AddrFromSlice(x.IP)
+		if !ok || ip.Unmap() != a {
+			continue
+		}
+		l, err := netlink.LinkByIndex(x.LinkIndex)
+		if err != nil {
+			return "", fmt.Errorf("rdma: interface of %v: %w", a, err)
+		}
+		return l.Attrs().Name, nil
+	}
+	return "", fmt.Errorf("rdma: no network interface has address %v: %w", a, ErrNoDevice)
 }

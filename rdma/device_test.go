@@ -4,10 +4,12 @@ package rdma
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -65,8 +67,11 @@ func TestDevices(t *testing.T) {
 		len(d.Ports[0].Netdevs) != 1 || d.Ports[0].Netdevs[0] != "d0" {
 		t.Errorf("ports %+v", d.Ports)
 	}
-	if _, err := providerFor(&d); err != nil {
-		t.Errorf("no provider for an rxe device: %v", err)
+	if d.Driver != "rdma_rxe" {
+		t.Errorf("driver %q, want rdma_rxe", d.Driver)
+	}
+	if p, err := ProviderNative.ProviderFor(d); err != nil || p != "rxe" {
+		t.Errorf("native provider for an rxe device: %q, %v", p, err)
 	}
 	if g, err := DeviceByGUID(0x505400fffe123456); err != nil || g.Name != "rxe0" {
 		t.Errorf("DeviceByGUID = %+v, %v", g, err)
@@ -190,5 +195,24 @@ func TestOpenWithoutDevice(t *testing.T) {
 	defer func() { cmPath = old }()
 	if _, err := OpenCM(); !errors.Is(err, ErrNoDevice) {
 		t.Errorf("OpenCM without rdma_cm: %v, want ErrNoDevice", err)
+	}
+}
+
+// TestDevicesForAddr checks the reasons a portal address is refused: loopback has no RDMA
+// device here or in the test VM (rxe0 sits on d0), and a documentation address no interface holds.
+func TestDevicesForAddr(t *testing.T) {
+	tests := []struct {
+		addr string
+		want string
+	}{
+		{"127.0.0.1", "network interface lo (address 127.0.0.1) has no RDMA device"},
+		{"::ffff:127.0.0.1", "network interface lo (address 127.0.0.1) has no RDMA device"},
+		{"198.51.100.77", "no network interface has address 198.51.100.77"},
+	}
+	for _, tc := range tests {
+		devs, err := DevicesForAddr(netip.MustParseAddr(tc.addr))
+		if !errors.Is(err, ErrNoDevice) || !strings.Contains(fmt.Sprint(err), tc.want) {
+			t.Errorf("DevicesForAddr(%s) = %v, %v; want ErrNoDevice saying %q", tc.addr, devs, err, tc.want)
+		}
 	}
 }

@@ -1,9 +1,22 @@
 // Package rdma is a cgo-free RDMA verbs and rdma_cm layer for Linux.
 //
-// It speaks the kernel's uverbs write() ABI on /dev/infiniband/uverbsN and the rdma_cm
-// write() ABI on /dev/infiniband/rdma_cm directly, with golang.org/x/sys/unix only. The
-// data path (send/receive queues, completion queue) is provider specific and sits behind
-// the Provider interface; the rdma_rxe (Soft-RoCE) provider is built in.
+// It speaks the rdma_cm write() ABI on /dev/infiniband/rdma_cm directly, with
+// golang.org/x/sys/unix only. A device is driven by one of two kinds of provider, chosen per
+// device by a ProviderChoice (auto, native, libibverbs):
+//
+//   - native: the kernel's uverbs write() ABI on /dev/infiniband/uverbsN, with the data path
+//     (send/receive queues, completion queue) behind the Provider interface; the rdma_rxe
+//     (Soft-RoCE) provider is built in.
+//   - libibverbs: libibverbs.so.1 loaded at run time with purego (no cgo; the binary then
+//     links the C library dynamically), for every device rdma-core has a provider for. Objects
+//     are created through libibverbs; posting and polling call the provider's ops table, with
+//     work requests and completions in mmap'd memory. The QPs it creates are ordinary kernel
+//     QPs: the same rdma_cm connects them, and ibv_modify_qp moves them through their states.
+//     Completion and async events are read from duplicates of libibverbs' fds in the Go
+//     netpoller and acknowledged to libibverbs.
+//
+// Both give the same types (Context, PD, MR, CQ, QP, CompChannel): callers do not know which
+// drives a device.
 //
 // Object model, in the order things are created (and destroyed in reverse):
 //

@@ -28,7 +28,7 @@ func TestPortDownEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := Open(dev)
+	c, err := OpenWith(dev, testProvider)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func memlockChild() int {
 		return 1
 	}
 	fds := len(mustReadDir("/proc/self/fd"))
-	c, err := Open(devs[0])
+	c, err := OpenWith(devs[0], testProvider)
 	if errors.Is(err, unix.EACCES) {
 		fmt.Println("SKIP:", err)
 		return 0
@@ -150,7 +150,7 @@ func TestDeviceRemoval(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	fds0 := countFDs(t)
-	pool := NewDevicePool()
+	pool := NewDevicePoolFor(testProvider)
 	srvCM, err := OpenCM()
 	if err != nil {
 		t.Fatal(err)

@@ -29,6 +29,7 @@ const (
 type PD struct {
 	ctx    *Context
 	handle uint32
+	lib    uintptr // struct ibv_pd * (libibverbs)
 	dead   bool
 }
 
@@ -40,10 +41,18 @@ func (c *Context) AllocPD() (*PD, error) {
 	if c.closed {
 		return nil, fmt.Errorf("rdma: alloc PD: %w", ErrClosed)
 	}
-	if err := c.executeLocked(cmdAllocPD, asBytes(&r), asBytes(&uverbsRespCmd{})); err != nil {
+	pd := &PD{ctx: c}
+	if c.lib != nil {
+		p, err := c.lib.lib.callErrno(c.lib.lib.allocPD, c.lib.ctx)
+		if err != nil {
+			return nil, fmt.Errorf("rdma: %s: ibv_alloc_pd: %w", c.Device.Name, err)
+		}
+		pd.lib, pd.handle = p, (*ibvPD)(cptr(p)).Handle
+	} else if err := c.executeLocked(cmdAllocPD, asBytes(&r), asBytes(&uverbsRespCmd{})); err != nil {
 		return nil, fmt.Errorf("rdma: %s: %w", c.Device.Name, err)
+	} else {
+		pd.handle = r.PDHandle
 	}
-	pd := &PD{ctx: c, handle: r.PDHandle}
 	c.pds[pd] = struct{}{}
 	return pd, nil
 }
@@ -59,7 +68,13 @@ func (pd *PD) Dealloc() error {
 	if pd.dead || c.closed {
 		return nil
 	}
-	if err := deviceGone(c.executeLocked(cmdDeallocPD, nil, asBytes(&uverbsHandleCmd{Handle: pd.handle}))); err != nil {
+	var err error
+	if c.lib != nil {
+		err = callInt(c.lib.lib.deallocPD, pd.lib)
+	} else {
+		err = deviceGone(c.executeLocked(cmdDeallocPD, nil, asBytes(&uverbsHandleCmd{Handle: pd.handle})))
+	}
+	if err != nil {
 		return fmt.Errorf("rdma: dealloc PD: %w", err)
 	}
 	pd.dead = true
@@ -71,9 +86,10 @@ func (pd *PD) Dealloc() error {
 type MR struct {
 	pd     *PD
 	handle uint32
-	LKey   uint32 // key for local SGEs
-	RKey   uint32 // key a peer uses for RDMA READ/WRITE
-	Addr   uint64 // virtual address of the first byte (the peer's remote_addr base)
+	lib    uintptr // struct ibv_mr * (libibverbs)
+	LKey   uint32  // key for local SGEs
+	RKey   uint32  // key a peer uses for RDMA READ/WRITE
+	Addr   uint64  // virtual address of the first byte (the peer's remote_addr base)
 	Len    int
 	buf    []byte // mmap'd memory owned by the MR (AllocBuffer), unmapped on Dereg
 	dead   bool
@@ -96,8 +112,18 @@ func (pd *PD) RegMR(buf []byte, access Access) (*MR, error) {
 	if pd.dead || c.closed {
 		return nil, fmt.Errorf("rdma: register MR: %w", ErrClosed)
 	}
-	cmd := uverbsRegMR{Start: addr, Length: uint64(len(buf)), HCAVA: addr, PDHandle: pd.handle, AccessFlags: uint32(access)}
-	if err := c.executeLocked(cmdRegMR, asBytes(&r), asBytes(&cmd)); err != nil {
+	var mrp uintptr
+	var err error
+	if c.lib != nil {
+		if mrp, err = c.lib.lib.callErrno(c.lib.lib.regMR, pd.lib, uintptr(addr), uintptr(len(buf)), uintptr(access)); err == nil {
+			m := (*ibvMR)(cptr(mrp))
+			r = uverbsRegMRResp{MRHandle: m.Handle, LKey: m.LKey, RKey: m.RKey}
+		}
+	} else {
+		cmd := uverbsRegMR{Start: addr, Length: uint64(len(buf)), HCAVA: addr, PDHandle: pd.handle, AccessFlags: uint32(access)}
+		err = c.executeLocked(cmdRegMR, asBytes(&r), asBytes(&cmd))
+	}
+	if err != nil {
 		if errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.EPERM) {
 			var lim unix.Rlimit
 			_ = unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim)
@@ -105,7 +131,7 @@ func (pd *PD) RegMR(buf []byte, access Access) (*MR, error) {
 		}
 		return nil, fmt.Errorf("rdma: register %d bytes: %w", len(buf), err)
 	}
-	mr := &MR{pd: pd, handle: r.MRHandle, LKey: r.LKey, RKey: r.RKey, Addr: addr, Len: len(buf)}
+	mr := &MR{pd: pd, handle: r.MRHandle, lib: mrp, LKey: r.LKey, RKey: r.RKey, Addr: addr, Len: len(buf)}
 	c.mrs[mr] = struct{}{}
 	return mr, nil
 }
@@ -145,7 +171,11 @@ func (mr *MR) Dereg() error {
 		return nil
 	}
 	var err error
-	if !c.closed {
+	if c.lib != nil {
+		if err = callInt(c.lib.lib.deregMR, mr.lib); err != nil {
+			return fmt.Errorf("rdma: deregister MR: %w", err)
+		}
+	} else if !c.closed {
 		err = deviceGone(c.executeLocked(cmdDeregMR, nil, asBytes(&uverbsHandleCmd{Handle: mr.handle})))
 		if err != nil {
 			return fmt.Errorf("rdma: deregister MR: %w", err)

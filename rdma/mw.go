@@ -20,6 +20,7 @@ const mwType2 = 2
 type MW struct {
 	pd     *PD
 	handle uint32
+	lib    uintptr // struct ibv_mw * (libibverbs)
 	// RKey is the window's key as of the newest bind work request built for it; each bind
 	// steps its low byte, so a key from before the bind no longer matches.
 	RKey uint32
@@ -35,10 +36,22 @@ func (pd *PD) AllocMW() (*MW, error) {
 	if pd.dead || c.closed {
 		return nil, fmt.Errorf("rdma: alloc MW: %w", ErrClosed)
 	}
-	if err := c.executeLocked(cmdAllocMW, asBytes(&r), asBytes(&uverbsAllocMW{PDHandle: pd.handle, MWType: mwType2})); err != nil {
+	mw := &MW{pd: pd}
+	if c.lib != nil {
+		if c.lib.c.Ops.AllocMW == 0 {
+			return nil, fmt.Errorf("rdma: %s: alloc MW: the libibverbs provider has no memory windows", c.Device.Name)
+		}
+		p, err := c.lib.lib.callErrno(c.lib.c.Ops.AllocMW, pd.lib, mwType2)
+		if err != nil {
+			return nil, fmt.Errorf("rdma: %s: alloc MW: %w", c.Device.Name, err)
+		}
+		m := (*ibvMW)(cptr(p))
+		mw.lib, mw.handle, mw.RKey = p, m.Handle, m.RKey
+	} else if err := c.executeLocked(cmdAllocMW, asBytes(&r), asBytes(&uverbsAllocMW{PDHandle: pd.handle, MWType: mwType2})); err != nil {
 		return nil, fmt.Errorf("rdma: %s: alloc MW: %w", c.Device.Name, err)
+	} else {
+		mw.handle, mw.RKey = r.MWHandle, r.RKey
 	}
-	mw := &MW{pd: pd, handle: r.MWHandle, RKey: r.RKey}
 	c.mws[mw] = struct{}{}
 	return mw, nil
 }
@@ -51,6 +64,9 @@ type MWBind struct {
 	Addr   uint64 // the window's first byte, inside the region
 	Length uint64
 	Access Access // AccessRemoteRead and/or AccessRemoteWrite
+	// The window and region as libibverbs names them (struct ibv_mw * and struct ibv_mr *); plain
+	// addresses, not Go pointers, so that posting a bind leaks nothing to the heap.
+	mwLib, mrLib uintptr
 }
 
 // BindWR returns a work request that binds the window to length bytes at addr of mr (which
@@ -69,7 +85,7 @@ func (mw *MW) BindWR(id uint64, mr *MR, addr, length uint64, access Access) (Sen
 	}
 	next := mw.RKey&^0xff | (mw.RKey+1)&0xff
 	wr := SendWR{ID: id, Opcode: OpBindMW, Flags: SendSignaled,
-		Bind: MWBind{MWRKey: mw.RKey, RKey: next, MRLKey: mr.LKey, Addr: addr, Length: length, Access: access}}
+		Bind: MWBind{MWRKey: mw.RKey, RKey: next, MRLKey: mr.LKey, Addr: addr, Length: length, Access: access, mwLib: mw.lib, mrLib: mr.lib}}
 	mw.RKey = next
 	return wr, nil
 }
@@ -82,7 +98,11 @@ func (mw *MW) Dealloc() error {
 	if mw.dead {
 		return nil
 	}
-	if !c.closed {
+	if c.lib != nil {
+		if err := callInt(c.lib.c.Ops.DeallocMW, mw.lib); err != nil {
+			return fmt.Errorf("rdma: dealloc MW: %w", err)
+		}
+	} else if !c.closed {
 		if err := deviceGone(c.executeLocked(cmdDeallocMW, nil, asBytes(&uverbsHandleCmd{Handle: mw.handle}))); err != nil {
 			return fmt.Errorf("rdma: dealloc MW: %w", err)
 		}

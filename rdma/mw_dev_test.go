@@ -17,7 +17,7 @@ import (
 func TestMemoryWindowSendWithInvalidate(t *testing.T) {
 	dev := testDevice(t)
 	gidIndex, gid := ipv4GIDIndex(t, dev)
-	c, err := Open(dev)
+	c, err := OpenWith(dev, testProvider)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,13 +3,16 @@
 package rdma
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 )
 
-// Provider is the device-specific half of the verbs: the driver data appended to CREATE_CQ and
-// CREATE_QP, and the data path over the queues the kernel shares with user space. The rxe
-// provider is registered by default; others (mlx5) register themselves with RegisterProvider.
+// Provider is a native provider: the device-specific half of the verbs spoken over the kernel
+// ABI (the driver data appended to CREATE_CQ and CREATE_QP, and the data path over the queues the
+// kernel shares with user space). The rxe provider is registered by default; others register
+// themselves with RegisterProvider. Devices without a native provider are driven through
+// libibverbs (see ProviderChoice).
 type Provider interface {
 	// Name identifies the provider in errors ("rxe").
 	Name() string
@@ -59,13 +62,94 @@ func RegisterProvider(p Provider) {
 	providers = append([]Provider{p}, providers...)
 }
 
-func providerFor(dev *Device) (Provider, error) {
+// nativeFor returns the native provider that drives dev, or nil.
+func nativeFor(dev *Device) Provider {
 	providersMu.Lock()
 	defer providersMu.Unlock()
 	for _, p := range providers {
 		if p.Match(dev) {
-			return p, nil
+			return p
 		}
 	}
-	return nil, fmt.Errorf("rdma: no user-space provider for device %s (only rxe is supported)", dev.Name)
+	return nil
+}
+
+// ProviderChoice says how devices are driven: ProviderAuto, ProviderNative or ProviderLibibverbs.
+type ProviderChoice string
+
+// Provider choices.
+const (
+	// ProviderAuto drives a device with a native provider where rdma has one for its driver (rxe),
+	// else through libibverbs.
+	ProviderAuto ProviderChoice = "auto"
+	// ProviderNative drives devices with a native provider only (kernel ABI, no library).
+	ProviderNative ProviderChoice = "native"
+	// ProviderLibibverbs drives every device through libibverbs.so.1 and rdma-core's providers.
+	ProviderLibibverbs ProviderChoice = "libibverbs"
+)
+
+// String returns the choice as the configuration spells it ("" reads as auto).
+func (p ProviderChoice) String() string {
+	if p == "" {
+		return string(ProviderAuto)
+	}
+	return string(p)
+}
+
+// ParseProviderChoice parses auto, native or libibverbs ("" is auto).
+func ParseProviderChoice(s string) (ProviderChoice, error) {
+	switch p := ProviderChoice(s); p {
+	case "", ProviderAuto:
+		return ProviderAuto, nil
+	case ProviderNative, ProviderLibibverbs:
+		return p, nil
+	}
+	return "", fmt.Errorf("rdma: provider %q is not auto, native or libibverbs", s)
+}
+
+// ErrNoProvider is wrapped in the error for a device that the chosen provider cannot drive.
+var ErrNoProvider = errors.New("rdma: no provider for the device")
+
+// resolve picks the provider for dev: the native one, or nil for libibverbs (once the library
+// is known to load and to list dev).
+func (p ProviderChoice) resolve(dev *Device) (Provider, error) {
+	native := nativeFor(dev)
+	switch p {
+	case ProviderNative:
+		if native == nil {
+			return nil, fmt.Errorf("rdma: device %s (driver %s) has no native provider (native drives rxe only; use provider libibverbs or auto): %w",
+				dev.Name, dev.driverName(), ErrNoProvider)
+		}
+		return native, nil
+	case "", ProviderAuto:
+		if native != nil {
+			return native, nil
+		}
+	case ProviderLibibverbs:
+	default:
+		return nil, fmt.Errorf("rdma: provider %q is not auto, native or libibverbs", string(p))
+	}
+	ok, err := libibverbsHas(dev.Name)
+	if err != nil {
+		return nil, fmt.Errorf("rdma: device %s (driver %s) needs libibverbs: %w: %w", dev.Name, dev.driverName(), err, ErrNoProvider)
+	}
+	if !ok {
+		return nil, fmt.Errorf("rdma: libibverbs has no user-space provider for device %s (driver %s): %s: %w",
+			dev.Name, dev.driverName(), libibverbsPackages, ErrNoProvider)
+	}
+	return nil, nil
+}
+
+// ProviderFor names the provider choice picks for dev ("rxe", "libibverbs"), or says why none
+// can drive it (an error wrapping ErrNoProvider that names the device, its driver and what to
+// install). It opens nothing.
+func (p ProviderChoice) ProviderFor(dev Device) (string, error) {
+	prov, err := p.resolve(&dev)
+	if err != nil {
+		return "", err
+	}
+	if prov == nil {
+		return ProviderLibibverbs.String(), nil
+	}
+	return prov.Name(), nil
 }

@@ -164,7 +164,8 @@ type QP struct {
 	ctx    *Context
 	pd     *PD
 	handle uint32
-	uh     uint64
+	uh     uint64  // user handle: with libibverbs, the struct ibv_qp *
+	lib    uintptr // struct ibv_qp * (libibverbs)
 	// Num is the QP number the peer addresses.
 	Num uint32
 	// Caps are the capacities granted by the kernel.
@@ -190,6 +191,9 @@ func (pd *PD) CreateQP(a QPInitAttr) (*QP, error) {
 	}
 	if a.MaxSendWR < 1 || a.MaxRecvWR < 0 || a.MaxSendSGE < 1 || a.MaxRecvSGE < 0 || a.MaxInline < 0 {
 		return nil, fmt.Errorf("rdma: create QP: bad capacities %+v", a)
+	}
+	if c.lib != nil {
+		return pd.createIbvQP(&a)
 	}
 	drvIn, drvOutLen := c.prov.QPDriverData()
 	resp := make([]byte, int(unsafe.Sizeof(uverbsCreateQPResp{}))+drvOutLen)
@@ -228,6 +232,45 @@ func (pd *PD) CreateQP(a QPInitAttr) (*QP, error) {
 	return qp, nil
 }
 
+// createIbvQP creates the QP through libibverbs (ibv_create_qp), which reports the capacities
+// granted in the attribute block.
+func (pd *PD) createIbvQP(a *QPInitAttr) (*QP, error) {
+	c := pd.ctx
+	ic := c.lib
+	if c.isClosed() {
+		return nil, fmt.Errorf("rdma: create QP: %w", ErrClosed)
+	}
+	ic.mu.Lock()
+	in := ic.qpInit
+	*in = ibvQPInitAttr{SendCQ: a.SendCQ.lib, RecvCQ: a.RecvCQ.lib, QPType: qpTypeRC, Cap: ibvQPCap{
+		MaxSendWR: uint32(a.MaxSendWR), MaxRecvWR: uint32(a.MaxRecvWR), MaxSendSGE: uint32(a.MaxSendSGE),
+		MaxRecvSGE: uint32(a.MaxRecvSGE), MaxInlineData: uint32(a.MaxInline)}}
+	if a.SignalAll {
+		in.SQSigAll = 1
+	}
+	p, err := ic.lib.callErrno(ic.lib.createQP, pd.lib, addrOf(in))
+	granted := in.Cap
+	ic.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("rdma: %s: ibv_create_qp: %w", c.Device.Name, err)
+	}
+	v := (*ibvQP)(cptr(p))
+	qp := &QP{ctx: c, pd: pd, handle: v.Handle, uh: uint64(p), lib: p, Num: v.QPNum, Caps: QPCaps{
+		MaxSendWR: int(granted.MaxSendWR), MaxRecvWR: int(granted.MaxRecvWR), MaxSendSGE: int(granted.MaxSendSGE),
+		MaxRecvSGE: int(granted.MaxRecvSGE), MaxInline: int(granted.MaxInlineData)}}
+	qp.stage = newPostStage(qp.Caps)
+	rings, err := newIbvQPRings(p, &ic.c.Ops, qp.Caps)
+	if err != nil {
+		call(ic.lib.destroyQP, p)
+		return nil, err
+	}
+	qp.rings = rings
+	c.mu.Lock()
+	c.qps[qp.uh] = qp
+	c.mu.Unlock()
+	return qp, nil
+}
+
 // Modify changes the QP attributes selected by mask (e.g. the INIT, RTR and RTS transitions).
 func (qp *QP) Modify(a *QPAttr, mask QPAttrMask) error {
 	if mask&^qpAttrWriteMask != 0 {
@@ -252,6 +295,15 @@ func (qp *QP) Modify(a *QPAttr, mask QPAttrMask) error {
 	defer qp.mu.Unlock()
 	if qp.dead {
 		return fmt.Errorf("rdma: modify QP %d: %w", qp.Num, ErrClosed)
+	}
+	if ic := qp.ctx.lib; ic != nil {
+		ic.mu.Lock()
+		err := callInt(ic.lib.modifyQP, qp.lib, addrOf(ic.qpAttrFrom(a)), uintptr(mask))
+		ic.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("rdma: modify QP %d to state %d (mask %#x): ibv_modify_qp: %w", qp.Num, a.State, uint32(mask), err)
+		}
+		return nil
 	}
 	if err := qp.ctx.execute(cmdModifyQP, nil, asBytes(&cmd)); err != nil {
 		return fmt.Errorf("rdma: modify QP %d to state %d (mask %#x): %w", qp.Num, a.State, uint32(mask), err)
@@ -367,16 +419,26 @@ func (qp *QP) Destroy() error {
 		return nil
 	}
 	c := qp.ctx
-	var r uverbsDestroyQPResp
-	c.mu.Lock()
 	var err error
-	if !c.closed {
-		err = deviceGone(c.executeLocked(cmdDestroyQP, asBytes(&r), asBytes(&uverbsDestroyObj{Handle: qp.handle})))
+	if c.lib != nil {
+		// Not under c.mu: ibv_destroy_qp waits for the acknowledgement of the QP's async
+		// events, which the async reader gives before it takes c.mu.
+		if err = callInt(c.lib.lib.destroyQP, qp.lib); err == nil {
+			c.mu.Lock()
+			delete(c.qps, qp.uh)
+			c.mu.Unlock()
+		}
+	} else {
+		var r uverbsDestroyQPResp
+		c.mu.Lock()
+		if !c.closed {
+			err = deviceGone(c.executeLocked(cmdDestroyQP, asBytes(&r), asBytes(&uverbsDestroyObj{Handle: qp.handle})))
+		}
+		if err == nil {
+			delete(c.qps, qp.uh)
+		}
+		c.mu.Unlock()
 	}
-	if err == nil {
-		delete(c.qps, qp.uh)
-	}
-	c.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("rdma: destroy QP %d: %w", qp.Num, err)
 	}

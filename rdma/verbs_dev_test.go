@@ -14,6 +14,19 @@ import (
 	"time"
 )
 
+// testProvider is the provider the device tests drive devices with: RDMA_TEST_PROVIDER (auto,
+// native or libibverbs; auto when unset).
+var testProvider = ProviderChoice(os.Getenv("RDMA_TEST_PROVIDER"))
+
+// checkProvider fails the test when c is not driven by the provider RDMA_TEST_PROVIDER asked for.
+func checkProvider(t testing.TB, c *Context) {
+	t.Helper()
+	want := map[ProviderChoice]string{ProviderNative: "rxe", ProviderLibibverbs: "libibverbs"}[testProvider]
+	if want != "" && c.Provider() != want {
+		t.Fatalf("device %s is driven by %s, RDMA_TEST_PROVIDER asked for %s", c.Device.Name, c.Provider(), testProvider)
+	}
+}
+
 // testDevice returns the first RDMA device or skips the test on a host without one.
 func testDevice(t testing.TB) Device {
 	t.Helper()
@@ -116,10 +129,11 @@ func TestVerbsLoopback(t *testing.T) {
 	dev := testDevice(t)
 	gidIndex, gid := ipv4GIDIndex(t, dev)
 	fdsBefore := countFDs(t)
-	c, err := Open(dev)
+	c, err := OpenWith(dev, testProvider)
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkProvider(t, c)
 	attr, err := c.QueryDevice()
 	if err != nil {
 		t.Fatal(err)
@@ -235,4 +249,24 @@ func countFDs(t testing.TB) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// BenchmarkPollEmpty measures one poll of an empty CQ with the RDMA_TEST_PROVIDER provider: a
+// memory read for the native one, a call into the provider's poll_cq for libibverbs.
+func BenchmarkPollEmpty(b *testing.B) {
+	c, err := OpenWith(testDevice(b), testProvider)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	cq, err := c.CreateCQ(16, nil, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var wc [4]WorkCompletion
+	for b.Loop() {
+		if n, err := cq.Poll(wc[:]); n != 0 || err != nil {
+			b.Fatalf("poll of an idle CQ: %d, %v", n, err)
+		}
+	}
 }

@@ -3,7 +3,7 @@
 # Needs root for apt-get; without root it only reports what is missing.
 set -euo pipefail
 pkgs=(libiscsi-bin open-iscsi fio tgt sg3-utils qemu-system-x86 busybox-static rdma-core
-      ibverbs-utils ibverbs-providers rdmacm-utils e2fsprogs iproute2 kmod cpio zstd
+      ibverbs-utils ibverbs-providers libibverbs-dev perftest rdmacm-utils e2fsprogs iproute2 kmod cpio zstd
       bash-completion man-db systemd prometheus)
 missing=()
 for p in "${pkgs[@]}"; do

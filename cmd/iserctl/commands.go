@@ -630,3 +630,36 @@ func (a *app) metricsCommand() *cobra.Command {
 		return err
 	})
 }
+
+func (a *app) rdmaCommand() *cobra.Command {
+	return leaf("rdma", "list the RDMA devices: driver, netdevs, port states, GIDs, the provider iserd drives each with, and the QPs, CQs and MRs it holds (attach 'iserctl rdma --json' to bug reports)", func([]string) error {
+		return show(a, "/v1/rdma", a.rdmaTable)
+	})
+}
+
+// rdmaTable prints GET /v1/rdma.
+func (a *app) rdmaTable(st admin.RDMAStatus) {
+	fmt.Fprintf(a.out, "provider: %s\nlibibverbs: %s\n", st.Provider, st.Libibverbs)
+	if st.Error != "" {
+		fmt.Fprintf(a.out, "devices: %s\n", st.Error)
+		return
+	}
+	var rows [][]string
+	for _, d := range st.Devices {
+		var ports, gids []string
+		for _, p := range d.Ports {
+			ports = append(ports, fmt.Sprintf("%d:%s/%s", p.Num, p.State, p.LinkLayer))
+			gids = append(gids, p.GIDs...)
+		}
+		prov, held := d.Provider, "-"
+		if d.ProviderError != "" {
+			prov = "none: " + d.ProviderError
+		}
+		if d.Open {
+			held = fmt.Sprintf("%d/%d/%d", d.QPs, d.CQs, d.MRs)
+		}
+		rows = append(rows, []string{d.Name, d.Driver, strings.Join(d.Netdevs, ","), strings.Join(ports, " "),
+			strings.Join(gids, ","), held, prov})
+	}
+	a.table("DEVICE\tDRIVER\tNETDEV\tPORTS\tGIDS\tQPS/CQS/MRS\tPROVIDER", rows)
+}

@@ -43,7 +43,8 @@ func startDaemon(t *testing.T) string {
 		go srv.Serve(ctx, l)
 		return l, nil
 	}
-	m, err := admin.New(cfg, admin.Options{Log: zap.NewNop(), Path: filepath.Join(dir, "iserd.yaml"), Listen: listen})
+	m, err := admin.New(cfg, admin.Options{Log: zap.NewNop(), Path: filepath.Join(dir, "iserd.yaml"), Listen: listen,
+		RDMA: func() admin.RDMAStatus { return testRDMA }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,6 +65,15 @@ func startDaemon(t *testing.T) string {
 	})
 	return sock
 }
+
+// testRDMA is what the test daemon reports for GET /v1/rdma: one device in use, one no provider
+// can drive.
+var testRDMA = admin.RDMAStatus{Provider: "libibverbs", Libibverbs: "loaded", Devices: []admin.RDMADevice{
+	{Name: "mlx5_0", Driver: "mlx5_core", NodeGUID: "0002c90300012345", Netdevs: []string{"ens1f0"},
+		Ports:    []admin.RDMAPort{{Num: 1, State: "ACTIVE", LinkLayer: "Ethernet", GIDs: []string{"192.0.2.7"}}},
+		Provider: "libibverbs", Open: true, QPs: 2, CQs: 2, MRs: 5},
+	{Name: "qedr0", Driver: "qede", Netdevs: []string{}, ProviderError: "libibverbs has no user-space provider"},
+}}
 
 func TestCommands(t *testing.T) {
 	sock := startDaemon(t)
@@ -100,6 +110,9 @@ func TestCommands(t *testing.T) {
 		{args: "portal list", out: []string{"ADDRESS", "127.0.0.1:3260", "tcp"}},
 		{args: "session list", out: []string{"TSIH"}},
 		{args: "session logout 77", code: 1, errOut: "session 77: not found"},
+		{args: "rdma", out: []string{"provider: libibverbs", "libibverbs: loaded", "DEVICE", "mlx5_0  mlx5_core  ens1f0  1:ACTIVE/Ethernet",
+			"192.0.2.7", "2/2/5", "qedr0", "none: libibverbs has no user-space provider"}},
+		{args: "rdma --json", out: []string{`"name": "mlx5_0"`, `"open": true`, `"qps": 2`, `"provider_error": "libibverbs has no`}},
 		{args: "metrics", out: []string{`iserd_lun_capacity_bytes{lun="0",target="` + target + `"} 4.194304e+06`}},
 		{args: "config show", out: []string{"name: " + target, "user: disc"}},
 		{args: "qos set " + target + " -lun 0 -iops 2000 -bandwidth 40MiB -burst 200ms", out: []string{"LUN QoS of " + target + " set"}},

@@ -29,6 +29,7 @@ import (
 	"github.com/iserd/iserd/internal/cli"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iser"
+	"github.com/iserd/iserd/rdma"
 )
 
 func main() {
@@ -207,10 +208,16 @@ func run(f *flags) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	errc := make(chan error, 1)
+	provider, err := rdma.ParseProviderChoice(cfg.RDMA.Provider)
+	if err != nil {
+		return err
+	}
+	checkRDMA(provider, log)
 	m, err := admin.New(cfg, admin.Options{Log: log, Path: path, Override: f.override,
 		Listen: func(srv *iscsi.Server, p admin.PortalConfig) (io.Closer, error) {
-			return startPortal(ctx, srv, p, log, errc)
-		}})
+			return startPortal(ctx, srv, p, provider, log, errc)
+		},
+		RDMA: func() admin.RDMAStatus { return rdmaStatus(provider) }})
 	if err != nil {
 		return err
 	}
@@ -398,7 +405,7 @@ func (p portal) Close() error {
 }
 
 // startPortal listens on a portal over TCP, iSER or both.
-func startPortal(ctx context.Context, srv *iscsi.Server, p admin.PortalConfig, log *zap.Logger, errc chan<- error) (io.Closer, error) {
+func startPortal(ctx context.Context, srv *iscsi.Server, p admin.PortalConfig, provider rdma.ProviderChoice, log *zap.Logger, errc chan<- error) (io.Closer, error) {
 	pctx, cancel := context.WithCancel(ctx)
 	var l net.Listener
 	var added []string
@@ -416,13 +423,13 @@ func startPortal(ctx context.Context, srv *iscsi.Server, p admin.PortalConfig, l
 			return nil, fmt.Errorf("iSER portal %s: %w", p.Address, err)
 		}
 		ip = netip.AddrPortFrom(ip.Addr().Unmap(), ip.Port())
-		ipl, err := iser.Listen(srv, ip, log)
+		ipl, err := iser.Listen(srv, ip, provider, log)
 		if err != nil {
 			cancel()
 			if l != nil {
 				l.Close()
 			}
-			return nil, fmt.Errorf("%w (is an RDMA device, e.g. rdma_rxe, bound to that address?)", err)
+			return nil, err
 		}
 		log.Info("listening", zap.String("portal", p.Address), zap.String("transport", "iser"))
 		go report(pctx, errc, func() error { return ipl.Serve(pctx) })

@@ -45,8 +45,14 @@ func main() {
 		depth  = flag.Int("q", 16, "client: operations in flight for the bandwidth runs")
 		poll   = flag.Bool("poll", false, "busy-poll the completion queue instead of sleeping on completion events")
 		sysw   = flag.Bool("syscallwait", false, "sleep on completion events in epoll_wait(2) on a thread of its own instead of the Go netpoller")
+		prov   = flag.String("provider", "auto", "how to drive the device: auto, native (kernel ABI, rxe) or libibverbs (rdma-core's providers)")
 	)
 	flag.Parse()
+	var err error
+	if provider, err = rdma.ParseProviderChoice(*prov); err != nil {
+		fmt.Fprintln(os.Stderr, "rdmaping:", err)
+		os.Exit(2)
+	}
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "rdmaping: unexpected argument %q\n", flag.Arg(0))
 		flag.Usage()
@@ -54,7 +60,6 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var err error
 	if *server {
 		err = serve(ctx, *addr, uint16(*port), *once, *poll, *sysw)
 	} else {
@@ -65,6 +70,9 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// provider is the -provider flag.
+var provider rdma.ProviderChoice
 
 const (
 	access    = rdma.AccessLocalWrite | rdma.AccessRemoteRead | rdma.AccessRemoteWrite
@@ -168,7 +176,7 @@ func serve(ctx context.Context, addr string, port uint16, once, poll, sysw bool)
 		return err
 	}
 	defer cm.Close()
-	pool := rdma.NewDevicePool()
+	pool := rdma.NewDevicePoolFor(provider)
 	defer pool.Close()
 	l, err := rdma.Listen(cm, ap, 16)
 	if err != nil {
@@ -280,7 +288,7 @@ func client(ctx context.Context, addr string, port uint16, tests, sizeList strin
 		return err
 	}
 	defer cm.Close()
-	pool := rdma.NewDevicePool()
+	pool := rdma.NewDevicePoolFor(provider)
 	defer pool.Close()
 	var e *endpoint
 	prepare := func(c *rdma.Conn) error {
@@ -302,6 +310,7 @@ func client(ctx context.Context, addr string, port uint16, tests, sizeList strin
 	defer c.Close()
 	e.conn = c
 	c.CQ.Spin = spins(poll)
+	fmt.Printf("device %s, provider %s\n", c.PD.Context().Device.Name, c.PD.Context().Provider())
 	if len(c.PeerPrivateData) < 16 {
 		return errors.New("server reply without buffer information")
 	}

@@ -14,12 +14,15 @@ MODULES=(configfs crc32_generic crc32c_generic crc32c-intel crc32-pclmul
   dummy veth ext4 sd_mod sg loop brd null_blk)
 # Packages whose every ELF program under bin/ or sbin/ is included (GNU coreutils so that
 # scenarios get the usual options; busybox fills in the rest).
-PACKAGES=(open-iscsi fio sg3-utils libiscsi-bin ibverbs-utils rdmacm-utils tgt coreutils)
+PACKAGES=(open-iscsi fio sg3-utils libiscsi-bin ibverbs-utils rdmacm-utils perftest tgt coreutils)
 # Single programs from other packages.
 PROGRAMS=(/usr/sbin/ip /usr/bin/rdma /usr/bin/ss /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/bin/bash)
-# Loaded with dlopen, so ldd does not list them: the rxe verbs provider, and libgcc_s that
-# glibc loads for pthread_cancel.
-DLOPENED=(/usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav34.so /usr/lib/x86_64-linux-gnu/libgcc_s.so.1)
+# Loaded with dlopen, so ldd does not list them: the rxe verbs provider, libgcc_s that glibc
+# loads for pthread_cancel, libibverbs that iserd's libibverbs provider loads, and the libc
+# parts a Go binary built with purego (CGO_ENABLED=0) names as DT_NEEDED (libdl, libpthread).
+DLOPENED=(/usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav34.so /usr/lib/x86_64-linux-gnu/libgcc_s.so.1
+  /usr/lib/x86_64-linux-gnu/libibverbs.so.1 /usr/lib/x86_64-linux-gnu/libdl.so.2
+  /usr/lib/x86_64-linux-gnu/libpthread.so.0)
 HOST_PACKAGES=("${PACKAGES[@]}" busybox-static iproute2 e2fsprogs bash rdma-core ibverbs-providers libc6)
 
 BASE=$CACHE_DIR/base

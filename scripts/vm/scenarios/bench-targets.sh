@@ -2,7 +2,9 @@
 # Benchmark for bench/run.sh: the Linux initiator with fio (libaio, O_DIRECT) against iserd,
 # LIO and tgt over iSCSI/TCP and against iserd and LIO over iSER (rdma_rxe), each target on its
 # own file of the same size in tmpfs, all logged in at once and measured in turn (runs
-# interleaved across targets). Prints one line per run:
+# interleaved across targets). Over iSER, iserd runs twice: target iserd drives rxe0 with the
+# native provider, target iserd-ibv (a second iserd on port 3264) with the libibverbs provider.
+# Prints one line per run:
 #   BENCH vm TRANSPORT/CASE TARGET VALUE UNIT CPU_US_PER_IO
 # CPU is the whole VM's busy time (initiator and target: LIO has no process to measure) per I/O;
 # for iserd and tgtd a line "INFO vm TRANSPORT/CASE TARGET process-cpu-us-per-io N" follows
@@ -13,7 +15,7 @@ SECS=${BENCH_SECONDS:-4}
 SIZE_MB=192
 DATA=/tmp/bench-data
 mkdir -p "$DATA"
-for f in iserd-tcp iserd-iser lio-tcp lio-iser tgt-tcp; do
+for f in iserd-tcp iserd-iser iserd-ibv lio-tcp lio-iser tgt-tcp; do
   fallocate -l "${SIZE_MB}M" "$DATA/$f.img" # real pages for every target, no holes
 done
 
@@ -32,6 +34,18 @@ targets:
     luns: [{lun: 0, path: $DATA/iserd-iser.img, size: ${SIZE_MB}MiB}]
 EOC
 iserd_start /tmp/iserd-bench.yaml
+cat >/tmp/iserd-bench-ibv.yaml <<EOC
+portals: [{address: "$VM_ADDR:3264", transport: both}] # TCP for the discovery before the iSER login
+rdma: {provider: libibverbs}
+log: {level: warn}
+targets:
+  - name: $IQN_ISERD-ibv
+    open: true
+    luns: [{lun: 0, path: $DATA/iserd-ibv.img, size: ${SIZE_MB}MiB}]
+EOC
+"$ISERD_BIN" -config /tmp/iserd-bench-ibv.yaml -admin-socket '' >>/tmp/iserd-ibv.log 2>&1 &
+IBV_PID=$!
+wait_until 30 "the libibverbs iserd" rdma_listening 3264 || { cat /tmp/iserd-ibv.log; fail "the libibverbs iserd does not listen"; }
 LIO_PORTAL=$VM_ADDR:3261 lio_setup_fileio bench_tcp "$DATA/lio-tcp.img" "${SIZE_MB}M" "$IQN_LIO-tcp"
 LIO_PORTAL=$VM_ADDR:3263 lio_setup_fileio bench_iser "$DATA/lio-iser.img" "${SIZE_MB}M" "$IQN_LIO-iser" iser
 TGT_PORTAL=$VM_ADDR:3262 tgt_setup "$IQN_TGT-tcp" "$DATA/tgt-tcp.img"
@@ -42,6 +56,7 @@ entries=(
   "tcp lio $IQN_LIO-tcp $VM_ADDR:3261"
   "tcp tgt $IQN_TGT-tcp $VM_ADDR:3262"
   "iser iserd $IQN_ISERD-iser $VM_ADDR:3260"
+  "iser iserd-ibv $IQN_ISERD-ibv $VM_ADDR:3264"
   "iser lio $IQN_LIO-iser $VM_ADDR:3263"
 )
 declare -A disk
@@ -61,6 +76,7 @@ proc_jiffies() {
   local pids p
   case $1 in
     iserd) pids=$ISERD_PID ;;
+    iserd-ibv) pids=$IBV_PID ;;
     tgt) pids=$(pidof tgtd) ;;
     *) return 0 ;;
   esac
@@ -113,5 +129,6 @@ for c in "${cases[@]}"; do
 done
 logout_all
 iserd_stop
+kill "$IBV_PID"; wait "$IBV_PID" || true
 tgt_teardown
 lio_teardown

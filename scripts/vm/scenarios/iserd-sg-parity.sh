@@ -1,18 +1,23 @@
 # vm-timeout: 300
-# sg3_utils against the same iserd LUN over iscsi_tcp and over ib_iser: every answer must be
-# the same (after the /dev name is normalised), and libiscsi's iscsi-inq reads it over iser://.
+# sg3_utils against the same iserd LUN over iscsi_tcp and over ib_iser, the latter once with each
+# RDMA provider (native, then libibverbs after a restart): every answer must be the same (after
+# the /dev name is normalised), and libiscsi's iscsi-inq reads it over iser:// with both.
 IQN=iqn.2026-11.org.iserd:vm-sg
 DATA=/tmp/iserd-sg
 mkdir -p "$DATA"
+sg_config() {
 cat >/tmp/iserd-sg.yaml <<EOC
 data_dir: $DATA
 portals: [{address: "$VM_ADDR:3260", transport: both}]
+rdma: {provider: $1}
 targets:
   - name: $IQN
     open: true
     luns:
       - {lun: 0, path: lun0.img, size: 64MiB, block_size: 512, thin: true, serial: SGPARITY01}
 EOC
+}
+sg_config native
 iserd_start /tmp/iserd-sg.yaml
 
 # run CMD...: runs CMD, printing its exit status when it fails (set -e would end the scenario).
@@ -47,19 +52,26 @@ login_tcp "$IQN"
 dev=$(wait_disk "$IQN")
 sg_suite "$dev" /tmp/sg-tcp.txt
 logout_all
-login_iser "$IQN"
-dev=$(wait_disk "$IQN")
-sg_suite "$dev" /tmp/sg-iser.txt
-assert_contains "$(iscsiadm -m session)" "iser: " "iscsiadm -m session"
-logout_all
 cat /tmp/sg-tcp.txt
-if ! diff -u /tmp/sg-tcp.txt /tmp/sg-iser.txt; then
-  fail "sg3_utils answers differ between iscsi_tcp and ib_iser"
-fi
 assert_contains "$(cat /tmp/sg-tcp.txt)" "SGPARITY01" "VPD 0x80"
 assert_contains "$(grep -A3 'miscompare' /tmp/sg-tcp.txt)" "exit 14" "COMPARE AND WRITE miscompare"
-log "sg3_utils answers identical over iscsi_tcp and ib_iser"
-out=$(iscsi-inq "iser://$VM_ADDR/$IQN/0" 2>&1) || fail "iscsi-inq over iser:// failed: $out"
-assert_contains "$out" "ISERD" "iscsi-inq iser://"
-log "libiscsi iscsi-inq over iser:// reads the target"
+for provider in native libibverbs; do
+  if [ "$provider" != native ]; then
+    iserd_stop
+    sg_config "$provider"
+    iserd_start /tmp/iserd-sg.yaml
+  fi
+  login_iser "$IQN"
+  dev=$(wait_disk "$IQN")
+  sg_suite "$dev" "/tmp/sg-iser-$provider.txt"
+  assert_contains "$(iscsiadm -m session)" "iser: " "iscsiadm -m session"
+  logout_all
+  if ! diff -u /tmp/sg-tcp.txt "/tmp/sg-iser-$provider.txt"; then
+    fail "sg3_utils answers differ between iscsi_tcp and ib_iser (provider $provider)"
+  fi
+  log "sg3_utils answers identical over iscsi_tcp and ib_iser (provider $provider)"
+  out=$(iscsi-inq "iser://$VM_ADDR/$IQN/0" 2>&1) || fail "iscsi-inq over iser:// failed (provider $provider): $out"
+  assert_contains "$out" "ISERD" "iscsi-inq iser://"
+  log "libiscsi iscsi-inq over iser:// reads the target (provider $provider)"
+done
 iserd_stop
