@@ -653,7 +653,7 @@ func checkDevice(path string, lc LUNConfig) error {
 // pool when io_uring is not wanted or the kernel refuses it.
 func (m *Manager) openFile(path string, fo bdev.FileOptions, lc LUNConfig) (bdev.Device, error) {
 	if lc.IO != "threads" {
-		u, err := bdev.NewUring(path, bdev.UringOptions{FileOptions: fo, Pool: m.srv.Pool(), Buffered: !lc.Direct})
+		u, err := bdev.NewUring(path, bdev.UringOptions{FileOptions: fo, Pool: m.srv.Pool(), Buffered: !lc.Direct, Log: m.log})
 		if err == nil {
 			return u, nil
 		}

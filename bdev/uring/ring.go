@@ -253,6 +253,21 @@ func (r *Ring) Submit(wait uint32) (int, error) {
 	}
 }
 
+// Withdraw takes back every SQE the kernel has not consumed, after Submit
+// failed, and calls f with the UserData of each, oldest first; their slots
+// are free again. f must not use the ring.
+func (r *Ring) Withdraw(f func(userData uint64)) {
+	head := atomic.LoadUint32(r.sqHead)
+	tail := r.sqeTail
+	// Nothing enters the kernel between here and the store, so it cannot
+	// consume what is being withdrawn.
+	r.sqeTail = head
+	atomic.StoreUint32(r.sqTail, head)
+	for i := head; i != tail; i++ {
+		f(r.sqes[i&r.sqMask].UserData)
+	}
+}
+
 // Ready is the number of completions waiting to be reaped.
 func (r *Ring) Ready() int {
 	return int(atomic.LoadUint32(r.cqTail) - *r.cqHead)

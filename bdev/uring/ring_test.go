@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"unsafe"
 
@@ -280,6 +281,33 @@ func TestRegisterAfterClose(t *testing.T) {
 	} {
 		if !errors.Is(err, errClosed) {
 			t.Errorf("%s after Close: %v, want errClosed", name, err)
+		}
+	}
+}
+
+// TestWithdraw takes back queued SQEs: the kernel never sees them and the
+// ring hands out their slots again.
+func TestWithdraw(t *testing.T) {
+	r := newRing(t, 4)
+	for i := range 3 {
+		sqe := r.GetSQE()
+		sqe.Opcode, sqe.UserData = OpNop, uint64(10+i)
+	}
+	var got []uint64
+	r.Withdraw(func(ud uint64) { got = append(got, ud) })
+	if !slices.Equal(got, []uint64{10, 11, 12}) || r.Pending() != 0 {
+		t.Fatalf("withdrew %v, %d pending; want [10 11 12], 0", got, r.Pending())
+	}
+	for i := range 4 {
+		sqe := r.GetSQE()
+		if sqe == nil {
+			t.Fatalf("SQE %d: ring still full after Withdraw", i)
+		}
+		sqe.Opcode, sqe.UserData = OpNop, uint64(20+i)
+	}
+	for i, c := range complete(t, r, 4) {
+		if c.UserData != uint64(20+i) {
+			t.Errorf("completion %d: user data %d, want %d", i, c.UserData, 20+i)
 		}
 	}
 }
