@@ -583,14 +583,19 @@ func (m *Manager) openLUN(cfg *Config, target string, lc LUNConfig) (*liveLUN, e
 		dev.Close()
 		return nil, fmt.Errorf("state directory for persistent reservations and sanitize: %w", err)
 	}
-	disk, err := scsi.NewDisk(dev, scsi.DiskConfig{BlockSize: lc.BlockSize, PhysicalBlockSize: lc.PhysicalBlockSize,
-		ReadOnly: lc.ReadOnly, Thin: *lc.Thin, Serial: lc.Serial, NAA: naaFor(target, lc.LUN), StateDir: stateDir,
-		SanitizeRate: int64(lc.SanitizeRate)})
+	disk, err := scsi.NewDisk(dev, diskConfig(target, lc, stateDir))
 	if err != nil {
 		dev.Close()
 		return nil, err
 	}
 	return &liveLUN{dev: dev, disk: disk}, nil
+}
+
+// diskConfig is the SCSI side of a LUN's configuration.
+func diskConfig(target string, lc LUNConfig, stateDir string) scsi.DiskConfig {
+	return scsi.DiskConfig{BlockSize: lc.BlockSize, PhysicalBlockSize: lc.PhysicalBlockSize, ReadOnly: lc.ReadOnly,
+		Thin: *lc.Thin, Serial: lc.Serial, NAA: naaFor(target, lc.LUN), StateDir: stateDir,
+		SanitizeRate: int64(lc.SanitizeRate)}
 }
 
 // checkPath rejects a backing store path that cannot serve the LUN, with
