@@ -57,6 +57,9 @@ logged_in() {
   [ "$n" -eq 2 ] && [ "$(iserctl session list 2>/dev/null | grep -c ' iqn.2026-11.org.iserd:soak-')" -eq 2 ]
 }
 fds() { ls "/proc/$ISERD_PID/fd" | wc -l; }
+# conn_errors: connection failures the initiator has detected since boot (each drop and each
+# kill shows up as one per affected connection).
+conn_errors() { dmesg | grep -c 'detected conn error' || true; }
 rss_mb() { awk '/^VmRSS/ {printf "%d", $2 / 1024}' "/proc/$ISERD_PID/status"; }
 tsih_of() { iserctl session list 2>/dev/null | awk -v t="$1" '$2 == t {print $1; exit}'; }
 
@@ -76,14 +79,15 @@ fio_loop() {
   done
 }
 
-# drop_loop: while $S/drops-on exists, drops a connection every 8-30 s, choosing at random:
-# the TCP connection's initiator socket or iserd's socket destroyed (ss -K), or a session
-# closed by iserd at once. Appends "KIND" lines to $S/drops.
+# drop_loop: while $S/drops-on exists, drops a connection every 8-30 s (when both sessions are
+# up), choosing at random: the TCP connection's initiator socket or iserd's socket destroyed
+# (ss -K), or a session closed by iserd at once. Appends "KIND" lines to $S/drops.
 drop_loop() {
   local kind tsih
   while [ ! -e "$S/stop" ]; do
     sleep $((8 + RANDOM % 23))
     [ -e "$S/drops-on" ] || continue
+    logged_in || { echo "recovering-missed" >>"$S/drops"; continue; }   # one drop at a time
     case $((RANDOM % 4)) in
       0) kind=tcp-initiator-socket; ss -tnK state established '( dport = :3260 )' >/dev/null ;;
       1) kind=tcp-iserd-socket; ss -tnK state established '( sport = :3260 )' >/dev/null ;;
@@ -118,7 +122,7 @@ for cycle in $(seq "$cycles"); do
   wait_until 240 "both sessions to log in again" logged_in || { problems+=("cycle $cycle: no relogin within 240s"); break; }
   recovered=$(($(now) - t0))
   sleep 2
-  fd_start=$(fds)
+  fd_start=$(fds) errs0=$(conn_errors)
   : >"$S/drops"
   touch "$S/drops-on"
   sleep_until $((t0 + CYCLE - 25)) || break
@@ -129,9 +133,11 @@ for cycle in $(seq "$cycles"); do
   sleep 3
   fd_end=$(fds) rss=$(rss_mb)
   ndrops=$(grep -vc -- -missed "$S/drops" || true)
+  nerrs=$(($(conn_errors) - errs0))
   : "${fd_ref:=$fd_end}" "${rss_ref:=$rss}"
-  rows+=("$(printf '%5d %9ds %6d %8d %6d %7d' "$cycle" "$recovered" "$ndrops" "$fd_start" "$fd_end" "$rss")")
-  log "cycle $cycle: relogin ${recovered}s, $ndrops drops ($(sort "$S/drops" | uniq -c | awk '{printf "%s%s x%d", NR > 1 ? ", " : "", $2, $1}')), fds $fd_start -> $fd_end, RSS ${rss} MiB"
+  rows+=("$(printf '%5d %9ds %6d %11d %9d %7d %8d' "$cycle" "$recovered" "$ndrops" "$nerrs" "$fd_start" "$fd_end" "$rss")")
+  log "cycle $cycle: relogin ${recovered}s, $ndrops drops ($(sort "$S/drops" | uniq -c | awk '{printf "%s%s x%d", (NR > 1 ? ", " : ""), $2, $1}')), $nerrs connection errors seen by the initiator, fds $fd_start -> $fd_end, RSS ${rss} MiB"
+  [ "$nerrs" -ge "$ndrops" ] || problems+=("cycle $cycle: $ndrops drops but the initiator saw $nerrs connection errors")
   [ "$fd_end" -eq "$fd_start" ] || problems+=("cycle $cycle: fds $fd_start after login, $fd_end after the drops")
   [ "$fd_end" -eq "$fd_ref" ] || problems+=("cycle $cycle: fds $fd_end, first cycle $fd_ref")
   [ "$rss" -le $((rss_ref + RSS_MARGIN_MB)) ] || problems+=("cycle $cycle: RSS $rss MiB, first cycle $rss_ref MiB + ${RSS_MARGIN_MB} allowed")
@@ -162,7 +168,7 @@ done
 echo "SOAK SUMMARY: $SOAK_MINUTES min, $((${#rows[@]})) cycles measured, $kills SIGKILL+restarts," \
   "fio passes tcp=$(cat "$S/tcp.passes" 2>/dev/null || echo 0) iser=$(cat "$S/iser.passes" 2>/dev/null || echo 0)" \
   "of $SIZE each, verify errors $verify_errors"
-echo "cycle   relogin  drops  fds@login fds@end RSS(MiB)"
+echo "cycle   relogin  drops  conn-errors  fds@login fds@end RSS(MiB)"
 printf '%s\n' "${rows[@]}"
 echo "margins: fds equal within a cycle and to the first cycle's; RSS <= first cycle + ${RSS_MARGIN_MB} MiB"
 grep -E 'panic|fatal error|DATA RACE' "$ISERD_LOG" && problems+=("iserd log shows a panic")
