@@ -61,7 +61,9 @@ fds() { ls "/proc/$ISERD_PID/fd" | wc -l; }
 # kill shows up as one per affected connection).
 conn_errors() { dmesg | grep -c 'detected conn error' || true; }
 rss_mb() { awk '/^VmRSS/ {printf "%d", $2 / 1024}' "/proc/$ISERD_PID/status"; }
-tsih_of() { iserctl session list 2>/dev/null | awk -v t="$1" '$2 == t {print $1; exit}'; }
+# tsih_of TARGET: the TSIH iserd gave the session to TARGET (awk reads to the end: an early
+# exit would fail the pipeline with iserctl's SIGPIPE).
+tsih_of() { iserctl session list | awk -v t="$1" '$2 == t && !n++ {print $1}'; }
 
 # fio_loop NAME DEV: write+verify passes over the first $SIZE of DEV until $S/stop appears;
 # counts passes in $S/NAME.passes, keeps a failed pass's output in $S/NAME.failed.
@@ -81,9 +83,11 @@ fio_loop() {
 
 # drop_loop: while $S/drops-on exists, drops a connection every 8-30 s (when both sessions are
 # up), choosing at random: the TCP connection's initiator socket or iserd's socket destroyed
-# (ss -K), or a session closed by iserd at once. Appends "KIND" lines to $S/drops.
+# (ss -K), or a session closed by iserd at once. Appends "KIND" lines to $S/drops, and what a
+# drop that could not be made printed to $S/drop-errors.
 drop_loop() {
   local kind tsih
+  exec 2>>"$S/drop-errors"
   while [ ! -e "$S/stop" ]; do
     sleep $((8 + RANDOM % 23))
     [ -e "$S/drops-on" ] || continue
@@ -95,7 +99,7 @@ drop_loop() {
            iserctl session logout "$tsih" --now >/dev/null ;;
       3) kind=tcp-session-closed; tsih=$(tsih_of "$IQN_TCP") && [ -n "$tsih" ] &&
            iserctl session logout "$tsih" --now >/dev/null ;;
-    esac && echo "$kind" >>"$S/drops" || echo "$kind-missed" >>"$S/drops"
+    esac && echo "$kind" >>"$S/drops" || { echo "$kind-missed" >>"$S/drops"; echo "$kind missed (tsih '$tsih')" >&2; }
   done
 }
 
@@ -155,6 +159,7 @@ wait "$drops_pid" || true
 wait_until 300 "the last fio passes" eval "! alive $fio_tcp $fio_iser" || problems+=("fio passes did not end")
 wait "$fio_tcp" "$fio_iser" || true
 
+[ -s "$S/drop-errors" ] && { echo "--- drops that could not be made:"; cat "$S/drop-errors"; }
 verify_errors=0
 for n in tcp iser; do
   if [ -e "$S/$n.failed" ]; then
