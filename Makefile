@@ -3,12 +3,13 @@
 #   make test     install what the tests need (root), then run every test
 #   make test-vm  run the Linux-initiator / rdma_rxe scenarios in a qemu VM
 #   make bench    side-by-side benchmark against tgt (and LIO in the VM)
+#   make soak     SOAK_MINUTES (30) of fio verify in the VM while iserd is killed and restarted
 #   make deb      the Debian package bin/iserd_VERSION_ARCH.deb (packaging/)
 export CGO_ENABLED := 0
 GO ?= go
 BIN := bin
 
-.PHONY: all build run test deps vet unit fuzz conformance test-vm bench deb clean
+.PHONY: all build run test deps vet unit fuzz conformance test-vm bench soak deb clean
 
 all: build
 
@@ -39,12 +40,20 @@ fuzz:
 conformance: build
 	scripts/conformance.sh
 
-# Every scenario but the benchmarks (make bench runs those), with the rdma
-# package's device tests built for the VM.
+# Every scenario but the benchmarks (make bench runs those) and the soak, with
+# the rdma package's device tests built for the VM.
 test-vm: build
 	mkdir -p $(BIN)/vmtest
 	$(GO) test -c -o $(BIN)/vmtest/rdma.test ./rdma
-	VM_TESTBIN_DIR=$(CURDIR)/$(BIN)/vmtest scripts/vm/run-all.sh $$(ls scripts/vm/scenarios/*.sh | grep -v '/bench-')
+	VM_TESTBIN_DIR=$(CURDIR)/$(BIN)/vmtest scripts/vm/run-all.sh $$(ls scripts/vm/scenarios/*.sh | grep -Ev '/(bench-[^/]*|soak)\.sh$$')
+
+# Not part of test or CI: fio crc32c verify over TCP and iSER at once for
+# SOAK_MINUTES while iserd is SIGKILLed and restarted every 2 minutes and
+# connections are dropped at random (scripts/vm/scenarios/soak.sh).
+SOAK_MINUTES ?= 30
+soak: build
+	VM_ENV="SOAK_MINUTES=$(SOAK_MINUTES)" VM_SCENARIO_TIMEOUT=$$(( $(SOAK_MINUTES) * 60 + 600 )) \
+		scripts/vm/run-all.sh scripts/vm/scenarios/soak.sh
 
 test: deps vet unit fuzz conformance
 	@if scripts/vm/can-run.sh; then $(MAKE) test-vm; else echo "test-vm skipped: qemu cannot run here (see scripts/vm/can-run.sh)"; fi

@@ -223,6 +223,11 @@ func decode(r *http.Request, v any) error {
 	if len(body) > 1<<20 {
 		return fmt.Errorf("request body is over 1 MiB")
 	}
+	return decodeBody(body, v)
+}
+
+// decodeBody decodes a request body of exactly one JSON value into v.
+func decodeBody(body []byte, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return fmt.Errorf("request body is empty: send a JSON object")
 	}

@@ -394,23 +394,34 @@ func DefaultConfig() *Config {
 	}
 }
 
-// LoadConfig reads and checks a YAML file. Unknown fields are errors.
+// LoadConfig reads and checks a YAML file (JSON, a subset of YAML, works
+// too). Unknown fields are errors.
 func LoadConfig(path string) (*Config, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
+	cfg, err := parseConfig(raw, filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// parseConfig decodes and checks the text of a configuration file; dir is
+// the data directory when the file names none.
+func parseConfig(raw []byte, dir string) (*Config, error) {
 	cfg := &Config{}
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) { // an empty file is an empty config
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, err
 	}
 	if cfg.DataDir == "" {
-		cfg.DataDir = filepath.Dir(path)
+		cfg.DataDir = dir
 	}
 	if err := cfg.Check(); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, err
 	}
 	return cfg, nil
 }
@@ -567,6 +578,9 @@ func (c *Config) Check() error {
 		if err := iscsi.ValidName(t.Name); err != nil {
 			return fmt.Errorf("targets[%d].name: %w", i, err)
 		}
+		if err := iscsi.ValidTextValue(t.Alias); err != nil {
+			return fmt.Errorf("targets[%d].alias: %w", i, err)
+		}
 		if names[t.Name] {
 			return fmt.Errorf("targets[%d]: target %s is declared twice", i, t.Name)
 		}
@@ -693,6 +707,9 @@ func (l *LUNConfig) check() error {
 	}
 	if l.Size < 0 {
 		return fmt.Errorf("size %d is negative", l.Size)
+	}
+	if err := scsi.CheckSerial(l.Serial); err != nil {
+		return err
 	}
 	if l.Size != 0 && int64(l.Size)%int64(l.BlockSize) != 0 {
 		return fmt.Errorf("size %d is not a multiple of the block size %d", l.Size, l.BlockSize)

@@ -601,14 +601,19 @@ func (m *Manager) openLUN(cfg *Config, target string, lc LUNConfig) (*liveLUN, e
 		dev.Close()
 		return nil, fmt.Errorf("state directory for persistent reservations and sanitize: %w", err)
 	}
-	disk, err := scsi.NewDisk(dev, scsi.DiskConfig{BlockSize: lc.BlockSize, PhysicalBlockSize: lc.PhysicalBlockSize,
-		ReadOnly: lc.ReadOnly, Thin: *lc.Thin, Serial: lc.Serial, NAA: naaFor(target, lc.LUN), StateDir: stateDir,
-		SanitizeRate: int64(lc.SanitizeRate)})
+	disk, err := scsi.NewDisk(dev, diskConfig(target, lc, stateDir))
 	if err != nil {
 		dev.Close()
 		return nil, err
 	}
 	return &liveLUN{dev: dev, disk: disk}, nil
+}
+
+// diskConfig is the SCSI side of a LUN's configuration.
+func diskConfig(target string, lc LUNConfig, stateDir string) scsi.DiskConfig {
+	return scsi.DiskConfig{BlockSize: lc.BlockSize, PhysicalBlockSize: lc.PhysicalBlockSize, ReadOnly: lc.ReadOnly,
+		Thin: *lc.Thin, Serial: lc.Serial, NAA: naaFor(target, lc.LUN), StateDir: stateDir,
+		SanitizeRate: int64(lc.SanitizeRate)}
 }
 
 // checkPath rejects a backing store path that cannot serve the LUN, with
@@ -671,7 +676,7 @@ func checkDevice(path string, lc LUNConfig) error {
 // pool when io_uring is not wanted or the kernel refuses it.
 func (m *Manager) openFile(path string, fo bdev.FileOptions, lc LUNConfig) (bdev.Device, error) {
 	if lc.IO != "threads" {
-		u, err := bdev.NewUring(path, bdev.UringOptions{FileOptions: fo, Pool: m.srv.Pool(), Buffered: !lc.Direct})
+		u, err := bdev.NewUring(path, bdev.UringOptions{FileOptions: fo, Pool: m.srv.Pool(), Buffered: !lc.Direct, Log: m.log})
 		if err == nil {
 			return u, nil
 		}

@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/iserd/iserd/bdev/uring"
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,6 +38,9 @@ type UringOptions struct {
 	Entries int
 	// Buffered disables O_DIRECT.
 	Buffered bool
+	// Log receives the one line said when a ring refuses submissions
+	// (default: none).
+	Log *zap.Logger
 }
 
 // Uring is a Device driven by io_uring: one ring per worker goroutine and
@@ -87,6 +91,9 @@ type Uring struct {
 	closed   atomic.Bool
 	qmu      sync.Mutex // queue registration
 	nextQ    int
+	path     string
+	log      *zap.Logger
+	enterErr atomic.Bool // a submission failure was logged
 }
 
 // NewUring opens path as an io_uring Device. When the kernel cannot run
@@ -105,7 +112,10 @@ func NewUring(path string, o UringOptions) (*Uring, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Uring{file: f, direct: -1, pool: o.Pool}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	d := &Uring{file: f, direct: -1, pool: o.Pool, path: path, log: o.Log}
 	for range o.Rings {
 		w, err := newWorker(d, o.Entries)
 		if err != nil {
@@ -352,9 +362,10 @@ type worker struct {
 	spilled []*Request
 	nSpill  atomic.Int64
 
-	slots []slot
-	free  []uint32
-	cqes  []uring.CQE
+	slots   []slot
+	free    []uint32
+	cqes    []uring.CQE
+	backoff enterBackoff
 }
 
 // slot tracks one request in flight; the ring's user data is its index.
@@ -704,17 +715,65 @@ func (w *worker) issueRW(s *slot) {
 	}
 }
 
-// submit hands queued SQEs to the kernel. Failures of io_uring_enter
-// itself (EAGAIN, EBUSY under memory pressure) are transient: the SQEs stay
-// queued and are offered again on the next call.
+// submit hands queued SQEs to the kernel. When io_uring_enter fails with a
+// transient error the SQEs stay queued and are offered again on the next
+// call, after a backoff (enterBackoff). Any other error (EBADF, EINVAL: a
+// ring that will never take them), or transient errors that outlast the
+// backoff, fail the requests whose SQEs the kernel did not take with
+// ErrMedium, which the SCSI layer reports as a MEDIUM ERROR; the first such
+// failure of a device is logged.
 func (w *worker) submit() {
 	if w.ring.Pending() == 0 {
 		return
 	}
-	if _, err := w.ring.Submit(0); err != nil {
-		time.Sleep(time.Millisecond)
+	_, err := w.ring.Submit(0)
+	if err == nil {
+		w.backoff.reset()
+		return
 	}
+	if wait, ok := w.backoff.next(err); ok {
+		time.Sleep(wait)
+		return
+	}
+	if !w.d.enterErr.Swap(true) {
+		w.d.log.Error("io_uring refuses submissions: failing the I/Os it did not take",
+			zap.String("path", w.d.path), zap.Error(err))
+	}
+	failed := fmt.Errorf("io_uring submit: %w (%v)", ErrMedium, err)
+	w.ring.Withdraw(func(userData uint64) { w.finish(&w.slots[userData], failed) })
 }
+
+// Retry pacing for io_uring_enter's transient failures (EAGAIN: the kernel
+// is short of memory; EBUSY: completions must be reaped first, which the
+// worker does between attempts): the wait doubles from enterWaitMin to
+// enterWaitMax, and the SQEs fail once the waits add up to enterGiveUp,
+// well inside an initiator's command timeout (30 s on Linux).
+const (
+	enterWaitMin = time.Millisecond
+	enterWaitMax = 100 * time.Millisecond
+	enterGiveUp  = 5 * time.Second
+)
+
+// enterBackoff paces retries of io_uring_enter after transient failures.
+type enterBackoff struct {
+	wait, slept time.Duration
+}
+
+// next says how long to wait before offering the SQEs again after err, or
+// false when they are to fail now.
+func (b *enterBackoff) next(err error) (time.Duration, bool) {
+	transient := errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EINTR)
+	if !transient || b.slept >= enterGiveUp {
+		b.reset()
+		return 0, false
+	}
+	b.wait = min(max(2*b.wait, enterWaitMin), enterWaitMax)
+	b.slept += b.wait
+	return b.wait, true
+}
+
+// reset starts the next failure's pacing afresh.
+func (b *enterBackoff) reset() { *b = enterBackoff{} }
 
 // reap handles every ready completion; it reports whether there were any.
 func (w *worker) reap() bool {

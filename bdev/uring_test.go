@@ -7,10 +7,15 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/iserd/iserd/bdev/uring"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 )
 
@@ -584,5 +589,131 @@ func TestUringNoAllocs(t *testing.T) {
 				t.Fatalf("%.1f allocations per 64 requests", a)
 			}
 		})
+	}
+}
+
+// ringFds lists this process's io_uring descriptors.
+func ringFds(t *testing.T) map[int]bool {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	fds := map[int]bool{}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if l, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && l == "anon_inode:[io_uring]" {
+			fds[fd] = true
+		}
+	}
+	return fds
+}
+
+// TestUringSubmitFailure breaks a ring for good: its descriptor number is
+// made to name /dev/null, so io_uring_enter fails with EOPNOTSUPP while the
+// ring's mappings stay valid. Every request must then fail with ErrMedium
+// instead of waiting forever, a burst larger than the ring included, and
+// the failure is logged once.
+func TestUringSubmitFailure(t *testing.T) {
+	before := ringFds(t)
+	core, logs := observer.New(zap.ErrorLevel)
+	d := openUring(t, t.TempDir(), UringOptions{Rings: 1, Entries: 8, Log: zap.New(core)})
+	if d.inline {
+		t.Skip("the test directory is on tmpfs: requests never reach the ring")
+	}
+	var ring []int
+	for fd := range ringFds(t) {
+		if !before[fd] {
+			ring = append(ring, fd)
+		}
+	}
+	if len(ring) != 1 {
+		t.Fatalf("found io_uring descriptors %v for one ring", ring)
+	}
+	if err := run(d, &Request{Op: OpWrite, Buf: make([]byte, 4096)}); err != nil {
+		t.Fatalf("write before the ring broke: %v", err)
+	}
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	if err := unix.Dup3(int(null.Fd()), ring[0], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	q := d.NewQueue()
+	defer q.Close()
+	for _, c := range []struct {
+		name string
+		s    submitter
+		r    Request
+	}{
+		{"read", d, Request{Op: OpRead, Buf: make([]byte, 4096)}},
+		{"write", q, Request{Op: OpWrite, Offset: 8192, Buf: make([]byte, 4096)}},
+		{"flush", d, Request{Op: OpFlush}},
+		{"unmap", q, Request{Op: OpUnmap, Offset: 4096, Length: 4096}},
+	} {
+		if err := run(c.s, &c.r); !errors.Is(err, ErrMedium) {
+			t.Errorf("%s on a broken ring: %v, want ErrMedium", c.name, err)
+		}
+	}
+	const burst = 100 // beyond the 8 SQEs and 16 completion slots
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	for i := range burst {
+		wg.Add(1)
+		d.Submit(&Request{Op: OpRead, Offset: int64(i) * 512, Buf: make([]byte, 512), Done: func(r *Request) {
+			if !errors.Is(r.Err, ErrMedium) {
+				bad.Add(1)
+			}
+			wg.Done()
+		}})
+	}
+	wg.Wait()
+	if bad.Load() != 0 {
+		t.Errorf("%d of %d burst reads did not fail with ErrMedium", bad.Load(), burst)
+	}
+	if n := logs.FilterMessageSnippet("io_uring refuses submissions").Len(); n != 1 {
+		t.Errorf("failure logged %d times, want once: %v", n, logs.All())
+	}
+}
+
+func TestEnterBackoff(t *testing.T) {
+	var b enterBackoff
+	for i, c := range []struct {
+		err  error
+		wait time.Duration // 0: fail now
+	}{
+		{unix.EAGAIN, time.Millisecond},
+		{unix.EBUSY, 2 * time.Millisecond},
+		{unix.EINTR, 4 * time.Millisecond},
+		{unix.EBADF, 0},
+		{unix.EAGAIN, time.Millisecond}, // a new failure starts afresh
+		{unix.EINVAL, 0},
+		{unix.EOPNOTSUPP, 0},
+	} {
+		wait, ok := b.next(fmt.Errorf("io_uring_enter: %w", c.err))
+		if ok != (c.wait != 0) || wait != c.wait {
+			t.Errorf("step %d (%v): wait %v retry %v, want wait %v", i, c.err, wait, ok, c.wait)
+		}
+	}
+	// Transient errors that persist: waits grow to the cap, then the SQEs fail.
+	b.reset()
+	var slept time.Duration
+	for range 1000 {
+		wait, ok := b.next(unix.EAGAIN)
+		if !ok {
+			break
+		}
+		if wait > enterWaitMax {
+			t.Fatalf("wait %v above the cap %v", wait, enterWaitMax)
+		}
+		slept += wait
+	}
+	if slept < enterGiveUp || slept > enterGiveUp+enterWaitMax {
+		t.Errorf("gave up after %v of waits, want %v", slept, enterGiveUp)
 	}
 }

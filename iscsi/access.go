@@ -26,6 +26,11 @@ func (c *CHAPSecret) Check() error {
 	if (c.MutualUser == "") != (c.MutualSecret == "") {
 		return fmt.Errorf("mutual CHAP needs both mutual_user and mutual_secret")
 	}
+	for _, u := range []string{c.User, c.MutualUser} {
+		if err := ValidTextValue(u); err != nil {
+			return fmt.Errorf("CHAP user name: %w", err)
+		}
+	}
 	if c.MutualSecret != "" && (len(c.MutualSecret) < 12 || len(c.MutualSecret) > 255) {
 		return fmt.Errorf("mutual CHAP secret must be 12 to 255 characters")
 	}

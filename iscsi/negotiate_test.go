@@ -305,3 +305,22 @@ func TestLoginResponseStages(t *testing.T) {
 		}
 	}
 }
+
+func TestValidTextValue(t *testing.T) {
+	for _, c := range []struct {
+		v    string
+		want string // part of the error; "" for none
+	}{
+		{"", ""},
+		{"disk of the lab — ünicode", ""},
+		{strings.Repeat("a", 255), ""},
+		{strings.Repeat("a", 256), "more than the 255"},
+		{"a\x00TargetAlias=b", "NUL"},
+		{"bad \xff utf-8", "UTF-8"},
+	} {
+		err := iscsi.ValidTextValue(c.v)
+		if (err == nil) != (c.want == "") || err != nil && !strings.Contains(err.Error(), c.want) {
+			t.Errorf("ValidTextValue(%q) = %v, want an error with %q", c.v, err, c.want)
+		}
+	}
+}

@@ -3,6 +3,8 @@ package iscsi
 import (
 	"bytes"
 	"fmt"
+	"strings"
+	"unicode/utf8"
 )
 
 // KV is one key=value pair of a text or login data segment.
@@ -75,6 +77,25 @@ func truncate(s string) string {
 		return s[:40] + "..."
 	}
 	return s
+}
+
+// maxSentValueLen is the longest value iserd may send: RFC 7143 6.1 bounds
+// an individual value at 255 bytes.
+const maxSentValueLen = 255
+
+// ValidTextValue checks a configured string that iserd sends as the value
+// of a text key (TargetAlias, the target's CHAP_N): UTF-8 without NUL
+// (which ends a key=value pair), at most 255 bytes.
+func ValidTextValue(v string) error {
+	switch {
+	case len(v) > maxSentValueLen:
+		return fmt.Errorf("%q is %d bytes, more than the %d an iSCSI text value may hold", truncate(v), len(v), maxSentValueLen)
+	case !utf8.ValidString(v):
+		return fmt.Errorf("%q is not valid UTF-8", truncate(strings.ToValidUTF8(v, "\ufffd")))
+	case strings.IndexByte(v, 0) >= 0:
+		return fmt.Errorf("%q contains a NUL byte, which would end the iSCSI text value", truncate(v))
+	}
+	return nil
 }
 
 // EncodeText joins pairs into a data segment.

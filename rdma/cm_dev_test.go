@@ -83,11 +83,16 @@ func pattern(b []byte, seed uint32) {
 }
 
 // resourceCounts sums the rdma resource tracking counters (pd, mr, cq, qp, cm_id) over devices.
+// Callers have found an RDMA device (testDevice skips otherwise), so a netlink error or an empty
+// list fails the test: the leak checks built on these counts must never pass unchecked.
 func resourceCounts(t testing.TB) map[string]uint64 {
+	t.Helper()
 	res, err := netlink.RdmaResourceList()
 	if err != nil {
-		t.Logf("rdma resource list: %v", err)
-		return nil
+		t.Fatalf("rdma resource list (netlink RDMA_NLDEV_CMD_RES_GET): %v", err)
+	}
+	if len(res) == 0 {
+		t.Fatal("rdma resource list: netlink lists no device, yet one was found")
 	}
 	m := map[string]uint64{}
 	for _, r := range res {
@@ -305,12 +310,10 @@ func TestCMTransfer(t *testing.T) {
 		t.Errorf("%d fds open after teardown, %d before", n, fds0)
 	}
 	t.Logf("resources before %v, while connected %v", res0, mid)
-	if res0 != nil {
-		if after := resourceCounts(t); fmt.Sprint(after) != fmt.Sprint(res0) {
-			t.Errorf("rdma resources after teardown %v, before %v", after, res0)
-		}
+	if after := resourceCounts(t); fmt.Sprint(after) != fmt.Sprint(res0) {
+		t.Errorf("rdma resources after teardown %v, before %v", after, res0)
 	}
-	if mid != nil && mid["mr"] != res0["mr"]+2 {
+	if mid["mr"] != res0["mr"]+2 {
 		t.Errorf("%d MRs while connected, want %d", mid["mr"], res0["mr"]+2)
 	}
 }

@@ -32,7 +32,7 @@ func testDevice(t testing.TB) Device {
 	t.Helper()
 	devs, err := Devices()
 	if errors.Is(err, ErrNoDevice) {
-		t.Skip("no RDMA device")
+		t.Skipf("this host has no RDMA device (%v); the device tests run in the VM: scripts/vm/scenarios/rdma-go.sh", err)
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -182,13 +182,27 @@ func (d *Disk) identify() error {
 	if c.Serial == "" {
 		c.Serial = fmt.Sprintf("%015x", c.NAA)
 	}
-	for _, r := range c.Serial {
+	if err := CheckSerial(c.Serial); err != nil {
+		return fmt.Errorf("new disk: %w", err)
+	}
+	return nil
+}
+
+// MaxSerialLen is the longest unit serial number: the T10 vendor ID
+// designator of VPD page 83h (one length byte) carries it after the
+// vendor (8 bytes), the product (up to 16) and a colon.
+const MaxSerialLen = 255 - 8 - 16 - 1
+
+// CheckSerial reports whether s can be a unit serial number (VPD page
+// 80h): printable ASCII, at most MaxSerialLen bytes.
+func CheckSerial(s string) error {
+	for _, r := range s {
 		if r < 0x20 || r > 0x7e {
-			return fmt.Errorf("new disk: serial %q: only printable ASCII is allowed", c.Serial)
+			return fmt.Errorf("serial %q: only printable ASCII is allowed", s)
 		}
 	}
-	if len(c.Serial) > 250 {
-		return fmt.Errorf("new disk: serial is %d bytes, at most 250 fit VPD page 80h", len(c.Serial))
+	if len(s) > MaxSerialLen {
+		return fmt.Errorf("serial is %d bytes, at most %d fit the device identification VPD page", len(s), MaxSerialLen)
 	}
 	return nil
 }

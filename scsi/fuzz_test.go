@@ -1,7 +1,9 @@
 package scsi
 
 import (
+	"encoding/binary"
 	"reflect"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -134,5 +136,82 @@ func FuzzSanitizeState(f *testing.F) {
 		if err != nil || !reflect.DeepEqual(op, op2) {
 			t.Fatalf("re-encoded %+v decodes as %+v, %v", op, op2, err)
 		}
+	})
+}
+
+// FuzzPRState feeds APTPL state files to the reader a logical unit starts
+// from. None may panic; a state it accepts must satisfy the invariants PR
+// OUT keeps, must be served by every PERSISTENT RESERVE IN form with each
+// TransportID of READ FULL STATUS readable again, must take a new
+// registration, and must come back unchanged from the file it is saved as.
+// With framed set the input is the JSON payload, given a valid magic line,
+// length and checksum so that the fuzzer gets past them; otherwise it is
+// the whole file.
+func FuzzPRState(f *testing.F) {
+	f.Add([]byte(`{"Gen":3,"Regs":[{"ID":1,"Key":10,"Name":"iqn.a","Port":"iqn.a,i,0x23d000001","Rel":1}],"Type":1,"Holder":1,"APTPL":true,"NextID":1}`), true)
+	f.Add([]byte(`{"Regs":[{"ID":2,"Key":1,"Name":"iqn.b"},{"ID":1,"Key":2,"Name":"iqn.c","Rel":2}],"Type":8,"APTPL":true,"NextID":2}`), true)
+	f.Add(frameState(prMagic, []byte(`{"APTPL":true}`)), false)
+	f.Add([]byte(prMagic+"\x00\x00\x00\x02{}\x00\x00\x00\x00"), false)
+	d, err := NewDisk(bdev.NewMemory(1<<20), DiskConfig{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	tgt := NewTarget("iqn.fuzz")
+	if err := tgt.AddLUN(0, d); err != nil {
+		f.Fatal(err)
+	}
+	n := &Nexus{ID: 1, InitiatorPort: "iqn.new,i,0x1", InitiatorName: "iqn.new", RelativePort: 1}
+	tgt.AddNexus(n)
+	tgt.OnAbort(func(*Nexus, uint64) {})
+	exec := func(cdb, out []byte) *Command {
+		c := &Command{Nexus: n, CDB: cdb, DataOut: out, DataIn: make([]byte, 1<<16)}
+		c.Done = func(*Command) {}
+		tgt.Execute(c)
+		return c
+	}
+	exec(cdbTUR(), nil) // takes the power-on unit attention
+	f.Fuzz(func(t *testing.T, b []byte, framed bool) {
+		if framed {
+			b = frameState(prMagic, b)
+		}
+		s, err := decodePR(b)
+		if err != nil {
+			return
+		}
+		if err := s.validate(); err != nil {
+			t.Fatalf("accepted a state that fails validation: %v", err)
+		}
+		again, err := encodeState(prMagic, s)
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		if s2, err := decodePR(again); err != nil || !reflect.DeepEqual(s, s2) {
+			t.Fatalf("state %+v saved and read back as %+v, %v", s, s2, err)
+		}
+		d.pr.Store(s)
+		for sa := range byte(4) {
+			if c := exec([]byte{0x5e, sa, 0, 0, 0, 0, 0, 0xff, 0xff, 0}, nil); c.Status != StatusGood {
+				t.Fatalf("PR IN service action %d: status %#x sense %+v", sa, c.Status, senseOf(c))
+			}
+		}
+		full := data(exec([]byte{0x5e, priReadFullStatus, 0, 0, 0, 0, 0, 0xff, 0xff, 0}, nil))
+		for i, desc := 0, full[8:]; len(desc) > 0; i++ {
+			if len(desc) < 24 {
+				t.Fatalf("READ FULL STATUS: %d bytes left, short of a descriptor", len(desc))
+			}
+			tidLen := int(binary.BigEndian.Uint32(desc[20:]))
+			r := s.Regs[i]
+			id, used, ok := parseTransportID(desc[24:])
+			if !ok || used != tidLen || !strings.EqualFold(id.name, r.Name) || (id.port == "") != (r.Port == "") ||
+				r.Port != "" && !samePort(id.port, r.Port) {
+				t.Fatalf("READ FULL STATUS: registration %+v reported as TransportID %+v (ok %v, %d bytes of %d)", r, id, ok, used, tidLen)
+			}
+			desc = desc[24+tidLen:]
+		}
+		exec(cdbPROut(proRegisterIgnore, 0, proBasicLen), proList(0, 0xfeed, 0))
+		if err := d.pr.Load().validate(); err != nil {
+			t.Fatalf("after a registration: %v", err)
+		}
+		d.pr.Store(nil)
 	})
 }

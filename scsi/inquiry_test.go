@@ -118,6 +118,7 @@ func TestNewDiskErrors(t *testing.T) {
 	}{
 		{"block size", DiskConfig{BlockSize: 1024}},
 		{"serial", DiskConfig{Serial: "bad\nserial"}},
+		{"serial too long", DiskConfig{Serial: strings.Repeat("s", MaxSerialLen+1)}},
 	}
 	for _, tt := range tests {
 		if _, err := NewDisk(h.dev, tt.cfg); err == nil {
@@ -133,4 +134,26 @@ func TestNewDiskErrors(t *testing.T) {
 	if d1.Config().NAA != d2.Config().NAA || d1.Config().NAA == d3.Config().NAA || d3.Config().Serial == "" {
 		t.Errorf("NAA derivation: %x %x %x", d1.Config().NAA, d2.Config().NAA, d3.Config().NAA)
 	}
+}
+
+// TestLongestSerial checks that the longest serial, after the longest
+// product name, still fits the T10 designator's one-byte length.
+func TestLongestSerial(t *testing.T) {
+	serial := strings.Repeat("s", MaxSerialLen)
+	h := newHarness(t, DiskConfig{Product: "0123456789ABCDEF", Serial: serial})
+	if s := string(h.vpd(0x80)[4:]); s != serial {
+		t.Errorf("VPD 80h serial of %d bytes, want %d", len(s), len(serial))
+	}
+	ids := h.vpd(0x83)[4:]
+	for len(ids) >= 4 {
+		l := int(ids[3])
+		if ids[1]&0x3f == assocLU|desigT10 {
+			if want := "ISERD   0123456789ABCDEF:" + serial; string(ids[4:4+l]) != want {
+				t.Fatalf("T10 designator of %d bytes %q, want %q", l, ids[4:4+l], want)
+			}
+			return
+		}
+		ids = ids[4+l:]
+	}
+	t.Fatal("no T10 designator")
 }

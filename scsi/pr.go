@@ -43,6 +43,7 @@ const (
 	isidDigits   = 12 // an ISID is 6 bytes
 	portSep      = ",i,0x"
 	maxPRRegs    = 1024 // registrations kept per logical unit
+	maxNameLen   = 223  // bytes of an iSCSI name (RFC 7143 4.2.7.1)
 	maxTIDsBytes = 1 << 16
 )
 
@@ -232,18 +233,28 @@ func parseTransportID(b []byte) (transportID, int, bool) {
 	str := string(s[:end])
 	switch b[0] >> 6 {
 	case 0:
-		if lastIndexFold(str, portSep) >= 0 {
+		if lastIndexFold(str, portSep) >= 0 || len(str) > maxNameLen {
 			return transportID{}, 0, false
 		}
 		return transportID{name: str}, total, true
 	case 1:
 		name, _, ok := splitPort(str)
-		if !ok || name == "" {
+		if !ok || name == "" || len(name) > maxNameLen {
 			return transportID{}, 0, false
 		}
 		return transportID{name: name, port: str}, total, true
 	}
 	return transportID{}, 0, false
+}
+
+// reportable says whether r names its initiator, or initiator port, the
+// way a TransportID can: what READ FULL STATUS reports of it reads back
+// as r. Registrations made by PR OUT always are; a restored state file
+// is checked.
+func (r *registration) reportable() bool {
+	id, _, ok := parseTransportID(encodeTransportID(nil, r))
+	return ok && strings.EqualFold(id.name, r.Name) && (id.port == "") == (r.Port == "") &&
+		(r.Port == "" || samePort(id.port, r.Port))
 }
 
 // encodeTransportID appends the TransportID of r: format 01b with the

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -137,6 +138,7 @@ func TestPROutInvalid(t *testing.T) {
 		{"APTPL without a state directory", cdbPROut(proRegister, 0, 24), proList(keyA, keyA, 0x01), ascInvalidFieldInParam},
 		{"unknown service action", cdbPROut(9, 0, 24), proList(keyA, 0, 0), ascInvalidFieldInCDB},
 		{"bad TransportID", cdbPROut(proRegister, 0, 32), proList(0, 3, 0x08, []byte{0x45, 0, 0, 0}), ascInvalidFieldInParam},
+		{"TransportID name beyond 223 bytes", cdbPROut(proRegister, 0, 28+232), proList(0, 3, 0x08, tid("iqn."+strings.Repeat("x", 220))), ascInvalidFieldInParam},
 	}
 	for _, tt := range tests {
 		c := h.exec(h.a, 0, tt.cdb, tt.params, 0)

@@ -3,7 +3,11 @@ package scsi
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"testing"
+
+	"github.com/iserd/iserd/bdev"
 )
 
 // TestReadWriteForms writes with every WRITE form and reads back with the
@@ -168,6 +172,45 @@ func TestWriteSame(t *testing.T) {
 			}
 			if !bytes.Equal(got[:tt.n*512], fill(tt.n*512, tt.want)) {
 				t.Fatalf("blocks do not all hold %#x", tt.want)
+			}
+		})
+	}
+}
+
+// failingDev fails every request with err, as a backend whose I/O path
+// broke does (a ring that refuses submissions fails them with ErrMedium).
+type failingDev struct {
+	bdev.Device
+	err error
+}
+
+func (f failingDev) Submit(r *bdev.Request) {
+	r.Err = f.err
+	r.Done(r)
+}
+
+// TestBackendErrorSense checks that a backend's error reaches the
+// initiator as the sense it stands for.
+func TestBackendErrorSense(t *testing.T) {
+	medium := fmt.Errorf("io_uring submit: %w (operation not supported)", bdev.ErrMedium)
+	for _, c := range []struct {
+		name string
+		err  error
+		cdb  []byte
+		out  []byte
+		key  byte
+		code asc
+	}{
+		{"read, medium", medium, cdb10(0x28, 8, 1), nil, keyMediumError, ascUnrecoveredRead},
+		{"write, medium", medium, cdb10(0x2a, 8, 1), make([]byte, 512), keyMediumError, ascWriteError},
+		{"write, no space", bdev.ErrNoSpace, cdb10(0x2a, 8, 1), make([]byte, 512), keyDataProtect, ascSpaceAllocFailed},
+		{"read, unclassified", errors.New("what"), cdb10(0x28, 8, 1), nil, keyAbortedCommand, ascInternalTargetFailure},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarnessOn(t, failingDev{bdev.NewMemory(testBlocks * 512), c.err}, DiskConfig{BlockSize: 512})
+			cmd := h.exec(h.a, 0, c.cdb, c.out, 512)
+			if s := senseOf(cmd); cmd.Status != StatusCheckCondition || s.key != c.key || s.code != c.code {
+				t.Fatalf("status %#x sense %+v, want CHECK CONDITION key %#x code %#x", cmd.Status, s, c.key, c.code)
 			}
 		})
 	}

@@ -64,12 +64,17 @@ func encodeState(magic string, v any) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var buf bytes.Buffer
-	buf.WriteString(magic)
-	buf.Write(binary.BigEndian.AppendUint32(nil, uint32(len(payload))))
-	buf.Write(payload)
-	buf.Write(binary.BigEndian.AppendUint32(nil, crc32.Checksum(payload, castagnoli)))
-	return buf.Bytes(), nil
+	return frameState(magic, payload), nil
+}
+
+// frameState wraps a JSON payload in the magic line, length and checksum
+// of a state file.
+func frameState(magic string, payload []byte) []byte {
+	b := make([]byte, 0, len(magic)+4+len(payload)+4)
+	b = append(b, magic...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
+	b = append(b, payload...)
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(payload, castagnoli))
 }
 
 // decodeState checks the framing of a state file of the kind magic names
@@ -136,7 +141,7 @@ func (p *prState) validate() error {
 	}
 	ids := make(map[uint64]bool, len(p.Regs))
 	for _, r := range p.Regs {
-		if r.Key == 0 || r.Name == "" || r.ID == 0 || r.ID > p.NextID || ids[r.ID] {
+		if r.Key == 0 || r.Name == "" || r.ID == 0 || r.ID > p.NextID || ids[r.ID] || !r.reportable() {
 			return fmt.Errorf("invalid registration %+v", r)
 		}
 		ids[r.ID] = true

@@ -3,12 +3,15 @@
 // registration. It knows nothing about block devices; bdev drives it.
 //
 // A Ring is not safe for concurrent use: one goroutine fills SQEs, submits
-// and reaps completions. Register calls may come from any goroutine.
+// and reaps completions. Register calls may come from any goroutine; they
+// take the ring's lock.
 package uring
 
 import (
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -105,6 +108,26 @@ type rsrcUpdate2 struct {
 	Nr, Resv2    uint32
 }
 
+// iovec is struct iovec with the base as a plain address: it lives outside
+// the Go heap (regArgs), where the collector does not look for pointers.
+type iovec struct {
+	Base, Len uint64
+}
+
+// regArgs is the memory io_uring_register reads its arguments from. Some
+// arguments hold the address of others (an update names its iovec as an
+// integer), and the kernel reads them during the call: were they on a
+// goroutine stack, a stack move between taking the address and the system
+// call would leave the kernel reading where the stack used to be. So they
+// live in a small anonymous mapping that Go never moves, one per ring,
+// used under Ring.regMu; a register call allocates nothing.
+type regArgs struct {
+	iov    iovec
+	update rsrcUpdate2
+	reg    rsrcRegister
+	fd     int32
+}
+
 // ErrUnsupported means the kernel has io_uring but lacks what this package
 // needs (a single ring mapping, no-drop completions, IORING_OP_READ/WRITE).
 var ErrUnsupported = errors.New("io_uring lacks required features")
@@ -123,6 +146,10 @@ type Ring struct {
 	cqHead, cqTail, cqFlags *uint32
 	cqMask                  uint32
 	cqes                    []CQE
+
+	regMu  sync.Mutex // register calls and the args mapping
+	argsMm []byte
+	args   *regArgs // in argsMm; nil once closed
 }
 
 // New sets up a ring with at least entries submission slots (rounded up
@@ -154,6 +181,12 @@ func New(entries uint32) (*Ring, error) {
 		r.Close()
 		return nil, fmt.Errorf("mmap io_uring SQEs: %w", err)
 	}
+	r.argsMm, err = unix.Mmap(-1, 0, int(unsafe.Sizeof(regArgs{})), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("mmap io_uring register arguments: %w", err)
+	}
+	r.args = (*regArgs)(unsafe.Pointer(&r.argsMm[0]))
 	u32 := func(off uint32) *uint32 { return (*uint32)(unsafe.Pointer(&r.ring[off])) }
 	r.sqHead, r.sqTail, r.sqFlags = u32(p.SQOff.Head), u32(p.SQOff.Tail), u32(p.SQOff.Flags)
 	r.sqMask = *u32(p.SQOff.RingMask)
@@ -220,6 +253,21 @@ func (r *Ring) Submit(wait uint32) (int, error) {
 	}
 }
 
+// Withdraw takes back every SQE the kernel has not consumed, after Submit
+// failed, and calls f with the UserData of each, oldest first; their slots
+// are free again. f must not use the ring.
+func (r *Ring) Withdraw(f func(userData uint64)) {
+	head := atomic.LoadUint32(r.sqHead)
+	tail := r.sqeTail
+	// Nothing enters the kernel between here and the store, so it cannot
+	// consume what is being withdrawn.
+	r.sqeTail = head
+	atomic.StoreUint32(r.sqTail, head)
+	for i := head; i != tail; i++ {
+		f(r.sqes[i&r.sqMask].UserData)
+	}
+}
+
 // Ready is the number of completions waiting to be reaped.
 func (r *Ring) Ready() int {
 	return int(atomic.LoadUint32(r.cqTail) - *r.cqHead)
@@ -256,30 +304,51 @@ func (r *Ring) SetEventfdEnabled(on bool) {
 
 // RegisterEventfd makes the kernel signal efd whenever a completion is posted.
 func (r *Ring) RegisterEventfd(efd int) error {
-	fd := int32(efd)
-	return r.register(regEventfd, unsafe.Pointer(&fd), 1, "register eventfd")
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	if r.args == nil {
+		return errClosed
+	}
+	r.args.fd = int32(efd)
+	return r.register(regEventfd, unsafe.Pointer(&r.args.fd), 1, "register eventfd")
 }
 
 // RegisterSparseBuffers reserves n empty fixed-buffer slots, filled later
 // by UpdateBuffer (Linux 5.19).
 func (r *Ring) RegisterSparseBuffers(n int) error {
-	reg := rsrcRegister{Nr: uint32(n), Flags: rsrcSparse}
-	return r.register(regBuffers2, unsafe.Pointer(&reg), unsafe.Sizeof(reg), "register sparse buffers")
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	if r.args == nil {
+		return errClosed
+	}
+	r.args.reg = rsrcRegister{Nr: uint32(n), Flags: rsrcSparse}
+	return r.register(regBuffers2, unsafe.Pointer(&r.args.reg), unsafe.Sizeof(r.args.reg), "register sparse buffers")
 }
 
 // UpdateBuffer installs buf as fixed buffer number idx; OpReadFixed and
 // OpWriteFixed with BufIndex idx may then address any part of it. An empty
 // buf clears the slot: the kernel lets go of the memory it pinned.
 func (r *Ring) UpdateBuffer(idx int, buf []byte) error {
-	var iov unix.Iovec
-	if len(buf) > 0 {
-		iov.Base = &buf[0]
-		iov.SetLen(len(buf))
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	if r.args == nil {
+		return errClosed
 	}
-	up := rsrcUpdate2{Offset: uint32(idx), Data: uint64(uintptr(unsafe.Pointer(&iov))), Nr: 1}
-	return r.register(regBuffersUpdate, unsafe.Pointer(&up), unsafe.Sizeof(up), "update fixed buffer")
+	a := r.args
+	a.iov = iovec{}
+	if len(buf) > 0 {
+		a.iov = iovec{Base: uint64(uintptr(unsafe.Pointer(&buf[0]))), Len: uint64(len(buf))}
+	}
+	a.update = rsrcUpdate2{Offset: uint32(idx), Data: uint64(uintptr(unsafe.Pointer(&a.iov))), Nr: 1}
+	err := r.register(regBuffersUpdate, unsafe.Pointer(&a.update), unsafe.Sizeof(a.update), "update fixed buffer")
+	runtime.KeepAlive(buf) // the iovec holds its address as an integer
+	return err
 }
 
+// errClosed is what a register call on a closed ring returns.
+var errClosed = errors.New("io_uring: ring closed")
+
+// register makes one io_uring_register call; arg must point into r.args.
 func (r *Ring) register(op uintptr, arg unsafe.Pointer, nr uintptr, what string) error {
 	for {
 		_, _, errno := unix.Syscall6(unix.SYS_IO_URING_REGISTER, uintptr(r.fd), op, uintptr(arg), nr, 0, 0)
@@ -294,17 +363,20 @@ func (r *Ring) register(op uintptr, arg unsafe.Pointer, nr uintptr, what string)
 }
 
 // Close unmaps the rings and closes the ring descriptor; the kernel
-// cancels or finishes whatever is still in flight.
+// cancels or finishes whatever is still in flight. Register calls made
+// after Close fail.
 func (r *Ring) Close() error {
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
 	var errs []error
-	for _, m := range [][]byte{r.sqeMm, r.ring} {
+	for _, m := range [][]byte{r.sqeMm, r.ring, r.argsMm} {
 		if m != nil {
 			if err := unix.Munmap(m); err != nil {
 				errs = append(errs, fmt.Errorf("unmap io_uring: %w", err))
 			}
 		}
 	}
-	r.sqeMm, r.ring, r.sqes, r.cqes = nil, nil, nil, nil
+	r.sqeMm, r.ring, r.argsMm, r.args, r.sqes, r.cqes = nil, nil, nil, nil, nil, nil
 	if r.fd >= 0 {
 		if err := unix.Close(r.fd); err != nil {
 			errs = append(errs, fmt.Errorf("close io_uring: %w", err))

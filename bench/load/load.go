@@ -66,8 +66,12 @@ type Config struct {
 	Pattern    Pattern
 	BlockSize  int // bytes per I/O, a multiple of the LUN's block size
 	QueueDepth int
-	Duration   time.Duration
-	LUN        uint64
+	// Duration ends the run after this long; IOs ends it after that many
+	// I/Os have been issued. Whichever comes first ends it; 0 means no
+	// such bound, and at least one must be given.
+	Duration time.Duration
+	IOs      uint64
+	LUN      uint64
 	// Span bounds the region used, in bytes from LBA 0; 0 means the whole
 	// LUN. It is rounded down to a multiple of BlockSize.
 	Span int64
@@ -202,16 +206,21 @@ func (o *offsets) next(rng *rand.Rand) int64 {
 	return int64(slot) * o.bs
 }
 
-// Run keeps QueueDepth commands in flight for Duration, then lets the ones
-// in flight complete (so that none is left behind on the connection), and
-// returns what completed. A failed command ends the run with its error; so
-// does the end of ctx.
+// ErrNoIO means a run ended without completing a single I/O: its figures
+// would measure nothing.
+var ErrNoIO = errors.New("no I/O completed")
+
+// Run keeps QueueDepth commands in flight for Duration (or until IOs have
+// been issued), then lets the ones in flight complete (so that none is left
+// behind on the connection), and returns what completed. A failed command
+// ends the run with its error; so does the end of ctx; a run in which no
+// I/O completed fails with ErrNoIO.
 func Run(parent context.Context, d Doer, capa Capacity, cfg Config) (Result, error) {
 	if cfg.QueueDepth <= 0 {
 		return Result{}, fmt.Errorf("queue depth %d: want at least 1", cfg.QueueDepth)
 	}
-	if cfg.Duration <= 0 {
-		return Result{}, fmt.Errorf("duration %v: want more than 0", cfg.Duration)
+	if cfg.Duration < 0 || (cfg.Duration == 0 && cfg.IOs == 0) {
+		return Result{}, fmt.Errorf("duration %v, I/O count %d: want a positive duration, a count or both", cfg.Duration, cfg.IOs)
 	}
 	offs, err := newOffsets(cfg, capa)
 	if err != nil {
@@ -221,6 +230,7 @@ func Run(parent context.Context, d Doer, capa Capacity, cfg Config) (Result, err
 	defer cancel()
 	var (
 		ios, latency atomic.Uint64
+		issued       atomic.Uint64
 		wg           sync.WaitGroup
 		errOnce      sync.Once
 		firstErr     error
@@ -228,6 +238,10 @@ func Run(parent context.Context, d Doer, capa Capacity, cfg Config) (Result, err
 	blocks := uint32(cfg.BlockSize / int(capa.BlockSize))
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
+	more := func() bool {
+		return ctx.Err() == nil && (cfg.Duration == 0 || time.Now().Before(deadline)) &&
+			(cfg.IOs == 0 || issued.Add(1) <= cfg.IOs)
+	}
 	for w := range cfg.QueueDepth {
 		wg.Add(1)
 		go func() {
@@ -245,7 +259,7 @@ func Run(parent context.Context, d Doer, capa Capacity, cfg Config) (Result, err
 			} else {
 				cmd.ReadLen = uint32(cfg.BlockSize)
 			}
-			for ctx.Err() == nil && time.Now().Before(deadline) {
+			for more() {
 				lba := uint64(offs.next(rng) / int64(capa.BlockSize))
 				if cfg.Pattern.Write() {
 					cmd.CDB = initiator.Write16(lba, blocks)
@@ -277,6 +291,9 @@ func Run(parent context.Context, d Doer, capa Capacity, cfg Config) (Result, err
 	res.Bytes = res.IOs * uint64(cfg.BlockSize)
 	if firstErr == nil && parent.Err() != nil {
 		firstErr = fmt.Errorf("%v run interrupted: %w", cfg.Pattern, parent.Err())
+	}
+	if firstErr == nil && res.IOs == 0 {
+		firstErr = fmt.Errorf("%v run of %v: %w", cfg.Pattern, res.Elapsed.Round(time.Millisecond), ErrNoIO)
 	}
 	return res, firstErr
 }

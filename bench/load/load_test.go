@@ -163,11 +163,19 @@ func TestRun(t *testing.T) {
 		{name: "caller gave up", cfg: Config{Pattern: RandRead, BlockSize: 4096, QueueDepth: 2}, stopped: true, wantErr: "interrupted"},
 		{name: "queue depth 0", cfg: Config{Pattern: RandRead, BlockSize: 4096}, wantErr: "queue depth"},
 		{name: "bad size", cfg: Config{Pattern: RandRead, BlockSize: 100, QueueDepth: 1}, wantErr: "multiple"},
+		{name: "negative duration", cfg: Config{Pattern: RandRead, BlockSize: 4096, QueueDepth: 1, Duration: -time.Second}, wantErr: "want a positive duration"},
+		// Over before a worker can issue anything: no figures to report.
+		{name: "no I/O in time", cfg: Config{Pattern: RandRead, BlockSize: 4096, QueueDepth: 2, Duration: time.Nanosecond}, wantErr: ErrNoIO.Error()},
+		{name: "count before duration", cfg: Config{Pattern: SeqRead, BlockSize: 4096, QueueDepth: 3, Duration: time.Hour, IOs: 50}, op: 0x88},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			d := &fakeDisk{capa: capa, failAt: tc.failAt, err: tc.fail}
-			tc.cfg.Duration = 50 * time.Millisecond
+			if tc.cfg.Duration == 0 && tc.cfg.IOs == 0 {
+				// A count, not a time, ends the run: the outcome must not
+				// depend on how fast the machine is (-race, a loaded host).
+				tc.cfg.IOs = 100
+			}
 			ctx, cancel := context.WithCancel(context.Background())
 			if tc.stopped {
 				cancel()
@@ -185,6 +193,9 @@ func TestRun(t *testing.T) {
 			}
 			if res.IOs == 0 || res.IOs != uint64(len(d.lbas)) || d.ops[tc.op] != len(d.lbas) {
 				t.Fatalf("result counts %d I/Os, the disk saw %d (%v)", res.IOs, len(d.lbas), d.ops)
+			}
+			if tc.cfg.IOs != 0 && res.IOs != tc.cfg.IOs {
+				t.Fatalf("run of %d I/Os completed %d", tc.cfg.IOs, res.IOs)
 			}
 			if res.Bytes != res.IOs*uint64(tc.cfg.BlockSize) || res.IOPS() <= 0 || res.MBps() <= 0 || res.MeanLatency() <= 0 {
 				t.Fatalf("inconsistent result %+v", res)
@@ -330,9 +341,9 @@ func TestAgainstIserd(t *testing.T) {
 			if err != nil || capa != (Capacity{Blocks: 16 << 11, BlockSize: 512}) {
 				t.Fatalf("Prepare = %+v, %v; want 32768 blocks of 512", capa, err)
 			}
-			res, err := Run(ctx, c, capa, Config{Pattern: p, BlockSize: bs, QueueDepth: 8, Duration: 500 * time.Millisecond})
-			if err != nil || res.IOs == 0 {
-				t.Fatalf("%v bs %d: %+v, %v", p, bs, res, err)
+			res, err := Run(ctx, c, capa, Config{Pattern: p, BlockSize: bs, QueueDepth: 8, IOs: 200})
+			if err != nil || res.IOs != 200 {
+				t.Fatalf("%v bs %d: %+v, %v; want 200 I/Os", p, bs, res, err)
 			}
 			if _, err := c.Logout(ctx, initiator.LogoutSession); err != nil {
 				t.Errorf("logout: %v", err)

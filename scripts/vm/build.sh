@@ -11,7 +11,7 @@ set -euo pipefail
 MODULES=(configfs crc32_generic crc32c_generic crc32c-intel crc32-pclmul
   rdma_rxe ib_uverbs rdma_ucm ib_iser iscsi_tcp
   target_core_mod target_core_file target_core_iblock iscsi_target_mod ib_isert
-  dummy veth ext4 sd_mod sg loop brd null_blk)
+  dummy veth ext4 sd_mod sg loop brd null_blk inet_diag tcp_diag)
 # Packages whose every ELF program under bin/ or sbin/ is included (GNU coreutils so that
 # scenarios get the usual options; busybox fills in the rest).
 PACKAGES=(open-iscsi fio sg3-utils libiscsi-bin ibverbs-utils rdmacm-utils perftest tgt coreutils)

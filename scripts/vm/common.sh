@@ -52,9 +52,15 @@ VM_LOCK=${VM_LOCK:-/tmp/iserd-vm.lock}
 BOOT_ALLOWANCE=120        # seconds for boot and setup on top of the scenarios' own limits
 DEFAULT_SCENARIO_TIMEOUT=300
 
-# scenario_timeout FILE: the scenario's "# vm-timeout: N" header, or the default.
+# scenario_timeout FILE: $VM_SCENARIO_TIMEOUT when set (for runs whose length is chosen at run
+# time, such as make soak), else the scenario's "# vm-timeout: N" header, else the default.
 scenario_timeout() {
   local t
+  if [ -n "${VM_SCENARIO_TIMEOUT:-}" ]; then
+    [[ $VM_SCENARIO_TIMEOUT =~ ^[0-9]+$ ]] || die "VM_SCENARIO_TIMEOUT=$VM_SCENARIO_TIMEOUT is not a number of seconds"
+    echo "$VM_SCENARIO_TIMEOUT"
+    return
+  fi
   t=$(sed -n 's/^# vm-timeout: *\([0-9][0-9]*\).*/\1/p' "$1" | head -1)
   echo "${t:-$DEFAULT_SCENARIO_TIMEOUT}"
 }
@@ -92,6 +98,11 @@ VM_SCENARIOS="${list# }"
 VM_ADDR=$VM_ADDR
 VM_INITIATOR=$VM_INITIATOR
 CONF
+  # Settings for the scenarios: each NAME=VALUE word of $VM_ENV (e.g. VM_ENV="SOAK_MINUTES=6").
+  for f in ${VM_ENV:-}; do
+    [[ $f =~ ^[A-Z][A-Z0-9_]*=[A-Za-z0-9._:/+-]*$ ]] || die "VM_ENV entry '$f' is not NAME=VALUE (upper-case name, plain value)"
+    echo "$f" >>"$root/etc/vm-run.conf"
+  done
   (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$CACHE_DIR/run/layer.cpio"
   cat "$CACHE_DIR/base/base.cpio" "$CACHE_DIR/run/layer.cpio" >"$CACHE_DIR/run/initrd"
   rm -rf "$root"

@@ -36,7 +36,8 @@ func run(args []string) error {
 	rw := fs.String("rw", "randwrite", "access pattern: randread, randwrite, read, write")
 	bs := fs.Int("bs", 4096, "bytes per I/O")
 	qd := fs.Int("qd", 32, "commands in flight")
-	dur := fs.Duration("time", 5*time.Second, "run time")
+	dur := fs.Duration("time", 5*time.Second, "run time (0: until -ios)")
+	ios := fs.Uint64("ios", 0, "end the run after this many I/Os, if -time has not ended it (0: no count)")
 	span := fs.Int64("span", 1<<30, "bytes from LBA 0 the I/Os fall in (0: whole LUN)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -63,7 +64,7 @@ func run(args []string) error {
 	rctx, rcancel := context.WithTimeout(ctx, *dur+30*time.Second)
 	defer rcancel()
 	res, err := load.Run(rctx, c, capa, load.Config{Pattern: pat, BlockSize: *bs, QueueDepth: *qd,
-		Duration: *dur, LUN: *lun, Span: *span, Seed: uint64(time.Now().UnixNano())})
+		Duration: *dur, IOs: *ios, LUN: *lun, Span: *span, Seed: uint64(time.Now().UnixNano())})
 	if err != nil {
 		return err
 	}
