@@ -214,7 +214,11 @@ func TestSanitizeRateAndProgress(t *testing.T) {
 			t.Fatalf("REQUEST SENSE during the sanitize: %+v", s)
 		}
 		seen = append(seen, binary.BigEndian.Uint16(s.sks[1:]))
-		h.inProgress(h.b, "during the sanitize")
+		if c := h.run(h.b, cdbTUR()); c.Status != StatusGood { // GOOD: it ended since REQUEST SENSE
+			if s := senseOf(c); s.key != keyNotReady || s.code != ascSanitizeInProgress || !s.hasSKS || s.sks[0] != 0x80 {
+				t.Fatalf("TUR during the sanitize: %#x %+v, want SANITIZE IN PROGRESS with progress", c.Status, s)
+			}
+		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	if took := time.Since(start); took < time.Second*size/rate*9/10 {
