@@ -151,14 +151,14 @@ else
 log "rdma package tests (port flap and device removal included; rxe0 is re-created at the end)"
 RDMA_TEST_ADDR=$VM_ADDR RDMA_TEST_PORT_EVENTS=1 RDMA_TEST_DEVICE_REMOVAL=1 \
   timed rdma.test rdma.test -test.v -test.count=1 -test.timeout 300s -test.skip '^TestIbvC' 2>&1 | tee rdma-test.log |
-  grep -E '^(--- |PASS|FAIL|ok)|round trips|SIGKILL|resources|child:|ended:'
+  grep -E '^(--- |PASS|FAIL|ok)|round trips|SIGKILL|resources|child:|ended:|_test\.go:[0-9]+: '
 grep -q '^PASS$' rdma-test.log || fail "rdma.test failed"
 grep -q -- '--- SKIP' rdma-test.log && fail "rdma.test skipped device tests in a VM that has rxe0"
 assert_contains "$(rdma link show)" "rxe0"
 log "rdma package tests with the libibverbs provider"
 RDMA_TEST_PROVIDER=libibverbs RDMA_TEST_ADDR=$VM_ADDR RDMA_TEST_PORT_EVENTS=1 RDMA_TEST_DEVICE_REMOVAL=1 \
   timed "rdma.test (libibverbs)" rdma.test -test.v -test.count=1 -test.timeout 300s -test.skip '^TestIbvC' 2>&1 | tee rdma-test.log |
-  grep -E '^(--- |PASS|FAIL|ok)|round trips|SIGKILL|resources|child:|ended:'
+  grep -E '^(--- |PASS|FAIL|ok)|round trips|SIGKILL|resources|child:|ended:|_test\.go:[0-9]+: '
 grep -q '^PASS$' rdma-test.log || fail "rdma.test failed with the libibverbs provider"
 assert_contains "$(rdma link show)" "rxe0"
 fi
