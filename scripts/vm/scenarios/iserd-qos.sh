@@ -158,8 +158,8 @@ suite() {
   read -r cap _ <<<"$(quick "$dev" --rw=randread --bs=4k --iodepth=32)"
   read -r _ capk <<<"$(quick "$dev" --rw=read --bs=64k --iodepth=16)"
   lim=2000 bw=40
-  [ "$cap" -ge 3000 ] || lim=$((cap * 4 / 1000 * 100))
-  [ "$capk" -ge $((60 << 10)) ] || bw=$((capk * 4 / 10 >> 10))
+  [ "$cap" -ge 2600 ] || lim=$((cap * 6 / 1000 * 100))
+  [ "$capk" -ge $((52 << 10)) ] || bw=$((capk * 6 / 10 >> 10))
   log "$tr: without a limit: $cap IOPS (4k QD32), $capk KiB/s (64k QD16); measuring $lim IOPS and $bw MiB/s"
   # The VM's speed is not iserd's: a figure out of its reach is reported, and a lower one measured.
   [ "$lim" = 2000 ] || log "NOT MEASURED: $tr: the VM does $cap IOPS without a limit, too few to measure 2000"
