@@ -512,16 +512,18 @@ func (a *app) portalCommand() *cobra.Command {
 				if t == "" {
 					t = "tcp"
 				}
-				rows = append(rows, []string{p.Address, t})
+				rows = append(rows, []string{p.Address, t, strconv.Itoa(int(max(p.TPGT, 1)))})
 			}
-			a.table("ADDRESS\tTRANSPORT", rows)
+			a.table("ADDRESS\tTRANSPORT\tTPGT", rows)
 		})
 	})
 	var transport string
+	var tpgt uint16
 	add := leaf("add", "listen on another address (host:port)", func(args []string) error {
-		return a.change("POST", "/v1/portals", admin.PortalConfig{Address: args[0], Transport: transport})
+		return a.change("POST", "/v1/portals", admin.PortalConfig{Address: args[0], Transport: transport, TPGT: tpgt})
 	}, "ADDRESS")
 	add.Flags().StringVar(&transport, "transport", "", "tcp (default), iser or both")
+	add.Flags().Uint16Var(&tpgt, "tpgt", 0, "target portal group tag: the relative target port ALUA port groups name (default 1)")
 	fixedValues(add, "transport", "tcp", "iser", "both")
 	remove := leaf("remove", "stop listening on an address (sessions stay)", func(args []string) error {
 		return a.change("DELETE", path("portals", args[0]), nil)
