@@ -38,9 +38,10 @@ const (
 	recvDataSize = 8192 // TargetRecvDataSegmentLength over iSER
 	// slotSize holds an iSER header, a BHS, an AHS and a data segment.
 	slotSize = hdrLen + iscsi.BHSLen + 1024 + recvDataSize
-	numRecv  = 256  // receives posted: above the initiator's command window
-	numSend  = 256  // PDU send slots
-	sqDepth  = 1024 // send queue entries: PDUs, RDMA WRITEs and READs
+	numRecv  = 256     // receives posted: above the initiator's command window
+	numSend  = 256     // PDU send slots
+	sqDepth  = 1024    // send queue entries: PDUs, RDMA WRITEs and READs
+	maxAHS   = 255 * 4 // TotalAHSLength counts 4-byte words in one byte
 )
 
 // Work request IDs carry their kind in the top byte.
@@ -83,6 +84,7 @@ type conn struct {
 	cur     int         // slot of the PDU being read, -1 when none
 	curLen  int
 	dataOff int
+	ahs     []byte // the current PDU's AHS, copied out of its slot
 	wake    chan struct{}
 	rdl     atomic.Int64 // read deadline, unix nanoseconds, 0 for none
 
@@ -107,6 +109,14 @@ type conn struct {
 	freeRead  []int
 	queued    []pendingRead // RDMA READs beyond the initiator depth
 
+	// memMu is held shared by whoever copies from or into the slot memory
+	// (the reader's ReadHeader and ReadData, Queue) and exclusively by
+	// Close while the endpoint releases that memory: Close may run beside
+	// them (a session logout, a dropped initiator) and must not unmap
+	// memory a copy is using. memGone is set under it.
+	memMu   sync.RWMutex
+	memGone bool
+
 	dead      chan struct{}
 	deadOnce  sync.Once
 	cqDone    chan struct{}
@@ -122,6 +132,7 @@ func newConn(ep endpoint, s slots, pool *bdev.Pool, reg *regions, log *zap.Logge
 	c := &conn{ep: ep, slots: s, pool: pool, reg: reg, log: log, cur: -1, recvCh: make(chan uint64, numRecv),
 		wake: make(chan struct{}, 1), dead: make(chan struct{}), cqDone: make(chan struct{})}
 	c.sqCond = sync.NewCond(&c.sqMu)
+	c.ahs = make([]byte, 0, maxAHS)
 	c.sgl = make([][1]rdma.SGE, numSend)
 	c.wsgl = make([][1]rdma.SGE, sqDepth)
 	c.writes = make([]iscsi.DataWaiter, sqDepth)
@@ -321,8 +332,14 @@ func (c *conn) ReadHeader(h *iscsi.Header) error {
 		}
 	}
 	c.cur, c.curLen = int(v>>32), int(uint32(v))
+	c.memMu.RLock()
+	defer c.memMu.RUnlock()
+	if c.memGone {
+		return io.EOF
+	}
 	var err error
 	c.dataOff, err = parseMessage(c.recvMem[c.cur*slotSize:c.cur*slotSize+c.curLen], h)
+	h.AHS = append(c.ahs[:0], h.AHS...) // the engine may keep it past a concurrent Close
 	return err
 }
 
@@ -337,6 +354,11 @@ func (c *conn) TryFlush() (bool, error) { return true, c.Flush() }
 // ReadData copies the data segment of the current PDU.
 func (c *conn) ReadData(dst []byte, n int) (bool, error) {
 	if dst != nil {
+		c.memMu.RLock()
+		defer c.memMu.RUnlock()
+		if c.memGone {
+			return false, io.EOF
+		}
 		base := c.cur*slotSize + c.dataOff
 		copy(dst[:n], c.recvMem[base:base+n])
 	}
@@ -353,6 +375,11 @@ func (c *conn) Queue(bhs *iscsi.BHS, data []byte) error {
 		return err
 	}
 	bhs.SetDataLen(len(data))
+	c.memMu.RLock()
+	defer c.memMu.RUnlock()
+	if c.memGone {
+		return errClosed
+	}
 	buf := c.sendMem[slot*slotSize:]
 	clear(buf[:hdrLen])
 	buf[0] = flagCtrl
@@ -552,7 +579,10 @@ func (c *conn) Close() error {
 			c.cancel()
 			<-c.cqDone
 		}
+		c.memMu.Lock()
+		c.memGone = true
 		c.closeErr = c.ep.Close()
+		c.memMu.Unlock()
 		c.sqMu.Lock()
 		var waiters []iscsi.DataWaiter
 		for _, table := range [][]iscsi.DataWaiter{c.reads, c.writes} {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -406,4 +407,54 @@ func waitIdle(t testing.TB, c *testConn) {
 		c.sqMu.Unlock()
 	}
 	c.idle(t)
+}
+
+// TestCloseWhileInUse closes connections while their reader takes PDUs
+// and a responder queues answers, as a session logout or a dropped
+// initiator does: Close must wait for whoever is copying from or into the
+// slot memory before the endpoint releases it (the fake unmaps it, so a
+// copy after that faults), and both must then see the connection closed.
+func TestCloseWhileInUse(t *testing.T) {
+	var b iscsi.BHS
+	b[0] = byte(iscsi.OpNOPOut)
+	msg := appendMessage(nil, &b, pattern(4096, 1), iscsi.RemoteBuffer{}, iscsi.RemoteBuffer{})
+	answer := pattern(4096, 2)
+	for i := range 200 {
+		c := newTestConn(t, 4)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { // the reader
+			defer wg.Done()
+			dst := make([]byte, 4096)
+			for {
+				if err := c.f.deliver(msg); err != nil {
+					return
+				}
+				var h iscsi.Header
+				if err := c.ReadHeader(&h); err != nil {
+					return
+				}
+				if _, err := c.ReadData(dst, len(dst)); err != nil {
+					return
+				}
+			}
+		}()
+		go func() { // a responder
+			defer wg.Done()
+			var nop iscsi.BHS
+			nop[0] = byte(iscsi.OpNOPIn)
+			for {
+				if err := c.Queue(&nop, answer); err != nil {
+					return
+				}
+				if err := c.Flush(); err != nil {
+					return
+				}
+				c.f.drain()
+			}
+		}()
+		time.Sleep(time.Duration(i%7) * 50 * time.Microsecond)
+		c.Close()
+		wg.Wait()
+	}
 }

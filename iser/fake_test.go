@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/iscsi"
@@ -37,6 +38,8 @@ type fakeEP struct {
 	cq      chan rdma.WorkCompletion
 	done    chan struct{}
 	err     error
+
+	mapped [][]byte // the slot memory, unmapped by Close
 
 	inbox chan [2]int // the SENDs the connection made: slot of inMem, length
 	inMem [][]byte    // a ring of copies of them
@@ -106,11 +109,23 @@ func (f *fakeEP) deregister(mr *rdma.MR) error {
 	return fmt.Errorf("fake: no region with key %d", mr.LKey)
 }
 
-// slots makes and registers a connection's slot memory.
-func (f *fakeEP) slots() slots {
+// slots maps and registers a connection's slot memory. Close unmaps it,
+// as the RDMA endpoint's Close does, so a connection that touches it after
+// Close faults in tests as it would in iserd.
+func (f *fakeEP) slots(t testing.TB) slots {
+	t.Helper()
 	var s slots
-	s.recvMem = make([]byte, numRecv*slotSize)
-	s.sendMem = make([]byte, numSend*slotSize)
+	for _, m := range []struct {
+		mem *[]byte
+		n   int
+	}{{&s.recvMem, numRecv}, {&s.sendMem, numSend}} {
+		mem, err := unix.Mmap(-1, 0, m.n*slotSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			t.Fatalf("fake: map slot memory: %v", err)
+		}
+		*m.mem = mem
+		f.mapped = append(f.mapped, mem)
+	}
 	s.recvMR, _ = f.register(s.recvMem)
 	s.sendMR, _ = f.register(s.sendMem)
 	return s
@@ -224,6 +239,12 @@ func (f *fakeEP) Close() error {
 	}
 	f.state = epClosed
 	f.recvs, f.held = f.recvs[:0], f.held[:0]
+	for _, mem := range f.mapped {
+		if err := unix.Munmap(mem); err != nil {
+			panic(fmt.Sprintf("fake: unmap slot memory: %v", err))
+		}
+	}
+	f.mapped = nil
 	if f.err == nil {
 		f.err = fmt.Errorf("fake: connection closed locally: %w", rdma.ErrDisconnected)
 		close(f.done)
@@ -390,6 +411,17 @@ func (f *fakeEP) next(t testing.TB) []byte {
 	}
 }
 
+// drain forgets the messages the connection sent and the test did not read.
+func (f *fakeEP) drain() {
+	for {
+		select {
+		case <-f.inbox:
+		default:
+			return
+		}
+	}
+}
+
 // recvsPosted is how many receives the connection has posted.
 func (f *fakeEP) recvsPosted() int {
 	f.mu.Lock()
@@ -429,7 +461,7 @@ func newConnOver(t testing.TB, pool *bdev.Pool, depth int) *testConn {
 	f := newFakeEP()
 	log := zap.NewNop()
 	reg := trackRegions(pool, f, log)
-	c := newConn(f, f.slots(), pool, reg, log)
+	c := newConn(f, f.slots(t), pool, reg, log)
 	if err := c.postReceives(); err != nil {
 		t.Fatal(err)
 	}

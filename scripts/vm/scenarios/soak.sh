@@ -176,7 +176,11 @@ echo "SOAK SUMMARY: $SOAK_MINUTES min, $((${#rows[@]})) cycles measured, $kills 
 echo "cycle   relogin  drops  conn-errors  fds@login fds@end RSS(MiB)"
 printf '%s\n' "${rows[@]}"
 echo "margins: fds equal within a cycle and to the first cycle's; RSS <= first cycle + ${RSS_MARGIN_MB} MiB"
-grep -E 'panic|fatal error|DATA RACE' "$ISERD_LOG" && problems+=("iserd log shows a panic")
+# A crash: its whole report (the faulting goroutine comes first) up to 150 lines.
+if grep -qE '^(panic:|fatal error:|unexpected fault address|WARNING: DATA RACE)' "$ISERD_LOG"; then
+  problems+=("iserd log shows a panic")
+  sed -n '/^\(panic:\|fatal error:\|unexpected fault address\|WARNING: DATA RACE\)/,$p' "$ISERD_LOG" | head -150
+fi
 if [ ${#problems[@]} -gt 0 ]; then
   printf 'problem: %s\n' "${problems[@]}"
   fail "soak failed"
