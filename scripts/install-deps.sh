@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(libiscsi-bin open-iscsi fio tgt sg3-utils qemu-system-x86 busybox-static rdma-core
       ibverbs-utils ibverbs-providers libibverbs-dev perftest rdmacm-utils e2fsprogs iproute2 kmod cpio zstd
-      bash-completion man-db systemd prometheus etcd-server etcd-client)
+      bash-completion man-db systemd prometheus etcd-server etcd-client multipath-tools dmsetup udev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,6 +25,6 @@ if ! apt-get install -y --no-install-recommends "${missing[@]}" >/tmp/iserd-apt.
   }
 fi
 # The Debian packages start daemons we do not want competing for port 3260.
-systemctl stop tgt iscsid open-iscsi prometheus etcd 2>/dev/null || true
+systemctl stop tgt iscsid open-iscsi prometheus etcd multipathd 2>/dev/null || true
 pkill -x tgtd 2>/dev/null || true
 pkill -x etcd 2>/dev/null || true

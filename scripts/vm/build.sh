@@ -11,10 +11,13 @@ set -euo pipefail
 MODULES=(configfs crc32_generic crc32c_generic crc32c-intel crc32-pclmul
   rdma_rxe ib_uverbs rdma_ucm ib_iser iscsi_tcp
   target_core_mod target_core_file target_core_iblock iscsi_target_mod ib_isert
-  dummy veth ext4 sd_mod sg loop brd null_blk inet_diag tcp_diag)
+  dummy veth ext4 sd_mod sg loop brd null_blk inet_diag tcp_diag
+  dm_mod dm_multipath dm_round_robin dm_service_time scsi_dh_alua)
 # Packages whose every ELF program under bin/ or sbin/ is included (GNU coreutils so that
 # scenarios get the usual options; busybox fills in the rest).
-PACKAGES=(open-iscsi fio sg3-utils libiscsi-bin ibverbs-utils rdmacm-utils perftest tgt coreutils)
+PACKAGES=(open-iscsi fio sg3-utils libiscsi-bin ibverbs-utils rdmacm-utils perftest tgt coreutils etcd-server etcd-client)
+# Packages copied whole but for documentation: their rules, plugins and data files matter too.
+WHOLE_PACKAGES=(udev dmsetup multipath-tools)
 # Single programs from other packages.
 PROGRAMS=(/usr/sbin/ip /usr/bin/rdma /usr/bin/ss /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/bin/bash)
 # Loaded with dlopen, so ldd does not list them: the rxe verbs provider, libgcc_s that glibc
@@ -23,7 +26,7 @@ PROGRAMS=(/usr/sbin/ip /usr/bin/rdma /usr/bin/ss /usr/sbin/mke2fs /usr/sbin/e2fs
 DLOPENED=(/usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav34.so /usr/lib/x86_64-linux-gnu/libgcc_s.so.1
   /usr/lib/x86_64-linux-gnu/libibverbs.so.1 /usr/lib/x86_64-linux-gnu/libdl.so.2
   /usr/lib/x86_64-linux-gnu/libpthread.so.0)
-HOST_PACKAGES=("${PACKAGES[@]}" busybox-static iproute2 e2fsprogs bash rdma-core ibverbs-providers libc6)
+HOST_PACKAGES=("${PACKAGES[@]}" "${WHOLE_PACKAGES[@]}" busybox-static iproute2 e2fsprogs bash rdma-core ibverbs-providers libc6)
 
 BASE=$CACHE_DIR/base
 ROOT=$CACHE_DIR/base-root
@@ -87,6 +90,12 @@ rm -rf "$tmp"
 for p in "${PACKAGES[@]}"; do
   for f in $(dpkg -L "$p" | grep -E '/s?bin/[^/]+$'); do
     [ -f "$f" ] && is_elf "$f" && copy_elf "$f"
+  done
+done
+for p in "${WHOLE_PACKAGES[@]}"; do
+  for f in $(dpkg -L "$p" | grep -Ev '^/usr/share/(doc|man|lintian|bash-completion|zsh|fish)/'); do
+    [ -f "$f" ] || continue
+    if is_elf "$f"; then copy_elf "$f"; else copy_file "$f"; fi
   done
 done
 for f in "${PROGRAMS[@]}" "${DLOPENED[@]}"; do copy_elf "$f"; done

@@ -263,6 +263,78 @@ fio_verify() {
   grep -E '^ +(read|write): IOPS=' <<<"$out"
 }
 
+# ---- dm-multipath (multipath-tools) ----------------------------------------------------
+
+# multipath_start: starts udevd and multipathd set up for iserd's LUNs: paths grouped by ALUA
+# priority (active/optimized first), a TUR checker every second, immediate failback, and I/O
+# queued for up to 60 checker intervals while no path is usable.
+multipath_start() {
+  modprobe -a dm_multipath dm_round_robin dm_service_time scsi_dh_alua || return 1
+  mkdir -p /etc/multipath
+  cat >/etc/multipath.conf <<'EOC'
+defaults {
+	user_friendly_names yes
+	find_multipaths no
+	polling_interval 1
+	max_polling_interval 1
+}
+devices {
+	device {
+		vendor "ISERD"
+		product ".*"
+		path_grouping_policy group_by_prio
+		prio alua
+		hardware_handler "1 alua"
+		path_checker tur
+		failback immediate
+		no_path_retry 60
+	}
+}
+EOC
+  if ! pidof systemd-udevd >/dev/null; then
+    /lib/systemd/systemd-udevd --daemon --resolve-names=never >/tmp/udevd.log 2>&1 ||
+      { echo "multipath_start: udevd failed:" >&2; cat /tmp/udevd.log >&2; return 1; }
+  fi
+  udevadm trigger --action=add --subsystem-match=block && udevadm settle --timeout=30 || return 1
+  multipathd >/tmp/multipathd.log 2>&1 || { echo "multipath_start: multipathd failed:" >&2; cat /tmp/multipathd.log >&2; return 1; }
+  wait_until 20 "multipathd" eval 'multipathd show daemon >/dev/null 2>&1'
+}
+
+# mpath_wait PATHS [SECONDS]: waits (default 30 s) until one multipath map has PATHS paths the
+# checker calls ready, and prints its /dev/mapper device.
+mpath_wait() {
+  local want=$1 end name
+  end=$(($(cut -d. -f1 /proc/uptime) + ${2:-30}))
+  while :; do
+    name=$(multipathd show maps raw format "%n" 2>/dev/null | head -1)
+    if [ -n "$name" ] && [ "$(multipathd show paths raw format "%m %t %T" 2>/dev/null |
+      awk -v m="$name" '$1 == m && $2 == "active" && $3 == "ready"' | wc -l)" -eq "$want" ]; then
+      echo "/dev/mapper/$name"
+      return 0
+    fi
+    if [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ]; then
+      echo "mpath_wait: no map with $want ready paths after ${2:-30}s:" >&2
+      multipath -ll >&2 2>&1
+      multipathd show paths >&2 2>&1
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+# multipath_stop: removes the maps (failing queued I/O first) and stops multipathd and udevd.
+multipath_stop() {
+  local m
+  pidof multipathd >/dev/null || pidof systemd-udevd >/dev/null || return 0
+  for m in $(dmsetup ls --target multipath 2>/dev/null | awk '{print $1}'); do
+    dmsetup message "$m" 0 fail_if_no_path >/dev/null 2>&1 || true
+  done
+  multipathd shutdown >/dev/null 2>&1 || pkill -x multipathd || true
+  multipath -F >/dev/null 2>&1 || true
+  udevadm control --exit >/dev/null 2>&1 || pkill -x systemd-udevd || true
+  wait_until 10 "multipathd and udevd to exit" eval '! pidof multipathd >/dev/null && ! pidof systemd-udevd >/dev/null'
+}
+
 # ---- LIO (kernel target, configured through configfs) -----------------------------------
 
 # cfs_write VALUE FILE: writes a configfs attribute, reporting which one failed.
@@ -369,6 +441,7 @@ tgt_teardown() {
 # vm_cleanup: undoes what a scenario may have left behind; run between scenarios.
 vm_cleanup() {
   local st=0
+  multipath_stop || st=1
   logout_all || st=1
   iserd_stop || st=1
   tgt_teardown || st=1
