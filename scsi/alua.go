@@ -339,6 +339,25 @@ func (d *Disk) setTPGs(c *Command) result {
 		}
 		states[id] = st
 	}
+	t.mu.Unlock()
+	if fn := t.onSet.Load(); fn != nil {
+		go func() {
+			if err := (*fn)(states); err != nil {
+				d.complete(c, fail(setterSense(err)))
+				return
+			}
+			d.complete(c, t.applySet(c, states))
+		}()
+		return pending
+	}
+	return t.applySet(c, states)
+}
+
+// applySet applies the states SET TARGET PORT GROUPS asked for: every
+// nexus but the command's is told ASYMMETRIC ACCESS STATE CHANGED, and the
+// OnPortGroupChange function sees the new groups.
+func (t *Target) applySet(c *Command, states map[uint16]ALUAState) result {
+	t.mu.Lock()
 	if err := t.setStatesLocked(states, 1); err != nil {
 		t.mu.Unlock()
 		return fail(invalidParam(4, 7))
@@ -349,4 +368,31 @@ func (d *Disk) setTPGs(c *Command) result {
 		(*fn)(t.PortGroups())
 	}
 	return good
+}
+
+// OnSetPortGroups registers fn to carry out SET TARGET PORT GROUPS where
+// the port groups are shared with other processes (a cluster, where each
+// node is one group): fn gets the states the initiator asked for, already
+// checked against the groups, and stores them where every node applies
+// them. The command waits for fn on a goroutine of its own; when fn
+// succeeds the target applies the states as it does without fn, and when
+// it fails the command ends with NOT READY, LOGICAL UNIT NOT ACCESSIBLE,
+// TARGET PORT IN UNAVAILABLE STATE for ErrFenced, or ABORTED COMMAND,
+// INTERNAL TARGET FAILURE otherwise, so the initiator retries. It replaces
+// any earlier function; nil removes it.
+func (t *Target) OnSetPortGroups(fn func(states map[uint16]ALUAState) error) {
+	if fn == nil {
+		t.onSet.Store(nil)
+		return
+	}
+	t.onSet.Store(&fn)
+}
+
+// setterSense is the sense of a SET TARGET PORT GROUPS whose OnSetPortGroups
+// function failed with err.
+func setterSense(err error) senseData {
+	if errors.Is(err, ErrFenced) {
+		return fencedSense
+	}
+	return senseData{key: keyAbortedCommand, code: ascInternalTargetFailure}
 }

@@ -30,10 +30,18 @@ const (
 	fUnavail
 	// fTransit commands run through a group that is transitioning.
 	fTransit
+	// fFence commands change the medium or the persistent reservations:
+	// a fenced logical unit refuses them (see Fence). init sets it on
+	// every write-class command (neither fPRRead nor fPRFree) and on
+	// PERSISTENT RESERVE OUT.
+	fFence
 
 	// fInfo is for commands that only report target information.
 	fInfo = fUAExempt | fResOK | fPRFree | fStandby | fUnavail | fTransit
 )
+
+// opPersistentReserveOut is the operation code of PERSISTENT RESERVE OUT.
+const opPersistentReserveOut = 0x5f
 
 // opEntry describes one supported command: its CDB usage data (the bits
 // the device server evaluates; every other bit must be zero), how Execute
@@ -92,7 +100,7 @@ func init() {
 			flags: fPRFree | fStandby, fn: (*Disk).prIn})
 	}
 	for sa := range uint16(proRegisterMove + 1) {
-		opList = append(opList, &opEntry{usage: []byte{0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}, sa: sa, hasSA: true,
+		opList = append(opList, &opEntry{usage: []byte{opPersistentReserveOut, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}, sa: sa, hasSA: true,
 			flags: fPRFree | fStandby, fn: (*Disk).prOut})
 	}
 	opList = append(opList, []*opEntry{
@@ -123,6 +131,9 @@ func init() {
 		{usage: []byte{0xb7, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0}, flags: fPRRead, fn: (*Disk).readDefectData},
 	}...)
 	for _, e := range opList {
+		if e.flags&(fPRRead|fPRFree) == 0 || e.usage[0] == opPersistentReserveOut {
+			e.flags |= fFence
+		}
 		opIndex[e.usage[0]] = append(opIndex[e.usage[0]], e)
 	}
 }

@@ -51,6 +51,12 @@ type DiskConfig struct {
 	// disables APTPL (REPORT CAPABILITIES then clears PTPL_C), and a
 	// sanitize then does not survive a restart.
 	StateDir string
+	// Fence, when set, is asked right before every write reaches the
+	// device and before every command that changes the medium or the
+	// persistent reservations runs; while it refuses, they end with NOT
+	// READY, LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE.
+	// A cluster node sets it; nil never refuses.
+	Fence Fence
 }
 
 // Limits the disk reports in the Block Limits VPD page and enforces.
@@ -302,6 +308,8 @@ func respond(c *Command, data []byte, alloc int) result {
 // ioError maps a bdev error to sense data for a read or a write.
 func ioError(err error, write bool) senseData {
 	switch {
+	case errors.Is(err, ErrFenced):
+		return fencedSense
 	case errors.Is(err, bdev.ErrNoSpace):
 		return senseData{key: keyDataProtect, code: ascSpaceAllocFailed}
 	case errors.Is(err, bdev.ErrRange):

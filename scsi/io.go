@@ -53,7 +53,7 @@ func (d *Disk) newIO(c *Command) *ioCtx {
 // buf returns an n-byte scratch buffer owned by io.
 func (io *ioCtx) buf(n int) []byte {
 	if cap(io.scratch) < n {
-		io.scratch = make([]byte, n)
+		io.scratch = alignedBuf(n)
 	}
 	io.scratch = io.scratch[:n]
 	return io.scratch
@@ -63,15 +63,26 @@ func (io *ioCtx) buf(n int) []byte {
 func (io *ioCtx) submit(op bdev.Op, off int64, buf []byte, next func(*ioCtx, error) result) result {
 	io.req.Op, io.req.Offset, io.req.Buf, io.req.Length = op, off, buf, 0
 	io.req.FUA = op == bdev.OpWrite && io.fua
-	io.next = next
-	io.d.dev.Submit(&io.req)
-	return pending
+	return io.issue(next)
 }
 
 // unmapRange starts an OpUnmap of n bytes at off.
 func (io *ioCtx) unmapRange(off, n int64, next func(*ioCtx, error) result) result {
 	io.req.Op, io.req.Offset, io.req.Buf, io.req.Length, io.req.FUA = bdev.OpUnmap, off, nil, n, false
+	return io.issue(next)
+}
+
+// issue hands the prepared request to the device; next runs when it
+// completes. A write is checked against the disk's fence here, the last
+// moment before it leaves for the device: a fenced write completes at once
+// with ErrFenced.
+func (io *ioCtx) issue(next func(*ioCtx, error) result) result {
 	io.next = next
+	if writes(io.req.Op) && io.d.fenced() {
+		io.req.Err = ErrFenced
+		io.done(&io.req)
+		return pending
+	}
 	io.d.dev.Submit(&io.req)
 	return pending
 }

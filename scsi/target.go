@@ -24,6 +24,7 @@ type Target struct {
 
 	groups   atomic.Pointer[[]PortGroup] // ALUA target port groups; nil: none
 	onGroups atomic.Pointer[func([]PortGroup)]
+	onSet    atomic.Pointer[func(map[uint16]ALUAState) error]
 	onAbort  atomic.Pointer[func(*Nexus, uint64)]
 	onEvent  atomic.Pointer[func(Event)]
 }
@@ -252,6 +253,10 @@ func (d *Disk) execute(c *Command) {
 	}
 	if s, ok := d.tgt.Load().accessible(c.Nexus, e.flags); !ok {
 		d.complete(c, fail(s))
+		return
+	}
+	if e.flags&fFence != 0 && d.fenced() {
+		d.complete(c, fail(fencedSense))
 		return
 	}
 	if d.conflict(c, e.flags) {

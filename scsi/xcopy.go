@@ -218,11 +218,11 @@ func (d *Disk) copySegment(c *Command, cscds []cscd, sg segment) (result, uint64
 	if total > xcMaxSegBytes {
 		return fail(copyAborted), 0
 	}
-	buf := make([]byte, min(total, xcChunk))
+	buf := alignedBuf(int(min(total, xcChunk)))
 	for done := uint64(0); done < total; {
 		n := min(total-done, uint64(len(buf)))
 		chunk := buf[:n]
-		if err := syncIO(src.dev, &bdev.Request{Op: bdev.OpRead, Offset: int64(sg.srcLBA<<src.shift + done), Buf: chunk}); err != nil {
+		if err := src.syncIO(&bdev.Request{Op: bdev.OpRead, Offset: int64(sg.srcLBA<<src.shift + done), Buf: chunk}); err != nil {
 			return fail(ioError(err, false)), done
 		}
 		lock := lockReq{lba: (sg.dstLBA<<dst.shift + done) >> dst.shift, n: n >> dst.shift}
@@ -231,7 +231,7 @@ func (d *Disk) copySegment(c *Command, cscds []cscd, sg segment) (result, uint64
 		if !dst.locks.beginWrite(&lock) {
 			<-granted
 		}
-		err := syncIO(dst.dev, &bdev.Request{Op: bdev.OpWrite, Offset: int64(sg.dstLBA<<dst.shift + done), Buf: chunk})
+		err := dst.syncIO(&bdev.Request{Op: bdev.OpWrite, Offset: int64(sg.dstLBA<<dst.shift + done), Buf: chunk})
 		dst.locks.release(&lock)
 		if err != nil {
 			return fail(ioError(err, true)), done
@@ -239,16 +239,6 @@ func (d *Disk) copySegment(c *Command, cscds []cscd, sg segment) (result, uint64
 		done += n
 	}
 	return good, total
-}
-
-// syncIO runs req on dev and waits for it. Copies and sanitize run on
-// their own goroutines, so waiting blocks no command path.
-func syncIO(dev bdev.Device, req *bdev.Request) error {
-	done := make(chan struct{})
-	req.Done = func(*bdev.Request) { close(done) }
-	dev.Submit(req)
-	<-done
-	return req.Err
 }
 
 // copyTarget resolves CSCD index i to a logical unit of the target: an
