@@ -4,6 +4,7 @@ package targettest
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -59,11 +60,39 @@ func AddTarget(t testing.TB, srv *iscsi.Server, name string, size int64) *scsi.T
 // AddLUN attaches a thin memory logical unit of size bytes at lun.
 func AddLUN(t testing.TB, st *scsi.Target, lun uint64, size int64) {
 	t.Helper()
-	disk, err := scsi.NewDisk(bdev.NewMemory(size), scsi.DiskConfig{BlockSize: BlockSize, Thin: true})
+	AddDisk(t, st, lun, size, scsi.DiskConfig{BlockSize: BlockSize, Thin: true})
+}
+
+// AddDisk attaches a memory logical unit of size bytes configured by cfg
+// at lun.
+func AddDisk(t testing.TB, st *scsi.Target, lun uint64, size int64, cfg scsi.DiskConfig) {
+	t.Helper()
+	disk, err := scsi.NewDisk(bdev.NewMemory(size), cfg)
 	if err != nil {
 		t.Fatalf("new disk: %v", err)
 	}
 	if err := st.AddLUN(lun, disk); err != nil {
 		t.Fatalf("add LUN %d: %v", lun, err)
 	}
+}
+
+// Listen serves srv over TCP on a loopback port whose portal group tag is
+// tpgt, until cleanup, and returns the address.
+func Listen(t testing.TB, srv *iscsi.Server, tpgt uint16) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	srv.AddPortal(iscsi.Portal{Addr: l.Addr().String(), TPGT: tpgt})
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return l.Addr().String()
 }
