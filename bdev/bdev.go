@@ -94,6 +94,9 @@ var (
 	ErrRange = errors.New("request outside the device")
 	// ErrClosed means the device has been closed.
 	ErrClosed = errors.New("device closed")
+	// ErrMisaligned fails a request that a direct-I/O-only device cannot
+	// serve without the page cache (see UringOptions.DirectOnly).
+	ErrMisaligned = errors.New("request does not fit the store's direct I/O alignment")
 )
 
 // checkRange returns ErrRange when [off, off+n) is not within size.

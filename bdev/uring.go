@@ -38,6 +38,13 @@ type UringOptions struct {
 	Entries int
 	// Buffered disables O_DIRECT.
 	Buffered bool
+	// DirectOnly keeps every read and write off the page cache, for a
+	// store other hosts write too (a cluster's shared device), where a
+	// cached block may be stale: NewUring fails when the store refuses
+	// O_DIRECT (or is tmpfs), and a request whose buffer, offset or length
+	// does not fit the store's direct-I/O alignment fails with
+	// ErrMisaligned instead of going through the page cache.
+	DirectOnly bool
 	// Log receives the one line said when a ring refuses submissions
 	// (default: none).
 	Log *zap.Logger
@@ -79,21 +86,22 @@ type UringOptions struct {
 // copy never waits for a device, reads and writes are done by Submit
 // itself and Done runs before Submit returns.
 type Uring struct {
-	file     *File        // buffered descriptor, size, Mapped, Resize, final flush
-	direct   int          // O_DIRECT descriptor, or -1
-	inline   bool         // memory-backed store: reads and writes are copied in Submit, see copyInline
-	copying  atomic.Int64 // inline copies in progress, for Close
-	memAlign uintptr
-	offAlign int64
-	pool     *Pool
-	unhook   func()
-	workers  []*worker
-	closed   atomic.Bool
-	qmu      sync.Mutex // queue registration
-	nextQ    int
-	path     string
-	log      *zap.Logger
-	enterErr atomic.Bool // a submission failure was logged
+	file       *File        // buffered descriptor, size, Mapped, Resize, final flush
+	direct     int          // O_DIRECT descriptor, or -1
+	inline     bool         // memory-backed store: reads and writes are copied in Submit, see copyInline
+	copying    atomic.Int64 // inline copies in progress, for Close
+	directOnly bool         // misaligned reads and writes fail (UringOptions.DirectOnly)
+	memAlign   uintptr
+	offAlign   int64
+	pool       *Pool
+	unhook     func()
+	workers    []*worker
+	closed     atomic.Bool
+	qmu        sync.Mutex // queue registration
+	nextQ      int
+	path       string
+	log        *zap.Logger
+	enterErr   atomic.Bool // a submission failure was logged
 }
 
 // NewUring opens path as an io_uring Device. When the kernel cannot run
@@ -115,7 +123,7 @@ func NewUring(path string, o UringOptions) (*Uring, error) {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
-	d := &Uring{file: f, direct: -1, pool: o.Pool, path: path, log: o.Log}
+	d := &Uring{file: f, direct: -1, pool: o.Pool, path: path, log: o.Log, directOnly: o.DirectOnly}
 	for range o.Rings {
 		w, err := newWorker(d, o.Entries)
 		if err != nil {
@@ -128,8 +136,13 @@ func NewUring(path string, o UringOptions) (*Uring, error) {
 	if err := unix.Fstatfs(f.fd, &fs); err == nil && fs.Type == unix.TMPFS_MAGIC {
 		d.inline = true
 		f.rawCopies = true
-	} else if !o.Buffered {
+	} else if !o.Buffered || o.DirectOnly {
 		d.openDirect(path, o.ReadOnly)
+	}
+	if o.DirectOnly && d.direct < 0 {
+		d.release()
+		return nil, fmt.Errorf("backing store %s cannot be opened with O_DIRECT (tmpfs, or a file system without direct I/O), "+
+			"which a LUN shared by several gateways needs", path)
 	}
 	if o.Pool != nil {
 		d.unhook = o.Pool.OnRegion(d.registerRegion)
@@ -689,11 +702,17 @@ const maxStep = 1 << 30
 func (w *worker) issueRW(s *slot) {
 	buf := s.buf[:min(len(s.buf), maxStep)]
 	write := s.r.Op != OpRead
+	addr := uint64(uintptr(unsafe.Pointer(&buf[0])))
+	direct := w.d.direct >= 0 && addr%uint64(w.d.memAlign) == 0 &&
+		s.off%w.d.offAlign == 0 && int64(len(buf))%w.d.offAlign == 0
+	if !direct && w.d.directOnly {
+		w.finish(s, fmt.Errorf("%s of %d bytes at offset %d from buffer %#x: %w", s.r.Op, len(buf), s.off, addr, ErrMisaligned))
+		return
+	}
 	sqe := w.sqe(s)
 	sqe.Fd, sqe.Off = int32(w.d.file.fd), uint64(s.off)
-	sqe.Addr, sqe.Len = uint64(uintptr(unsafe.Pointer(&buf[0]))), uint32(len(buf))
-	if w.d.direct >= 0 && sqe.Addr%uint64(w.d.memAlign) == 0 &&
-		s.off%w.d.offAlign == 0 && int64(len(buf))%w.d.offAlign == 0 {
+	sqe.Addr, sqe.Len = addr, uint32(len(buf))
+	if direct {
 		sqe.Fd = int32(w.d.direct)
 	}
 	sqe.Opcode = uring.OpRead

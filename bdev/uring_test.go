@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/iserd/iserd/bdev/uring"
 	"go.uber.org/zap"
@@ -157,6 +158,47 @@ func TestUringDirect(t *testing.T) {
 		if b.inline != (name == "tmpfs") {
 			t.Errorf("%s: inline copying %v", name, b.inline)
 		}
+	}
+}
+
+// TestUringDirectOnly: a direct-only device refuses a store without
+// O_DIRECT at open, serves aligned requests, and fails misaligned ones
+// rather than serving them from the page cache.
+func TestUringDirectOnly(t *testing.T) {
+	_, err := NewUring(filepath.Join(shmDir(t), "lun"), UringOptions{DirectOnly: true,
+		FileOptions: FileOptions{Create: true, Size: testSize}})
+	if errors.Is(err, ErrNoUring) {
+		t.Skipf("no io_uring: %v", err)
+	}
+	if err == nil {
+		t.Fatal("a tmpfs store opened direct-only")
+	}
+	d := openUring(t, t.TempDir(), UringOptions{DirectOnly: true})
+	_, mem, _ := d.Direct()
+	buf := make([]byte, 2*8192)
+	aligned := buf[(mem-int(uintptr(unsafe.Pointer(&buf[0])))%mem)%mem:][:4096]
+	data := pattern(4096, 3)
+	copy(aligned, data)
+	tests := []struct {
+		name string
+		r    Request
+		want error
+	}{
+		{"aligned write", Request{Op: OpWrite, Offset: 8192, Buf: aligned}, nil},
+		{"aligned read", Request{Op: OpRead, Offset: 8192, Buf: aligned}, nil},
+		{"misaligned buffer", Request{Op: OpRead, Offset: 8192, Buf: aligned[1:2049]}, ErrMisaligned},
+		{"misaligned offset", Request{Op: OpWrite, Offset: 8193, Buf: aligned[:512]}, ErrMisaligned},
+		{"misaligned length", Request{Op: OpWrite, Offset: 8192, Buf: aligned[:100]}, ErrMisaligned},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := run(d, &tc.r); !errors.Is(err, tc.want) || tc.want == nil && err != nil {
+				t.Fatalf("err %v, want %v", err, tc.want)
+			}
+		})
+	}
+	if !bytes.Equal(aligned, data) {
+		t.Fatal("the aligned read returned other data")
 	}
 }
 
