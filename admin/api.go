@@ -165,6 +165,7 @@ func (m *Manager) Handler() http.Handler {
 		{"GET /v1/sessions", m.listSessions},
 		{"GET /v1/sessions/{tsih}", m.getSession},
 		{"POST /v1/sessions/{tsih}/logout", m.logoutSession},
+		{"GET /v1/cluster", func(*http.Request) (any, error) { return m.ClusterStatus() }},
 		{"GET /v1/rdma", func(*http.Request) (any, error) {
 			if m.rdma == nil {
 				return nil, fmt.Errorf("RDMA devices: %w: this server has no RDMA support", ErrNotFound)

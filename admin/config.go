@@ -37,6 +37,8 @@ type Config struct {
 	Metrics MetricsConfig `yaml:"metrics,omitempty" json:"metrics"`
 	// RDMA says how iSER portals drive their RDMA devices. It takes effect at start.
 	RDMA RDMAConfig `yaml:"rdma,omitempty" json:"rdma"`
+	// Cluster, when set, makes this gateway one node of a cluster.
+	Cluster *ClusterConfig `yaml:"cluster,omitempty" json:"cluster,omitempty"`
 }
 
 // RDMAConfig chooses the RDMA provider.
@@ -630,7 +632,7 @@ func (c *Config) Check() error {
 			return fmt.Errorf("metrics.address %q is not host:port (e.g. 127.0.0.1:9120)", a)
 		}
 	}
-	return nil
+	return c.checkCluster()
 }
 
 // resolve makes a LUN path absolute against the data directory.

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/iserd/iserd/cluster"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iscsi/initiator"
 )
@@ -71,10 +72,17 @@ func baseConfig(dir string) *Config {
 // start runs a Manager on cfg with its state in dir.
 func start(t *testing.T, dir string, cfg *Config) *harness {
 	t.Helper()
+	return startIn(t, dir, cfg, nil)
+}
+
+// startIn runs a Manager on cfg with its state in dir, as a node of the
+// cluster node (nil: none).
+func startIn(t *testing.T, dir string, cfg *Config, node *cluster.Node) *harness {
+	t.Helper()
 	h := &harness{t: t, dir: dir, logs: &lockedBuffer{}, addrs: map[string]string{}}
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.AddSync(h.logs), zap.DebugLevel)
 	ctx, cancel := context.WithCancel(context.Background())
-	m, err := New(cfg, Options{Log: zap.New(core), Path: filepath.Join(dir, "iserd.yaml"), Listen: h.listen(ctx)})
+	m, err := New(cfg, Options{Log: zap.New(core), Path: filepath.Join(dir, "iserd.yaml"), Listen: h.listen(ctx), Cluster: node})
 	if err != nil {
 		cancel()
 		t.Fatalf("New: %v", err)
@@ -111,7 +119,7 @@ func (h *harness) listen(ctx context.Context) func(*iscsi.Server, PortalConfig) 
 		h.mu.Lock()
 		h.addrs[p.Address] = l.Addr().String()
 		h.mu.Unlock()
-		srv.AddPortal(iscsi.Portal{Addr: l.Addr().String()})
+		srv.AddPortal(iscsi.Portal{Addr: l.Addr().String(), TPGT: p.TPGT})
 		pctx, cancel := context.WithCancel(ctx)
 		go srv.Serve(pctx, l)
 		return closerFunc(cancel), nil

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/iserd/iserd/bdev"
+	"github.com/iserd/iserd/cluster"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/scsi"
 )
@@ -40,6 +41,10 @@ type Options struct {
 	// RDMA reports the RDMA devices for GET /v1/rdma (nil: the API answers that this server
 	// has no RDMA support).
 	RDMA func() RDMAStatus
+	// Cluster is this gateway's cluster node (nil: not in a cluster). Its
+	// fence guards every LUN, its liveness view gives the targets their
+	// ALUA port groups, and it learns the portals.
+	Cluster *cluster.Node
 }
 
 // Manager owns the running configuration of an iscsi.Server. Its methods
@@ -51,6 +56,7 @@ type Manager struct {
 	listen   func(*iscsi.Server, PortalConfig) (io.Closer, error)
 	override func(*Config)
 	rdma     func() RDMAStatus
+	cluster  *cluster.Node
 
 	mu      sync.Mutex
 	cfg     *Config
@@ -97,13 +103,18 @@ func New(cfg *Config, o Options) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start server: %w", err)
 	}
-	m := &Manager{log: o.Log, srv: srv, path: o.Path, listen: o.Listen, override: o.Override, rdma: o.RDMA,
-		cfg:  &Config{DataDir: cfg.DataDir, Log: cfg.Log, Limits: cfg.Limits, Metrics: cfg.Metrics, RDMA: cfg.RDMA},
+	m := &Manager{log: o.Log, srv: srv, path: o.Path, listen: o.Listen, override: o.Override, rdma: o.RDMA, cluster: o.Cluster,
+		cfg:  &Config{DataDir: cfg.DataDir, Log: cfg.Log, Limits: cfg.Limits, Metrics: cfg.Metrics, RDMA: cfg.RDMA, Cluster: cfg.Cluster},
 		luns: map[lunKey]*liveLUN{}, portals: map[string]io.Closer{}}
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if err := m.apply(cfg.Clone(), false); err != nil {
+	err = m.apply(cfg.Clone(), false)
+	m.mu.Unlock()
+	if err != nil {
 		return nil, err
+	}
+	if m.cluster != nil {
+		m.cluster.OnChange(m.refreshPortGroups)
+		m.refreshPortGroups()
 	}
 	return m, nil
 }
@@ -197,6 +208,9 @@ func restartOnly(a, b *Config) []string {
 	}
 	if a.RDMA != b.RDMA {
 		out = append(out, "rdma")
+	}
+	if !reflect.DeepEqual(a.Cluster, b.Cluster) {
+		out = append(out, "cluster")
 	}
 	for _, t := range b.Targets {
 		if o := a.Target(t.Name); o != nil && o.Alias != t.Alias {
@@ -372,6 +386,9 @@ func (m *Manager) commit(next *Config) {
 	for a, l := range p.listeners {
 		m.portals[a] = l
 	}
+	if m.cluster != nil && !reflect.DeepEqual(old.Portals, next.Portals) {
+		m.cluster.SetPortals(next.clusterPortals())
+	}
 	m.cfg = next
 }
 
@@ -386,8 +403,13 @@ func (m *Manager) addTarget(t *TargetConfig, p *pending) {
 	it.SetAccess(t.access())
 	it.SetLimits(t.limits())
 	it.SetQoS(t.qos())
-	m.setPortGroups(st, t)
-	st.OnPortGroupChange(func(gs []scsi.PortGroup) { go m.savePortGroups(t.Name, gs) })
+	if m.cluster != nil {
+		m.setClusterGroups(st)
+		st.OnSetPortGroups(func(states map[uint16]scsi.ALUAState) error { return m.cluster.SetPortGroupStates(t.Name, states) })
+	} else {
+		m.setPortGroups(st, t)
+		st.OnPortGroupChange(func(gs []scsi.PortGroup) { go m.savePortGroups(t.Name, gs) })
+	}
 	if err := m.srv.AddTarget(it); err != nil {
 		m.log.Error("adding target", zap.String("target", t.Name), zap.Error(err))
 		return
@@ -601,7 +623,11 @@ func (m *Manager) openLUN(cfg *Config, target string, lc LUNConfig) (*liveLUN, e
 		dev.Close()
 		return nil, fmt.Errorf("state directory for persistent reservations and sanitize: %w", err)
 	}
-	disk, err := scsi.NewDisk(dev, diskConfig(target, lc, stateDir))
+	dc := diskConfig(target, lc, stateDir)
+	if m.cluster != nil {
+		dc.Fence = m.cluster
+	}
+	disk, err := scsi.NewDisk(dev, dc)
 	if err != nil {
 		dev.Close()
 		return nil, err
@@ -673,15 +699,28 @@ func checkDevice(path string, lc LUNConfig) error {
 }
 
 // openFile opens a file or block device with io_uring, or with the thread
-// pool when io_uring is not wanted or the kernel refuses it.
+// pool when io_uring is not wanted or the kernel refuses it. In a cluster
+// the store is opened for direct I/O only, and refused when it cannot be.
 func (m *Manager) openFile(path string, fo bdev.FileOptions, lc LUNConfig) (bdev.Device, error) {
 	if lc.IO != "threads" {
-		u, err := bdev.NewUring(path, bdev.UringOptions{FileOptions: fo, Pool: m.srv.Pool(), Buffered: !lc.Direct, Log: m.log})
+		shared := m.cluster != nil
+		u, err := bdev.NewUring(path, bdev.UringOptions{FileOptions: fo, Pool: m.srv.Pool(), Buffered: !lc.Direct,
+			DirectOnly: shared, Log: m.log})
+		if err == nil && shared {
+			if _, _, align := u.Direct(); align > int(lc.BlockSize) {
+				u.Close()
+				return nil, fmt.Errorf("backing store %s needs direct I/O aligned to %d bytes, more than the LUN's %d-byte blocks: "+
+					"give the LUN block_size: %d", path, align, lc.BlockSize, align)
+			}
+		}
 		if err == nil {
 			return u, nil
 		}
 		if !errors.Is(err, bdev.ErrNoUring) {
 			return nil, err
+		}
+		if shared {
+			return nil, fmt.Errorf("a cluster LUN is served through io_uring with O_DIRECT only: %w", err)
 		}
 		m.log.Warn("io_uring unavailable: using the thread pool backend", zap.String("path", path), zap.Error(err))
 	}

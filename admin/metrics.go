@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/iserd/iserd/cluster"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/qos"
 )
@@ -140,6 +141,47 @@ type collector struct {
 	// server-wide
 	refusedConns, busyNoBuffer             *prometheus.Desc
 	bufferMapped, bufferInUse, bufferLimit *prometheus.Desc
+	cluster                                clusterDescs
+}
+
+// clusterDescs are the series of a gateway in a cluster.
+type clusterDescs struct {
+	fenced, nodesLive, renewals, failures, lost *prometheus.Desc
+}
+
+func newClusterDescs() clusterDescs {
+	return clusterDescs{
+		fenced: prometheus.NewDesc("iserd_cluster_fenced",
+			"1 while this gateway is fenced (no lease renewal in time): writes and reservation changes are refused.", nil, nil),
+		nodesLive: prometheus.NewDesc("iserd_cluster_nodes_live", "Gateways of the cluster whose lease is held, this one included, as last seen.", nil, nil),
+		renewals:  prometheus.NewDesc("iserd_cluster_lease_renewals_total", "Successful lease grants and renewals.", nil, nil),
+		failures:  prometheus.NewDesc("iserd_cluster_lease_failures_total", "Lease grants and renewals that failed.", nil, nil),
+		lost:      prometheus.NewDesc("iserd_cluster_leases_lost_total", "Leases found expired or revoked (each replaced by a new one).", nil, nil),
+	}
+}
+
+func (d clusterDescs) describe(ch chan<- *prometheus.Desc) {
+	for _, x := range []*prometheus.Desc{d.fenced, d.nodesLive, d.renewals, d.failures, d.lost} {
+		ch <- x
+	}
+}
+
+// collect reports a cluster node's status.
+func (d clusterDescs) collect(ch chan<- prometheus.Metric, st cluster.Status) {
+	fenced, live := 0.0, 0.0
+	if st.Fenced {
+		fenced = 1
+	}
+	for _, n := range st.Nodes {
+		if n.Live {
+			live++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(d.fenced, prometheus.GaugeValue, fenced)
+	ch <- prometheus.MustNewConstMetric(d.nodesLive, prometheus.GaugeValue, live)
+	ch <- prometheus.MustNewConstMetric(d.renewals, prometheus.CounterValue, float64(st.Renewals))
+	ch <- prometheus.MustNewConstMetric(d.failures, prometheus.CounterValue, float64(st.Failures))
+	ch <- prometheus.MustNewConstMetric(d.lost, prometheus.CounterValue, float64(st.LeasesLost))
 }
 
 func newCollector(m *Manager) *collector {
@@ -159,7 +201,8 @@ func newCollector(m *Manager) *collector {
 		bufferLimit:  prometheus.NewDesc("iserd_buffer_limit_bytes", "Most command buffer memory iserd maps (limits.buffer_memory).", nil, nil),
 		sessionWindow: prometheus.NewDesc("iserd_session_cmd_window", "Commands the session may have outstanding (its CmdSN window; rate limits shrink it).",
 			[]string{"target", "initiator", "isid", "tsih"}, nil),
-		qos: newQoSFamily(),
+		qos:     newQoSFamily(),
+		cluster: newClusterDescs(),
 	}
 }
 
@@ -174,10 +217,14 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	c.qos.describe(ch)
+	c.cluster.describe(ch)
 }
 
 // Collect implements prometheus.Collector.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	if cs, err := c.m.ClusterStatus(); err == nil {
+		c.cluster.collect(ch, cs)
+	}
 	st := c.m.srv.Stats()
 	ch <- prometheus.MustNewConstMetric(c.refusedConns, prometheus.CounterValue, float64(st.RefusedConns))
 	ch <- prometheus.MustNewConstMetric(c.busyNoBuffer, prometheus.CounterValue, float64(st.BusyNoBuffer))

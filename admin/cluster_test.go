@@ -1,0 +1,146 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iserd/iserd/cluster"
+	"github.com/iserd/iserd/internal/etcdtest"
+	"github.com/iserd/iserd/iscsi/initiator"
+	"github.com/iserd/iserd/scsi"
+)
+
+// clusterConfig is a gateway "a" of cluster "test" on etcd endpoints, with
+// a portal of TPGT 1 and a direct file LUN in dir.
+func clusterConfig(dir string, endpoints []string) *Config {
+	return &Config{DataDir: dir, Portals: []PortalConfig{{Address: "127.0.0.1:3260", TPGT: 1}},
+		Targets: []TargetConfig{{Name: testTarget, Open: true,
+			LUNs: []LUNConfig{{LUN: 0, Path: "shared.img", Size: 4 << 20, Direct: true}}}},
+		Cluster: &ClusterConfig{Name: "test", Node: "a", Endpoints: endpoints}}
+}
+
+// TestCheckCluster: what a cluster asks of the configuration.
+func TestCheckCluster(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(*Config)
+		want string // part of the error; "" for none
+	}{
+		{"plain", func(*Config) {}, ""},
+		{"no cluster: memory LUN", func(c *Config) {
+			c.Cluster = nil
+			c.Targets[0].LUNs[0] = LUNConfig{Backend: "memory", Size: 1 << 20}
+		}, ""},
+		{"memory LUN", func(c *Config) { c.Targets[0].LUNs[0] = LUNConfig{Backend: "memory", Size: 1 << 20} }, "memory LUN"},
+		{"buffered LUN", func(c *Config) { c.Targets[0].LUNs[0].Direct = false }, "direct: true"},
+		{"threads backend", func(c *Config) { c.Targets[0].LUNs[0].IO = "threads" }, "io: uring"},
+		{"port groups", func(c *Config) {
+			c.Targets[0].PortGroups = []PortGroupConfig{{ID: 1, State: "standby", TPGTs: []uint16{1}}}
+		}, "port_groups cannot"},
+		{"portal without tpgt", func(c *Config) { c.Portals[0].TPGT = 0 }, "needs a tpgt"},
+		{"bad node name", func(c *Config) { c.Cluster.Node = "gw/1" }, "cluster: node name"},
+		{"no endpoints", func(c *Config) { c.Cluster.Endpoints = nil }, "cluster: no etcd endpoints"},
+		{"short TTL", func(c *Config) { c.Cluster.LeaseTTL = Duration(time.Second) }, "lease_ttl"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := clusterConfig(t.TempDir(), []string{"http://192.0.2.10:2379"})
+			tc.edit(cfg)
+			err := cfg.Check()
+			if (err == nil) != (tc.want == "") || err != nil && !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Check: %v, want an error with %q", err, tc.want)
+			}
+			if err == nil && cfg.Cluster != nil && cfg.Cluster.LeaseTTL != Duration(cluster.DefaultLeaseTTL) {
+				t.Fatalf("lease_ttl %v, want the default", cfg.Cluster.LeaseTTL)
+			}
+		})
+	}
+}
+
+// TestClusterGateway runs a gateway in a cluster with a second node: its
+// target reports both nodes' port groups, the other node's unavailable
+// once it leaves; the LUN is served direct; the API and the metrics show
+// the cluster.
+func TestClusterGateway(t *testing.T) {
+	s := etcdtest.Start(t)
+	dir := t.TempDir()
+	cfg := clusterConfig(dir, s.Endpoints())
+	cfg.Cluster.LeaseTTL = Duration(cluster.MinLeaseTTL)
+	if err := cfg.Check(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := cluster.New(cfg.ClusterOptions(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	b, err := cluster.New(cluster.Options{Name: "test", Node: "b", Endpoints: s.Endpoints(), LeaseTTL: cluster.MinLeaseTTL,
+		Portals: []cluster.Portal{{Address: "192.0.2.2:3260", TPGT: 2}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	h := startIn(t, dir, cfg, a)
+	st := h.m.Server().Target(testTarget).SCSI
+	groups := func() map[uint16]scsi.ALUAState {
+		m := map[uint16]scsi.ALUAState{}
+		for _, g := range st.PortGroups() {
+			m[g.ID] = g.State
+		}
+		return m
+	}
+	waitUntil(t, "both groups active/optimized", func() bool {
+		g := groups()
+		return a.Allowed() && g[1] == scsi.ActiveOptimized && g[2] == scsi.ActiveOptimized
+	})
+
+	c, err := h.login(testInitiator, testTarget)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	data := bytes.Repeat([]byte("cluster!"), 512)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var r *initiator.Response
+	for range 3 { // the power-on unit attention first
+		if r, err = c.Do(ctx, &initiator.Command{CDB: initiator.Write16(8, 8), DataOut: data}); err != nil || r.Status == 0 {
+			break
+		}
+	}
+	if err != nil || r.Status != 0 {
+		t.Fatalf("WRITE: %v, status %#x sense % x", err, r.Status, r.Sense)
+	}
+	if r, err = c.Do(ctx, &initiator.Command{CDB: initiator.Read16(8, 8), ReadLen: 4096}); err != nil || !bytes.Equal(r.Data, data) {
+		t.Fatalf("READ: %v, data equal %v", err, err == nil && bytes.Equal(r.Data, data))
+	}
+
+	_, body := h.call("GET", "/v1/cluster", "")
+	var cs cluster.Status
+	if err := json.Unmarshal([]byte(body), &cs); err != nil || cs.Node != "a" || len(cs.Nodes) != 2 || cs.Fenced {
+		t.Fatalf("GET /v1/cluster: %v %s", err, body)
+	}
+	_, metrics := h.call("GET", "/metrics", "")
+	for _, want := range []string{"iserd_cluster_fenced 0", "iserd_cluster_nodes_live 2", "iserd_cluster_lease_renewals_total"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	b.Close()
+	waitUntil(t, "b's group unavailable", func() bool { return groups()[2] == scsi.Unavailable })
+}
+
+// waitUntil polls cond for up to 10 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+	}
+}
