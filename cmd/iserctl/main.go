@@ -98,7 +98,7 @@ func newRoot(a *app) *cobra.Command {
 
 	root.AddCommand(
 		a.configCommand(), a.reloadCommand(), a.targetCommand(), a.lunCommand(), a.aclCommand(), a.chapCommand(),
-		a.portalCommand(), a.sessionCommand(), a.qosCommand(), a.rdmaCommand(), a.metricsCommand(), a.importCommand(), a.versionCommand(),
+		a.portalCommand(), a.sessionCommand(), a.qosCommand(), a.rdmaCommand(), a.clusterCommand(), a.metricsCommand(), a.importCommand(), a.versionCommand(),
 		docsCommand(root),
 	)
 	return root

@@ -115,6 +115,7 @@ func TestCommands(t *testing.T) {
 		{args: "session logout 77", code: 1, errOut: "session 77: not found"},
 		{args: "rdma", out: []string{"provider: libibverbs", "libibverbs: loaded", "DEVICE", "mlx5_0  mlx5_core  ens1f0  1:ACTIVE/Ethernet",
 			"192.0.2.7", "2/2/5", "qedr0", "none: libibverbs has no user-space provider"}},
+		{args: "cluster status", code: 1, errOut: "this gateway has no cluster section"},
 		{args: "rdma --json", out: []string{`"name": "mlx5_0"`, `"open": true`, `"qps": 2`, `"provider_error": "libibverbs has no`}},
 		{args: "metrics", out: []string{`iserd_lun_capacity_bytes{lun="0",target="` + target + `"} 4.194304e+06`}},
 		{args: "config show", out: []string{"name: " + target, "user: disc"}},

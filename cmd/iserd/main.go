@@ -26,6 +26,7 @@ import (
 
 	"github.com/iserd/iserd/admin"
 	"github.com/iserd/iserd/bdev"
+	"github.com/iserd/iserd/cluster"
 	"github.com/iserd/iserd/internal/cli"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iser"
@@ -213,11 +214,17 @@ func run(f *flags) error {
 		return err
 	}
 	checkRDMA(provider, log)
+	node, err := joinCluster(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer leaveCluster(node, log) // after the shutdown below has let in-flight commands finish
 	m, err := admin.New(cfg, admin.Options{Log: log, Path: path, Override: f.override,
 		Listen: func(srv *iscsi.Server, p admin.PortalConfig) (io.Closer, error) {
 			return startPortal(ctx, srv, p, provider, log, errc)
 		},
-		RDMA: func() admin.RDMAStatus { return rdmaStatus(provider) }})
+		RDMA:    func() admin.RDMAStatus { return rdmaStatus(provider) },
+		Cluster: node})
 	if err != nil {
 		return err
 	}
@@ -277,6 +284,35 @@ loop:
 		log.Warn("shutdown", zap.Error(err))
 	}
 	return nil
+}
+
+// joinCluster starts this gateway's cluster node when the configuration
+// has a cluster section (nil otherwise: nothing dials etcd). It returns at
+// once: the node grants its lease when etcd answers, and until then every
+// LUN is fenced, so the portals that open next refuse writes.
+func joinCluster(cfg *admin.Config, log *zap.Logger) (*cluster.Node, error) {
+	if cfg.Cluster == nil {
+		return nil, nil
+	}
+	node, err := cluster.New(cfg.ClusterOptions(log))
+	if err != nil {
+		return nil, err
+	}
+	log.Info("joining the cluster: writes are refused until the lease is granted",
+		zap.String("cluster", cfg.Cluster.Name), zap.String("node", cfg.Cluster.Node),
+		zap.Strings("etcd", cfg.Cluster.Endpoints), zap.Duration("lease_ttl", time.Duration(cfg.Cluster.LeaseTTL)))
+	return node, nil
+}
+
+// leaveCluster revokes the node's lease, once the in-flight commands are
+// done, so the other gateways report this one unavailable at once.
+func leaveCluster(node *cluster.Node, log *zap.Logger) {
+	if node == nil {
+		return
+	}
+	if err := node.Close(); err != nil {
+		log.Warn("leaving the cluster", zap.Error(err))
+	}
 }
 
 // startCPUProfile profiles the process into path until the returned function runs.
