@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"net"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/iserd/iserd/internal/etcdtest"
 	"github.com/iserd/iserd/scsi"
@@ -211,6 +214,38 @@ func TestPortGroups(t *testing.T) {
 	}
 	if err := a.SetPortGroupStates("t", map[uint16]scsi.ALUAState{1: scsi.Standby}); err != scsi.ErrFenced {
 		t.Fatalf("fenced a set states: %v", err)
+	}
+}
+
+// TestUnreachable: a node whose etcd does not answer at start keeps
+// trying, says so once, stays fenced and reports its own group
+// unavailable; it closes at once.
+func TestUnreachable(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nobody listens there now
+	n, err := New(Options{Name: "test", Node: "a", Endpoints: []string{addr}, LeaseTTL: testTTL, Log: zap.New(core),
+		Portals: []Portal{{Address: "192.0.2.1:3260", TPGT: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the warning", 5*time.Second, func() bool { return logs.FilterMessageSnippet("cannot reach etcd").Len() > 0 })
+	if n.Allowed() || stateOf(n, 1) != scsi.Unavailable || n.Status().Failures == 0 {
+		t.Fatalf("allowed %v, own group %v, status %+v", n.Allowed(), stateOf(n, 1), n.Status())
+	}
+	if got := logs.FilterMessageSnippet("cannot reach etcd").Len(); got != 1 {
+		t.Errorf("%d warnings, want 1 until the outage lasts 30s", got)
+	}
+	start := time.Now()
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Close took %v", d)
 	}
 }
 
