@@ -1,0 +1,178 @@
+# vm-timeout: 420
+# Two iserd gateways (gw-a on 192.0.2.1, gw-b on 192.0.2.2) serving one shared block device
+# (a loop device), coordinated through etcd (etcd-server in the VM), with dm-multipath and
+# ALUA priorities on the initiator. fio crc32c write+verify on the map goes on while gw-a is
+# SIGKILLed (the time from the kill to resumed I/O is printed), while gw-a is restarted, and
+# while gw-a is SIGSTOPped for twice the lease TTL and continued: it must be fenced when it
+# resumes, so the writes it had received before the stop never land. Then etcd is stopped:
+# both gateways refuse writes with NOT READY 04h/0Ch within the TTL, and serve again when it
+# returns.
+IQN=iqn.2026-12.org.iserd:vm-scaleout
+TTL=3
+A=$VM_ADDR
+B=192.0.2.2
+ip addr add "$B/24" dev d0 2>/dev/null || true
+D=/tmp/scaleout
+mkdir -p "$D/a" "$D/b" "$D/etcd"
+truncate -s 256M "$D/shared.img"
+DEV=$(losetup -f --show "$D/shared.img")
+ETCD_PID=
+declare -A GW_PID
+scaleout_cleanup() {
+  local st=$? p f
+  if [ $st -ne 0 ]; then
+    for f in a.log b.log etcd.log; do
+      echo "--- $f (last lines)"
+      tail -25 "$D/$f" 2>/dev/null || true
+    done
+  fi
+  for p in "${GW_PID[@]}" $ETCD_PID; do
+    kill -CONT "$p" 2>/dev/null || true
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  multipath_stop || true
+  logout_all || true
+  losetup -d "$DEV" 2>/dev/null || true
+}
+trap scaleout_cleanup EXIT
+
+etcd_start() {
+  etcd --name vm --data-dir "$D/etcd/data" --listen-client-urls http://127.0.0.1:2379 \
+    --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
+    --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster vm=http://127.0.0.1:2380 \
+    --log-level warn >>"$D/etcd.log" 2>&1 &
+  ETCD_PID=$!
+  wait_until 60 "etcd to listen" port_listening 2379
+}
+
+# gw_start N ADDRESS TPGT: starts gateway gw-N with its portal on ADDRESS:3260.
+gw_start() {
+  cat >"$D/$1.yaml" <<EOC
+data_dir: $D/$1
+portals: [{address: "$2:3260", tpgt: $3}]
+targets:
+  - name: $IQN
+    open: true
+    luns: [{lun: 0, path: $DEV, direct: true, thin: false}]
+cluster: {name: vm, node: gw-$1, endpoints: [http://127.0.0.1:2379], lease_ttl: ${TTL}s}
+EOC
+  "$ISERD_BIN" -config "$D/$1.yaml" -admin-socket "$D/$1.sock" >>"$D/$1.log" 2>&1 &
+  GW_PID[$1]=$!
+  wait_until 30 "gw-$1 to listen" eval "ss -ltn | grep -q ' $2:3260 '"
+  wait_until 30 "gw-$1 to hold its lease" eval "iserctl --socket $D/$1.sock cluster status | grep -q 'state:   allowed'"
+}
+status_of() { iserctl --socket "$D/$1.sock" cluster status; }
+# live_at N NODE: prints yes or no, whether gateway N sees NODE live.
+live_at() { status_of "$1" | awk -v n="gw-$2" '$1 == n {print $2 == "(this)" ? $3 : $2}'; }
+
+etcd_start
+gw_start a "$A" 1
+gw_start b "$B" 2
+log "cluster:"$'\n'"$(status_of a)"
+assert_eq yes "$(live_at a b)" "gw-b live at gw-a"
+for p in "$A" "$B"; do
+  login_tcp "$IQN" "$p"
+  iscsiadm -m node -T "$IQN" -p "$p" -o update -n node.session.timeo.replacement_timeout -v 5
+done
+timed "multipathd start" multipath_start
+mp=$(timed "multipath map with 2 paths" mpath_wait 2)
+topo=$(multipath -ll)
+log "multipath topology:"$'\n'"$topo"
+assert_contains "$topo" "hwhandler='1 alua'" "multipath -ll"
+rtpg=$(sg_rtpg -d "/dev/$(multipathd show paths raw format '%d' | head -1)" | tr '\n' ' ')
+log "sg_rtpg: $rtpg"
+[[ $rtpg == *"group id : 0x1"*"active/optimized"*"group id : 0x2"*"active/optimized"* ]] ||
+  fail "both gateways' groups should be active/optimized: $rtpg"
+
+ios() { awk '{print $1 + $5}' "/sys/block/$(basename "$(readlink -f "$1")")/stat"; }
+now() { cut -d' ' -f1 /proc/uptime; }
+# resumed_after MAP SINCE: waits until the map completes I/O again and prints the seconds since SINCE.
+resumed_after() {
+  local n0
+  n0=$(ios "$1")
+  wait_until 60 "I/O to resume on $1" eval "[ \$(ios $1) -gt $n0 ]" || return 1
+  awk -v a="$2" -v b="$(now)" 'BEGIN { printf "%.1f\n", b - a }'
+}
+# path_of ADDRESS: the sdX of the path through ADDRESS.
+path_of() {
+  local s
+  for s in /sys/class/iscsi_session/session*; do
+    [ "$(cat "$s"/device/connection*/iscsi_connection/connection*/persistent_address)" = "$1" ] || continue
+    ls "$s"/device/target*/*:*:*:*/block/
+  done
+}
+PA=$(path_of "$A")
+PB=$(path_of "$B")
+log "paths: gw-a $PA, gw-b $PB"
+
+fio --name=scaleout --filename="$mp" --ioengine=libaio --direct=1 --iodepth=8 --rw=randwrite \
+  --bs=4k --size=64M --verify=crc32c --do_verify=1 --verify_fatal=1 --exitall_on_error \
+  --time_based --runtime=120 --verify_backlog=1024 >"$D/fio.log" 2>&1 &
+fio_pid=$!
+sleep 5
+before=$(ios "/dev/$PA")
+sleep 2
+[ "$(ios "/dev/$PA")" -gt "$before" ] || fail "no I/O on gw-a's path $PA"
+
+# 1. gw-a killed.
+lost=$(now)
+kill -KILL "${GW_PID[a]}"
+secs=$(resumed_after "$mp" "$lost")
+log "FIGURE scale-out: gw-a SIGKILLed, I/O resumed on gw-b after ${secs}s"
+wait_until $((TTL + 5)) "gw-b to report gw-a gone" eval '[ "$(live_at b a)" = no ]'
+rtpg=$(sg_rtpg -d "/dev/$PB" | tr '\n' ' ')
+[[ $rtpg == *"group id : 0x1"*"unavailable"*"group id : 0x2"* ]] || fail "gw-b should report gw-a's group unavailable: $rtpg"
+log "gw-b reports gw-a's group unavailable: $rtpg"
+sleep 3
+gw_start a "$A" 1
+mpath_wait 2 60 >/dev/null
+log "gw-a is back: $(multipathd show paths raw format '%d %t %T %p' | tr '\n' ';')"
+
+# 2. gw-a stopped for twice the TTL under writes, then continued.
+sleep 3
+stopped=$(now)
+kill -STOP "${GW_PID[a]}"
+secs=$(resumed_after "$mp" "$stopped")
+log "FIGURE scale-out: gw-a SIGSTOPped, I/O resumed on gw-b after ${secs}s"
+sleep $((2 * TTL))
+kill -CONT "${GW_PID[a]}"
+wait_until 30 "gw-a to log its fencing" grep -q "fenced: no lease renewal in time" "$D/a.log"
+wait_until 30 "gw-a to rejoin" eval "status_of a | grep -q 'state:   allowed'"
+log "gw-a after SIGCONT: $(grep -E 'fenced|lease expired|lease granted' "$D/a.log" | tail -3 | cut -c1-200)"
+wait "$fio_pid" || { cat "$D/fio.log" >&2; fail "fio verify on $mp failed across the kill and the stop of gw-a"; }
+log "fio verify on $mp: $(grep -E '^ +(read|write): IOPS=' "$D/fio.log" | tr -s ' ' | tr '\n' ';')"
+mpath_wait 2 60 >/dev/null
+
+# 3. etcd stopped: both fenced within the TTL, writes refused with 04h/0Ch on every path.
+kill -TERM "$ETCD_PID"
+wait "$ETCD_PID" 2>/dev/null || true
+stopped=$(now)
+for n in a b; do
+  wait_until $((TTL + 2)) "gw-$n to be fenced" eval "status_of $n | grep -q FENCED"
+done
+log "FIGURE scale-out: etcd stopped, both gateways fenced after $(awk -v a="$stopped" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s"
+# refused DEV: a WRITE (10) through DEV fails with 04h/0Ch (after the unit attentions, if any).
+refused() {
+  local out
+  for _ in 1 2 3; do
+    out=$(sg_raw -s 512 -i /dev/zero "$1" 2a 00 00 00 01 00 00 00 01 00 2>&1) && { echo "the write succeeded"; return 1; }
+    [[ $out == *"unavailable state"* ]] && { echo "$out"; return 0; }
+  done
+  echo "$out"
+  return 1
+}
+for p in "$PA" "$PB"; do
+  out=$(refused "/dev/$p") || fail "a write through $p while fenced: $out"
+done
+log "writes refused on both paths: $(echo "$out" | grep -i 'unavailable' | head -1)"
+etcd_start
+for n in a b; do
+  wait_until 30 "gw-$n to be allowed again" eval "status_of $n | grep -q 'state:   allowed'"
+done
+mpath_wait 2 60 >/dev/null
+dd if=/dev/zero of="$mp" bs=4k count=16 oflag=direct status=none || fail "a write through $mp failed after etcd returned"
+log "etcd back: both gateways serve again"
+multipath_stop
+logout_all
+for n in a b; do kill -TERM "${GW_PID[$n]}"; done
+wait_until 15 "the gateways to exit" eval "! alive ${GW_PID[a]} && ! alive ${GW_PID[b]}"
