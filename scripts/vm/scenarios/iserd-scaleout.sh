@@ -15,7 +15,9 @@ ip addr add "$B/24" dev d0 2>/dev/null || true
 D=/tmp/scaleout
 mkdir -p "$D/a" "$D/b" "$D/etcd"
 truncate -s 256M "$D/shared.img"
-DEV=$(losetup -f --show "$D/shared.img")
+modprobe loop 2>/dev/null || true
+DEV=$(losetup -f) # busybox's losetup: no --show
+losetup "$DEV" "$D/shared.img"
 ETCD_PID=
 declare -A GW_PID
 scaleout_cleanup() {
