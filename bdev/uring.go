@@ -133,7 +133,9 @@ func NewUring(path string, o UringOptions) (*Uring, error) {
 		d.workers = append(d.workers, w)
 	}
 	var fs unix.Statfs_t
-	if err := unix.Fstatfs(f.fd, &fs); err == nil && fs.Type == unix.TMPFS_MAGIC {
+	// A block device's node lives on devtmpfs, which reports TMPFS_MAGIC
+	// too: only a regular file can be memory.
+	if err := unix.Fstatfs(f.fd, &fs); err == nil && fs.Type == unix.TMPFS_MAGIC && !f.block {
 		d.inline = true
 		f.rawCopies = true
 	} else if !o.Buffered || o.DirectOnly {

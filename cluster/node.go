@@ -222,6 +222,9 @@ func (n *Node) keepLease(ctx context.Context) {
 	for ctx.Err() == nil {
 		if lease == 0 {
 			id, err := n.grant(ctx)
+			if ctx.Err() != nil {
+				return
+			}
 			if err != nil {
 				n.failures.Add(1)
 				down.failed(n, err)

@@ -23,6 +23,9 @@ const (
 	// aluaDir holds the states SET TARGET PORT GROUPS set cluster-wide:
 	// alua/<target>/<group id> = state name.
 	aluaDir = "alua/"
+	// configKey holds the cluster-wide configuration (targets, LUNs, ACLs,
+	// CHAP), an opaque document to this package.
+	configKey = "config"
 )
 
 // Prefix is the etcd key prefix of cluster name.
@@ -70,6 +73,10 @@ type view struct {
 	live    map[string]bool   // nodes whose lease-bound key exists
 	// states are the explicit ALUA states: target -> group -> state.
 	states map[string]map[uint16]scsi.ALUAState
+	// config is the cluster-wide configuration and the revision that last
+	// changed it (0: none stored).
+	config    []byte
+	configRev int64
 }
 
 func newView() *view {
@@ -78,18 +85,25 @@ func newView() *view {
 
 // clone copies v for a change.
 func (v *view) clone() *view {
-	out := &view{members: maps.Clone(v.members), live: maps.Clone(v.live), states: maps.Clone(v.states)}
+	out := &view{members: maps.Clone(v.members), live: maps.Clone(v.live), states: maps.Clone(v.states),
+		config: v.config, configRev: v.configRev}
 	for t, m := range out.states {
 		out.states[t] = maps.Clone(m)
 	}
 	return out
 }
 
-// apply records a key's new value (del: the key was deleted) in v, which
-// the caller owns. rel is the key without the cluster prefix. Keys of other
-// parts of iserd (persistent reservations) are ignored.
-func (v *view) apply(rel string, value []byte, del bool) error {
+// apply records a key's new value (del: the key was deleted), written at
+// revision rev, in v, which the caller owns. rel is the key without the
+// cluster prefix. Keys of other parts of iserd (persistent reservations)
+// are ignored.
+func (v *view) apply(rel string, value []byte, rev int64, del bool) error {
 	switch {
+	case rel == configKey:
+		v.config, v.configRev = value, rev
+		if del {
+			v.config, v.configRev = nil, 0
+		}
 	case strings.HasPrefix(rel, nodesDir):
 		name := strings.TrimPrefix(rel, nodesDir)
 		if del {

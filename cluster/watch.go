@@ -33,6 +33,7 @@ func (n *Node) load(ctx context.Context) (int64, error) {
 		clientv3.OpGet(n.Key(nodesDir), clientv3.WithPrefix()),
 		clientv3.OpGet(n.Key(membersDir), clientv3.WithPrefix()),
 		clientv3.OpGet(n.Key(aluaDir), clientv3.WithPrefix()),
+		clientv3.OpGet(n.Key(configKey)),
 	).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("read cluster keys: %w", err)
@@ -40,7 +41,7 @@ func (n *Node) load(ctx context.Context) (int64, error) {
 	v := newView()
 	for _, r := range resp.Responses {
 		for _, kv := range r.GetResponseRange().Kvs {
-			n.applyKey(v, string(kv.Key), kv.Value, false)
+			n.applyKey(v, string(kv.Key), kv.Value, kv.ModRevision, false)
 		}
 	}
 	n.view.Store(v)
@@ -59,7 +60,7 @@ func (n *Node) follow(ctx context.Context, rev int64) {
 		}
 		v := n.view.Load().clone()
 		for _, ev := range resp.Events {
-			n.applyKey(v, string(ev.Kv.Key), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+			n.applyKey(v, string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision, ev.Type == clientv3.EventTypeDelete)
 		}
 		n.view.Store(v)
 		n.notify()
@@ -67,8 +68,8 @@ func (n *Node) follow(ctx context.Context, rev int64) {
 }
 
 // applyKey applies one key to v; a malformed value is logged and skipped.
-func (n *Node) applyKey(v *view, key string, value []byte, del bool) {
-	if err := v.apply(strings.TrimPrefix(key, n.prefix), value, del); err != nil {
+func (n *Node) applyKey(v *view, key string, value []byte, rev int64, del bool) {
+	if err := v.apply(strings.TrimPrefix(key, n.prefix), value, rev, del); err != nil {
 		n.log.Warn("ignoring a malformed cluster key", zap.Error(err))
 	}
 }
