@@ -105,16 +105,6 @@ func (l *LUNConfig) checkShared() error {
 	return nil
 }
 
-// refreshPortGroups gives every target the port groups the cluster
-// reports now; the cluster node calls it on every change.
-func (m *Manager) refreshPortGroups() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, t := range m.srv.Targets() {
-		m.setClusterGroups(t.SCSI)
-	}
-}
-
 // setClusterGroups gives st the port groups the cluster reports now.
 func (m *Manager) setClusterGroups(st *scsi.Target) {
 	if err := st.SetPortGroups(m.cluster.PortGroups(st.Name())); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -142,5 +143,68 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within 10s", what)
 		}
+	}
+}
+
+// TestClusterConfig: the targets, LUNs and ACLs are the cluster's: the
+// first gateway stores its own in etcd, a change made on either gateway
+// reaches the other (and its file), and a reload keeps them.
+func TestClusterConfig(t *testing.T) {
+	s := etcdtest.Start(t)
+	shared := t.TempDir() // the "shared storage" both gateways open
+	gw := func(node string, tpgt uint16) *harness {
+		dir := t.TempDir()
+		cfg := clusterConfig(dir, s.Endpoints())
+		cfg.Cluster.Node, cfg.Portals[0].TPGT = node, tpgt
+		cfg.Targets[0].LUNs[0].Path = shared + "/lun0.img"
+		if err := cfg.Check(); err != nil {
+			t.Fatal(err)
+		}
+		n, err := cluster.New(cfg.ClusterOptions(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		waitUntil(t, node+" allowed", n.Allowed)
+		return startIn(t, dir, cfg, n)
+	}
+	a := gw("a", 1)
+	waitUntil(t, "a's targets stored in etcd", func() bool { _, rev := a.m.cluster.Config(); return rev != 0 })
+	b := gw("b", 2)
+
+	const t2 = "iqn.2026-11.org.iserd.test:t2"
+	if err := a.m.Update(func(c *Config) error {
+		c.Targets = append(c.Targets, TargetConfig{Name: t2, LUNs: []LUNConfig{{LUN: 0, Path: shared + "/t2.img", Size: 1 << 20, Direct: true}}})
+		return nil
+	}, false); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "b serves the target a added", func() bool { return b.m.Server().Target(t2) != nil })
+	if saved, err := LoadConfig(b.m.Path()); err != nil || saved.Target(t2) == nil {
+		t.Fatalf("b's file: %v, target %s saved: %v", err, t2, err == nil && saved.Target(t2) != nil)
+	}
+	if err := b.m.Update(func(c *Config) error {
+		c.Target(t2).ACLs = []ACLConfig{{Initiator: testInitiator}}
+		return nil
+	}, false); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "a has the ACL b added", func() bool { return a.m.Config().Target(t2).ACL(testInitiator) != nil })
+
+	_, rev := a.m.cluster.Config()
+	if _, err := a.m.cluster.PutConfig([]byte(`{}`), rev-1); !errors.Is(err, cluster.ErrConfigChanged) {
+		t.Fatalf("PutConfig on a stale revision: %v", err)
+	}
+	file := clusterConfig(b.dir, s.Endpoints())
+	file.Cluster.Node, file.Portals[0].TPGT = "b", 2
+	file.Targets[0].LUNs[0].Path = shared + "/lun0.img"
+	if err := file.Save(b.m.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.m.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if b.m.Config().Target(t2) == nil {
+		t.Fatal("a reload dropped a target of the cluster configuration")
 	}
 }

@@ -58,11 +58,12 @@ type Manager struct {
 	rdma     func() RDMAStatus
 	cluster  *cluster.Node
 
-	mu      sync.Mutex
-	cfg     *Config
-	luns    map[lunKey]*liveLUN
-	portals map[string]io.Closer
-	pending *pending // between prepare and commit
+	mu        sync.Mutex
+	sharedRev int64 // etcd revision of the cluster configuration applied (see syncShared)
+	cfg       *Config
+	luns      map[lunKey]*liveLUN
+	portals   map[string]io.Closer
+	pending   *pending // between prepare and commit
 }
 
 // lunKey names a LUN of a target.
@@ -113,8 +114,8 @@ func New(cfg *Config, o Options) (*Manager, error) {
 		return nil, err
 	}
 	if m.cluster != nil {
-		m.cluster.OnChange(m.refreshPortGroups)
-		m.refreshPortGroups()
+		m.cluster.OnChange(m.clusterChanged)
+		m.clusterChanged()
 	}
 	return m, nil
 }
@@ -161,7 +162,13 @@ func (m *Manager) Update(edit func(*Config) error, force bool) error {
 	if err != nil {
 		return err
 	}
+	prevRev := m.sharedRev
+	if err := m.storeShared(next); err != nil {
+		undo()
+		return err
+	}
 	if err := next.Save(m.path); err != nil {
+		m.sharedRev = prevRev // etcd has it: the watch applies it again
 		undo()
 		return &internalError{err}
 	}
@@ -186,6 +193,11 @@ func (m *Manager) Reload() error {
 	defer m.mu.Unlock()
 	for _, f := range restartOnly(m.cfg, next) {
 		m.log.Warn("reload: this setting takes effect when iserd restarts", zap.String("setting", f))
+	}
+	if m.cluster != nil && !reflect.DeepEqual(next.shared(), m.cfg.shared()) {
+		m.log.Warn("reload: targets, LUNs, ACLs and CHAP come from the cluster configuration in etcd; "+
+			"change them with iserctl (the file's are ignored)", zap.String("config", m.path))
+		next = next.withShared(m.cfg.shared())
 	}
 	return m.apply(next, false)
 }
