@@ -107,3 +107,43 @@ func TestSIGHUP(t *testing.T) {
 		t.Errorf("LUN 3 has %d bytes", n)
 	}
 }
+
+// TestJoinCluster: without a cluster section there is no node (nothing
+// dials etcd); with one, the node starts fenced and waits for etcd.
+func TestJoinCluster(t *testing.T) {
+	tests := []struct {
+		name    string
+		cluster *admin.ClusterConfig
+	}{
+		{"no cluster section", nil},
+		// 192.0.2.0/24 is TEST-NET-1: nothing answers there.
+		{"etcd unreachable", &admin.ClusterConfig{Name: "test", Node: "gw-1", Endpoints: []string{"http://192.0.2.250:2379"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := admin.DefaultConfig()
+			cfg.DataDir = t.TempDir()
+			cfg.Cluster = tc.cluster
+			if tc.cluster != nil {
+				cfg.Portals[0].TPGT = 1
+				cfg.Targets[0].LUNs[0].Direct = true
+			}
+			if err := cfg.Check(); err != nil {
+				t.Fatal(err)
+			}
+			node, err := joinCluster(cfg, zap.NewNop())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (node != nil) != (tc.cluster != nil) {
+				t.Fatalf("node %v with cluster section %v", node, tc.cluster)
+			}
+			if node != nil {
+				if node.Allowed() {
+					t.Fatal("allowed before any lease")
+				}
+				leaveCluster(node, zap.NewNop())
+			}
+		})
+	}
+}
