@@ -60,6 +60,7 @@ type Manager struct {
 
 	mu        sync.Mutex
 	sharedRev int64 // etcd revision of the cluster configuration applied (see syncShared)
+	closed    bool  // Close ran: cluster changes apply no more
 	cfg       *Config
 	luns      map[lunKey]*liveLUN
 	portals   map[string]io.Closer
@@ -589,6 +590,7 @@ func (c *Config) portal(addr string) *PortalConfig {
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.closed = true
 	var errs []error
 	for a, l := range m.portals {
 		l.Close()

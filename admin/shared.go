@@ -37,6 +37,9 @@ func (c *Config) withShared(s sharedConfig) *Config {
 func (m *Manager) clusterChanged() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
 	m.syncShared()
 	for _, t := range m.srv.Targets() {
 		m.setClusterGroups(t.SCSI)
