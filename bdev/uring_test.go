@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -158,6 +160,32 @@ func TestUringDirect(t *testing.T) {
 		if b.inline != (name == "tmpfs") {
 			t.Errorf("%s: inline copying %v", name, b.inline)
 		}
+	}
+}
+
+// TestUringBlockDevice: a block device (its node on devtmpfs) is driven
+// through io_uring with O_DIRECT, never taken for a tmpfs file.
+func TestUringBlockDevice(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(img, make([]byte, testSize), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "-f", "--show", img).Output()
+	if err != nil {
+		t.Skipf("no loop device: %v", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	d, err := NewUring(dev, UringOptions{DirectOnly: true})
+	if errors.Is(err, ErrNoUring) {
+		t.Skipf("no io_uring: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if ok, _, _ := d.Direct(); !ok || d.inline {
+		t.Fatalf("%s: direct %v, inline copies %v", dev, ok, d.inline)
 	}
 }
 
