@@ -142,6 +142,9 @@ wait_until 30 "gw-a to log its fencing" grep -q "fenced: no lease renewal in tim
 wait_until 30 "gw-a to rejoin" eval "status_of a | grep -q 'state:   allowed'"
 log "FIGURE scale-out: gw-a fenced at SIGCONT, $(grep 'fenced: no lease' "$D/a.log" | tail -1 | grep -o '"since_last_renewal": "[^"]*"')"
 log "gw-a after SIGCONT: $(grep -E 'fenced|lease expired|lease granted' "$D/a.log" | tail -3 | cut -c1-200)"
+# Commands gw-a had received before the stop and ran after it were refused: they count as errors.
+log "gw-a's commands ending in errors since its restart (refused while fenced): $(iserctl --socket "$D/a.sock" metrics |
+  awk '/^iserd_lun_errors_total/ {print $2}')"
 wait "$fio_pid" || { cat "$D/fio.log" >&2; fail "fio verify on $mp failed across the kill and the stop of gw-a"; }
 log "fio verify on $mp: $(grep -E '^ +(read|write): IOPS=' "$D/fio.log" | tr -s ' ' | tr '\n' ';')"
 mpath_wait 2 60 >/dev/null
