@@ -109,15 +109,21 @@ func TestClusterGateway(t *testing.T) {
 	defer cancel()
 	var r *initiator.Response
 	for range 3 { // the power-on unit attention first
-		if r, err = c.Do(ctx, &initiator.Command{CDB: initiator.Write16(8, 8), DataOut: data}); err != nil || r.Status == 0 {
+		if r, err = c.Do(ctx, &initiator.Command{CDB: initiator.Write16(8, 8), DataOut: data}); err != nil {
+			t.Fatalf("WRITE: %v", err)
+		}
+		if r.Status == 0 {
 			break
 		}
 	}
-	if err != nil || r.Status != 0 {
-		t.Fatalf("WRITE: %v, status %#x sense % x", err, r.Status, r.Sense)
+	if r.Status != 0 {
+		t.Fatalf("WRITE: status %#x sense % x", r.Status, r.Sense)
 	}
-	if r, err = c.Do(ctx, &initiator.Command{CDB: initiator.Read16(8, 8), ReadLen: 4096}); err != nil || !bytes.Equal(r.Data, data) {
-		t.Fatalf("READ: %v, data equal %v", err, err == nil && bytes.Equal(r.Data, data))
+	if r, err = c.Do(ctx, &initiator.Command{CDB: initiator.Read16(8, 8), ReadLen: 4096}); err != nil {
+		t.Fatalf("READ: %v", err)
+	}
+	if !bytes.Equal(r.Data, data) {
+		t.Fatal("READ: other data than written")
 	}
 
 	_, body := h.call("GET", "/v1/cluster", "")
