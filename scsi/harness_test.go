@@ -64,7 +64,8 @@ func sanitizeBlocked(s senseData) bool {
 func (h *harness) exec(n *Nexus, lun uint64, cdb, out []byte, inLen int) *Command {
 	h.t.Helper()
 	done := make(chan struct{}, 2)
-	c := &Command{Nexus: n, LUN: lun, CDB: cdb, DataOut: out, DataIn: make([]byte, inLen)}
+	// DataIn is page-aligned, as the transports' pool buffers are.
+	c := &Command{Nexus: n, LUN: lun, CDB: cdb, DataOut: out, DataIn: alignedBuf(inLen)}
 	c.Done = func(*Command) { done <- struct{}{} }
 	h.tgt.Execute(c)
 	select {

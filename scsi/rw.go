@@ -49,6 +49,12 @@ func (d *Disk) read(c *Command) result {
 		return good
 	}
 	io := d.newIO(c)
+	if cnt&(d.blockSize()-1) != 0 {
+		// Part of a block: whole blocks are read into an aligned buffer, so
+		// a store opened for direct I/O only (a cluster's) can serve it.
+		bs := d.blockSize()
+		return io.submit(bdev.OpRead, int64(lba)<<d.shift, io.buf((cnt+bs-1)&^(bs-1)), readPartDone)
+	}
 	return io.submit(bdev.OpRead, int64(lba)<<d.shift, c.DataIn[:cnt], readDone)
 }
 
@@ -57,6 +63,17 @@ func readDone(io *ioCtx, err error) result {
 		return fail(ioError(err, false))
 	}
 	io.c.InLen = len(io.req.Buf)
+	return good
+}
+
+// readPartDone delivers the leading bytes of the blocks read for a READ
+// whose data-in buffer ends inside a block.
+func readPartDone(io *ioCtx, err error) result {
+	if err != nil {
+		return fail(ioError(err, false))
+	}
+	c := io.c
+	c.InLen = copy(c.DataIn[:min(c.Wanted, len(c.DataIn))], io.req.Buf)
 	return good
 }
 
