@@ -3,6 +3,7 @@ package admin
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
@@ -101,6 +102,9 @@ func (l *LUNConfig) checkShared() error {
 			"a block from its own cache after another gateway rewrote it")
 	case l.IO == "threads":
 		return errors.New("in a cluster a LUN needs io: uring (the threads backend has no O_DIRECT path)")
+	case !filepath.IsAbs(l.Path):
+		return fmt.Errorf("in a cluster a LUN's path must be absolute, the shared device as every gateway names it "+
+			"(%q would be a file in each gateway's own data_dir)", l.Path)
 	}
 	return nil
 }

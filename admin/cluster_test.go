@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ import (
 func clusterConfig(dir string, endpoints []string) *Config {
 	return &Config{DataDir: dir, Portals: []PortalConfig{{Address: "127.0.0.1:3260", TPGT: 1}},
 		Targets: []TargetConfig{{Name: testTarget, Open: true,
-			LUNs: []LUNConfig{{LUN: 0, Path: "shared.img", Size: 4 << 20, Direct: true}}}},
+			LUNs: []LUNConfig{{LUN: 0, Path: filepath.Join(dir, "shared.img"), Size: 4 << 20, Direct: true}}}},
 		Cluster: &ClusterConfig{Name: "test", Node: "a", Endpoints: endpoints}}
 }
 
@@ -39,6 +40,7 @@ func TestCheckCluster(t *testing.T) {
 		{"memory LUN", func(c *Config) { c.Targets[0].LUNs[0] = LUNConfig{Backend: "memory", Size: 1 << 20} }, "memory LUN"},
 		{"buffered LUN", func(c *Config) { c.Targets[0].LUNs[0].Direct = false }, "direct: true"},
 		{"threads backend", func(c *Config) { c.Targets[0].LUNs[0].IO = "threads" }, "io: uring"},
+		{"relative path", func(c *Config) { c.Targets[0].LUNs[0].Path = "shared.img" }, "must be absolute"},
 		{"port groups", func(c *Config) {
 			c.Targets[0].PortGroups = []PortGroupConfig{{ID: 1, State: "standby", TPGTs: []uint16{1}}}
 		}, "port_groups cannot"},

@@ -127,6 +127,7 @@ func TestJoinCluster(t *testing.T) {
 			if tc.cluster != nil {
 				cfg.Portals[0].TPGT = 1
 				cfg.Targets[0].LUNs[0].Direct = true
+				cfg.Targets[0].LUNs[0].Path = filepath.Join(cfg.DataDir, "lun0.img")
 			}
 			if err := cfg.Check(); err != nil {
 				t.Fatal(err)
