@@ -219,6 +219,7 @@ func (n *Node) retryEvery() time.Duration { return max(n.opts.LeaseTTL/20, minRe
 func (n *Node) keepLease(ctx context.Context) {
 	var lease clientv3.LeaseID
 	var down downReport
+	dirty := false // the record changed but could not be published yet
 	for ctx.Err() == nil {
 		if lease == 0 {
 			id, err := n.grant(ctx)
@@ -231,7 +232,7 @@ func (n *Node) keepLease(ctx context.Context) {
 				sleep(ctx, n.retryEvery())
 				continue
 			}
-			lease = id
+			lease, dirty = id, false
 			down.recovered()
 			n.log.Info("lease granted and node record published", zap.String("lease", fmt.Sprintf("%x", int64(id))),
 				zap.Duration("ttl", n.opts.LeaseTTL), zap.Duration("margin", n.margin))
@@ -248,9 +249,8 @@ func (n *Node) keepLease(ctx context.Context) {
 		case <-n.republish:
 			t.Stop()
 			if err := n.publish(ctx, lease); err != nil {
-				n.log.Warn("cannot publish the node record: trying again", zap.Error(err))
-				signal(n.republish)
-				sleep(ctx, n.retryEvery())
+				n.log.Warn("cannot publish the node record: trying again after the next renewal", zap.Error(err))
+				dirty = true
 			}
 			continue
 		case <-t.C:
@@ -264,6 +264,9 @@ func (n *Node) keepLease(ctx context.Context) {
 			return
 		case err == nil:
 			n.renewed(sent, resp.TTL)
+			if dirty && n.publish(ctx, lease) == nil {
+				dirty = false
+			}
 			if down.recovered() {
 				n.log.Info("etcd answers again: lease renewed", zap.String("lease", fmt.Sprintf("%x", int64(lease))))
 			}

@@ -217,6 +217,17 @@ func TestPortGroups(t *testing.T) {
 	}
 }
 
+// TestSetPortals: a node's new portals reach its peers' port groups.
+func TestSetPortals(t *testing.T) {
+	s := etcdtest.Start(t)
+	a, b := startPair(t, s, nil)
+	a.SetPortals([]Portal{{Address: "192.0.2.1:3260", TPGT: 1}, {Address: "192.0.2.1:3261", TPGT: 5}})
+	waitFor(t, "b sees a's second port", 5*time.Second, func() bool {
+		gs := b.PortGroups("t")
+		return len(gs) == 2 && slices.Equal(gs[0].Ports, []uint16{1, 5})
+	})
+}
+
 // TestUnreachable: a node whose etcd does not answer at start keeps
 // trying, says so once, stays fenced and reports its own group
 // unavailable; it closes at once.
