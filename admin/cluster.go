@@ -116,11 +116,39 @@ func (m *Manager) setClusterGroups(st *scsi.Target) {
 	}
 }
 
+// ClusterStatus is GET /v1/cluster: the node's report and the ALUA port
+// groups each target reports now.
+type ClusterStatus struct {
+	cluster.Status
+	Targets []ClusterTarget `json:"targets"`
+}
+
+// ClusterTarget is one target's port groups as this gateway reports them.
+type ClusterTarget struct {
+	Name       string           `json:"name"`
+	PortGroups []PortGroupState `json:"port_groups"`
+}
+
+// PortGroupState is one ALUA target port group and its state.
+type PortGroupState struct {
+	ID    uint16   `json:"id"`
+	State string   `json:"state"`
+	TPGTs []uint16 `json:"tpgts"`
+}
+
 // ClusterStatus reports the cluster as this gateway sees it; ErrNotFound
 // when it is not in one.
-func (m *Manager) ClusterStatus() (cluster.Status, error) {
+func (m *Manager) ClusterStatus() (ClusterStatus, error) {
 	if m.cluster == nil {
-		return cluster.Status{}, fmt.Errorf("cluster: %w: this gateway has no cluster section", ErrNotFound)
+		return ClusterStatus{}, fmt.Errorf("cluster: %w: this gateway has no cluster section", ErrNotFound)
 	}
-	return m.cluster.Status(), nil
+	st := ClusterStatus{Status: m.cluster.Status(), Targets: []ClusterTarget{}}
+	for _, t := range m.srv.Targets() {
+		ct := ClusterTarget{Name: t.Name}
+		for _, g := range t.SCSI.PortGroups() {
+			ct.PortGroups = append(ct.PortGroups, PortGroupState{ID: g.ID, State: g.State.String(), TPGTs: g.Ports})
+		}
+		st.Targets = append(st.Targets, ct)
+	}
+	return st, nil
 }

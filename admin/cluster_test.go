@@ -98,7 +98,7 @@ func TestClusterGateway(t *testing.T) {
 	}
 	waitUntil(t, "both groups active/optimized", func() bool {
 		g := groups()
-		return a.Allowed() && g[1] == scsi.ActiveOptimized && g[2] == scsi.ActiveOptimized
+		return a.Allowed() && len(g) == 2 && g[1] == scsi.ActiveOptimized && g[2] == scsi.ActiveOptimized // (0 for a missing group too)
 	})
 
 	c, err := h.login(testInitiator, testTarget)
@@ -129,8 +129,9 @@ func TestClusterGateway(t *testing.T) {
 	}
 
 	_, body := h.call("GET", "/v1/cluster", "")
-	var cs cluster.Status
-	if err := json.Unmarshal([]byte(body), &cs); err != nil || cs.Node != "a" || len(cs.Nodes) != 2 || cs.Fenced {
+	var cs ClusterStatus
+	if err := json.Unmarshal([]byte(body), &cs); err != nil || cs.Node != "a" || len(cs.Nodes) != 2 || cs.Fenced ||
+		len(cs.Targets) != 1 || len(cs.Targets[0].PortGroups) != 2 || cs.Targets[0].PortGroups[1].State != "active/optimized" {
 		t.Fatalf("GET /v1/cluster: %v %s", err, body)
 	}
 	_, metrics := h.call("GET", "/metrics", "")

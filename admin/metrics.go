@@ -223,7 +223,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if cs, err := c.m.ClusterStatus(); err == nil {
-		c.cluster.collect(ch, cs)
+		c.cluster.collect(ch, cs.Status)
 	}
 	st := c.m.srv.Stats()
 	ch <- prometheus.MustNewConstMetric(c.refusedConns, prometheus.CounterValue, float64(st.RefusedConns))

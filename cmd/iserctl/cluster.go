@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/iserd/iserd/cluster"
+	"github.com/iserd/iserd/admin"
 )
 
 func (a *app) clusterCommand() *cobra.Command {
@@ -19,7 +19,7 @@ func (a *app) clusterCommand() *cobra.Command {
 }
 
 // clusterTable prints GET /v1/cluster.
-func (a *app) clusterTable(st cluster.Status) {
+func (a *app) clusterTable(st admin.ClusterStatus) {
 	fmt.Fprintf(a.out, "cluster: %s\nnode:    %s\netcd:    %s\n", st.Cluster, st.Node, strings.Join(st.Endpoints, ", "))
 	lease := st.Lease
 	if lease == "" {
@@ -52,4 +52,14 @@ func (a *app) clusterTable(st cluster.Status) {
 	}
 	fmt.Fprintln(a.out)
 	a.table("NODE\tLIVE\tGROUP\tPORTALS", rows)
+	rows = nil
+	for _, t := range st.Targets {
+		for _, g := range t.PortGroups {
+			rows = append(rows, []string{t.Name, fmt.Sprint(g.ID), g.State, fmt.Sprint(g.TPGTs)})
+		}
+	}
+	if len(rows) > 0 {
+		fmt.Fprintln(a.out)
+		a.table("TARGET\tGROUP\tSTATE\tTPGTS", rows)
+	}
 }
