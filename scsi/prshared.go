@@ -1,0 +1,346 @@
+package scsi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"time"
+)
+
+// PRRecord is the persistent reservation record of a logical unit as a
+// PRStore keeps it: a value this package encodes and decodes, and the
+// store's revision of it.
+type PRRecord struct {
+	// Rev is the revision of the record in the store, increasing with
+	// every change; 0 when there is no record.
+	Rev int64
+	// Value is the encoded record; nil when there is none.
+	Value []byte
+}
+
+// PRStore keeps the persistent reservations of one logical unit outside the
+// process, shared by every process (cluster node) that serves the unit, so
+// that their I_T nexuses see one reservation state. cluster/prstore
+// implements it on etcd.
+//
+// A Disk with a store keeps a local copy of the record that its I/O
+// conflict checks and PERSISTENT RESERVE IN read, updated by Open's
+// deliveries. PERSISTENT RESERVE OUT reads the record, applies its service
+// action to a copy and commits it with Commit, retrying from the current
+// record when another node got there first; the committed record carries
+// the unit attentions the change raises and the registrations PREEMPT AND
+// ABORT preempted, so every node raises them on its own nexuses and aborts
+// the preempted nexuses' tasks when the record reaches it.
+type PRStore interface {
+	// Open reads the current record and then calls apply with every later
+	// record, in revision order, from one goroutine, until Close. alone
+	// reports that no other live node serves the unit: the unit is then
+	// powering on as far as its initiators can tell.
+	Open(apply func(PRRecord)) (cur PRRecord, alone bool, err error)
+	// Get reads the current record.
+	Get(ctx context.Context) (PRRecord, error)
+	// Commit replaces the record with value if its revision is still prev.
+	// It returns the new record and true, or the current record and false
+	// when the revision moved on.
+	Commit(ctx context.Context, prev int64, value []byte) (PRRecord, bool, error)
+	// Ack records that this node aborted the tasks of the nexuses the
+	// record of revision rev preempted.
+	Ack(ctx context.Context, rev int64) error
+	// WaitAcks returns nil once every other live node serving the unit
+	// acknowledged revision rev, or left (its lease expired); it fails when
+	// that takes longer than the store's bound.
+	WaitAcks(ctx context.Context, rev int64) error
+	// Allowed reports whether this node may change reservations: false
+	// while it cannot be sure its lease is still valid.
+	Allowed() bool
+	// Close stops the deliveries: apply is not called once Close returned.
+	Close() error
+}
+
+// Bounds of a PERSISTENT RESERVE OUT through a PRStore.
+const (
+	// prCommitTimeout bounds reading and committing the record, retries
+	// included: a store that does not answer within it fails the command
+	// with NOT READY, LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN
+	// UNAVAILABLE STATE.
+	prCommitTimeout = 5 * time.Second
+	// maxPRAttempts bounds the commits retried because another node changed
+	// the record in between.
+	maxPRAttempts = 32
+)
+
+var (
+	// prUnavailable refuses a reservation change this node cannot make
+	// now: it may not write (its lease is not known valid) or the store
+	// does not answer. Multipath initiators retry on another path.
+	prUnavailable = senseData{key: keyNotReady, code: ascNotReadyUnavailable}
+	// prAbortTimeout ends a PREEMPT AND ABORT whose change is committed
+	// when a live node did not acknowledge aborting the preempted tasks
+	// within the store's bound.
+	prAbortTimeout = senseData{key: keyAbortedCommand, code: ascCommandTimeoutDuring}
+	// prStoreBroken ends a change when the stored record does not decode.
+	prStoreBroken = senseData{key: keyAbortedCommand, code: ascInternalTargetFailure}
+)
+
+// prRecordMagic names the records a PRStore keeps; they are framed like
+// the APTPL state file (magic line, length, JSON payload, CRC-32C).
+const prRecordMagic = "iserd-pr-record-1\n"
+
+// prRecord is the decoded value of a PRRecord: the state, and the event of
+// the PERSISTENT RESERVE OUT that made it.
+type prRecord struct {
+	State prState
+	// Origin names the Disk (its prInstance) that committed the record,
+	// and Issuer the ID of the nexus the command came from there: the one
+	// nexus that gets none of the unit attentions.
+	Origin, Issuer uint64
+	Notes          []prNote
+	Preempted      []registration
+}
+
+// maxPRNotes bounds the unit attention notes of a record: one PERSISTENT
+// RESERVE OUT queues at most two.
+const maxPRNotes = 4
+
+// encodePRRecord frames r as the value of a PRRecord.
+func encodePRRecord(r *prRecord) ([]byte, error) {
+	b, err := encodeState(prRecordMagic, r)
+	if err != nil {
+		return nil, fmt.Errorf("encode reservation record: %w", err)
+	}
+	return b, nil
+}
+
+// decodePRRecord checks and decodes the value of a PRRecord; nil is the
+// empty record of a unit nobody registered with yet.
+func decodePRRecord(b []byte) (*prRecord, error) {
+	var r prRecord
+	if b == nil {
+		return &r, nil
+	}
+	if err := decodeState(b, prRecordMagic, &r); err != nil {
+		return nil, fmt.Errorf("reservation record: %w", err)
+	}
+	if err := r.validate(); err != nil {
+		return nil, fmt.Errorf("reservation record: %w", err)
+	}
+	return &r, nil
+}
+
+// validate checks a decoded record: a valid state, and notes and preempted
+// registrations a node can act on.
+func (r *prRecord) validate() error {
+	if err := r.State.validate(); err != nil {
+		return err
+	}
+	if len(r.Notes) > maxPRNotes {
+		return fmt.Errorf("%d notes, at most %d", len(r.Notes), maxPRNotes)
+	}
+	for _, n := range r.Notes {
+		switch n.Code {
+		case ascReservationsPreempted, ascReservationsReleased, ascRegistrationsPreempted:
+		default:
+			return fmt.Errorf("note with unit attention %04x", uint16(n.Code))
+		}
+		if err := validRegs(n.Regs); err != nil {
+			return fmt.Errorf("note: %w", err)
+		}
+	}
+	if err := validRegs(r.Preempted); err != nil {
+		return fmt.Errorf("preempted: %w", err)
+	}
+	return nil
+}
+
+// validRegs checks registrations an event names.
+func validRegs(regs []registration) error {
+	if len(regs) > maxPRRegs {
+		return fmt.Errorf("%d registrations, at most %d", len(regs), maxPRRegs)
+	}
+	for _, r := range regs {
+		if !r.valid() {
+			return fmt.Errorf("invalid registration %+v", r)
+		}
+	}
+	return nil
+}
+
+// prShared is the part of a Disk that works with its PRStore.
+type prShared struct {
+	store    PRStore
+	instance uint64 // names this Disk in the records it commits
+	ctx      context.Context
+	cancel   context.CancelFunc
+}
+
+// openPRStore loads the record of d's store and starts its deliveries.
+// When no other node serves the unit, a record without APTPL is cleared:
+// the logical unit powers on.
+func (d *Disk) openPRStore() error {
+	st := d.cfg.PRStore
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return fmt.Errorf("reservation store: draw instance: %w", err)
+	}
+	d.prs.store, d.prs.instance = st, binary.BigEndian.Uint64(b[:])
+	d.prs.ctx, d.prs.cancel = context.WithCancel(context.Background())
+	cur, alone, err := st.Open(func(r PRRecord) { d.installRecord(r, true) })
+	if err != nil {
+		return fmt.Errorf("reservation store: %w", err)
+	}
+	rec, err := decodePRRecord(cur.Value)
+	if err != nil {
+		st.Close()
+		return err
+	}
+	d.installRecord(cur, false)
+	if !alone || rec.State.APTPL || cur.Rev == 0 {
+		return nil
+	}
+	empty, err := encodePRRecord(&prRecord{Origin: d.prs.instance})
+	if err != nil {
+		st.Close()
+		return err
+	}
+	ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
+	defer cancel()
+	done, ok, err := st.Commit(ctx, cur.Rev, empty)
+	if err != nil {
+		st.Close()
+		return fmt.Errorf("reservation store: clear the reservations without APTPL: %w", err)
+	}
+	if ok {
+		d.installRecord(done, false)
+	}
+	return nil
+}
+
+// closePRStore ends the PERSISTENT RESERVE OUT commands in flight and the
+// deliveries of d's store.
+func (d *Disk) closePRStore() error {
+	if d.prs.store == nil {
+		return nil
+	}
+	d.prs.cancel()
+	d.prWG.Wait()
+	if err := d.prs.store.Close(); err != nil {
+		return fmt.Errorf("close reservation store: %w", err)
+	}
+	return nil
+}
+
+// installRecord makes r the local copy unless the copy is as new already.
+// With events set, the unit attentions r carries are queued on this
+// process's nexuses and the preempted nexuses' tasks are aborted; a record
+// another Disk committed is then acknowledged when it preempted any.
+// Every record is installed (and its events raised) once: by the command
+// that committed it or by the delivery, whichever comes first.
+func (d *Disk) installRecord(r PRRecord, events bool) {
+	rec, err := decodePRRecord(r.Value)
+	if err != nil {
+		return // keep the last good copy; PR OUT reports the broken record
+	}
+	d.prApplyMu.Lock()
+	if r.Rev <= d.prRev {
+		d.prApplyMu.Unlock()
+		return
+	}
+	d.prRev = r.Rev
+	d.pr.Store(&rec.State)
+	mine := rec.Origin == d.prs.instance
+	if events {
+		var issuer *Nexus
+		if mine {
+			issuer = &Nexus{ID: rec.Issuer}
+		}
+		d.prNotify(issuer, rec.Notes, rec.Preempted)
+	}
+	d.prApplyMu.Unlock()
+	if events && !mine && len(rec.Preempted) > 0 {
+		ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
+		_ = d.prs.store.Ack(ctx, r.Rev) // a node that cannot ack is waited for until its lease expires
+		cancel()
+	}
+}
+
+// prBegin counts a PERSISTENT RESERVE OUT that runs on its own goroutine;
+// false once the disk is closing.
+func (d *Disk) prBegin() bool {
+	d.prLifeMu.Lock()
+	defer d.prLifeMu.Unlock()
+	if d.prs.ctx.Err() != nil {
+		return false
+	}
+	d.prWG.Add(1)
+	return true
+}
+
+// prOutShared runs a PERSISTENT RESERVE OUT through the store on a
+// goroutine of its own (it waits for the network) and completes c there.
+func (d *Disk) prOutShared(c *Command, sa, typ byte, p proParams) result {
+	if !d.prBegin() {
+		return fail(prUnavailable)
+	}
+	go func() {
+		defer d.prWG.Done()
+		d.complete(c, d.prCommit(c.Nexus, sa, typ, p))
+	}()
+	return pending
+}
+
+// prCommit applies service action sa to the stored record and commits
+// it, retrying from the current record on a conflict; a PREEMPT AND ABORT
+// then waits for the other nodes to abort the preempted nexuses' tasks.
+func (d *Disk) prCommit(n *Nexus, sa, typ byte, p proParams) result {
+	st := d.prs.store
+	ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
+	defer cancel()
+	d.prMu.Lock()
+	rec, err := st.Get(ctx)
+	var op *prOp
+	var done PRRecord
+	for attempt := 1; ; attempt++ {
+		if err != nil || !st.Allowed() {
+			d.prMu.Unlock()
+			return fail(prUnavailable)
+		}
+		cur, derr := decodePRRecord(rec.Value)
+		if derr != nil {
+			d.prMu.Unlock()
+			return fail(prStoreBroken)
+		}
+		op = newPROp(n, &cur.State, p, typ)
+		if r := op.run(sa); r.status != StatusGood || !op.changed {
+			d.prMu.Unlock()
+			d.installRecord(rec, true) // what this command saw, PR IN sees
+			return r
+		}
+		value, eerr := encodePRRecord(&prRecord{State: *op.s, Origin: d.prs.instance, Issuer: op.n.ID,
+			Notes: op.notes, Preempted: op.preempted})
+		if eerr != nil {
+			d.prMu.Unlock()
+			return fail(prStoreBroken)
+		}
+		var ok bool
+		done, ok, err = st.Commit(ctx, rec.Rev, value)
+		if err == nil && ok {
+			break
+		}
+		if attempt == maxPRAttempts {
+			d.prMu.Unlock()
+			return fail(prUnavailable)
+		}
+		if err == nil {
+			rec = done
+		}
+	}
+	d.prMu.Unlock()
+	d.installRecord(done, true)
+	if len(op.preempted) > 0 {
+		if err := st.WaitAcks(d.prs.ctx, done.Rev); err != nil {
+			return fail(prAbortTimeout)
+		}
+	}
+	return good
+}
