@@ -344,3 +344,53 @@ func (d *Disk) prCommit(n *Nexus, sa, typ byte, p proParams) result {
 	}
 	return good
 }
+
+// PRSummary describes a reservation record, for status reports and tests.
+type PRSummary struct {
+	// Generation is the PRgeneration.
+	Generation uint32
+	// Type is the reservation type (SPC-4 table 175), 0 for none; Holder
+	// is the index in Registrations of the holder, -1 when there is none
+	// or every registrant holds it.
+	Type   byte
+	Holder int
+	// APTPL reports that the state persists through power loss.
+	APTPL bool
+	// Registrations are the registered I_T nexuses, in order.
+	Registrations []PRRegistration
+	// Preempted is the number of registrations the change that made the
+	// record preempted with PREEMPT AND ABORT.
+	Preempted int
+}
+
+// PRRegistration is one registration of a PRSummary.
+type PRRegistration struct {
+	Key uint64
+	// Initiator is the initiator port ("<name>,i,0x<ISID>"), or the
+	// initiator name when the registration covers all its ports.
+	Initiator string
+	// RelativePort is the relative target port identifier, 0 for all
+	// ports (ALL_TG_PT).
+	RelativePort uint16
+}
+
+// DescribePRRecord decodes the value of a PRRecord.
+func DescribePRRecord(value []byte) (PRSummary, error) {
+	r, err := decodePRRecord(value)
+	if err != nil {
+		return PRSummary{}, err
+	}
+	s := &r.State
+	sum := PRSummary{Generation: s.Gen, Type: s.Type, Holder: -1, APTPL: s.APTPL, Preempted: len(r.Preempted)}
+	for i, g := range s.Regs {
+		who := g.Port
+		if who == "" {
+			who = g.Name
+		}
+		sum.Registrations = append(sum.Registrations, PRRegistration{Key: g.Key, Initiator: who, RelativePort: g.Rel})
+		if s.Type != 0 && !s.allRegistrants() && g.ID == s.Holder {
+			sum.Holder = i
+		}
+	}
+	return sum, nil
+}
