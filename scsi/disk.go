@@ -89,14 +89,8 @@ type Disk struct {
 	pr      atomic.Pointer[prState] // persistent reservations; nil: none ever
 	prMu    sync.Mutex              // serialises PERSISTENT RESERVE OUT
 	prSaved bool                    // an APTPL state file exists (under prMu)
-	// With a PRStore: the revision of the record pr holds, and the lock
-	// that installs records in revision order.
-	prApplyMu sync.Mutex
-	prRev     int64
-	prs       prShared
-	prLifeMu  sync.Mutex     // orders prBegin against Close
-	prWG      sync.WaitGroup // PERSISTENT RESERVE OUT commands in flight
-	copies    copyTable      // EXTENDED COPY results by list identifier
+	prs     prShared                // with a PRStore
+	copies  copyTable               // EXTENDED COPY results by list identifier
 
 	san       atomic.Pointer[sanitizeState] // running or failed sanitize; nil: none
 	sanStop   chan struct{}                 // closed by Close: a running sanitize stops

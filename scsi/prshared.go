@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -172,6 +173,15 @@ type prShared struct {
 	instance uint64 // names this Disk in the records it commits
 	ctx      context.Context
 	cancel   context.CancelFunc
+	lifeMu   sync.Mutex     // orders prBegin against Close
+	wg       sync.WaitGroup // PERSISTENT RESERVE OUT commands in flight
+
+	// mu orders the installation of records and the handling of their
+	// events: rev is the revision of the record Disk.pr holds, watchRev
+	// the last one delivered, ownRev the last one this Disk committed and
+	// handled the events of itself.
+	mu                    sync.Mutex
+	rev, watchRev, ownRev int64
 }
 
 // openPRStore loads the record of d's store and starts its deliveries.
@@ -185,7 +195,7 @@ func (d *Disk) openPRStore() error {
 	}
 	d.prs.store, d.prs.instance = st, binary.BigEndian.Uint64(b[:])
 	d.prs.ctx, d.prs.cancel = context.WithCancel(context.Background())
-	cur, alone, err := st.Open(func(r PRRecord) { d.installRecord(r, true) })
+	cur, alone, err := st.Open(d.delivered)
 	if err != nil {
 		return fmt.Errorf("reservation store: %w", err)
 	}
@@ -194,7 +204,10 @@ func (d *Disk) openPRStore() error {
 		st.Close()
 		return err
 	}
-	d.installRecord(cur, false)
+	d.prs.mu.Lock()
+	d.installState(cur.Rev, rec)
+	d.prs.watchRev = max(d.prs.watchRev, cur.Rev)
+	d.prs.mu.Unlock()
 	if !alone || rec.State.APTPL || cur.Rev == 0 {
 		return nil
 	}
@@ -211,7 +224,7 @@ func (d *Disk) openPRStore() error {
 		return fmt.Errorf("reservation store: clear the reservations without APTPL: %w", err)
 	}
 	if ok {
-		d.installRecord(done, false)
+		d.catchUp(done)
 	}
 	return nil
 }
@@ -223,56 +236,86 @@ func (d *Disk) closePRStore() error {
 		return nil
 	}
 	d.prs.cancel()
-	d.prWG.Wait()
+	d.prs.wg.Wait()
 	if err := d.prs.store.Close(); err != nil {
 		return fmt.Errorf("close reservation store: %w", err)
 	}
 	return nil
 }
 
-// installRecord makes r the local copy unless the copy is as new already.
-// With events set, the unit attentions r carries are queued on this
-// process's nexuses and the preempted nexuses' tasks are aborted; a record
-// another Disk committed is then acknowledged when it preempted any.
-// Every record is installed (and its events raised) once: by the command
-// that committed it or by the delivery, whichever comes first.
-func (d *Disk) installRecord(r PRRecord, events bool) {
+// installState makes rec, of revision rev, the local copy unless the copy
+// is as new already. The caller holds d.prs.mu.
+func (d *Disk) installState(rev int64, rec *prRecord) {
+	if rev > d.prs.rev {
+		d.prs.rev = rev
+		d.pr.Store(&rec.State)
+	}
+}
+
+// catchUp installs r, read from the store, without handling its events:
+// the delivery of r handles them.
+func (d *Disk) catchUp(r PRRecord) {
 	rec, err := decodePRRecord(r.Value)
 	if err != nil {
 		return // keep the last good copy; PR OUT reports the broken record
 	}
-	d.prApplyMu.Lock()
-	if r.Rev <= d.prRev {
-		d.prApplyMu.Unlock()
+	d.prs.mu.Lock()
+	d.installState(r.Rev, rec)
+	d.prs.mu.Unlock()
+}
+
+// delivered handles record r, delivered by the store in revision order:
+// it is installed, the unit attentions it carries are queued on this
+// process's nexuses and the preempted nexuses' tasks are aborted, unless
+// this Disk committed r and handled it already; when another node
+// committed r and it preempted registrations, it is acknowledged.
+func (d *Disk) delivered(r PRRecord) {
+	rec, err := decodePRRecord(r.Value)
+	if err != nil {
 		return
 	}
-	d.prRev = r.Rev
-	d.pr.Store(&rec.State)
-	mine := rec.Origin == d.prs.instance
-	if events {
-		var issuer *Nexus
-		if mine {
-			issuer = &Nexus{ID: rec.Issuer}
-		}
-		d.prNotify(issuer, rec.Notes, rec.Preempted)
+	d.prs.mu.Lock()
+	if r.Rev <= d.prs.watchRev {
+		d.prs.mu.Unlock()
+		return
 	}
-	d.prApplyMu.Unlock()
-	if events && !mine && len(rec.Preempted) > 0 {
+	d.prs.watchRev = r.Rev
+	d.installState(r.Rev, rec)
+	mine := rec.Origin == d.prs.instance
+	if mine && r.Rev > d.prs.ownRev {
+		d.prNotify(&Nexus{ID: rec.Issuer}, rec.Notes, rec.Preempted)
+	} else if !mine {
+		d.prNotify(nil, rec.Notes, rec.Preempted)
+	}
+	d.prs.mu.Unlock()
+	if !mine && len(rec.Preempted) > 0 {
 		ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
 		_ = d.prs.store.Ack(ctx, r.Rev) // a node that cannot ack is waited for until its lease expires
 		cancel()
 	}
 }
 
+// committed installs the record op committed at revision rev and handles
+// its events unless its delivery came first.
+func (d *Disk) committed(rev int64, op *prOp) {
+	d.prs.mu.Lock()
+	defer d.prs.mu.Unlock()
+	d.installState(rev, &prRecord{State: *op.s})
+	if rev > d.prs.watchRev {
+		d.prs.ownRev = rev
+		d.prNotify(op.n, op.notes, op.preempted)
+	}
+}
+
 // prBegin counts a PERSISTENT RESERVE OUT that runs on its own goroutine;
 // false once the disk is closing.
 func (d *Disk) prBegin() bool {
-	d.prLifeMu.Lock()
-	defer d.prLifeMu.Unlock()
+	d.prs.lifeMu.Lock()
+	defer d.prs.lifeMu.Unlock()
 	if d.prs.ctx.Err() != nil {
 		return false
 	}
-	d.prWG.Add(1)
+	d.prs.wg.Add(1)
 	return true
 }
 
@@ -283,7 +326,7 @@ func (d *Disk) prOutShared(c *Command, sa, typ byte, p proParams) result {
 		return fail(prUnavailable)
 	}
 	go func() {
-		defer d.prWG.Done()
+		defer d.prs.wg.Done()
 		d.complete(c, d.prCommit(c.Nexus, sa, typ, p))
 	}()
 	return pending
@@ -313,7 +356,7 @@ func (d *Disk) prCommit(n *Nexus, sa, typ byte, p proParams) result {
 		op = newPROp(n, &cur.State, p, typ)
 		if r := op.run(sa); r.status != StatusGood || !op.changed {
 			d.prMu.Unlock()
-			d.installRecord(rec, true) // what this command saw, PR IN sees
+			d.catchUp(rec) // what this command saw, PR IN sees
 			return r
 		}
 		value, eerr := encodePRRecord(&prRecord{State: *op.s, Origin: d.prs.instance, Issuer: op.n.ID,
@@ -335,8 +378,8 @@ func (d *Disk) prCommit(n *Nexus, sa, typ byte, p proParams) result {
 			rec = done
 		}
 	}
+	d.committed(done.Rev, op)
 	d.prMu.Unlock()
-	d.installRecord(done, true)
 	if len(op.preempted) > 0 {
 		if err := st.WaitAcks(d.prs.ctx, done.Rev); err != nil {
 			return fail(prAbortTimeout)
