@@ -201,6 +201,7 @@ func (d *Disk) openPRStore() error {
 	}
 	rec, err := decodePRRecord(cur.Value)
 	if err != nil {
+		d.prs.cancel()
 		st.Close()
 		return err
 	}
@@ -208,25 +209,40 @@ func (d *Disk) openPRStore() error {
 	d.installState(cur.Rev, rec)
 	d.prs.watchRev = max(d.prs.watchRev, cur.Rev)
 	d.prs.mu.Unlock()
-	if !alone || rec.State.APTPL || cur.Rev == 0 {
-		return nil
-	}
-	empty, err := encodePRRecord(&prRecord{Origin: d.prs.instance})
-	if err != nil {
-		st.Close()
-		return err
-	}
-	ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
-	defer cancel()
-	done, ok, err := st.Commit(ctx, cur.Rev, empty)
-	if err != nil {
-		st.Close()
-		return fmt.Errorf("reservation store: clear the reservations without APTPL: %w", err)
-	}
-	if ok {
-		d.catchUp(done)
+	if alone && !rec.State.APTPL && (len(rec.State.Regs) > 0 || rec.State.Gen != 0) {
+		d.prs.wg.Add(1)
+		go d.powerOn(cur.Rev)
 	}
 	return nil
+}
+
+// powerOn clears a record without APTPL that was at revision rev when the
+// logical unit opened with no other node serving it: as far as initiators
+// can tell, the unit lost power. It retries until the node may commit
+// (it holds its lease), and gives up when the record changed meanwhile.
+func (d *Disk) powerOn(rev int64) {
+	defer d.prs.wg.Done()
+	empty, err := encodePRRecord(&prRecord{Origin: d.prs.instance})
+	if err != nil {
+		return
+	}
+	for d.prs.ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
+		done, ok, err := d.prs.store.Commit(ctx, rev, empty)
+		cancel()
+		if err == nil {
+			if ok {
+				d.catchUp(done)
+			}
+			return
+		}
+		t := time.NewTimer(time.Second)
+		select {
+		case <-d.prs.ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
 }
 
 // closePRStore ends the PERSISTENT RESERVE OUT commands in flight and the

@@ -123,9 +123,9 @@ type lunStore struct {
 	closed bool
 }
 
-// Open joins the logical unit (this node's member key), reads the record
-// and the other members at one revision, and watches the record from
-// there.
+// Open reads the record and the members at one revision, watches the
+// record from there, and joins the logical unit (this node's member key)
+// as soon as the node holds a lease.
 func (l *lunStore) Open(apply func(scsi.PRRecord)) (scsi.PRRecord, bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -134,9 +134,6 @@ func (l *lunStore) Open(apply func(scsi.PRRecord)) (scsi.PRRecord, bool, error) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	if err := l.join(ctx); err != nil {
-		return scsi.PRRecord{}, false, err
-	}
 	resp, err := l.s.client.Txn(ctx).Then(clientv3.OpGet(l.key), clientv3.OpGet(l.members, clientv3.WithPrefix())).Commit()
 	if err != nil {
 		return scsi.PRRecord{}, false, fmt.Errorf("read reservation record %s: %w", l.key, err)
@@ -156,16 +153,18 @@ func (l *lunStore) Open(apply func(scsi.PRRecord)) (scsi.PRRecord, bool, error) 
 	return cur, alone, nil
 }
 
-// join puts this node's member key on its current lease.
-func (l *lunStore) join(ctx context.Context) error {
+// join puts this node's member key on its current lease and returns the
+// revision of the put.
+func (l *lunStore) join(ctx context.Context) (int64, error) {
 	lease := l.s.lease()
 	if lease == clientv3.NoLease {
-		return fmt.Errorf("join %s: %w", l.self, errLeaseLost)
+		return 0, fmt.Errorf("join %s: %w", l.self, errLeaseLost)
 	}
-	if _, err := l.s.client.Put(ctx, l.self, "", clientv3.WithLease(lease)); err != nil {
-		return fmt.Errorf("join %s: %w", l.self, err)
+	r, err := l.s.client.Put(ctx, l.self, "", clientv3.WithLease(lease))
+	if err != nil {
+		return 0, fmt.Errorf("join %s: %w", l.self, err)
 	}
-	return nil
+	return r.Header.Revision, nil
 }
 
 // record is the record in the result of a read of the record key.
@@ -209,27 +208,38 @@ func (l *lunStore) watch(ctx context.Context, from int64, apply func(scsi.PRReco
 	}
 }
 
-// keepMember puts this node's member key back when it vanished (the node
-// lost its lease and got a new one), so that the others wait for this
-// node's acknowledgements again.
+// keepMember keeps this node's member key: it puts it once the node holds
+// a lease, and again whenever it vanished (the node lost its lease and got
+// a new one), so that the others wait for this node's acknowledgements.
 func (l *lunStore) keepMember(ctx context.Context) {
 	defer l.wg.Done()
 	for ctx.Err() == nil {
+		jctx, jcancel := context.WithTimeout(ctx, opTimeout)
+		rev, err := l.join(jctx)
+		jcancel()
+		if err != nil {
+			sleep(ctx, retryDelay)
+			continue
+		}
+		l.untilLeft(ctx, rev+1)
+	}
+}
+
+// untilLeft returns when this node's member key is deleted at revision
+// from or later, or when ctx ends.
+func (l *lunStore) untilLeft(ctx context.Context, from int64) {
+	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		for wr := range l.s.client.Watch(wctx, l.self) {
+		for wr := range l.s.client.Watch(wctx, l.self, clientv3.WithRev(from)) {
 			if wr.Err() != nil {
 				break
 			}
 			for _, ev := range wr.Events {
-				for ev.Type == clientv3.EventTypeDelete && ctx.Err() == nil {
-					jctx, jcancel := context.WithTimeout(ctx, opTimeout)
-					err := l.join(jctx)
-					jcancel()
-					if err == nil {
-						break
-					}
-					sleep(ctx, retryDelay)
+				if ev.Type == clientv3.EventTypeDelete {
+					cancel()
+					return
 				}
+				from = ev.Kv.ModRevision + 1
 			}
 		}
 		cancel()

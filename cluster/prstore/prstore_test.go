@@ -375,6 +375,10 @@ func TestAPTPLSurvivesRestarts(t *testing.T) {
 			a.open()
 			b.open()
 			a1 = a.nexus(1, "iqn.a", 1)
+			if !aptpl {
+				// The first node to open the unit clears it, in the background.
+				waitFor(t, "the state without APTPL to go", func() bool { g, ks := a.keys(a1); return g == 0 && len(ks) == 0 })
+			}
 			gen, ks := a.keys(a1)
 			key, typ := a.reservation(a1)
 			if aptpl && (gen != 2 || !slices.Equal(ks, []uint64{keyA, keyB}) || key != keyA || typ != typeEARO) {
@@ -485,4 +489,23 @@ func TestEtcdUnreachable(t *testing.T) {
 		return a.prout(a2, proRegister, 0, proList(0, keyB, 0)).Status == scsi.StatusGood
 	})
 	t.Logf("PR OUT with etcd stopped failed after %v", took.Round(10*time.Millisecond))
+}
+
+// TestOpenBeforeLease: a node opens its logical units before it holds a
+// lease (the node starts them at once); until it joins, its PR OUT is
+// refused with NOT READY 04h/0Ch, and it joins as soon as the lease comes.
+func TestOpenBeforeLease(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	a := newNode(t, etcd, "late", "a", 1)
+	lease := a.lease.Swap(0)
+	a.restart()
+	a1 := a.nexus(1, "iqn.a", 1)
+	c := a.prout(a1, proRegister, 0, proList(0, keyA, 0))
+	if k, asc := sense(c); c.Status != scsi.StatusCheckCondition || k != keyNotReady || asc != ascUnavailable {
+		t.Fatalf("PR OUT before the node joined: %#x sense %x/%04x", c.Status, k, asc)
+	}
+	a.lease.Store(lease)
+	waitFor(t, "the node to join", func() bool {
+		return a.prout(a1, proRegister, 0, proList(0, keyA, 0)).Status == scsi.StatusGood
+	})
 }
