@@ -36,8 +36,8 @@ type PRRecord struct {
 type PRStore interface {
 	// Open reads the current record and then calls apply with every later
 	// record, in revision order, from one goroutine, until Close. alone
-	// reports that no other live node serves the unit: the unit is then
-	// powering on as far as its initiators can tell.
+	// reports that no live node serves the unit (this one included): the
+	// unit is then powering on as far as its initiators can tell.
 	Open(apply func(PRRecord)) (cur PRRecord, alone bool, err error)
 	// Get reads the current record.
 	Get(ctx context.Context) (PRRecord, error)

@@ -139,12 +139,10 @@ func (l *lunStore) Open(apply func(scsi.PRRecord)) (scsi.PRRecord, bool, error) 
 		return scsi.PRRecord{}, false, fmt.Errorf("read reservation record %s: %w", l.key, err)
 	}
 	cur := record(resp.Responses[0].GetResponseRange().Kvs)
-	alone := true
-	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		if string(kv.Key) != l.self {
-			alone = false
-		}
-	}
+	// Alone: no node serves the unit, this one included (a reopened unit,
+	// or a process that restarted within its old lease's TTL, is no power
+	// cycle).
+	alone := len(resp.Responses[1].GetResponseRange().Kvs) == 0
 	wctx, wcancel := context.WithCancel(context.Background())
 	l.cancel = wcancel
 	l.wg.Add(2)
