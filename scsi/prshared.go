@@ -185,8 +185,8 @@ type prShared struct {
 }
 
 // openPRStore loads the record of d's store and starts its deliveries.
-// When no other node serves the unit, a record without APTPL is cleared:
-// the logical unit powers on.
+// When no node serves the unit, a record without APTPL is cleared: the
+// logical unit powers on.
 func (d *Disk) openPRStore() error {
 	st := d.cfg.PRStore
 	var b [8]byte
@@ -217,8 +217,8 @@ func (d *Disk) openPRStore() error {
 }
 
 // powerOn clears a record without APTPL that was at revision rev when the
-// logical unit opened with no other node serving it: as far as initiators
-// can tell, the unit lost power. It retries until the node may commit
+// logical unit opened with no node serving it: as far as initiators can
+// tell, the unit lost power. It retries until the node may commit
 // (it holds its lease), and gives up when the record changed meanwhile.
 func (d *Disk) powerOn(rev int64) {
 	defer d.prs.wg.Done()
