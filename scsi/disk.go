@@ -57,6 +57,11 @@ type DiskConfig struct {
 	// READY, LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE.
 	// A cluster node sets it; nil never refuses.
 	Fence Fence
+	// PRStore, when set, keeps the persistent reservations of the unit in
+	// a store that several processes serving it share (cluster/prstore),
+	// APTPL state included; StateDir then holds none. The disk owns it
+	// from NewDisk on and closes it with itself.
+	PRStore PRStore
 }
 
 // Limits the disk reports in the Block Limits VPD page and enforces.
@@ -90,6 +95,7 @@ type Disk struct {
 	pr      atomic.Pointer[prState] // persistent reservations; nil: none ever
 	prMu    sync.Mutex              // serialises PERSISTENT RESERVE OUT
 	prSaved bool                    // an APTPL state file exists (under prMu)
+	prs     prShared                // with a PRStore
 	copies  copyTable               // EXTENDED COPY results by list identifier
 
 	san       atomic.Pointer[sanitizeState] // running or failed sanitize; nil: none
@@ -147,6 +153,11 @@ func NewDisk(dev bdev.Device, cfg DiskConfig) (*Disk, error) {
 	}
 	if err := d.loadSanitize(); err != nil {
 		return nil, fmt.Errorf("new disk: %w", err)
+	}
+	if cfg.PRStore != nil {
+		if err := d.openPRStore(); err != nil {
+			return nil, fmt.Errorf("new disk: %w", err)
+		}
 	}
 	return d, nil
 }
@@ -236,10 +247,11 @@ func inquiryString(s, def string, n int) string {
 func (d *Disk) Close() error {
 	d.closeOnce.Do(func() { close(d.sanStop) })
 	d.sanWG.Wait()
+	perr := d.closePRStore()
 	if err := d.dev.Close(); err != nil {
 		return fmt.Errorf("close disk: %w", err)
 	}
-	return nil
+	return perr
 }
 
 // Config returns the configuration with defaults filled in.

@@ -215,3 +215,72 @@ func FuzzPRState(f *testing.F) {
 		d.pr.Store(nil)
 	})
 }
+
+// FuzzPRRecord feeds the records a PRStore keeps (cluster/prstore: an etcd
+// value that any node wrote) to a logical unit that shares them. None may
+// panic; a record it accepts must satisfy the invariants PR OUT keeps,
+// come back unchanged from its encoding, be described, have its events
+// handled on this process's nexuses, be served by every PERSISTENT RESERVE
+// IN form and take a new registration committed as a record that decodes
+// again. With framed set the input is the JSON payload, given a valid
+// magic line, length and checksum; otherwise it is the whole value.
+func FuzzPRRecord(f *testing.F) {
+	f.Add([]byte(`{"State":{"Gen":3,"Regs":[{"ID":1,"Key":10,"Name":"iqn.a","Port":"iqn.a,i,0x1","Rel":1}],"Type":1,"Holder":1,"NextID":1},`+
+		`"Origin":7,"Issuer":1,"Notes":[{"Code":10757,"Regs":[{"ID":2,"Key":11,"Name":"iqn.new","Rel":0}]}],`+
+		`"Preempted":[{"ID":2,"Key":11,"Name":"iqn.new","Port":"iqn.new,i,0x1","Rel":1}]}`), true)
+	f.Add(frameState(prRecordMagic, []byte(`{"State":{"APTPL":true}}`)), false)
+	n := &Nexus{ID: 1, InitiatorPort: "iqn.new,i,0x1", InitiatorName: "iqn.new", RelativePort: 1}
+	f.Fuzz(func(t *testing.T, b []byte, framed bool) {
+		if framed {
+			b = frameState(prRecordMagic, b)
+		}
+		rec, err := decodePRRecord(b)
+		if err != nil {
+			if _, err := DescribePRRecord(b); err == nil {
+				t.Fatal("DescribePRRecord accepted a record decodePRRecord refused")
+			}
+			return
+		}
+		if err := rec.validate(); err != nil {
+			t.Fatalf("accepted a record that fails validation: %v", err)
+		}
+		again, err := encodePRRecord(rec)
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		if r2, err := decodePRRecord(again); err != nil || !reflect.DeepEqual(rec, r2) {
+			t.Fatalf("record %+v encoded and read back as %+v, %v", rec, r2, err)
+		}
+		sum, err := DescribePRRecord(b)
+		if err != nil || len(sum.Registrations) != len(rec.State.Regs) || sum.Holder >= len(sum.Registrations) {
+			t.Fatalf("described as %+v, %v", sum, err)
+		}
+		st := &memPRStore{rec: PRRecord{Rev: 1, Value: b}}
+		d, tgt := newStoreDisk(t, st, n)
+		defer d.Close()
+		exec := func(cdb, out []byte) *Command {
+			done := make(chan struct{})
+			c := &Command{Nexus: n, CDB: cdb, DataOut: out, DataIn: make([]byte, 1<<16)}
+			c.Done = func(*Command) { close(done) }
+			tgt.Execute(c)
+			<-done
+			return c
+		}
+		exec(cdbTUR(), nil)                  // takes the power-on unit attention
+		st.apply(PRRecord{Rev: 2, Value: b}) // as if another node committed it
+		for exec(cdbTUR(), nil).Status != StatusGood {
+		}
+		for sa := range byte(4) {
+			if c := exec([]byte{0x5e, sa, 0, 0, 0, 0, 0, 0xff, 0xff, 0}, nil); c.Status != StatusGood {
+				t.Fatalf("PR IN service action %d: status %#x sense %+v", sa, c.Status, senseOf(c))
+			}
+		}
+		c := exec(cdbPROut(proRegisterIgnore, 0, proBasicLen), proList(0, 0xfeed, 0))
+		if c.Status != StatusGood && senseOf(c).code != ascInsufficientRegRes {
+			t.Fatalf("REGISTER AND IGNORE EXISTING KEY: status %#x sense %+v", c.Status, senseOf(c))
+		}
+		if _, err := decodePRRecord(st.rec.Value); err != nil {
+			t.Fatalf("committed record: %v", err)
+		}
+	})
+}

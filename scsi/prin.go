@@ -2,9 +2,15 @@ package scsi
 
 import "encoding/binary"
 
-// prIn implements PERSISTENT RESERVE IN (SPC-4 6.15).
+// prIn implements PERSISTENT RESERVE IN (SPC-4 6.15). With a PRStore it
+// reports the local copy of the record, which the PERSISTENT RESERVE OUT
+// commands of this process install before they complete and the store's
+// deliveries keep up to date, while the node may change reservations.
 func (d *Disk) prIn(c *Command) result {
 	alloc := int(binary.BigEndian.Uint16(c.CDB[7:]))
+	if st := d.cfg.PRStore; st != nil && !st.Allowed() {
+		return fail(prUnavailable) // the local copy may be stale: another node may have changed it
+	}
 	p := d.pr.Load()
 	if p == nil {
 		p = &prState{}
@@ -29,7 +35,7 @@ func (d *Disk) prIn(c *Command) result {
 		b = b[:8]
 		binary.BigEndian.PutUint16(b, 8)
 		// CRH, SIP_C, ATP_C, PTPL_C when APTPL state can be kept.
-		b[2] = 0x10 | 0x08 | 0x04 | flag(d.cfg.StateDir != "", 0x01)
+		b[2] = 0x10 | 0x08 | 0x04 | flag(d.cfg.StateDir != "" || d.cfg.PRStore != nil, 0x01)
 		// TMV; ALLOW COMMANDS 001b (TEST UNIT READY passes WE and EA); PTPL_A.
 		b[3] = 0x80 | 0x10 | flag(p.APTPL, 0x01)
 		b[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02 // WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX

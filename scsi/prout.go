@@ -15,9 +15,10 @@ type proParams struct {
 }
 
 // prNote is a unit attention for every nexus some registration covers.
+// Its fields are exported for the records a PRStore keeps.
 type prNote struct {
-	code asc
-	regs []registration
+	Code asc
+	Regs []registration
 }
 
 // prOp carries one PERSISTENT RESERVE OUT through its service action.
@@ -68,34 +69,15 @@ func (d *Disk) prOut(c *Command) result {
 	if !ok {
 		return fail(s)
 	}
-	if p.aptpl && d.cfg.StateDir == "" {
+	if p.aptpl && d.cfg.StateDir == "" && d.cfg.PRStore == nil {
 		return fail(invalidParam(20, 0))
 	}
+	if d.cfg.PRStore != nil {
+		return d.prOutShared(c, sa, typ, p)
+	}
 	d.prMu.Lock()
-	cur := d.pr.Load()
-	if cur == nil {
-		cur = &prState{}
-	}
-	op := &prOp{n: c.Nexus, s: cur.clone(), p: p, typ: typ}
-	if op.n == nil {
-		op.n = &Nexus{}
-	}
-	op.me = op.s.find(op.n)
-	var r result
-	switch sa {
-	case proRegister, proRegisterIgnore:
-		r = op.register(sa == proRegisterIgnore)
-	case proReserve:
-		r = op.reserve()
-	case proRelease:
-		r = op.release()
-	case proClear:
-		r = op.clear()
-	case proPreempt, proPreemptAbort:
-		r = op.preempt(sa == proPreemptAbort)
-	case proRegisterMove:
-		r = op.registerMove()
-	}
+	op := newPROp(c.Nexus, d.pr.Load(), p, typ)
+	r := op.run(sa)
 	if r.status == StatusGood && op.changed {
 		if err := d.savePR(op.s); err != nil {
 			d.prMu.Unlock()
@@ -105,9 +87,42 @@ func (d *Disk) prOut(c *Command) result {
 	}
 	d.prMu.Unlock()
 	if r.status == StatusGood {
-		d.prNotify(op)
+		d.prNotify(op.n, op.notes, op.preempted)
 	}
 	return r
+}
+
+// newPROp starts service action parameters p (reservation type typ) from
+// nexus n on a copy of cur (nil: no state yet).
+func newPROp(n *Nexus, cur *prState, p proParams, typ byte) *prOp {
+	if cur == nil {
+		cur = &prState{}
+	}
+	if n == nil {
+		n = &Nexus{}
+	}
+	op := &prOp{n: n, s: cur.clone(), p: p, typ: typ}
+	op.me = op.s.find(op.n)
+	return op
+}
+
+// run applies service action sa to the copy.
+func (op *prOp) run(sa byte) result {
+	switch sa {
+	case proRegister, proRegisterIgnore:
+		return op.register(sa == proRegisterIgnore)
+	case proReserve:
+		return op.reserve()
+	case proRelease:
+		return op.release()
+	case proClear:
+		return op.clear()
+	case proPreempt, proPreemptAbort:
+		return op.preempt(sa == proPreemptAbort)
+	case proRegisterMove:
+		return op.registerMove()
+	}
+	return fail(invalidCDB(1, 4))
 }
 
 // parsePROut decodes and checks the parameter list of service action sa.
@@ -165,7 +180,7 @@ func parsePROut(sa byte, b []byte) (proParams, senseData, bool) {
 // note queues code for the nexuses covered by regs.
 func (op *prOp) note(code asc, regs ...registration) {
 	if len(regs) > 0 {
-		op.notes = append(op.notes, prNote{code: code, regs: regs})
+		op.notes = append(op.notes, prNote{Code: code, Regs: regs})
 	}
 }
 
@@ -408,11 +423,13 @@ func (op *prOp) registerMove() result {
 	return good
 }
 
-// prNotify queues the unit attentions of a completed PERSISTENT RESERVE
-// OUT and aborts the tasks of nexuses PREEMPT AND ABORT preempted.
-func (d *Disk) prNotify(op *prOp) {
+// prNotify queues the unit attentions notes name for the nexuses of this
+// process their registrations cover, but not skip (the nexus that issued
+// the command, nil when it is not on this process), and aborts the tasks
+// of the nexuses the preempted registrations cover.
+func (d *Disk) prNotify(skip *Nexus, notes []prNote, preempted []registration) {
 	t := d.tgt.Load()
-	if t == nil || len(op.notes) == 0 && len(op.preempted) == 0 {
+	if t == nil || len(notes) == 0 && len(preempted) == 0 {
 		return
 	}
 	covered := func(regs []registration, n *Nexus) bool {
@@ -425,17 +442,16 @@ func (d *Disk) prNotify(op *prOp) {
 	}
 	var aborted []*Nexus
 	t.mu.Lock()
-	me := nexusIDOf(op.n)
 	for id, n := range t.nexuses {
-		if id == me {
+		if skip != nil && id == skip.ID {
 			continue
 		}
-		for _, nt := range op.notes {
-			if covered(nt.regs, n) {
-				d.ua.add(id, nt.code)
+		for _, nt := range notes {
+			if covered(nt.Regs, n) {
+				d.ua.add(id, nt.Code)
 			}
 		}
-		if covered(op.preempted, n) {
+		if covered(preempted, n) {
 			aborted = append(aborted, n)
 		}
 	}

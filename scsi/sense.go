@@ -51,6 +51,7 @@ const (
 	ascRegistrationsPreempted asc = 0x2a05
 	ascALUAChanged            asc = 0x2a06
 	ascCapacityChanged        asc = 0x2a09
+	ascCommandTimeoutDuring   asc = 0x2e02 // COMMAND TIMEOUT DURING PROCESSING (SPC-5)
 	ascCommandsCleared        asc = 0x2f00
 	ascSanitizeFailed         asc = 0x3103
 	ascSavingNotSupported     asc = 0x3900

@@ -101,9 +101,10 @@ func decodeState(b []byte, magic string, v any) error {
 	return nil
 }
 
-// loadPR reads the APTPL state of the logical unit; nil when there is none.
+// loadPR reads the APTPL state of the logical unit; nil when there is none
+// (or when a PRStore keeps it).
 func (d *Disk) loadPR() (*prState, error) {
-	if d.cfg.StateDir == "" {
+	if d.cfg.StateDir == "" || d.cfg.PRStore != nil {
 		return nil, nil
 	}
 	path := d.prPath()
@@ -141,7 +142,7 @@ func (p *prState) validate() error {
 	}
 	ids := make(map[uint64]bool, len(p.Regs))
 	for _, r := range p.Regs {
-		if r.Key == 0 || r.Name == "" || r.ID == 0 || r.ID > p.NextID || ids[r.ID] || !r.reportable() {
+		if !r.valid() || r.ID > p.NextID || ids[r.ID] {
 			return fmt.Errorf("invalid registration %+v", r)
 		}
 		ids[r.ID] = true
@@ -150,6 +151,12 @@ func (p *prState) validate() error {
 		return fmt.Errorf("invalid reservation type %d holder %d", p.Type, p.Holder)
 	}
 	return nil
+}
+
+// valid reports whether r could have been made by PR OUT: a key, a name a
+// TransportID carries, an ID.
+func (r *registration) valid() bool {
+	return r.Key != 0 && r.Name != "" && r.ID != 0 && r.reportable()
 }
 
 // writeFileAtomic replaces path with data: write a temporary file, fsync

@@ -1,0 +1,381 @@
+// Package prstore keeps the SCSI persistent reservations of an iserd
+// cluster's logical units in etcd v3, so that every node serving a logical
+// unit enforces and reports one reservation state (scsi.PRStore).
+//
+// Keys, under /iserd/<cluster>/, with <naa> the logical unit's NAA
+// designator as 16 hexadecimal digits:
+//
+//	pr/<naa>                       the record: state and the event of its last change
+//	pr-members/<naa>/<node>        the nodes serving the unit, on each node's lease
+//	pr-acks/<naa>/<rev>/<node>     nodes that aborted what revision <rev> preempted, on their leases
+//
+// Changes are transactions that compare the record's mod revision (and
+// that the committing node's member key, hence its lease, still exists).
+package prstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/iserd/iserd/scsi"
+)
+
+// Defaults of the bounds a Store applies.
+const (
+	// DefaultAbortWait bounds how long a PREEMPT AND ABORT waits for the
+	// other nodes to acknowledge that they aborted the preempted nexuses'
+	// tasks. It must exceed the node lease TTL, so that a node that died
+	// silently has its lease, and with it its member key, expire within
+	// the wait.
+	DefaultAbortWait = 15 * time.Second
+	// opTimeout bounds the single requests the store makes on its own:
+	// joining a logical unit, acknowledging, leaving.
+	opTimeout = 5 * time.Second
+	// retryDelay spaces the attempts to re-establish a watch or a member
+	// key while etcd is unreachable.
+	retryDelay = time.Second
+)
+
+// naaMask keeps the 60 bits of a locally assigned NAA value.
+const naaMask = 1<<60 - 1
+
+// naaLocal is the NAA field (3h, locally assigned) of the designator.
+const naaLocal = 3 << 60
+
+// errLeaseLost is returned when a commit finds the node's member key gone:
+// its lease expired, and with it its right to change reservations.
+var errLeaseLost = errors.New("the node's lease is gone")
+
+// Store hands out the reservation stores of the logical units of one
+// cluster node.
+type Store struct {
+	client  *clientv3.Client
+	prefix  string // /iserd/<cluster>/
+	node    string
+	lease   func() clientv3.LeaseID
+	allowed func() bool
+	// AbortWait bounds a PREEMPT AND ABORT's wait for the other nodes'
+	// acknowledgements (DefaultAbortWait). Set it before LUN.
+	AbortWait time.Duration
+}
+
+// New returns the reservation stores of node in cluster, kept through
+// client. lease returns the node's current lease (0 while it has none),
+// to which the node's keys are attached; allowed reports whether the node
+// may change reservations now (false once it may have lost its lease: it
+// fences itself).
+func New(client *clientv3.Client, cluster, node string, lease func() clientv3.LeaseID, allowed func() bool) (*Store, error) {
+	switch {
+	case client == nil:
+		return nil, errors.New("reservation store: no etcd client")
+	case lease == nil || allowed == nil:
+		return nil, errors.New("reservation store: lease and allowed functions are required")
+	}
+	for what, s := range map[string]string{"cluster": cluster, "node": node} {
+		if s == "" || strings.ContainsAny(s, "/ \t\n") {
+			return nil, fmt.Errorf("reservation store: %s name %q: must be non-empty, without '/' or spaces", what, s)
+		}
+	}
+	return &Store{client: client, prefix: "/iserd/" + cluster + "/", node: node, lease: lease, allowed: allowed,
+		AbortWait: DefaultAbortWait}, nil
+}
+
+// RecordKey is the etcd key of the record of the logical unit whose NAA
+// value (scsi.DiskConfig.NAA) is naa.
+func (s *Store) RecordKey(naa uint64) string { return s.prefix + "pr/" + designator(naa) }
+
+// designator is the NAA designator of naa as 16 hexadecimal digits.
+func designator(naa uint64) string { return fmt.Sprintf("%016x", naaLocal|naa&naaMask) }
+
+// LUN returns the store of the logical unit whose NAA value
+// (scsi.DiskConfig.NAA, the same on every node) is naa, for
+// scsi.DiskConfig.PRStore.
+func (s *Store) LUN(naa uint64) scsi.PRStore {
+	id := designator(naa)
+	l := &lunStore{
+		s:       s,
+		key:     s.prefix + "pr/" + id,
+		members: s.prefix + "pr-members/" + id + "/",
+		acks:    s.prefix + "pr-acks/" + id + "/",
+	}
+	l.self = l.members + s.node
+	return l
+}
+
+// lunStore is the scsi.PRStore of one logical unit.
+type lunStore struct {
+	s       *Store
+	key     string // the record
+	members string // prefix of the member keys
+	self    string // this node's member key
+	acks    string // prefix of the acknowledgements
+
+	mu     sync.Mutex
+	cancel context.CancelFunc // stops the goroutines; nil before Open
+	wg     sync.WaitGroup
+	closed bool
+}
+
+// Open reads the record and the members at one revision, watches the
+// record from there, and joins the logical unit (this node's member key)
+// as soon as the node holds a lease.
+func (l *lunStore) Open(apply func(scsi.PRRecord)) (scsi.PRRecord, bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.cancel != nil {
+		return scsi.PRRecord{}, false, errors.New("reservation store: opened twice or closed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	resp, err := l.s.client.Txn(ctx).Then(clientv3.OpGet(l.key), clientv3.OpGet(l.members, clientv3.WithPrefix())).Commit()
+	if err != nil {
+		return scsi.PRRecord{}, false, fmt.Errorf("read reservation record %s: %w", l.key, err)
+	}
+	cur := record(resp.Responses[0].GetResponseRange().Kvs)
+	// Alone: no node serves the unit, this one included (a reopened unit,
+	// or a process that restarted within its old lease's TTL, is no power
+	// cycle).
+	alone := len(resp.Responses[1].GetResponseRange().Kvs) == 0
+	wctx, wcancel := context.WithCancel(context.Background())
+	l.cancel = wcancel
+	l.wg.Add(2)
+	go l.watch(wctx, resp.Header.Revision+1, apply)
+	go l.keepMember(wctx)
+	return cur, alone, nil
+}
+
+// join puts this node's member key on its current lease and returns the
+// revision of the put.
+func (l *lunStore) join(ctx context.Context) (int64, error) {
+	lease := l.s.lease()
+	if lease == clientv3.NoLease {
+		return 0, fmt.Errorf("join %s: %w", l.self, errLeaseLost)
+	}
+	r, err := l.s.client.Put(ctx, l.self, "", clientv3.WithLease(lease))
+	if err != nil {
+		return 0, fmt.Errorf("join %s: %w", l.self, err)
+	}
+	return r.Header.Revision, nil
+}
+
+// record is the record in the result of a read of the record key.
+func record(kvs []*mvccpb.KeyValue) scsi.PRRecord {
+	if len(kvs) == 0 {
+		return scsi.PRRecord{}
+	}
+	return scsi.PRRecord{Rev: kvs[0].ModRevision, Value: kvs[0].Value}
+}
+
+// watch delivers every record from revision from on to apply, in order.
+// When the watch breaks (etcd unreachable, leader lost) it resumes from
+// the next revision; when that revision was compacted away, it delivers
+// the current record (the events in between are lost).
+func (l *lunStore) watch(ctx context.Context, from int64, apply func(scsi.PRRecord)) {
+	defer l.wg.Done()
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for wr := range l.s.client.Watch(wctx, l.key, clientv3.WithRev(from)) {
+			if wr.CompactRevision != 0 {
+				if r, err := l.s.client.Get(wctx, l.key); err == nil {
+					apply(record(r.Kvs))
+					from = r.Header.Revision + 1
+				}
+				break
+			}
+			if wr.Err() != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				rec := scsi.PRRecord{Rev: ev.Kv.ModRevision, Value: ev.Kv.Value}
+				if ev.Type == clientv3.EventTypeDelete {
+					rec.Value = nil
+				}
+				apply(rec)
+				from = ev.Kv.ModRevision + 1
+			}
+		}
+		cancel()
+		sleep(ctx, retryDelay)
+	}
+}
+
+// keepMember keeps this node's member key: it puts it once the node holds
+// a lease, and again whenever it vanished (the node lost its lease and got
+// a new one), so that the others wait for this node's acknowledgements.
+func (l *lunStore) keepMember(ctx context.Context) {
+	defer l.wg.Done()
+	for ctx.Err() == nil {
+		jctx, jcancel := context.WithTimeout(ctx, opTimeout)
+		rev, err := l.join(jctx)
+		jcancel()
+		if err != nil {
+			sleep(ctx, retryDelay)
+			continue
+		}
+		l.untilLeft(ctx, rev+1)
+	}
+}
+
+// untilLeft returns when this node's member key is deleted at revision
+// from or later, or when ctx ends.
+func (l *lunStore) untilLeft(ctx context.Context, from int64) {
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for wr := range l.s.client.Watch(wctx, l.self, clientv3.WithRev(from)) {
+			if wr.Err() != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					cancel()
+					return
+				}
+				from = ev.Kv.ModRevision + 1
+			}
+		}
+		cancel()
+		sleep(ctx, retryDelay)
+	}
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// Get reads the record.
+func (l *lunStore) Get(ctx context.Context) (scsi.PRRecord, error) {
+	r, err := l.s.client.Get(ctx, l.key)
+	if err != nil {
+		return scsi.PRRecord{}, fmt.Errorf("read reservation record %s: %w", l.key, err)
+	}
+	return record(r.Kvs), nil
+}
+
+// Commit puts value if the record's mod revision is prev and this node's
+// member key still exists.
+func (l *lunStore) Commit(ctx context.Context, prev int64, value []byte) (scsi.PRRecord, bool, error) {
+	resp, err := l.s.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(l.key), "=", prev),
+			clientv3.Compare(clientv3.CreateRevision(l.self), ">", 0)).
+		Then(clientv3.OpPut(l.key, string(value))).
+		Else(clientv3.OpGet(l.key), clientv3.OpGet(l.self)).
+		Commit()
+	if err != nil {
+		return scsi.PRRecord{}, false, fmt.Errorf("commit reservation record %s: %w", l.key, err)
+	}
+	if resp.Succeeded {
+		return scsi.PRRecord{Rev: resp.Header.Revision, Value: value}, true, nil
+	}
+	if len(resp.Responses[1].GetResponseRange().Kvs) == 0 {
+		return scsi.PRRecord{}, false, fmt.Errorf("commit reservation record %s: %w", l.key, errLeaseLost)
+	}
+	return record(resp.Responses[0].GetResponseRange().Kvs), false, nil
+}
+
+// ackPrefix is the prefix of the acknowledgements of revision rev.
+func (l *lunStore) ackPrefix(rev int64) string { return fmt.Sprintf("%s%d/", l.acks, rev) }
+
+// Ack puts this node's acknowledgement of revision rev on its lease.
+func (l *lunStore) Ack(ctx context.Context, rev int64) error {
+	lease := l.s.lease()
+	if lease == clientv3.NoLease {
+		return fmt.Errorf("acknowledge revision %d: %w", rev, errLeaseLost)
+	}
+	if _, err := l.s.client.Put(ctx, l.ackPrefix(rev)+l.s.node, "", clientv3.WithLease(lease)); err != nil {
+		return fmt.Errorf("acknowledge revision %d: %w", rev, err)
+	}
+	return nil
+}
+
+// WaitAcks waits, at most AbortWait, until every node whose member key
+// existed at revision rev and still exists, this one apart, acknowledged
+// rev. The acknowledgements are deleted afterwards.
+func (l *lunStore) WaitAcks(ctx context.Context, rev int64) error {
+	ctx, cancel := context.WithTimeout(ctx, l.s.AbortWait)
+	defer cancel()
+	acks := l.ackPrefix(rev)
+	defer func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), opTimeout)
+		_, _ = l.s.client.Delete(dctx, acks, clientv3.WithPrefix()) // else they go with the nodes' leases
+		dcancel()
+	}()
+	for {
+		resp, err := l.s.client.Txn(ctx).
+			Then(clientv3.OpGet(l.members, clientv3.WithPrefix()), clientv3.OpGet(acks, clientv3.WithPrefix())).
+			Commit()
+		if err != nil {
+			return fmt.Errorf("wait for the abort acknowledgements of revision %d: %w", rev, err)
+		}
+		acked := make(map[string]bool)
+		for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+			acked[strings.TrimPrefix(string(kv.Key), acks)] = true
+		}
+		var missing []string
+		for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+			node := strings.TrimPrefix(string(kv.Key), l.members)
+			if node != l.s.node && kv.CreateRevision < rev && !acked[node] {
+				missing = append(missing, node)
+			}
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		if err := l.waitChange(ctx, resp.Header.Revision+1, acks); err != nil {
+			return fmt.Errorf("wait for the abort acknowledgements of revision %d from %s: %w",
+				rev, strings.Join(missing, ", "), err)
+		}
+	}
+}
+
+// waitChange returns when a member key or an acknowledgement under acks
+// changes at revision from or later, or fails when ctx ends.
+func (l *lunStore) waitChange(ctx context.Context, from int64, acks string) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	mw := l.s.client.Watch(wctx, l.members, clientv3.WithPrefix(), clientv3.WithRev(from))
+	aw := l.s.client.Watch(wctx, acks, clientv3.WithPrefix(), clientv3.WithRev(from))
+	select {
+	case <-mw:
+	case <-aw:
+	case <-ctx.Done():
+	}
+	return ctx.Err()
+}
+
+// Allowed reports what the node's allowed function says.
+func (l *lunStore) Allowed() bool { return l.s.allowed() }
+
+// Close stops the watches and leaves the logical unit (deletes this
+// node's member key), so that no PREEMPT AND ABORT waits for this node.
+func (l *lunStore) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	if l.cancel == nil {
+		return nil
+	}
+	l.cancel()
+	l.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	if _, err := l.s.client.Delete(ctx, l.self); err != nil {
+		return fmt.Errorf("leave %s: %w", l.self, err)
+	}
+	return nil
+}

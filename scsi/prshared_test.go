@@ -1,0 +1,148 @@
+package scsi
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/iserd/iserd/bdev"
+)
+
+// memPRStore is a PRStore in memory, for one process: commits compare the
+// revision and are delivered at once; every node acknowledges at once.
+type memPRStore struct {
+	mu      sync.Mutex
+	rec     PRRecord
+	apply   func(PRRecord)
+	denied  atomic.Bool // Allowed reports false
+	failGet atomic.Bool // Get fails as if the store were unreachable
+}
+
+func (m *memPRStore) Open(apply func(PRRecord)) (PRRecord, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.apply = apply
+	return m.rec, true, nil
+}
+
+func (m *memPRStore) Get(ctx context.Context) (PRRecord, error) {
+	if m.failGet.Load() {
+		<-ctx.Done()
+		return PRRecord{}, ctx.Err()
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.rec, nil
+}
+
+func (m *memPRStore) Commit(_ context.Context, prev int64, value []byte) (PRRecord, bool, error) {
+	m.mu.Lock()
+	if prev != m.rec.Rev {
+		defer m.mu.Unlock()
+		return m.rec, false, nil
+	}
+	m.rec = PRRecord{Rev: m.rec.Rev + 1, Value: value}
+	rec, apply := m.rec, m.apply
+	m.mu.Unlock()
+	apply(rec)
+	return rec, true, nil
+}
+
+func (m *memPRStore) Ack(context.Context, int64) error      { return nil }
+func (m *memPRStore) WaitAcks(context.Context, int64) error { return nil }
+func (m *memPRStore) Allowed() bool                         { return !m.denied.Load() }
+func (m *memPRStore) Close() error                          { return nil }
+
+// TestPRStoreOutcomes: through a store, a fenced node refuses PR OUT and
+// PR IN with NOT READY 04h/0Ch; a store that does not answer fails PR OUT
+// with the same sense; a record that does not decode fails it with
+// ABORTED COMMAND; APTPL is accepted and PTPL_C reported without a state
+// directory.
+func TestPRStoreOutcomes(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(m *memPRStore)
+		key   byte
+		code  asc
+	}{
+		{"fenced", func(m *memPRStore) { m.denied.Store(true) }, keyNotReady, ascNotReadyUnavailable},
+		{"store unreachable", func(m *memPRStore) { m.failGet.Store(true) }, keyNotReady, ascNotReadyUnavailable},
+		{"broken record", func(m *memPRStore) { m.rec = PRRecord{Rev: 9, Value: []byte("junk")} }, keyAbortedCommand, ascInternalTargetFailure},
+		{"APTPL", func(*memPRStore) {}, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &memPRStore{}
+			h := newHarness(t, DiskConfig{PRStore: m})
+			tt.setup(m)
+			began := time.Now()
+			c := h.prout(h.a, proRegister, 0, proList(0, keyA, 0x01))
+			if s := senseOf(c); tt.key == 0 && c.Status != StatusGood || tt.key != 0 && (s.key != tt.key || s.code != tt.code) {
+				t.Fatalf("PR OUT: status %#x sense %+v after %v, want %x/%04x", c.Status, s, time.Since(began), tt.key, tt.code)
+			}
+			caps := h.exec(h.a, 0, cdbPRIn(priReportCapabilities), nil, 64)
+			if tt.key == keyNotReady && m.denied.Load() {
+				if s := senseOf(caps); s.key != keyNotReady || s.code != ascNotReadyUnavailable {
+					t.Fatalf("PR IN on a fenced node: status %#x sense %+v", caps.Status, s)
+				}
+				return
+			}
+			if b := data(caps); caps.Status != StatusGood || b[2]&1 == 0 || (tt.key == 0) != (b[3]&1 != 0) {
+				t.Fatalf("REPORT CAPABILITIES: status %#x % x", caps.Status, b)
+			}
+		})
+	}
+}
+
+// TestPRStoreRemoteEvents: a record committed elsewhere raises its unit
+// attentions on this process's nexuses, the issuer included, and aborts
+// the preempted nexuses' tasks; one this Disk committed does not tell its
+// issuer, and is handled once although it is delivered too.
+func TestPRStoreRemoteEvents(t *testing.T) {
+	m := &memPRStore{}
+	h := newHarness(t, DiskConfig{PRStore: m})
+	var aborted atomic.Int32
+	h.tgt.OnAbort(func(*Nexus, uint64) { aborted.Add(1) })
+	h.registerBoth()
+	h.mustPROut(h.b, proReserve, prWE, proList(keyB, 0, 0), StatusGood)
+	h.mustPROut(h.a, proPreemptAbort, prEA, proList(keyA, keyB, 0), StatusGood)
+	h.expectUA(h.b, ascRegistrationsPreempted)
+	h.expectUA(h.a, 0)
+	if n := aborted.Load(); n != 1 {
+		t.Fatalf("%d nexuses aborted, want 1", n)
+	}
+	// The same change committed by another node: a is told as well.
+	rec, err := decodePRRecord(m.rec.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Origin++
+	rec.Notes = []prNote{{Code: ascReservationsReleased, Regs: rec.State.Regs}}
+	v, err := encodePRRecord(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.apply(PRRecord{Rev: m.rec.Rev + 1, Value: v})
+	h.expectUA(h.a, ascReservationsReleased)
+	if n := aborted.Load(); n != 2 {
+		t.Fatalf("%d nexuses aborted after the remote record, want 2", n)
+	}
+}
+
+// newStoreDisk returns a disk on st attached to a target with nexus n
+// whose power-on unit attention was taken.
+func newStoreDisk(t testing.TB, st PRStore, n *Nexus) (*Disk, *Target) {
+	d, err := NewDisk(bdev.NewMemory(1<<20), DiskConfig{PRStore: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgt := NewTarget("iqn.fuzz")
+	if err := tgt.AddLUN(0, d); err != nil {
+		t.Fatal(err)
+	}
+	tgt.AddNexus(n)
+	tgt.OnAbort(func(*Nexus, uint64) {})
+	return d, tgt
+}
