@@ -4,7 +4,8 @@
 set -euo pipefail
 pkgs=(libiscsi-bin open-iscsi fio tgt sg3-utils qemu-system-x86 busybox-static rdma-core
       ibverbs-utils ibverbs-providers libibverbs-dev perftest rdmacm-utils e2fsprogs iproute2 kmod cpio zstd
-      bash-completion man-db systemd prometheus etcd-server etcd-client multipath-tools dmsetup udev)
+      bash-completion man-db systemd prometheus etcd-server etcd-client multipath-tools dmsetup udev
+      targetcli-fb dbus-daemon)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

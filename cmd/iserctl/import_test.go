@@ -58,6 +58,10 @@ func TestImportLIO(t *testing.T) {
 		{"portals", len(cfg.Portals) == 2 && cfg.Portals[0].Address == "192.0.2.1:3260" && cfg.Portals[0].Transport == "both" &&
 			cfg.Portals[1].Address == "0.0.0.0:3261"},
 		{"discovery CHAP", cfg.DiscoveryCHAP != nil && cfg.DiscoveryCHAP.User == "disc"},
+		// an ACL's own authentication attribute overrides its TPG's
+		{"ACL authentication=0", one.ACL("iqn.1993-08.org.debian:01:lab") != nil && one.ACL("iqn.1993-08.org.debian:01:lab").CHAP == nil},
+		{"ACL authentication=1", two.ACL("iqn.1993-08.org.debian:01:strict") != nil &&
+			two.ACL("iqn.1993-08.org.debian:01:strict").CHAP != nil && two.ACL("iqn.1993-08.org.debian:01:strict").CHAP.User == "strict"},
 	}
 	for _, c := range checks {
 		if !c.ok {
@@ -66,7 +70,56 @@ func TestImportLIO(t *testing.T) {
 	}
 	for _, want := range []string{"pscsi backstore /backstores/pscsi/tape", "only TPG 1 is carried over",
 		"loopback target naa.5001405abcdef012", "backstore /backstores/fileio/orphan is not a LUN",
-		"(/backstores/block/raw): LIO reported", "not carried over (5)"} {
+		"(/backstores/block/raw): LIO reported", "ACL iqn.1993-08.org.debian:01:lab: CHAP user lab is set but authentication=0",
+		"LUN identity", "not carried over (7)"} {
+		if !strings.Contains(left, want) {
+			t.Errorf("the list of what was left out lacks %q:\n%s", want, left)
+		}
+	}
+}
+
+// TestImportLIOTargetcli imports the file targetcli-fb 2.1.53 (rtslib-fb
+// 2.1.75, Linux 6.1) saved in the VM scenario lio-import: a fileio LUN
+// behind one-way CHAP, two block LUNs mapped in crossed order behind
+// mutual CHAP, per-ACL authentication as targetcli leaves it (-1: the
+// TPG's authentication=1). The secrets are the scenario's test values.
+func TestImportLIOTargetcli(t *testing.T) {
+	const initiator = "iqn.2024-01.test.iserd:vm-initiator"
+	cfg, left := importDryRun(t, "lio", "testdata/saveconfig-targetcli-2.1.53.json")
+	file := cfg.Target("iqn.2003-01.org.linux-iscsi.vm:mig-fileio")
+	block := cfg.Target("iqn.2003-01.org.linux-iscsi.vm:mig-block")
+	if file == nil || block == nil || len(cfg.Targets) != 2 {
+		t.Fatalf("targets: %+v", cfg.Targets)
+	}
+	fileACL, blockACL := file.ACL(initiator), block.ACL(initiator)
+	if fileACL == nil || blockACL == nil || fileACL.CHAP == nil || blockACL.CHAP == nil {
+		t.Fatalf("ACLs with CHAP: %+v %+v", file.ACLs, block.ACLs)
+	}
+	checks := []struct {
+		what string
+		ok   bool
+	}{
+		{"fileio LUN", len(file.LUNs) == 1 && file.LUN(0).Path == "/tmp/lio-mig.img" && file.LUN(0).Size == 32<<20 &&
+			file.LUN(0).BlockSize == 512 && !*file.LUN(0).Thin && file.LUN(0).Serial == "31ae089c-ca27-4d36-8ab3-ad0a10d05c51"},
+		{"block LUNs in LUN order", len(block.LUNs) == 2 && block.LUNs[0].LUN == 0 && block.LUNs[0].Path == "/dev/ram0" &&
+			block.LUNs[1].LUN == 1 && block.LUNs[1].Path == "/dev/ram1" && block.LUNs[1].Size == 0},
+		{"mapped LUNs", len(fileACL.LUNs) == 1 && fileACL.LUNs[0] == 0 && len(blockACL.LUNs) == 2 &&
+			blockACL.LUNs[0] == 1 && blockACL.LUNs[1] == 0},
+		{"one-way CHAP", *fileACL.CHAP == admin.CHAPConfig{User: "mig-fileio-user", Secret: "lio-oneway-secret1"}},
+		{"mutual CHAP", *blockACL.CHAP == admin.CHAPConfig{User: "mig-block-user", Secret: "lio-mutual-secret2",
+			MutualUser: "mig-block-target", MutualSecret: "lio-mutual-secret3"}},
+		{"closed targets", !file.Open && !block.Open && file.CHAP == nil && block.CHAP == nil},
+		{"portal with LIO's TPG tag", len(cfg.Portals) == 1 && cfg.Portals[0].Address == "192.0.2.1:3260" &&
+			cfg.Portals[0].TPGT == 1 && cfg.Portals[0].TCP() && !cfg.Portals[0].ISER()},
+		{"no discovery CHAP", cfg.DiscoveryCHAP == nil},
+	}
+	for _, c := range checks {
+		if !c.ok {
+			t.Errorf("%s not carried over as expected", c.what)
+		}
+	}
+	for _, want := range []string{"LUN 0 (/backstores/block/migram0): LIO reported no write cache",
+		"LUN 1 (/backstores/block/migram1): LIO reported no write cache", "LUN identity", "not carried over (3)"} {
 		if !strings.Contains(left, want) {
 			t.Errorf("the list of what was left out lacks %q:\n%s", want, left)
 		}

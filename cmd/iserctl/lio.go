@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -94,6 +96,9 @@ type lioTPG struct {
 	} `json:"portals"`
 	NodeACLs []struct {
 		NodeWWN string `json:"node_wwn"`
+		// Attributes holds the ACL's own "authentication": -1 follows
+		// the TPG, 0 and 1 override it for this initiator.
+		Attributes map[string]any `json:"attributes"`
 		lioCHAP
 		MappedLUNs []struct {
 			Index        uint64 `json:"index"`
@@ -107,6 +112,16 @@ type lioTPG struct {
 func (t lioTPG) on(name string) bool {
 	v, _ := t.Attributes[name].(float64)
 	return v == 1
+}
+
+// aclAuth tells whether LIO asks the initiator of an ACL with these
+// attributes for CHAP: the ACL's authentication attribute when it is 0 or
+// 1, the TPG's (tpgAuth) when it is -1 (what targetcli leaves) or absent.
+func aclAuth(attributes map[string]any, tpgAuth bool) bool {
+	if v, ok := attributes["authentication"].(float64); ok && v >= 0 {
+		return v == 1
+	}
+	return tpgAuth
 }
 
 // readLIO reads a saveconfig.json.
@@ -150,6 +165,10 @@ func readLIO(path string) (*migration, error) {
 		if !used[o.path()] {
 			m.leave("backstore %s is not a LUN of any iSCSI target", o.path())
 		}
+	}
+	if slices.ContainsFunc(m.cfg.Targets, func(t admin.TargetConfig) bool { return len(t.LUNs) > 0 }) {
+		m.leave("LUN identity: the unit serial numbers (LIO's backstore WWNs) are carried over, but the vendor, product " +
+			"and NAA designators are iserd's, so /dev/disk/by-id/wwn-* links and multipath WWIDs on the initiators change")
 	}
 	return m, nil
 }
@@ -214,6 +233,7 @@ func (m *migration) lioTarget(name string, tpg lioTPG, objects map[string]lioSto
 			m.leave("target %s ACL %s maps no LUN; iserd shows it every LUN of the target", name, acl.NodeWWN)
 			ac.LUNs = nil
 		}
+		auth := aclAuth(acl.Attributes, auth)
 		if c := acl.lioCHAP.config(); c != nil {
 			if auth {
 				ac.CHAP = c
@@ -226,6 +246,8 @@ func (m *migration) lioTarget(name string, tpg lioTPG, objects map[string]lioSto
 		}
 		t.ACLs = append(t.ACLs, ac)
 	}
+	// saveconfig.json lists LUNs in configfs order, not by number
+	slices.SortFunc(t.LUNs, func(a, b admin.LUNConfig) int { return cmp.Compare(a.LUN, b.LUN) })
 	return t
 }
 

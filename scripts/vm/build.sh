@@ -18,15 +18,28 @@ MODULES=(configfs crc32_generic crc32c_generic crc32c-intel crc32-pclmul
 PACKAGES=(open-iscsi fio sg3-utils libiscsi-bin ibverbs-utils rdmacm-utils perftest tgt coreutils etcd-server etcd-client)
 # Packages copied whole but for documentation: their rules, plugins and data files matter too.
 WHOLE_PACKAGES=(udev dmsetup multipath-tools)
-# Single programs from other packages.
-PROGRAMS=(/usr/sbin/ip /usr/bin/rdma /usr/bin/ss /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/bin/bash)
+WHOLE_SKIP='^/usr/share/(doc|man|lintian|bash-completion|zsh|fish)/'
+# Python packages, copied whole too (but what PYTHON_SKIP names) with the byte code Debian
+# compiled for them: targetcli-fb (LIO's configuration shell), the interpreter and the modules
+# it imports; gi is for user backstores (tcmu) only, but targetcli imports it at start.
+PY=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || PY=none
+PYTHON_PACKAGES=(python3-minimal "python$PY-minimal" "libpython$PY-minimal" "libpython$PY-stdlib"
+  targetcli-fb python3-rtslib-fb python3-configshell-fb python3-six python3-pyparsing python3-urwid
+  python3-pyudev python3-gi gir1.2-glib-2.0)
+# Parts of the standard library targetcli does not import (tests, IDLE, Tk, asyncio, e-mail, XML,
+# databases, CJK codecs, build files), init scripts and service units.
+PYTHON_SKIP='^/usr/share/|^/etc/init\.d/|/systemd/|/python3[.0-9]*/(test|idlelib|tkinter|turtledemo|lib2to3|ensurepip|pydoc_data|distutils|config-[^/]*|asyncio|email|xml|xmlrpc|multiprocessing|unittest|sqlite3|dbm|curses|venv|wsgiref)/|/lib-dynload/(_sqlite3|_dbm|_gdbm|_curses|_test|_ctypes_test|xxlimited|_codecs_|audioop|_tkinter)'
+# Single programs from other packages (dbus-daemon: targetcli connects to the system bus at start).
+PROGRAMS=(/usr/sbin/ip /usr/bin/rdma /usr/bin/ss /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/bin/bash /usr/bin/dbus-daemon)
 # Loaded with dlopen, so ldd does not list them: the rxe verbs provider, libgcc_s that glibc
-# loads for pthread_cancel, libibverbs that iserd's libibverbs provider loads, and the libc
-# parts a Go binary built with purego (CGO_ENABLED=0) names as DT_NEEDED (libdl, libpthread).
+# loads for pthread_cancel, libibverbs that iserd's libibverbs provider loads, the libc parts a
+# Go binary built with purego (CGO_ENABLED=0) names as DT_NEEDED (libdl, libpthread), and
+# libudev that rtslib-fb loads through pyudev (ctypes).
 DLOPENED=(/usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav34.so /usr/lib/x86_64-linux-gnu/libgcc_s.so.1
   /usr/lib/x86_64-linux-gnu/libibverbs.so.1 /usr/lib/x86_64-linux-gnu/libdl.so.2
-  /usr/lib/x86_64-linux-gnu/libpthread.so.0)
-HOST_PACKAGES=("${PACKAGES[@]}" "${WHOLE_PACKAGES[@]}" busybox-static iproute2 e2fsprogs bash rdma-core ibverbs-providers libc6)
+  /usr/lib/x86_64-linux-gnu/libpthread.so.0 /usr/lib/x86_64-linux-gnu/libudev.so.1)
+HOST_PACKAGES=("${PACKAGES[@]}" "${WHOLE_PACKAGES[@]}" "${PYTHON_PACKAGES[@]}" busybox-static iproute2 e2fsprogs
+  bash rdma-core ibverbs-providers libc6 libudev1 dbus-daemon dbus-session-bus-common)
 
 BASE=$CACHE_DIR/base
 ROOT=$CACHE_DIR/base-root
@@ -45,6 +58,36 @@ copy_elf() {
   copy_file "$1"
   for lib in $(ldd "$1" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
     [ -e "$ROOT$lib" ] || copy_file "$lib"
+  done
+}
+
+# copy_package PKG SKIP: copies every file of PKG whose path does not match the regular
+# expression SKIP: programs and libraries with what they need, symbolic links to files as links
+# (and what they point to), and with each .py file the byte code compiled for it (timestamps
+# kept, so that Python uses it).
+copy_package() {
+  local f dst to pyc
+  for f in $(dpkg -L "$1" | grep -vE "$2"); do
+    [ -d "$f" ] && continue               # directories (also /lib -> usr/lib) come with their files
+    [ -e "$f" ] || continue
+    dst=$ROOT$f
+    mkdir -p "$(dirname "$dst")"
+    if [ -L "$f" ]; then
+      rm -f "$dst"
+      cp -P "$f" "$dst"
+      to=$(readlink -f "$f")
+      [ -e "$ROOT$to" ] || { if is_elf "$to"; then copy_elf "$to"; else copy_file "$to"; fi; }
+    elif is_elf "$f"; then
+      copy_elf "$f"
+    else
+      cp --preserve=mode,timestamps "$f" "$dst"
+      [[ $f == *.py ]] || continue
+      for pyc in "$(dirname "$f")/__pycache__/$(basename "$f" .py)".*.pyc; do
+        [ -f "$pyc" ] || continue
+        mkdir -p "$ROOT$(dirname "$pyc")"
+        cp --preserve=mode,timestamps "$pyc" "$ROOT$pyc"
+      done
+    fi
   done
 }
 
@@ -92,12 +135,9 @@ for p in "${PACKAGES[@]}"; do
     [ -f "$f" ] && is_elf "$f" && copy_elf "$f"
   done
 done
-for p in "${WHOLE_PACKAGES[@]}"; do
-  for f in $(dpkg -L "$p" | grep -Ev '^/usr/share/(doc|man|lintian|bash-completion|zsh|fish)/'); do
-    [ -f "$f" ] || continue
-    if is_elf "$f"; then copy_elf "$f"; else copy_file "$f"; fi
-  done
-done
+for p in "${WHOLE_PACKAGES[@]}"; do copy_package "$p" "$WHOLE_SKIP"; done
+for p in "${PYTHON_PACKAGES[@]}"; do copy_package "$p" "$PYTHON_SKIP"; done
+mkdir -p "$ROOT/etc/rtslib-fb-target/backup"
 for f in "${PROGRAMS[@]}" "${DLOPENED[@]}"; do copy_elf "$f"; done
 ln -sf mke2fs "$ROOT/usr/sbin/mkfs.ext4"
 ln -sf e2fsck "$ROOT/usr/sbin/fsck.ext4"
@@ -115,6 +155,10 @@ cp /etc/mke2fs.conf "$ROOT/etc/"
 echo 'root:x:0:0:root:/root:/bin/sh' >"$ROOT/etc/passwd"
 echo 'root:x:0:' >"$ROOT/etc/group"
 printf '127.0.0.1 localhost\n192.0.2.1 vm\n' >"$ROOT/etc/hosts"
+echo 5d0c3a7e9b1f4e2a8c6d0b9a7f3e1c25 >"$ROOT/etc/machine-id"
+# D-Bus: init.sh serves Debian's session bus configuration (everything allowed) as the system bus.
+mkdir -p "$ROOT/usr/share/dbus-1"
+cp /usr/share/dbus-1/session.conf "$ROOT/usr/share/dbus-1/"
 # Short timeouts so that a broken target fails a test quickly instead of stalling it.
 cat >"$ROOT/etc/iscsi/iscsid.conf" <<'CONF'
 node.startup = manual

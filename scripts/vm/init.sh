@@ -56,6 +56,10 @@ setup() {
   # The initiator name is fixed (in vm-run.conf) so that ACLs in scenarios can name it.
   mkdir -p /run/lock/iscsi /etc/iscsi/ifaces /var/lib/iscsi /etc/target &&
   echo "InitiatorName=$VM_INITIATOR" >/etc/iscsi/initiatorname.iscsi || return
+  # A D-Bus system bus, as on a Debian host: targetcli (LIO's shell) connects to it at start.
+  mkdir -p /run/dbus && dbus-daemon --config-file=/usr/share/dbus-1/session.conf \
+    --address=unix:path=/run/dbus/system_bus_socket --fork ||
+    { echo "vm: dbus-daemon did not start"; return 1; }
   iscsid -f >/tmp/iscsid.log 2>&1 &
   i=0
   while ! grep -q ISCSIADM_ABSTRACT /proc/net/unix; do
