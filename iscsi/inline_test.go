@@ -99,4 +99,3 @@ func TestInlineHint(t *testing.T) {
 		}
 	})
 }
-
