@@ -9,7 +9,9 @@
 #         iserd, LIO and tgt over iSCSI/TCP and iserd and LIO over iSER.
 # Results: bench/results/samples.tsv (every run), latest.tsv (summary), latest.svg (chart).
 # Environment: BENCH_RUNS (3) and BENCH_SECONDS (4) per host figure, BENCH_VM_RUNS and
-# BENCH_VM_SECONDS (default: the same) in the VM.
+# BENCH_VM_SECONDS (default: the same) in the VM. Host only: BENCH_BACKINGS (default "shm mem
+# disk") and BENCH_CASES (case names, default all) narrow the run; BENCH_BASELINE=path/to/iserd
+# runs that binary beside bin/iserd as target "iserd-base" (before/after in one run).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -36,16 +38,24 @@ WORK=$(mktemp -d /dev/shm/iserd-bench.XXXXXX)
 # by both targets, the case of a real disk (page cache out of the way).
 DISK=$(mktemp -d "${BENCH_DISK_DIR:-/var/tmp}/iserd-bench.XXXXXX")
 [ "$(stat -f -c %T "$DISK")" != tmpfs ] || die "$DISK is on tmpfs: set BENCH_DISK_DIR to a disk filesystem"
-ISERD_PID='' TGTD_PID='' TGT_CP=''
+ISERD_PID='' TGTD_PID='' TGT_CP='' BASE_PID='' BASE_PORT=''
+BACKINGS=${BENCH_BACKINGS:-shm mem disk}
+BASELINE=${BENCH_BASELINE:-}
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "BENCH_BASELINE=$BASELINE is not an executable"
 
-# stop_iserd: SIGTERM, then SIGKILL after 15 s.
+# stop_pid PID: SIGTERM, then SIGKILL after 15 s.
+stop_pid() {
+  [ -n "$1" ] || return 0
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 150); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
 stop_iserd() {
-  [ -n "$ISERD_PID" ] || return 0
-  kill -TERM "$ISERD_PID" 2>/dev/null || true
-  for _ in $(seq 150); do kill -0 "$ISERD_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$ISERD_PID" 2>/dev/null || true
-  wait "$ISERD_PID" 2>/dev/null || true
-  ISERD_PID=''
+  stop_pid "$ISERD_PID"
+  stop_pid "$BASE_PID"
+  ISERD_PID='' BASE_PID=''
 }
 
 # stop_tgtd: tgtd only exits on request once it has no targets; SIGKILL after 10 s.
@@ -95,30 +105,40 @@ wait_port() {
   die "$4 does not listen on port $2 after 10 s"
 }
 
-start_iserd() {
-  ISERD_PORT=$(free_port 13260)
-  for f in "$WORK/iserd.img" "$DISK/iserd.img"; do fallocate -l "${LUN_SIZE_MB}M" "$f"; done
-  cat >"$WORK/iserd.yaml" <<EOF
-portals: [{address: "127.0.0.1:$ISERD_PORT"}]
+# iserd_instance NAME BINARY FROM-PORT: starts an iserd with its own LUN files; sets PID and PORT.
+iserd_instance() {
+  local name=$1 bin=$2
+  PORT=$(free_port "$3")
+  for f in "$WORK/$name.img" "$DISK/$name.img"; do fallocate -l "${LUN_SIZE_MB}M" "$f"; done
+  cat >"$WORK/$name.yaml" <<EOF
+portals: [{address: "127.0.0.1:$PORT"}]
 log: {level: warn}
 targets:
   - name: $IQN_ISERD-shm
     open: true
-    luns: [{lun: 0, path: $WORK/iserd.img, size: ${LUN_SIZE_MB}MiB}]
+    luns: [{lun: 0, path: $WORK/$name.img, size: ${LUN_SIZE_MB}MiB}]
   - name: $IQN_ISERD-mem
     open: true
     luns: [{lun: 0, backend: memory, size: ${LUN_SIZE_MB}MiB}]
   - name: $IQN_ISERD-disk
     open: true
-    luns: [{lun: 0, path: $DISK/iserd.img, size: ${LUN_SIZE_MB}MiB, direct: true}]
+    luns: [{lun: 0, path: $DISK/$name.img, size: ${LUN_SIZE_MB}MiB, direct: true}]
 EOF
-  bin/iserd -config "$WORK/iserd.yaml" >"$WORK/iserd.log" 2>&1 &
-  ISERD_PID=$!
-  wait_port "$ISERD_PID" "$ISERD_PORT" "$WORK/iserd.log" iserd
+  "$bin" -config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
+  PID=$!
+  wait_port "$PID" "$PORT" "$WORK/$name.log" "$name"
+}
+
+start_iserd() {
+  iserd_instance iserd bin/iserd 13260
+  ISERD_PID=$PID ISERD_PORT=$PORT
+  [ -n "$BASELINE" ] || return 0
+  iserd_instance iserd-base "$BASELINE" $((ISERD_PORT + 1))
+  BASE_PID=$PID BASE_PORT=$PORT
 }
 
 start_tgtd() {
-  TGT_PORT=$(free_port $((ISERD_PORT + 1)))
+  TGT_PORT=$(free_port $((${BASE_PORT:-$ISERD_PORT} + 1)))
   TGT_CP=4260
   while [ -e "/var/run/tgtd/socket.$TGT_CP" ]; do TGT_CP=$((TGT_CP + 1)); done
   for f in "$WORK/tgt.img" "$DISK/tgt.img"; do fallocate -l "${LUN_SIZE_MB}M" "$f"; done
@@ -142,6 +162,7 @@ start_tgtd() {
 endpoint() {
   case $1 in
     iserd) echo "$ISERD_PID 127.0.0.1:$ISERD_PORT $IQN_ISERD-$2 0" ;;
+    iserd-base) echo "$BASE_PID 127.0.0.1:$BASE_PORT $IQN_ISERD-$2 0" ;;
     tgt) echo "$TGTD_PID 127.0.0.1:$TGT_PORT $IQN_TGT-$2 1" ;;
   esac
 }
@@ -168,7 +189,9 @@ client() {
 # Host cases: name tool pattern bytes queue-depth (block counts assume 512-byte blocks).
 HOST_CASES=(
   "randread-4k-qd1 perf randread 4096 1"
+  "read-4k-qd1 perf read 4096 1"
   "randread-4k-qd32 perf randread 4096 32"
+  "read-4k-qd32 perf read 4096 32"
   "read-128k-qd8 perf read 131072 8"
   "randwrite-4k-qd32 load randwrite 4096 32"
   "write-128k-qd8 load write 131072 8"
@@ -178,9 +201,11 @@ run_host() {
   start_iserd
   start_tgtd
   note "host: iserd (pid $ISERD_PID) on 127.0.0.1:$ISERD_PORT, tgtd (pid $TGTD_PID) on 127.0.0.1:$TGT_PORT; $RUNS runs of ${SECS}s per figure"
+  [ -z "$BASELINE" ] || note "host: baseline $BASELINE as iserd-base (pid $BASE_PID) on 127.0.0.1:$BASE_PORT"
+  local targets="iserd${BASELINE:+ iserd-base} tgt"
   local backing target c name tool rw bs qd pid portal iqn lun t0 t1 ios value unit r
-  for backing in shm mem disk; do # warm up: every block written once (iserd's memory LUN allocates on write)
-    for target in iserd tgt; do
+  for backing in $BACKINGS; do # warm up: every block written once (iserd's memory LUN allocates on write)
+    for target in $targets; do
       read -r pid portal iqn lun <<<"$(endpoint "$target" "$backing")"
       "$WORK/bin/iscsi-load" -portal "$portal" -target "$iqn" -lun "$lun" -initiator "$INITIATOR" \
         -rw write -bs 131072 -qd 8 -time 2s -span $((LUN_SIZE_MB << 20)) >/dev/null ||
@@ -189,9 +214,10 @@ run_host() {
   done
   for c in "${HOST_CASES[@]}"; do
     read -r name tool rw bs qd <<<"$c"
+    [ -z "${BENCH_CASES:-}" ] || [[ " $BENCH_CASES " == *" $name "* ]] || continue
     for r in $(seq "$RUNS"); do
-      for backing in shm mem disk; do
-        for target in iserd tgt; do
+      for backing in $BACKINGS; do
+        for target in $targets; do
           read -r pid portal iqn lun <<<"$(endpoint "$target" "$backing")"
           t0=$(cpu_ticks "$pid")
           read -r ios value unit <<<"$(client "$tool" "$rw" "$bs" "$qd" "$portal" "$iqn" "$lun")" ||
