@@ -167,7 +167,8 @@ endpoint() {
   esac
 }
 
-# client TOOL RW BS QD PORTAL IQN LUN: one run; prints "ios value unit".
+# client TOOL RW BS QD PORTAL IQN LUN: one run; prints "ios value unit p50 p99 p99.9" (latencies
+# in µs from iscsi-load; "-" from iscsi-perf, which does not measure them).
 client() {
   local tool=$1 rw=$2 bs=$3 qd=$4 portal=$5 iqn=$6 lun=$7 out iops
   if [ "$tool" = perf ]; then
@@ -177,22 +178,25 @@ client() {
       "iscsi://$portal/$iqn/$lun" 2>&1 | tr '\r' '\n') || { echo "$out" | tail -5 >&2; return 1; }
     iops=$(grep -o 'iops average [0-9]*' <<<"$out" | tail -1 | awk '{ print $3 }')
     [ -n "$iops" ] || { echo "$out" | tail -5 >&2; return 1; }
-    awk -v i="$iops" -v s="$SECS" -v bs="$bs" 'BEGIN { printf "%d %s\n", i * s, (bs >= 65536 ? sprintf("%.1f MB/s", i * bs / 1e6) : i " IOPS") }'
+    awk -v i="$iops" -v s="$SECS" -v bs="$bs" 'BEGIN { printf "%d %s - - -\n", i * s, (bs >= 65536 ? sprintf("%.1f MB/s", i * bs / 1e6) : i " IOPS") }'
   else
     out=$("$WORK/bin/iscsi-load" -portal "$portal" -target "$iqn" -lun "$lun" -initiator "$INITIATOR" \
       -rw "$rw" -bs "$bs" -qd "$qd" -time "${SECS}s" 2>&1) || { echo "$out" >&2; return 1; }
     awk -v bs="$bs" '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
-      END { printf "%d %s\n", v["ios"], (bs >= 65536 ? v["mbps"] " MB/s" : v["iops"] " IOPS") }' <<<"$out"
+      END { printf "%d %s %s %s %s\n", v["ios"], (bs >= 65536 ? v["mbps"] " MB/s" : v["iops"] " IOPS"), v["p50_us"], v["p99_us"], v["p999_us"] }' <<<"$out"
   fi
 }
 
-# Host cases: name tool pattern bytes queue-depth (block counts assume 512-byte blocks).
+# Host cases: name tool pattern bytes queue-depth (block counts assume 512-byte blocks). The lat-
+# cases repeat QD1 with iscsi-load for the latency distribution iscsi-perf does not report.
 HOST_CASES=(
   "randread-4k-qd1 perf randread 4096 1"
   "read-4k-qd1 perf read 4096 1"
   "randread-4k-qd32 perf randread 4096 32"
   "read-4k-qd32 perf read 4096 32"
   "read-128k-qd8 perf read 131072 8"
+  "lat-randread-4k-qd1 load randread 4096 1"
+  "lat-randwrite-4k-qd1 load randwrite 4096 1"
   "randwrite-4k-qd32 load randwrite 4096 32"
   "write-128k-qd8 load write 131072 8"
 )
@@ -203,7 +207,7 @@ run_host() {
   note "host: iserd (pid $ISERD_PID) on 127.0.0.1:$ISERD_PORT, tgtd (pid $TGTD_PID) on 127.0.0.1:$TGT_PORT; $RUNS runs of ${SECS}s per figure"
   [ -z "$BASELINE" ] || note "host: baseline $BASELINE as iserd-base (pid $BASE_PID) on 127.0.0.1:$BASE_PORT"
   local targets="iserd${BASELINE:+ iserd-base} tgt"
-  local backing target c name tool rw bs qd pid portal iqn lun t0 t1 ios value unit r
+  local backing target c name tool rw bs qd pid portal iqn lun t0 t1 ios value unit p50 p99 p999 r
   for backing in $BACKINGS; do # warm up: every block written once (iserd's memory LUN allocates on write)
     for target in $targets; do
       read -r pid portal iqn lun <<<"$(endpoint "$target" "$backing")"
@@ -220,12 +224,13 @@ run_host() {
         for target in $targets; do
           read -r pid portal iqn lun <<<"$(endpoint "$target" "$backing")"
           t0=$(cpu_ticks "$pid")
-          read -r ios value unit <<<"$(client "$tool" "$rw" "$bs" "$qd" "$portal" "$iqn" "$lun")" ||
+          read -r ios value unit p50 p99 p999 <<<"$(client "$tool" "$rw" "$bs" "$qd" "$portal" "$iqn" "$lun")" ||
             die "$name on $target ($backing) failed"
           [ "${ios:-0}" -gt 0 ] || die "$name on $target ($backing): no I/O completed"
           t1=$(cpu_ticks "$pid")
           awk -v c="$backing/$name" -v t="$target" -v v="$value" -v u="$unit" -v d=$((t1 - t0)) -v hz="$HZ" -v n="$ios" \
-            'BEGIN { printf "host\t%s\t%s\t%s\t%s\t%.1f\n", c, t, v, u, d * 1e6 / hz / n }' | tee -a "$SAMPLES"
+            -v l="$p50\t$p99\t$p999" 'BEGIN { printf "host\t%s\t%s\t%s\t%s\t%.1f\t%s\n", c, t, v, u, d * 1e6 / hz / n, l }' |
+            tee -a "$SAMPLES"
         done
       done
     done
