@@ -156,13 +156,15 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 }
 
 // inlineHint says whether a command the reader is about to execute may
-// run to completion on the reader (scsi.Command.Inline): it is the
-// session's only command in flight and no further request is received
+// run to completion on the reader (scsi.Command.Inline): it is the only
+// command of the session that is not answered yet (others may still have
+// their responses on the way out) and no further request is received
 // already, so the reader has nothing else to do until it completes, and
 // then sends the response itself (endBurst) instead of waking the writer.
 // It must be asked once the command's PDU has been read whole.
 func (c *conn) inlineHint() bool {
-	return c.sess.stats.inFlight.Load() == 1 && !c.tr.Buffered()
+	s := c.sess
+	return s.stats.inFlight.Load()-s.answered.Load() == 1 && !c.tr.Buffered()
 }
 
 // extendedCDB copies the bytes of an Extended CDB AHS (type 1) into dst.
