@@ -49,6 +49,12 @@ type Request struct {
 	Length int64  // bytes to unmap (OpUnmap only)
 	Buf    []byte // data to write or buffer to read into
 	FUA    bool   // write through to stable storage before completing
+	// Inline says that the submitting goroutine has nothing else to do
+	// until r completes: a Device may then run r to completion inside
+	// Submit and call Done before Submit returns (Uring does, when one of
+	// its rings for this is free), sparing the hand-offs to and from a
+	// worker goroutine. It is a hint; Done may still come from elsewhere.
+	Inline bool
 
 	// Err is set before Done runs: nil on success, else an error that
 	// errors.Is one of ErrMedium, ErrNoSpace, ErrRange or ErrClosed.

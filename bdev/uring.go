@@ -34,6 +34,10 @@ type UringOptions struct {
 	Pool *Pool
 	// Rings is the number of rings and workers (default GOMAXPROCS).
 	Rings int
+	// InlineRings is the number of further rings that Inline requests
+	// borrow to run to completion on their submitter's goroutine (default
+	// GOMAXPROCS; negative: none, every request goes to a worker).
+	InlineRings int
 	// Entries is the submission ring size of each ring (default 128).
 	Entries int
 	// Buffered disables O_DIRECT.
@@ -81,6 +85,20 @@ type UringOptions struct {
 // nothing in flight only submitters can have news, so the worker parks on
 // a channel instead, which wakes a goroutine faster still.
 //
+// Running to completion: a request marked Inline (its submitter, say a
+// connection's reader with this one command in flight, has nothing else to
+// do) skips the workers when one of the inline rings is idle. Submit
+// claims that ring with one compare-and-swap, submits and sleeps in the
+// kernel in the same io_uring_enter (GETEVENTS with a timeout) until the
+// completion comes, and calls Done itself: no goroutine is woken on the
+// way, and the submitter can send its response at once. These rings are
+// apart from the workers' so a claimed ring never holds up other
+// submitters; when none is free (many connections at once) the request
+// takes the worker path. The wait is bounded by inlineWaitBudget: a
+// thread sleeping in the kernel costs no CPU, but a device slower than
+// that hands the request to the ring's own worker goroutine, which
+// completes it as any other, and the submitter goes back to its work.
+//
 // Done runs on the worker goroutine, so it must not block: every other
 // request of that core waits behind it. It may Submit. On tmpfs, where a
 // copy never waits for a device, reads and writes are done by Submit
@@ -89,13 +107,15 @@ type Uring struct {
 	file       *File        // buffered descriptor, size, Mapped, Resize, final flush
 	direct     int          // O_DIRECT descriptor, or -1
 	inline     bool         // memory-backed store: reads and writes are copied in Submit, see copyInline
-	copying    atomic.Int64 // inline copies in progress, for Close
+	inlineN    atomic.Int64 // requests being served in Submit (copyInline, runInline), for Close
 	directOnly bool         // misaligned reads and writes fail (UringOptions.DirectOnly)
 	memAlign   uintptr
 	offAlign   int64
 	pool       *Pool
 	unhook     func()
-	workers    []*worker
+	workers    []*worker // take Submit and Queue requests
+	lenders    []*worker // inline rings: lent to Inline requests (runInline)
+	rings      []*worker // all of them: workers, then lenders
 	closed     atomic.Bool
 	qmu        sync.Mutex // queue registration
 	nextQ      int
@@ -123,15 +143,26 @@ func NewUring(path string, o UringOptions) (*Uring, error) {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
+	if o.InlineRings == 0 {
+		o.InlineRings = runtime.GOMAXPROCS(0)
+	}
 	d := &Uring{file: f, direct: -1, pool: o.Pool, path: path, log: o.Log, directOnly: o.DirectOnly}
-	for range o.Rings {
+	for i := range o.Rings + max(o.InlineRings, 0) {
 		w, err := newWorker(d, o.Entries)
+		if err != nil && i >= o.Rings {
+			break // inline rings are an optimization: fewer (or none) will do
+		}
 		if err != nil {
 			d.release()
 			return nil, err
 		}
-		d.workers = append(d.workers, w)
+		if i >= o.Rings && !w.ring.CanWait() {
+			w.close() // the kernel cannot bound the wait: no inline rings
+			break
+		}
+		d.rings = append(d.rings, w)
 	}
+	d.workers, d.lenders = d.rings[:o.Rings], d.rings[o.Rings:]
 	var fs unix.Statfs_t
 	// A block device's node lives on devtmpfs, which reports TMPFS_MAGIC
 	// too: only a regular file can be memory.
@@ -149,7 +180,7 @@ func NewUring(path string, o UringOptions) (*Uring, error) {
 	if o.Pool != nil {
 		d.unhook = o.Pool.OnRegion(d.registerRegion)
 	}
-	for _, w := range d.workers {
+	for _, w := range d.rings {
 		go w.run()
 	}
 	return d, nil
@@ -182,7 +213,7 @@ func (d *Uring) openDirect(path string, readOnly bool) {
 // that has a fixed-buffer table; a ring that refuses keeps using plain
 // reads and writes for it.
 func (d *Uring) registerRegion(idx int, mem []byte) {
-	for _, w := range d.workers {
+	for _, w := range d.rings {
 		if w.fixed == nil || idx >= len(w.fixed) {
 			continue
 		}
@@ -218,6 +249,9 @@ func (d *Uring) Resize(size int64) error { return d.file.Resize(size) }
 func (d *Uring) Submit(r *Request) {
 	if d.copiesInline(r) {
 		d.copyInline(r)
+		return
+	}
+	if r.Inline && d.runInline(r) {
 		return
 	}
 	w := d.workers[rand.N(len(d.workers))]
@@ -263,6 +297,9 @@ func (q *Queue) Submit(r *Request) {
 		q.d.copyInline(r)
 		return
 	}
+	if r.Inline && q.d.runInline(r) {
+		return
+	}
 	q.busy.Store(true)
 	if q.d.closed.Load() {
 		q.busy.Store(false)
@@ -303,7 +340,7 @@ func (d *Uring) Close() error {
 	}
 	// Every submitter either saw closed or finished its push: after this
 	// the workers can drain to empty and stop.
-	for d.copying.Load() != 0 {
+	for d.inlineN.Load() != 0 {
 		runtime.Gosched()
 	}
 	for _, w := range d.workers {
@@ -316,12 +353,12 @@ func (d *Uring) Close() error {
 			}
 		}
 	}
-	for _, w := range d.workers {
+	for _, w := range d.rings {
 		w.stop.Store(true)
 		w.signal()
 		w.kick()
 	}
-	for _, w := range d.workers {
+	for _, w := range d.rings {
 		<-w.done
 	}
 	return d.release()
@@ -333,7 +370,7 @@ func (d *Uring) release() error {
 		d.unhook()
 	}
 	var errs []error
-	for _, w := range d.workers {
+	for _, w := range d.rings {
 		if err := w.close(); err != nil {
 			errs = append(errs, err)
 		}
@@ -366,7 +403,7 @@ type worker struct {
 	queues     atomic.Pointer[[]*Queue]
 	rr         int // queue to look at first, for fairness
 	submitters atomic.Int64
-	sleeping   atomic.Int32 // awake, idleOnChan or idleOnEvents
+	sleeping   atomic.Int32 // awake, idleOnChan, idleOnEvents or lent
 	wakeCh     chan struct{}
 	stop       atomic.Bool
 	done       chan struct{}
@@ -476,11 +513,13 @@ const (
 	awake        = iota
 	idleOnChan   // nothing in flight: only a submitter can wake it
 	idleOnEvents // requests in flight: the eventfd wakes it for either
+	lent         // parked on its channel, its ring in a submitter's hands (runInline)
 )
 
 // wake rouses the worker if, and only if, it announced that it sleeps.
+// (A lent worker takes no requests: it is only ever an inline ring.)
 func (w *worker) wake() {
-	if m := w.sleeping.Load(); m != awake && w.sleeping.CompareAndSwap(m, awake) {
+	if m := w.sleeping.Load(); m != awake && m != lent && w.sleeping.CompareAndSwap(m, awake) {
 		if m == idleOnChan {
 			w.kick()
 		} else {
@@ -532,7 +571,11 @@ func (w *worker) sleep() {
 		if !w.hasWork() && !w.stop.Load() {
 			<-w.wakeCh
 		}
-		w.sleeping.Store(awake)
+		// Take the ring back, unless a submitter has borrowed it: it
+		// hands it back awake with a kick, or idle, needing nobody.
+		for !w.sleeping.CompareAndSwap(idleOnChan, awake) && w.sleeping.Load() != awake {
+			<-w.wakeCh
+		}
 		return
 	}
 	w.ring.SetEventfdEnabled(true)
@@ -647,9 +690,9 @@ func (d *Uring) copiesInline(r *Request) bool {
 // caller's goroutine: the copy cannot wait for a device, so handing it to a
 // worker would only add two goroutine switches.
 func (d *Uring) copyInline(r *Request) {
-	d.copying.Add(1)
+	d.inlineN.Add(1)
 	if d.closed.Load() {
-		d.copying.Add(-1)
+		d.inlineN.Add(-1)
 		fail(r, ErrClosed)
 		return
 	}
@@ -657,8 +700,62 @@ func (d *Uring) copyInline(r *Request) {
 	if r.Err == nil && len(r.Buf) > 0 {
 		r.Err = d.copyNow(r)
 	}
-	d.copying.Add(-1)
+	d.inlineN.Add(-1)
 	r.Done(r)
+}
+
+// inlineWaitBudget bounds how long runInline keeps its caller sleeping in
+// the kernel for a completion (several times a flash read) before it
+// leaves the request to the ring's worker. Tests shorten it.
+var inlineWaitBudget = 2 * time.Millisecond
+
+// runInline runs r to completion on the caller's goroutine in an idle
+// inline ring, if there is one (see Uring); false leaves r to the caller.
+func (d *Uring) runInline(r *Request) bool {
+	if len(d.lenders) == 0 {
+		return false
+	}
+	d.inlineN.Add(1) // before the closed check, as in copyInline
+	defer d.inlineN.Add(-1)
+	if d.closed.Load() {
+		fail(r, ErrClosed)
+		return true
+	}
+	first := rand.N(len(d.lenders))
+	for i := range d.lenders {
+		w := d.lenders[(first+i)%len(d.lenders)]
+		if w.sleeping.CompareAndSwap(idleOnChan, lent) {
+			w.serveLent(r)
+			return true
+		}
+	}
+	return false
+}
+
+// serveLent does a worker's job on the borrower's goroutine: starts r,
+// submits and waits for completions (each step of a request in pieces)
+// until nothing is in flight or inlineWaitBudget has passed, then gives the
+// ring back: idle, or awake with a kick when the worker is to finish what
+// is still in flight or could not be submitted.
+func (w *worker) serveLent(r *Request) {
+	w.start(r)
+	deadline := time.Now().Add(inlineWaitBudget)
+	for len(w.free) < len(w.slots) {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		if _, err := w.ring.SubmitAndWait(left); err != nil {
+			break // the worker's submit retries or fails the SQEs
+		}
+		w.reap()
+	}
+	if len(w.free) == len(w.slots) && w.ring.Pending() == 0 {
+		w.sleeping.Store(idleOnChan)
+		return
+	}
+	w.sleeping.Store(awake)
+	w.kick()
 }
 
 // copyNow performs a read or write with a positioned system call.

@@ -77,16 +77,20 @@ func TestUringReadWrite(t *testing.T) {
 		fromPool bool
 		fua      bool
 		queue    bool
+		inline   bool
 	}{
-		{"4k pool direct", "disk", false, 4096, 4096, true, false, false},
-		{"4k pool queue", "disk", false, 8192, 4096, true, false, true},
-		{"128k pool fua", "disk", false, 1 << 20, 128 << 10, true, true, false},
-		{"512 unaligned heap", "disk", false, 512, 512, false, false, false},
-		{"odd offset and length", "disk", false, 12345, 3001, false, false, true},
-		{"2MiB pool at end", "disk", false, testSize - 2<<20, 2 << 20, true, false, false},
-		{"buffered only", "disk", true, 4096, 65536, true, true, true},
-		{"shm 4k pool", "shm", false, 40960, 4096, true, false, false},
-		{"shm odd heap", "shm", false, 777, 10000, false, true, true},
+		{"4k pool direct", "disk", false, 4096, 4096, true, false, false, false},
+		{"4k pool queue", "disk", false, 8192, 4096, true, false, true, false},
+		{"128k pool fua", "disk", false, 1 << 20, 128 << 10, true, true, false, false},
+		{"512 unaligned heap", "disk", false, 512, 512, false, false, false, false},
+		{"odd offset and length", "disk", false, 12345, 3001, false, false, true, false},
+		{"2MiB pool at end", "disk", false, testSize - 2<<20, 2 << 20, true, false, false, false},
+		{"buffered only", "disk", true, 4096, 65536, true, true, true, false},
+		{"shm 4k pool", "shm", false, 40960, 4096, true, false, false, false},
+		{"shm odd heap", "shm", false, 777, 10000, false, true, true, false},
+		{"4k pool inline", "disk", false, 16384, 4096, true, false, false, true},
+		{"odd heap inline queue", "disk", false, 23456, 5000, false, true, true, true},
+		{"2MiB pool inline", "disk", false, 2 << 20, 2 << 20, true, true, false, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d := openUring(t, dirs[c.dir], UringOptions{Pool: pool, Buffered: c.buffered})
@@ -104,7 +108,7 @@ func TestUringReadWrite(t *testing.T) {
 				}
 				defer pool.Put(b)
 				buf = b.Bytes()
-				for _, w := range d.workers {
+				for _, w := range d.rings {
 					if w.fixed != nil && !w.fixed[b.Region()].Load() {
 						t.Errorf("pool region %d not registered as a fixed buffer", b.Region())
 					}
@@ -112,17 +116,17 @@ func TestUringReadWrite(t *testing.T) {
 			}
 			want := pattern(c.n, byte(c.off))
 			copy(buf, want)
-			if err := run(s, &Request{Op: OpWrite, Offset: c.off, Buf: buf, FUA: c.fua}); err != nil {
+			if err := run(s, &Request{Op: OpWrite, Offset: c.off, Buf: buf, FUA: c.fua, Inline: c.inline}); err != nil {
 				t.Fatalf("write: %v", err)
 			}
 			clear(buf)
-			if err := run(s, &Request{Op: OpRead, Offset: c.off, Buf: buf}); err != nil {
+			if err := run(s, &Request{Op: OpRead, Offset: c.off, Buf: buf, Inline: c.inline}); err != nil {
 				t.Fatalf("read: %v", err)
 			}
 			if !bytes.Equal(buf, want) {
 				t.Fatal("read back differs from what was written")
 			}
-			if err := run(s, &Request{Op: OpFlush}); err != nil {
+			if err := run(s, &Request{Op: OpFlush, Inline: c.inline}); err != nil {
 				t.Fatalf("flush: %v", err)
 			}
 			// What another reader of the file sees, through the page cache.
@@ -640,23 +644,125 @@ func TestUringNoAllocs(t *testing.T) {
 	sq := shm.NewQueue()
 	defer sq.Close()
 	for _, c := range []struct {
-		name string
-		s    submitter
-		op   Op
+		name   string
+		s      submitter
+		op     Op
+		inline bool
 	}{
-		{"queue read", q, OpRead},
-		{"queue write", q, OpWrite},
-		{"device read", d, OpRead},
-		{"device write", d, OpWrite},
-		{"tmpfs queue read", sq, OpRead},
-		{"tmpfs queue write", sq, OpWrite},
-		{"tmpfs device write", shm, OpWrite},
+		{"queue read", q, OpRead, false},
+		{"queue write", q, OpWrite, false},
+		{"device read", d, OpRead, false},
+		{"device write", d, OpWrite, false},
+		{"device inline read", d, OpRead, true},
+		{"queue inline write", q, OpWrite, true},
+		{"tmpfs queue read", sq, OpRead, false},
+		{"tmpfs queue write", sq, OpWrite, false},
+		{"tmpfs device write", shm, OpWrite, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			l := newLoop(c.s, poolBufs(t, pool, 8, 4096), c.op, false, testSize)
+			for i := range l.reqs {
+				l.reqs[i].Inline = c.inline
+			}
 			l.run(100) // warm up
 			if a := testing.AllocsPerRun(50, func() { l.run(64) }); a != 0 {
 				t.Fatalf("%.1f allocations per 64 requests", a)
+			}
+		})
+	}
+}
+
+// idleLenders waits until every inline ring of d can be borrowed.
+func idleLenders(t *testing.T, d *Uring) {
+	t.Helper()
+	if len(d.lenders) == 0 {
+		t.Skip("no inline rings: the kernel's io_uring_enter takes no timeout")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, w := range d.lenders {
+		for w.sleeping.Load() != idleOnChan {
+			if time.Now().After(deadline) {
+				t.Fatal("inline ring never idle")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
+
+// TestUringRunToCompletion checks who completes an Inline request: the
+// submitter, before Submit returns, when an inline ring is idle and the
+// device answers within the budget; else the ring's worker, after the
+// submitter has handed it over (a budget that has passed before the
+// submission, or during the wait), or a worker when every inline ring is
+// lent out. The data must be right either way.
+func TestUringRunToCompletion(t *testing.T) {
+	pool := newTestPool(t, 4*DefaultRegionSize)
+	for _, c := range []struct {
+		name     string
+		budget   time.Duration
+		occupy   bool // every inline ring is lent to someone else
+		inPlace  bool // Done must have run before Submit returned
+		anywhere bool // either way is right (the wait may or may not time out)
+	}{
+		{"within budget", time.Second, false, true, false},
+		{"budget spent before submitting", 0, false, false, false},
+		{"budget spent while waiting", time.Nanosecond, false, false, true},
+		{"no inline ring free", time.Second, true, false, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := openUring(t, t.TempDir(), UringOptions{Pool: pool, Rings: 1, InlineRings: 2})
+			if d.inline {
+				t.Skip("the test directory is on tmpfs: requests never reach a ring")
+			}
+			idleLenders(t, d)
+			old := inlineWaitBudget
+			inlineWaitBudget = c.budget
+			defer func() { inlineWaitBudget = old }()
+			if c.occupy {
+				for _, w := range d.lenders {
+					w.sleeping.Store(lent)
+				}
+				defer func() {
+					for _, w := range d.lenders {
+						w.sleeping.Store(idleOnChan)
+					}
+				}()
+			}
+			b, err := pool.Get(4096)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pool.Put(b)
+			for i, op := range []Op{OpWrite, OpRead} {
+				want := pattern(4096, byte(i+1))
+				if op == OpWrite {
+					copy(b.Bytes(), want)
+				} else {
+					clear(b.Bytes())
+					want = pattern(4096, 1)
+				}
+				done := make(chan struct{})
+				r := &Request{Op: op, Offset: 4096, Buf: b.Bytes(), Inline: true, Done: func(*Request) { close(done) }}
+				d.Submit(r)
+				var inPlace bool
+				select {
+				case <-done:
+					inPlace = true
+				default:
+					<-done
+				}
+				if r.Err != nil {
+					t.Fatalf("%v: %v", op, r.Err)
+				}
+				if !c.anywhere && inPlace != c.inPlace {
+					t.Errorf("%v: completed before Submit returned: %v, want %v", op, inPlace, c.inPlace)
+				}
+				if op == OpRead && !bytes.Equal(b.Bytes(), want) {
+					t.Fatal("read back differs from what was written")
+				}
+				if !c.occupy {
+					idleLenders(t, d) // a handed-over ring comes back idle
+				}
 			}
 		})
 	}
@@ -690,7 +796,7 @@ func ringFds(t *testing.T) map[int]bool {
 func TestUringSubmitFailure(t *testing.T) {
 	before := ringFds(t)
 	core, logs := observer.New(zap.ErrorLevel)
-	d := openUring(t, t.TempDir(), UringOptions{Rings: 1, Entries: 8, Log: zap.New(core)})
+	d := openUring(t, t.TempDir(), UringOptions{Rings: 1, InlineRings: -1, Entries: 8, Log: zap.New(core)})
 	if d.inline {
 		t.Skip("the test directory is on tmpfs: requests never reach the ring")
 	}

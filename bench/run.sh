@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Usage: bench/run.sh [all|host|vm]      (make bench: make build, then all)
+# Usage: bench/run.sh [all|host|vm|sessions]      (make bench: make build, then all)
 # Side-by-side benchmark of iserd against its peers, every figure repeated:
 #   host: iserd and tgtd (started here on free ports of 127.0.0.1, stopped at the end) on the
 #         same backing: a file in /dev/shm ("shm"), a RAM device ("mem": iserd's memory
 #         backend, tgt's null backing store) and a file on a disk filesystem opened O_DIRECT ("disk"). Reads with libiscsi's iscsi-perf, writes with
 #         bench/cmd/iscsi-load; CPU time per I/O of the target process from /proc/PID/stat.
+#   sessions: (not part of all) iserd and tgtd as for host, 4k random reads from 1, 4, 16 and 64
+#         sessions at QD8 each (aggregate IOPS, CPU per I/O), then the targets' CPU ticks over 10 s
+#         idle, and their memory (VmRSS) per idle session with BENCH_IDLE_SESSIONS (1000) logged in.
 #   vm:   scripts/vm/scenarios/bench-targets.sh in one VM boot: Linux initiator + fio against
 #         iserd, LIO and tgt over iSCSI/TCP and iserd and LIO over iSER.
 # Results: bench/results/samples.tsv (every run), latest.tsv (summary), latest.svg (chart).
 # Environment: BENCH_RUNS (3) and BENCH_SECONDS (4) per host figure, BENCH_VM_RUNS and
-# BENCH_VM_SECONDS (default: the same) in the VM.
+# BENCH_VM_SECONDS (default: the same) in the VM. Host only: BENCH_BACKINGS (default "shm mem
+# disk") and BENCH_CASES (case names, default all) narrow the run; BENCH_BASELINE=path/to/iserd
+# runs that binary beside bin/iserd as target "iserd-base" (before/after in one run).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 what=${1:-all}
-case $what in all | host | vm) ;; *) echo "usage: $0 [all|host|vm]" >&2; exit 2 ;; esac
+case $what in all | host | vm | sessions) ;; *) echo "usage: $0 [all|host|vm|sessions]" >&2; exit 2 ;; esac
 RUNS=${BENCH_RUNS:-3}
 SECS=${BENCH_SECONDS:-4}
 VM_RUNS=${BENCH_VM_RUNS:-$RUNS}
@@ -36,16 +41,24 @@ WORK=$(mktemp -d /dev/shm/iserd-bench.XXXXXX)
 # by both targets, the case of a real disk (page cache out of the way).
 DISK=$(mktemp -d "${BENCH_DISK_DIR:-/var/tmp}/iserd-bench.XXXXXX")
 [ "$(stat -f -c %T "$DISK")" != tmpfs ] || die "$DISK is on tmpfs: set BENCH_DISK_DIR to a disk filesystem"
-ISERD_PID='' TGTD_PID='' TGT_CP=''
+ISERD_PID='' TGTD_PID='' TGT_CP='' BASE_PID='' BASE_PORT=''
+BACKINGS=${BENCH_BACKINGS:-shm mem disk}
+BASELINE=${BENCH_BASELINE:-}
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "BENCH_BASELINE=$BASELINE is not an executable"
 
-# stop_iserd: SIGTERM, then SIGKILL after 15 s.
+# stop_pid PID: SIGTERM, then SIGKILL after 15 s.
+stop_pid() {
+  [ -n "$1" ] || return 0
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 150); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
 stop_iserd() {
-  [ -n "$ISERD_PID" ] || return 0
-  kill -TERM "$ISERD_PID" 2>/dev/null || true
-  for _ in $(seq 150); do kill -0 "$ISERD_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$ISERD_PID" 2>/dev/null || true
-  wait "$ISERD_PID" 2>/dev/null || true
-  ISERD_PID=''
+  stop_pid "$ISERD_PID"
+  stop_pid "$BASE_PID"
+  ISERD_PID='' BASE_PID=''
 }
 
 # stop_tgtd: tgtd only exits on request once it has no targets; SIGKILL after 10 s.
@@ -95,30 +108,40 @@ wait_port() {
   die "$4 does not listen on port $2 after 10 s"
 }
 
-start_iserd() {
-  ISERD_PORT=$(free_port 13260)
-  for f in "$WORK/iserd.img" "$DISK/iserd.img"; do fallocate -l "${LUN_SIZE_MB}M" "$f"; done
-  cat >"$WORK/iserd.yaml" <<EOF
-portals: [{address: "127.0.0.1:$ISERD_PORT"}]
+# iserd_instance NAME BINARY FROM-PORT: starts an iserd with its own LUN files; sets PID and PORT.
+iserd_instance() {
+  local name=$1 bin=$2
+  PORT=$(free_port "$3")
+  for f in "$WORK/$name.img" "$DISK/$name.img"; do fallocate -l "${LUN_SIZE_MB}M" "$f"; done
+  cat >"$WORK/$name.yaml" <<EOF
+portals: [{address: "127.0.0.1:$PORT"}]
 log: {level: warn}
 targets:
   - name: $IQN_ISERD-shm
     open: true
-    luns: [{lun: 0, path: $WORK/iserd.img, size: ${LUN_SIZE_MB}MiB}]
+    luns: [{lun: 0, path: $WORK/$name.img, size: ${LUN_SIZE_MB}MiB}]
   - name: $IQN_ISERD-mem
     open: true
     luns: [{lun: 0, backend: memory, size: ${LUN_SIZE_MB}MiB}]
   - name: $IQN_ISERD-disk
     open: true
-    luns: [{lun: 0, path: $DISK/iserd.img, size: ${LUN_SIZE_MB}MiB, direct: true}]
+    luns: [{lun: 0, path: $DISK/$name.img, size: ${LUN_SIZE_MB}MiB, direct: true}]
 EOF
-  bin/iserd -config "$WORK/iserd.yaml" >"$WORK/iserd.log" 2>&1 &
-  ISERD_PID=$!
-  wait_port "$ISERD_PID" "$ISERD_PORT" "$WORK/iserd.log" iserd
+  "$bin" -config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
+  PID=$!
+  wait_port "$PID" "$PORT" "$WORK/$name.log" "$name"
+}
+
+start_iserd() {
+  iserd_instance iserd bin/iserd 13260
+  ISERD_PID=$PID ISERD_PORT=$PORT
+  [ -n "$BASELINE" ] || return 0
+  iserd_instance iserd-base "$BASELINE" $((ISERD_PORT + 1))
+  BASE_PID=$PID BASE_PORT=$PORT
 }
 
 start_tgtd() {
-  TGT_PORT=$(free_port $((ISERD_PORT + 1)))
+  TGT_PORT=$(free_port $((${BASE_PORT:-$ISERD_PORT} + 1)))
   TGT_CP=4260
   while [ -e "/var/run/tgtd/socket.$TGT_CP" ]; do TGT_CP=$((TGT_CP + 1)); done
   for f in "$WORK/tgt.img" "$DISK/tgt.img"; do fallocate -l "${LUN_SIZE_MB}M" "$f"; done
@@ -142,13 +165,15 @@ start_tgtd() {
 endpoint() {
   case $1 in
     iserd) echo "$ISERD_PID 127.0.0.1:$ISERD_PORT $IQN_ISERD-$2 0" ;;
+    iserd-base) echo "$BASE_PID 127.0.0.1:$BASE_PORT $IQN_ISERD-$2 0" ;;
     tgt) echo "$TGTD_PID 127.0.0.1:$TGT_PORT $IQN_TGT-$2 1" ;;
   esac
 }
 
-# client TOOL RW BS QD PORTAL IQN LUN: one run; prints "ios value unit".
+# client TOOL RW BS QD SESSIONS PORTAL IQN LUN: one run; prints "ios value unit p50 p99 p99.9"
+# (latencies in µs from iscsi-load; "-" from iscsi-perf, which does not measure them; sessions: iscsi-load only).
 client() {
-  local tool=$1 rw=$2 bs=$3 qd=$4 portal=$5 iqn=$6 lun=$7 out iops
+  local tool=$1 rw=$2 bs=$3 qd=$4 sessions=$5 portal=$6 iqn=$7 lun=$8 out iops
   if [ "$tool" = perf ]; then
     local rnd=''
     [ "$rw" = randread ] && rnd=-r
@@ -156,54 +181,106 @@ client() {
       "iscsi://$portal/$iqn/$lun" 2>&1 | tr '\r' '\n') || { echo "$out" | tail -5 >&2; return 1; }
     iops=$(grep -o 'iops average [0-9]*' <<<"$out" | tail -1 | awk '{ print $3 }')
     [ -n "$iops" ] || { echo "$out" | tail -5 >&2; return 1; }
-    awk -v i="$iops" -v s="$SECS" -v bs="$bs" 'BEGIN { printf "%d %s\n", i * s, (bs >= 65536 ? sprintf("%.1f MB/s", i * bs / 1e6) : i " IOPS") }'
+    awk -v i="$iops" -v s="$SECS" -v bs="$bs" 'BEGIN { printf "%d %s - - -\n", i * s, (bs >= 65536 ? sprintf("%.1f MB/s", i * bs / 1e6) : i " IOPS") }'
   else
     out=$("$WORK/bin/iscsi-load" -portal "$portal" -target "$iqn" -lun "$lun" -initiator "$INITIATOR" \
-      -rw "$rw" -bs "$bs" -qd "$qd" -time "${SECS}s" 2>&1) || { echo "$out" >&2; return 1; }
+      -rw "$rw" -bs "$bs" -qd "$qd" -sessions "$sessions" -time "${SECS}s" 2>&1) || { echo "$out" >&2; return 1; }
     awk -v bs="$bs" '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
-      END { printf "%d %s\n", v["ios"], (bs >= 65536 ? v["mbps"] " MB/s" : v["iops"] " IOPS") }' <<<"$out"
+      END { printf "%d %s %s %s %s\n", v["ios"], (bs >= 65536 ? v["mbps"] " MB/s" : v["iops"] " IOPS"), v["p50_us"], v["p99_us"], v["p999_us"] }' <<<"$out"
   fi
 }
 
-# Host cases: name tool pattern bytes queue-depth (block counts assume 512-byte blocks).
+# Host cases: name tool pattern bytes queue-depth [sessions] (block counts assume 512-byte blocks).
+# The lat- cases repeat QD1 with iscsi-load for the latency distribution iscsi-perf does not report.
 HOST_CASES=(
   "randread-4k-qd1 perf randread 4096 1"
+  "read-4k-qd1 perf read 4096 1"
   "randread-4k-qd32 perf randread 4096 32"
+  "read-4k-qd32 perf read 4096 32"
   "read-128k-qd8 perf read 131072 8"
+  "lat-randread-4k-qd1 load randread 4096 1"
+  "lat-randwrite-4k-qd1 load randwrite 4096 1"
   "randwrite-4k-qd32 load randwrite 4096 32"
   "write-128k-qd8 load write 131072 8"
 )
 
+# Session scaling cases (bench/run.sh sessions), in the same format.
+SESSION_CASES=(
+  "sessions1-randread-4k-qd8 load randread 4096 8 1"
+  "sessions4-randread-4k-qd8 load randread 4096 8 4"
+  "sessions16-randread-4k-qd8 load randread 4096 8 16"
+  "sessions64-randread-4k-qd8 load randread 4096 8 64"
+)
+IDLE_SESSIONS=${BENCH_IDLE_SESSIONS:-1000}
+
+# rss_kib PID: resident memory of the process in KiB.
+rss_kib() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"; }
+
+# run_idle: per target, CPU ticks over 10 s with no session, then IDLE_SESSIONS sessions logged in
+# and idle: the growth of VmRSS per session and the CPU ticks over 10 s.
+run_idle() {
+  local target pid portal iqn lun t0 rss0 rss1 idle0 idle1 out=$WORK/idle.out
+  printf "idle\ttarget\tsessions\tticks_10s_none\tticks_10s_all\trss_kib_none\trss_kib_all\tkib_per_session\n" | tee "$RESULTS/idle.tsv"
+  for target in $targets; do
+    read -r pid portal iqn lun <<<"$(endpoint "$target" "${BACKINGS%% *}")"
+    t0=$(cpu_ticks "$pid")
+    sleep 10
+    idle0=$(($(cpu_ticks "$pid") - t0))
+    rss0=$(rss_kib "$pid")
+    "$WORK/bin/iscsi-load" -portal "$portal" -target "$iqn" -lun "$lun" -initiator "$INITIATOR" \
+      -sessions "$IDLE_SESSIONS" -hold 40s >"$out" 2>&1 &
+    local load=$!
+    for _ in $(seq 1200); do grep -q 'logged in' "$out" && break; kill -0 $load 2>/dev/null || break; sleep 0.1; done
+    grep -q 'logged in' "$out" || { cat "$out" >&2; wait $load; die "$target: $IDLE_SESSIONS idle sessions did not log in"; }
+    sleep 2
+    rss1=$(rss_kib "$pid")
+    t0=$(cpu_ticks "$pid")
+    sleep 10
+    idle1=$(($(cpu_ticks "$pid") - t0))
+    wait $load || { cat "$out" >&2; die "$target: the idle sessions failed"; }
+    awk -v t="$target" -v n="$IDLE_SESSIONS" -v i0="$idle0" -v i1="$idle1" -v r0="$rss0" -v r1="$rss1" \
+      'BEGIN { printf "idle\t%s\t%d\t%d\t%d\t%d\t%d\t%.1f\n", t, n, i0, i1, r0, r1, (r1 - r0) / n }' | tee -a "$RESULTS/idle.tsv"
+  done
+}
+
+# run_host CASES [AFTER]: runs the cases of the array named CASES on every target, then the
+# function AFTER, if given, while the targets still run.
 run_host() {
+  local -n cases=$1
   start_iserd
   start_tgtd
   note "host: iserd (pid $ISERD_PID) on 127.0.0.1:$ISERD_PORT, tgtd (pid $TGTD_PID) on 127.0.0.1:$TGT_PORT; $RUNS runs of ${SECS}s per figure"
-  local backing target c name tool rw bs qd pid portal iqn lun t0 t1 ios value unit r
-  for backing in shm mem disk; do # warm up: every block written once (iserd's memory LUN allocates on write)
-    for target in iserd tgt; do
+  [ -z "$BASELINE" ] || note "host: baseline $BASELINE as iserd-base (pid $BASE_PID) on 127.0.0.1:$BASE_PORT"
+  local targets="iserd${BASELINE:+ iserd-base} tgt"
+  local backing target c name tool rw bs qd sessions pid portal iqn lun t0 t1 ios value unit p50 p99 p999 r
+  for backing in $BACKINGS; do # warm up: every block written once (iserd's memory LUN allocates on write)
+    for target in $targets; do
       read -r pid portal iqn lun <<<"$(endpoint "$target" "$backing")"
       "$WORK/bin/iscsi-load" -portal "$portal" -target "$iqn" -lun "$lun" -initiator "$INITIATOR" \
         -rw write -bs 131072 -qd 8 -time 2s -span $((LUN_SIZE_MB << 20)) >/dev/null ||
         die "warm-up write to $target $backing failed"
     done
   done
-  for c in "${HOST_CASES[@]}"; do
-    read -r name tool rw bs qd <<<"$c"
+  for c in "${cases[@]}"; do
+    read -r name tool rw bs qd sessions <<<"$c"
+    [ -z "${BENCH_CASES:-}" ] || [[ " $BENCH_CASES " == *" $name "* ]] || continue
     for r in $(seq "$RUNS"); do
-      for backing in shm mem disk; do
-        for target in iserd tgt; do
+      for backing in $BACKINGS; do
+        for target in $targets; do
           read -r pid portal iqn lun <<<"$(endpoint "$target" "$backing")"
           t0=$(cpu_ticks "$pid")
-          read -r ios value unit <<<"$(client "$tool" "$rw" "$bs" "$qd" "$portal" "$iqn" "$lun")" ||
+          read -r ios value unit p50 p99 p999 <<<"$(client "$tool" "$rw" "$bs" "$qd" "${sessions:-1}" "$portal" "$iqn" "$lun")" ||
             die "$name on $target ($backing) failed"
           [ "${ios:-0}" -gt 0 ] || die "$name on $target ($backing): no I/O completed"
           t1=$(cpu_ticks "$pid")
           awk -v c="$backing/$name" -v t="$target" -v v="$value" -v u="$unit" -v d=$((t1 - t0)) -v hz="$HZ" -v n="$ios" \
-            'BEGIN { printf "host\t%s\t%s\t%s\t%s\t%.1f\n", c, t, v, u, d * 1e6 / hz / n }' | tee -a "$SAMPLES"
+            -v l="$p50\t$p99\t$p999" 'BEGIN { printf "host\t%s\t%s\t%s\t%s\t%.1f\t%s\n", c, t, v, u, d * 1e6 / hz / n, l }' |
+            tee -a "$SAMPLES"
         done
       done
     done
   done
+  [ -z "${2:-}" ] || "$2"
   stop_iserd
   stop_tgtd
 }
@@ -255,9 +332,9 @@ done
 mkdir -p "$RESULTS" "$WORK/bin"
 CGO_ENABLED=0 go build -o "$WORK/bin/" ./bench/cmd/iscsi-load ./bench/cmd/benchreport
 : >"$SAMPLES"
-rm -f "$RESULTS/vm-process-cpu.tsv"
+rm -f "$RESULTS/vm-process-cpu.tsv" "$RESULTS/idle.tsv"
 st=0
-case $what in all | host) run_host ;; esac
+case $what in all | host) run_host HOST_CASES ;; sessions) run_host SESSION_CASES run_idle ;; esac
 case $what in all | vm) run_vm || st=1 ;; esac
 [ -s "$SAMPLES" ] || die "no samples collected"
 echo
@@ -267,6 +344,15 @@ if [ -s "$RESULTS/vm-process-cpu.tsv" ]; then
   echo
   echo "VM, CPU time of the target process itself per I/O (median µs; LIO runs in the kernel):"
   column -t "$RESULTS/vm-process-cpu.tsv"
+fi
+if [ -s "$RESULTS/idle.tsv" ]; then
+  echo
+  echo "idle targets (CPU ticks over 10 s; VmRSS in KiB, with no session and with the idle sessions):"
+  column -t "$RESULTS/idle.tsv"
+fi
+if [ "$what" = sessions ]; then
+  note "results in $RESULTS/latest.tsv, latest.svg and idle.tsv, every run in samples.tsv ($((SECONDS - START))s)"
+  exit $st
 fi
 echo
 echo "issue goals (medians of this run):"

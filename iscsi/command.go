@@ -131,6 +131,7 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 		if err := pl.discard(); err != nil {
 			return err
 		}
+		t.cmd.Inline = c.inlineHint()
 		c.execute(t)
 		return nil
 	}
@@ -149,8 +150,21 @@ func (c *conn) handleCommand(h *Header, pl *payload) error {
 		t.unsolEnd = min(p.FirstBurstLength, edtl)
 	}
 	t.nextOffset = t.unsolEnd
+	t.cmd.Inline = c.inlineHint()
 	c.progress(t)
 	return nil
+}
+
+// inlineHint says whether a command the reader is about to execute may
+// run to completion on the reader (scsi.Command.Inline): it is the only
+// command of the session that is not answered yet (others may still have
+// their responses on the way out) and no further request is received
+// already, so the reader has nothing else to do until it completes, and
+// then sends the response itself (endBurst) instead of waking the writer.
+// It must be asked once the command's PDU has been read whole.
+func (c *conn) inlineHint() bool {
+	s := c.sess
+	return s.stats.inFlight.Load()-s.answered.Load() == 1 && !c.tr.Buffered()
 }
 
 // extendedCDB copies the bytes of an Extended CDB AHS (type 1) into dst.
@@ -226,8 +240,13 @@ func (c *conn) execute(t *task) {
 		c.checkCondition(t, 0x0b, 0x47, 0x05) // ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR
 		return
 	}
-	if q := c.sess.qos.Load(); q != nil && !q.throttle(c.sess, t) {
-		return // it waits; qosRelease runs it
+	if q := c.sess.qos.Load(); q != nil {
+		inline := t.cmd.Inline
+		t.cmd.Inline = false // qosRelease may run it, on another goroutine
+		if !q.throttle(c.sess, t) {
+			return // it waits; qosRelease runs it
+		}
+		t.cmd.Inline = inline
 	}
 	c.run(t)
 }
@@ -312,6 +331,7 @@ func (c *conn) handleDataOut(h *Header, pl *payload) error {
 			t.r2ts = append(t.r2ts[:ri], t.r2ts[ri+1:]...)
 		}
 	}
+	t.cmd.Inline = c.inlineHint()
 	c.progress(t)
 	return nil
 }
@@ -333,6 +353,7 @@ func (t *task) DataDone(err error) {
 		return
 	}
 	t.received = t.edtl
+	t.cmd.Inline = false // this is the data mover's goroutine, not the reader
 	t.c.execute(t)
 }
 

@@ -26,6 +26,10 @@ type Session struct {
 	view      *lunView // the initiator's LUN numbering, nil when it is the target's
 	loginAt   time.Time
 	stats     sessionCounters
+	// answered counts the tasks whose response is queued (scsiDone) and
+	// that have not left yet (taskSent): stats.inFlight less this is what
+	// the SCSI layer still executes (see conn.inlineHint).
+	answered atomic.Int64
 
 	// Command numbering (RFC 7143 4.2.2.1). expCmdSN and maxCmdSN are read
 	// by the writer when it stamps outgoing PDUs.

@@ -48,6 +48,7 @@ type task struct {
 	aborted  atomic.Bool
 	abortWG  *sync.WaitGroup // signalled when an aborted task has finished
 	executed atomic.Bool     // answered or handed to the SCSI layer: no Data-Out or abort ends it again
+	answered bool            // its response is queued (Session.answered counts it)
 
 	senseBuf [2 + scsi.SenseSize]byte
 	qe       qos.Entry // its way through the session's rate limiters
@@ -117,6 +118,8 @@ func (t *task) residual() (uint32, byte) {
 // scsiDone is every Command's completion callback: it queues the response.
 func scsiDone(cmd *scsi.Command) {
 	t := cmd.Ctx.(*task)
+	t.answered = true
+	t.c.sess.answered.Add(1)
 	t.c.enqueue(outItem{kind: outResponse, task: t})
 }
 
@@ -125,6 +128,9 @@ func scsiDone(cmd *scsi.Command) {
 // CmdSN window opens by one.
 func (c *conn) taskSent(t *task, now time.Time) {
 	s := c.sess
+	if t.answered {
+		s.answered.Add(-1)
+	}
 	s.stats.record(t, now)
 	if t.lun != nil {
 		t.lun.record(t, now)

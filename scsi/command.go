@@ -87,6 +87,12 @@ type Command struct {
 	// derives residual overflow/underflow from it and its expected length.
 	Wanted int
 
+	// Inline says that the transport's goroutine has nothing else to do
+	// until the command completes (one command in flight, no request
+	// waiting to be read): its first block I/O goes to the backend as
+	// bdev.Request.Inline, and Done may run before Execute returns.
+	Inline bool
+
 	// Done is called exactly once, from any goroutine, when the command
 	// has completed.
 	Done func(*Command)

@@ -19,6 +19,10 @@ type ioCtx struct {
 	c    *Command // nil for fire-and-forget work (SYNCHRONIZE CACHE IMMED)
 
 	locked bool
+	// inline: the next submission may run to completion on the calling
+	// goroutine (Command.Inline); only the first, made on the goroutine
+	// that called Execute, and not one deferred by the range lock.
+	inline bool
 	// start runs once the range lock is granted; next runs when req
 	// completes. Either returns pending after submitting the next request.
 	start func(io *ioCtx) result
@@ -47,6 +51,7 @@ func init() {
 func (d *Disk) newIO(c *Command) *ioCtx {
 	io := ioPool.Get().(*ioCtx)
 	io.d, io.c = d, c
+	io.inline = c != nil && c.Inline
 	return io
 }
 
@@ -77,6 +82,7 @@ func (io *ioCtx) unmapRange(off, n int64, next func(*ioCtx, error) result) resul
 // moment before it leaves for the device: a fenced write completes at once
 // with ErrFenced.
 func (io *ioCtx) issue(next func(*ioCtx, error) result) result {
+	io.req.Inline, io.inline = io.inline, false
 	io.next = next
 	if writes(io.req.Op) && io.d.fenced() {
 		io.req.Err = ErrFenced
@@ -118,6 +124,7 @@ func (io *ioCtx) lockAndRun(lba, n uint64, excl bool, start func(*ioCtx) result)
 
 // granted is the range lock continuation.
 func (io *ioCtx) granted() {
+	io.inline = false // this is the goroutine that released the range, not the submitter's
 	if res := io.start(io); !res.pending {
 		io.finish(res)
 	}
@@ -132,7 +139,7 @@ func (io *ioCtx) finish(res result) {
 	}
 	io.d, io.c, io.start, io.next = nil, nil, nil, nil
 	io.req.Buf, io.req.Err = nil, nil
-	io.lba, io.left, io.fua = 0, 0, false
+	io.lba, io.left, io.fua, io.inline = 0, 0, false, false
 	if cap(io.scratch) > maxKeptScratch {
 		io.scratch = nil
 	}

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"unsafe"
 
@@ -231,6 +233,59 @@ func TestBackendErrorSense(t *testing.T) {
 			cmd := h.exec(h.a, 0, c.cdb, c.out, 512)
 			if s := senseOf(cmd); cmd.Status != StatusCheckCondition || s.key != c.key || s.code != c.code {
 				t.Fatalf("status %#x sense %+v, want CHECK CONDITION key %#x code %#x", cmd.Status, s, c.key, c.code)
+			}
+		})
+	}
+}
+
+// inlineDev records the Inline hint of every request it passes on.
+type inlineDev struct {
+	bdev.Device
+	mu     sync.Mutex
+	inline []bool
+}
+
+func (d *inlineDev) Submit(r *bdev.Request) {
+	d.mu.Lock()
+	d.inline = append(d.inline, r.Inline)
+	d.mu.Unlock()
+	d.Device.Submit(r)
+}
+
+// TestInlineHint checks that Command.Inline reaches the backend on the
+// command's first request only: later steps run on whichever goroutine
+// completed the one before.
+func TestInlineHint(t *testing.T) {
+	dev := &inlineDev{Device: bdev.NewMemory(testBlocks * 512)}
+	h := newHarnessOn(t, dev, DiskConfig{BlockSize: 512})
+	for _, c := range []struct {
+		name   string
+		inline bool
+		cdb    []byte
+		out    []byte
+		want   []bool
+	}{
+		{"write", true, cdb10(0x2a, 100, 2), fill(1024, 'A'), []bool{true}},
+		{"read", true, cdb10(0x28, 100, 2), nil, []bool{true}},
+		{"read without hint", false, cdb10(0x28, 100, 2), nil, []bool{false}},
+		{"compare and write", true, cdbCAW(100, 2), append(fill(1024, 'A'), fill(1024, 'B')...), []bool{true, false}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dev.mu.Lock()
+			dev.inline = nil
+			dev.mu.Unlock()
+			done := make(chan struct{})
+			cmd := &Command{Nexus: h.a, CDB: c.cdb, DataOut: c.out, DataIn: make([]byte, 1024), Inline: c.inline,
+				Done: func(*Command) { close(done) }}
+			h.tgt.Execute(cmd)
+			<-done
+			if cmd.Status != StatusGood {
+				t.Fatalf("status %#x sense %+v", cmd.Status, senseOf(cmd))
+			}
+			dev.mu.Lock()
+			defer dev.mu.Unlock()
+			if !slices.Equal(dev.inline, c.want) {
+				t.Errorf("requests' Inline %v, want %v", dev.inline, c.want)
 			}
 		})
 	}

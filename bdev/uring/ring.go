@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -39,8 +40,10 @@ const (
 	featSingleMmap = 1 << 0
 	featNoDrop     = 1 << 1
 	featRWCurPos   = 1 << 3 // 5.6: the kernel also has IORING_OP_READ/WRITE
+	featExtArg     = 1 << 8 // 5.11: io_uring_enter takes a wait timeout
 
 	enterGetEvents = 1 << 0
+	enterExtArg    = 1 << 3
 
 	sqCQOverflow      = 1 << 1
 	cqEventfdDisabled = 1 << 0
@@ -126,6 +129,25 @@ type regArgs struct {
 	update rsrcUpdate2
 	reg    rsrcRegister
 	fd     int32
+
+	// SubmitAndWait's arguments: the ring's one user writes them, outside
+	// regMu (register calls do not touch them).
+	wait    getEventsArg
+	timeout timespec
+}
+
+// getEventsArg is struct io_uring_getevents_arg; Ts holds the address of
+// a timespec.
+type getEventsArg struct {
+	Sigmask     uint64
+	SigmaskSz   uint32
+	MinWaitUsec uint32
+	Ts          uint64
+}
+
+// timespec is struct __kernel_timespec.
+type timespec struct {
+	Sec, Nsec int64
 }
 
 // ErrUnsupported means the kernel has io_uring but lacks what this package
@@ -147,6 +169,8 @@ type Ring struct {
 	cqMask                  uint32
 	cqes                    []CQE
 
+	extArg bool // io_uring_enter takes a timeout (SubmitAndWait)
+
 	regMu  sync.Mutex // register calls and the args mapping
 	argsMm []byte
 	args   *regArgs // in argsMm; nil once closed
@@ -163,7 +187,7 @@ func New(entries uint32) (*Ring, error) {
 	if errno != 0 {
 		return nil, fmt.Errorf("io_uring_setup: %w", errno)
 	}
-	r := &Ring{fd: int(fd)}
+	r := &Ring{fd: int(fd), extArg: p.Features&featExtArg != 0}
 	const need = featSingleMmap | featNoDrop | featRWCurPos
 	if p.Features&need != need {
 		r.Close()
@@ -246,6 +270,35 @@ func (r *Ring) Submit(wait uint32) (int, error) {
 		switch errno {
 		case 0:
 			return int(got), nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, fmt.Errorf("io_uring_enter: %w", errno)
+	}
+}
+
+// CanWait reports whether SubmitAndWait is available (Linux 5.11).
+func (r *Ring) CanWait() bool { return r.extArg }
+
+// SubmitAndWait publishes the filled SQEs and, in one io_uring_enter call,
+// submits them and waits until a completion is ready or timeout has
+// passed, whichever comes first; the calling thread sleeps in the kernel
+// meanwhile. It returns the number of SQEs consumed; a timeout is no
+// error (Ready tells what came). It needs CanWait.
+func (r *Ring) SubmitAndWait(timeout time.Duration) (int, error) {
+	atomic.StoreUint32(r.sqTail, r.sqeTail) // release: SQE contents before the tail
+	n := r.sqeTail - atomic.LoadUint32(r.sqHead)
+	a := r.args
+	a.timeout = timespec{Sec: int64(timeout / time.Second), Nsec: int64(timeout % time.Second)}
+	a.wait = getEventsArg{Ts: uint64(uintptr(unsafe.Pointer(&a.timeout)))}
+	for {
+		got, _, errno := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(n), 1,
+			enterGetEvents|enterExtArg, uintptr(unsafe.Pointer(&a.wait)), unsafe.Sizeof(a.wait))
+		switch errno {
+		case 0:
+			return int(got), nil
+		case unix.ETIME: // nothing was submitted (else the count is returned) and nothing completed
+			return 0, nil
 		case unix.EINTR:
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -26,6 +27,9 @@ func TestLayout(t *testing.T) {
 		{"rsrc_update2", unsafe.Sizeof(rsrcUpdate2{}), 32},
 		{"params.sq_off", unsafe.Offsetof(params{}.SQOff), 40},
 		{"params.cq_off", unsafe.Offsetof(params{}.CQOff), 80},
+		{"getevents_arg", unsafe.Sizeof(getEventsArg{}), 24},
+		{"getevents_arg.ts", unsafe.Offsetof(getEventsArg{}.Ts), 16},
+		{"timespec", unsafe.Sizeof(timespec{}), 16},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s: size/offset %d, want %d", c.name, c.got, c.want)
@@ -62,6 +66,42 @@ func complete(t *testing.T, r *Ring, want int) []CQE {
 		t.Fatalf("reaped %d completions, want %d", n, want)
 	}
 	return cqes[:n]
+}
+
+func TestSubmitAndWait(t *testing.T) {
+	r := newRing(t, 4)
+	if !r.CanWait() {
+		t.Skip("io_uring_enter takes no timeout on this kernel")
+	}
+	for _, c := range []struct {
+		name  string
+		nops  int
+		ready int
+	}{
+		{"completion", 1, 1},
+		{"two completions", 2, 2},
+		{"timeout", 0, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for i := range c.nops {
+				sqe := r.GetSQE()
+				sqe.Opcode, sqe.UserData = OpNop, uint64(i)
+			}
+			const timeout = 5 * time.Millisecond
+			start := time.Now()
+			n, err := r.SubmitAndWait(timeout)
+			if err != nil || n != c.nops {
+				t.Fatalf("SubmitAndWait = %d, %v; want %d, nil", n, err, c.nops)
+			}
+			if c.ready == 0 && time.Since(start) < timeout {
+				t.Errorf("returned after %v with nothing ready, before the %v timeout", time.Since(start), timeout)
+			}
+			cqes := make([]CQE, 4)
+			if got := r.Reap(cqes); got != c.ready {
+				t.Errorf("reaped %d completions, want %d", got, c.ready)
+			}
+		})
+	}
 }
 
 func TestRingFull(t *testing.T) {

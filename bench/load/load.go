@@ -95,6 +95,8 @@ type Result struct {
 	Elapsed time.Duration
 	// LatencySum is the sum of per-command latencies.
 	LatencySum time.Duration
+	// Latency is the distribution of per-command latencies.
+	Latency *Histogram
 }
 
 // IOPS is I/Os per second.
@@ -234,6 +236,8 @@ func Run(parent context.Context, d Doer, capa Capacity, cfg Config) (Result, err
 		wg           sync.WaitGroup
 		errOnce      sync.Once
 		firstErr     error
+		histMu       sync.Mutex
+		hist         = new(Histogram)
 	)
 	blocks := uint32(cfg.BlockSize / int(capa.BlockSize))
 	start := time.Now()
@@ -250,6 +254,12 @@ func Run(parent context.Context, d Doer, capa Capacity, cfg Config) (Result, err
 			if cfg.Pattern.Random() {
 				rng = rand.New(rand.NewPCG(cfg.Seed, uint64(w)))
 			}
+			h := new(Histogram) // this worker's, merged at its end
+			defer func() {
+				histMu.Lock()
+				hist.Merge(h)
+				histMu.Unlock()
+			}()
 			cmd := initiator.Command{LUN: cfg.LUN, Attr: 1}
 			if cfg.Pattern.Write() {
 				cmd.DataOut = make([]byte, cfg.BlockSize)
@@ -281,13 +291,15 @@ func Run(parent context.Context, d Doer, capa Capacity, cfg Config) (Result, err
 					})
 					return
 				}
-				latency.Add(uint64(time.Since(t0)))
+				lat := time.Since(t0)
+				latency.Add(uint64(lat))
+				h.Record(lat)
 				ios.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
-	res := Result{IOs: ios.Load(), Elapsed: time.Since(start), LatencySum: time.Duration(latency.Load())}
+	res := Result{IOs: ios.Load(), Elapsed: time.Since(start), LatencySum: time.Duration(latency.Load()), Latency: hist}
 	res.Bytes = res.IOs * uint64(cfg.BlockSize)
 	if firstErr == nil && parent.Err() != nil {
 		firstErr = fmt.Errorf("%v run interrupted: %w", cfg.Pattern, parent.Err())

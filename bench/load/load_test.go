@@ -194,6 +194,10 @@ func TestRun(t *testing.T) {
 			if res.IOs == 0 || res.IOs != uint64(len(d.lbas)) || d.ops[tc.op] != len(d.lbas) {
 				t.Fatalf("result counts %d I/Os, the disk saw %d (%v)", res.IOs, len(d.lbas), d.ops)
 			}
+			if res.Latency.Count() != res.IOs || res.Latency.Quantile(0.5) <= 0 || res.Latency.Quantile(0.999) < res.Latency.Quantile(0.5) {
+				t.Fatalf("latency distribution of %d I/Os: count %d, p50 %v, p99.9 %v", res.IOs,
+					res.Latency.Count(), res.Latency.Quantile(0.5), res.Latency.Quantile(0.999))
+			}
 			if tc.cfg.IOs != 0 && res.IOs != tc.cfg.IOs {
 				t.Fatalf("run of %d I/Os completed %d", tc.cfg.IOs, res.IOs)
 			}

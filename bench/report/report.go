@@ -1,6 +1,7 @@
 // Package report turns benchmark samples into a summary: per case and
 // target the minimum, median and maximum of the repeated runs, the ratio of
-// the median to the best peer's, and the target's CPU time per I/O; it
+// the median to the best peer's, the target's CPU time per I/O and, where
+// the client measured them, latency percentiles; it
 // prints the summary as a table, writes it as TSV and draws it as SVG.
 package report
 
@@ -22,10 +23,17 @@ type Sample struct {
 	Value   float64
 	Unit    string  // IOPS or MB/s: higher is better
 	CPU     float64 // µs of CPU time per I/O; NaN when not measured
+	// Latency is the command latency's 50th, 99th and 99.9th percentile in
+	// µs; NaN when not measured.
+	Latency [3]float64
 }
 
+// latencyQuantiles name the percentiles of Sample.Latency and Row.Latency.
+var latencyQuantiles = [3]string{"p50", "p99", "p99.9"}
+
 // ParseSamples reads tab-separated lines "section case target value unit
-// cpu_us_per_io" (cpu "-" when not measured). Blank lines and lines
+// cpu_us_per_io [p50_us p99_us p999_us]" (cpu and latencies "-" when not
+// measured; lines without the latencies have none). Blank lines and lines
 // starting with # are skipped.
 func ParseSamples(r io.Reader) ([]Sample, error) {
 	var out []Sample
@@ -36,8 +44,8 @@ func ParseSamples(r io.Reader) ([]Sample, error) {
 			continue
 		}
 		f := strings.Split(line, "\t")
-		if len(f) != 6 {
-			return nil, fmt.Errorf("sample line %d: %d tab-separated fields, want 6 (section case target value unit cpu): %q", n, len(f), line)
+		if len(f) != 6 && len(f) != 9 {
+			return nil, fmt.Errorf("sample line %d: %d tab-separated fields, want 6 (section case target value unit cpu) or 9 (and p50 p99 p99.9): %q", n, len(f), line)
 		}
 		for i, v := range f[:3] {
 			if v == "" {
@@ -48,18 +56,33 @@ func ParseSamples(r io.Reader) ([]Sample, error) {
 		if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
 			return nil, fmt.Errorf("sample line %d: value %q is not a non-negative number", n, f[3])
 		}
-		cpu := math.NaN()
-		if f[5] != "-" {
-			if cpu, err = strconv.ParseFloat(f[5], 64); err != nil || cpu < 0 || math.IsInf(cpu, 0) || math.IsNaN(cpu) {
-				return nil, fmt.Errorf("sample line %d: CPU per I/O %q is neither a non-negative number nor -", n, f[5])
+		smp := Sample{Section: f[0], Case: f[1], Target: f[2], Value: v, Unit: f[4], Latency: [3]float64{math.NaN(), math.NaN(), math.NaN()}}
+		if smp.CPU, err = optional(f[5]); err != nil {
+			return nil, fmt.Errorf("sample line %d: CPU per I/O: %w", n, err)
+		}
+		for i := range len(f) - 6 {
+			if smp.Latency[i], err = optional(f[6+i]); err != nil {
+				return nil, fmt.Errorf("sample line %d: %s latency: %w", n, latencyQuantiles[i], err)
 			}
 		}
-		out = append(out, Sample{Section: f[0], Case: f[1], Target: f[2], Value: v, Unit: f[4], CPU: cpu})
+		out = append(out, smp)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read samples: %w", err)
 	}
 	return out, nil
+}
+
+// optional parses a non-negative number, or "-" for none (NaN).
+func optional(s string) (float64, error) {
+	if s == "-" {
+		return math.NaN(), nil
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+		return 0, fmt.Errorf("%q is neither a non-negative number nor -", s)
+	}
+	return v, nil
 }
 
 // Row summarises one target in one case.
@@ -72,6 +95,9 @@ type Row struct {
 	Ratio float64
 	// CPU is the median CPU time per I/O in µs; NaN when not measured.
 	CPU float64
+	// Latency holds the medians of the runs' latency percentiles (see
+	// Sample.Latency); NaN when not measured.
+	Latency [3]float64
 }
 
 // Summarize groups samples by section, case and target, in the order they
@@ -81,6 +107,7 @@ func Summarize(samples []Sample) ([]Row, error) {
 	var order []key
 	vals := map[key][]float64{}
 	cpus := map[key][]float64{}
+	lats := map[key]*[3][]float64{}
 	units := map[[2]string]string{}
 	for _, s := range samples {
 		k := key{s.Section, s.Case, s.Target}
@@ -96,13 +123,25 @@ func Summarize(samples []Sample) ([]Row, error) {
 		if !math.IsNaN(s.CPU) {
 			cpus[k] = append(cpus[k], s.CPU)
 		}
+		if lats[k] == nil {
+			lats[k] = new([3][]float64)
+		}
+		for i, l := range s.Latency {
+			if !math.IsNaN(l) {
+				lats[k][i] = append(lats[k][i], l)
+			}
+		}
 	}
 	rows := make([]Row, 0, len(order))
 	for _, k := range order {
 		v := slices.Clone(vals[k])
 		slices.Sort(v)
-		rows = append(rows, Row{Section: k.section, Case: k.cas, Target: k.target, Unit: units[[2]string{k.section, k.cas}],
-			Runs: len(v), Min: v[0], Median: median(v), Max: v[len(v)-1], CPU: median(cpus[k]), Ratio: math.NaN()})
+		r := Row{Section: k.section, Case: k.cas, Target: k.target, Unit: units[[2]string{k.section, k.cas}],
+			Runs: len(v), Min: v[0], Median: median(v), Max: v[len(v)-1], CPU: median(cpus[k]), Ratio: math.NaN()}
+		for i, l := range lats[k] {
+			r.Latency[i] = median(l)
+		}
+		rows = append(rows, r)
 	}
 	for i := range rows {
 		best := math.NaN()
@@ -132,12 +171,13 @@ func median(v []float64) float64 {
 }
 
 // columns of the table and of the TSV file.
-var columns = []string{"section", "case", "target", "runs", "min", "median", "max", "unit", "ratio_to_best_peer", "cpu_us_per_io"}
+var columns = []string{"section", "case", "target", "runs", "min", "median", "max", "unit", "ratio_to_best_peer", "cpu_us_per_io",
+	"p50_us", "p99_us", "p999_us"}
 
 // cells formats a row; "-" marks what was not measured.
 func (r Row) cells() []string {
 	return []string{r.Section, r.Case, r.Target, strconv.Itoa(r.Runs), num(r.Min), num(r.Median), num(r.Max), r.Unit,
-		fixed(r.Ratio, 2), fixed(r.CPU, 1)}
+		fixed(r.Ratio, 2), fixed(r.CPU, 1), fixed(r.Latency[0], 1), fixed(r.Latency[1], 1), fixed(r.Latency[2], 1)}
 }
 
 // num formats a throughput figure: no decimals from 100 up.

@@ -72,6 +72,9 @@ func WriteSVG(w io.Writer, title string, rows []Row) error {
 		if !math.IsNaN(r.CPU) {
 			label += fmt.Sprintf("  %.1f µs CPU/IO", r.CPU)
 		}
+		if !math.IsNaN(r.Latency[0]) {
+			label += fmt.Sprintf("  latency p50/p99/p99.9 %s/%s/%s µs", fixed(r.Latency[0], 0), fixed(r.Latency[1], 0), fixed(r.Latency[2], 0))
+		}
 		fmt.Fprintf(bw, `<text x="%.1f" y="%d">%s</text>`+"\n", px(max(r.Max, r.Median))+6, y+barHeight-3, html.EscapeString(label))
 		y += barHeight + rowGap
 	}

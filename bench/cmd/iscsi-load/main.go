@@ -1,24 +1,38 @@
 // Command iscsi-load logs in to an iSCSI target and keeps a fixed number of
 // reads or writes in flight for a while, then prints one line:
 //
-//	iscsi-load: rw=randwrite bs=4096 qd=32 ios=N seconds=S iops=X mbps=Y lat_us=Z
+//	iscsi-load: rw=randwrite bs=4096 qd=32 sessions=1 ios=N seconds=S iops=X mbps=Y lat_us=Z p50_us=A p99_us=B p999_us=C
 //
-// It is the write-side client of bench/run.sh (libiscsi's iscsi-perf only
-// reads). Example:
+// (lat_us is the mean command latency, p50/p99/p999 its percentiles, each
+// within 1/16 above the truth.) With -sessions it logs in that many
+// sessions, each keeping -qd commands in flight, and reports their sum.
+// With -hold it does no I/O: it logs the sessions in, prints
+//
+//	iscsi-load: sessions=N logged in
+//
+// keeps them idle for that long and logs them out (for the target's memory
+// per idle session). It is the write-side client of bench/run.sh
+// (libiscsi's iscsi-perf only reads). Example:
 //
 //	iscsi-load -portal 127.0.0.1:3260 -target iqn.2026-11.org.iserd:disk0 -rw randwrite -bs 4096 -qd 32 -time 5s
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/iserd/iserd/bench/load"
 	"github.com/iserd/iserd/iscsi/initiator"
 )
+
+// parallelLogins bounds the logins in progress at once, below a target's
+// limit per initiator address (iserd's LoginConnsPerHost is 16).
+const parallelLogins = 8
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
@@ -35,14 +49,16 @@ func run(args []string) error {
 	lun := fs.Uint64("lun", 0, "LUN number")
 	rw := fs.String("rw", "randwrite", "access pattern: randread, randwrite, read, write")
 	bs := fs.Int("bs", 4096, "bytes per I/O")
-	qd := fs.Int("qd", 32, "commands in flight")
+	qd := fs.Int("qd", 32, "commands in flight per session")
+	sessions := fs.Int("sessions", 1, "sessions to log in, one connection each")
+	hold := fs.Duration("hold", 0, "no I/O: keep the sessions logged in and idle this long, then log out")
 	dur := fs.Duration("time", 5*time.Second, "run time (0: until -ios)")
-	ios := fs.Uint64("ios", 0, "end the run after this many I/Os, if -time has not ended it (0: no count)")
+	ios := fs.Uint64("ios", 0, "end the run after this many I/Os per session, if -time has not ended it (0: no count)")
 	span := fs.Int64("span", 1<<30, "bytes from LBA 0 the I/Os fall in (0: whole LUN)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *target == "" || fs.NArg() > 0 {
+	if *target == "" || fs.NArg() > 0 || *sessions < 1 {
 		return fmt.Errorf("usage: iscsi-load -target IQN [flags] (see -h)")
 	}
 	pat, err := load.ParsePattern(*rw)
@@ -50,30 +66,115 @@ func run(args []string) error {
 		return err
 	}
 	ctx := context.Background()
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second+time.Duration(*sessions)*50*time.Millisecond)
 	defer cancel()
-	c, err := load.Connect(dctx, *portal, *name, *target)
+	conns, err := connect(dctx, *sessions, *portal, *name, *target)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	capa, err := load.Prepare(dctx, c, *lun)
+	if *hold > 0 {
+		fmt.Printf("iscsi-load: sessions=%d logged in\n", len(conns))
+		time.Sleep(*hold)
+		return logout(conns)
+	}
+	cfg := load.Config{Pattern: pat, BlockSize: *bs, QueueDepth: *qd, Duration: *dur, IOs: *ios, LUN: *lun, Span: *span}
+	res, err := runAll(ctx, conns, cfg)
 	if err != nil {
 		return err
 	}
-	rctx, rcancel := context.WithTimeout(ctx, *dur+30*time.Second)
-	defer rcancel()
-	res, err := load.Run(rctx, c, capa, load.Config{Pattern: pat, BlockSize: *bs, QueueDepth: *qd,
-		Duration: *dur, IOs: *ios, LUN: *lun, Span: *span, Seed: uint64(time.Now().UnixNano())})
-	if err != nil {
-		return err
-	}
-	lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
-	defer lcancel()
-	if _, err := c.Logout(lctx, initiator.LogoutSession); err != nil {
+	if err := logout(conns); err != nil {
 		fmt.Fprintln(os.Stderr, "iscsi-load: warning:", err)
 	}
-	fmt.Printf("iscsi-load: rw=%v bs=%d qd=%d ios=%d seconds=%.3f iops=%.0f mbps=%.1f lat_us=%.1f\n",
-		pat, *bs, *qd, res.IOs, res.Elapsed.Seconds(), res.IOPS(), res.MBps(), float64(res.MeanLatency())/1e3)
+	us := func(q float64) float64 { return float64(res.Latency.Quantile(q)) / 1e3 }
+	fmt.Printf("iscsi-load: rw=%v bs=%d qd=%d sessions=%d ios=%d seconds=%.3f iops=%.0f mbps=%.1f lat_us=%.1f p50_us=%.1f p99_us=%.1f p999_us=%.1f\n",
+		pat, *bs, *qd, len(conns), res.IOs, res.Elapsed.Seconds(), res.IOPS(), res.MBps(), float64(res.MeanLatency())/1e3,
+		us(0.5), us(0.99), us(0.999))
 	return nil
+}
+
+// connect logs in n sessions, parallelLogins at a time; on error it
+// returns the ones it made, for the caller to close.
+func connect(ctx context.Context, n int, portal, name, target string) ([]*initiator.Conn, error) {
+	conns := make([]*initiator.Conn, n)
+	errs := make([]error, n)
+	sem := make(chan struct{}, parallelLogins)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			conns[i], errs[i] = load.Connect(ctx, portal, name, target)
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("session %d: %w", i+1, errs[i])
+			}
+		}()
+	}
+	wg.Wait()
+	made := conns[:0]
+	for _, c := range conns {
+		if c != nil {
+			made = append(made, c)
+		}
+	}
+	return made, errors.Join(errs...)
+}
+
+// runAll runs cfg on every session at once and adds up the results; the
+// run's length is the longest session's.
+func runAll(ctx context.Context, conns []*initiator.Conn, cfg load.Config) (load.Result, error) {
+	results := make([]load.Result, len(conns))
+	errs := make([]error, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			capa, err := load.Prepare(pctx, c, cfg.LUN)
+			if err != nil {
+				errs[i] = fmt.Errorf("session %d: %w", i+1, err)
+				return
+			}
+			rctx, rcancel := context.WithTimeout(ctx, cfg.Duration+30*time.Second)
+			defer rcancel()
+			scfg := cfg
+			scfg.Seed = uint64(time.Now().UnixNano()) + uint64(i)
+			results[i], errs[i] = load.Run(rctx, c, capa, scfg)
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("session %d: %w", i+1, errs[i])
+			}
+		}()
+	}
+	wg.Wait()
+	sum := load.Result{Latency: new(load.Histogram)}
+	for _, r := range results {
+		sum.IOs += r.IOs
+		sum.Bytes += r.Bytes
+		sum.LatencySum += r.LatencySum
+		sum.Elapsed = max(sum.Elapsed, r.Elapsed)
+		if r.Latency != nil {
+			sum.Latency.Merge(r.Latency)
+		}
+	}
+	return sum, errors.Join(errs...)
+}
+
+// logout ends every session.
+func logout(conns []*initiator.Conn) error {
+	var errs []error
+	for _, c := range conns {
+		lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := c.Logout(lctx, initiator.LogoutSession)
+		cancel()
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
