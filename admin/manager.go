@@ -19,6 +19,7 @@ import (
 
 	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/cluster"
+	"github.com/iserd/iserd/cluster/prstore"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/scsi"
 )
@@ -57,6 +58,7 @@ type Manager struct {
 	override func(*Config)
 	rdma     func() RDMAStatus
 	cluster  *cluster.Node
+	prStore  *prstore.Store // the LUNs' persistent reservations in etcd, with cluster
 
 	mu        sync.Mutex
 	sharedRev int64 // etcd revision of the cluster configuration applied (see syncShared)
@@ -108,6 +110,11 @@ func New(cfg *Config, o Options) (*Manager, error) {
 	m := &Manager{log: o.Log, srv: srv, path: o.Path, listen: o.Listen, override: o.Override, rdma: o.RDMA, cluster: o.Cluster,
 		cfg:  &Config{DataDir: cfg.DataDir, Log: cfg.Log, Limits: cfg.Limits, Metrics: cfg.Metrics, RDMA: cfg.RDMA, Cluster: cfg.Cluster},
 		luns: map[lunKey]*liveLUN{}, portals: map[string]io.Closer{}}
+	if m.cluster != nil {
+		if m.prStore, err = prstore.New(m.cluster.Client(), cfg.Cluster.Name, m.cluster.Name(), m.cluster.LeaseID, m.cluster.Allowed); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+	}
 	m.mu.Lock()
 	err = m.apply(cfg.Clone(), false)
 	m.mu.Unlock()
@@ -640,6 +647,7 @@ func (m *Manager) openLUN(cfg *Config, target string, lc LUNConfig) (*liveLUN, e
 	dc := diskConfig(target, lc, stateDir)
 	if m.cluster != nil {
 		dc.Fence = m.cluster
+		dc.PRStore = m.prStore.LUN(dc.NAA)
 	}
 	disk, err := scsi.NewDisk(dev, dc)
 	if err != nil {
