@@ -114,6 +114,8 @@ func New(cfg *Config, o Options) (*Manager, error) {
 		if m.prStore, err = prstore.New(m.cluster.Client(), cfg.Cluster.Name, m.cluster.Name(), m.cluster.LeaseID, m.cluster.Allowed); err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}
+		// A PREEMPT AND ABORT waits for a silent node's lease to expire.
+		m.prStore.AbortWait = max(prstore.DefaultAbortWait, 2*time.Duration(cfg.Cluster.LeaseTTL))
 	}
 	m.mu.Lock()
 	err = m.apply(cfg.Clone(), false)
