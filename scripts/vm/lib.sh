@@ -300,6 +300,17 @@ EOC
   wait_until 20 "multipathd" eval 'multipathd show daemon >/dev/null 2>&1'
 }
 
+# mpath_login IQN ADDRESS...: logs in over TCP to IQN at each address, each session set to give a
+# lost path up after 5 s (multipath then retries on another) instead of holding it in recovery.
+mpath_login() {
+  local iqn=$1 p
+  shift
+  for p in "$@"; do
+    login_tcp "$iqn" "$p" || return 1
+    iscsiadm -m node -T "$iqn" -p "$p" -o update -n node.session.timeo.replacement_timeout -v 5 || return 1
+  done
+}
+
 # mpath_wait PATHS [SECONDS]: waits (default 30 s) until one multipath map has PATHS paths the
 # checker calls ready, and prints its /dev/mapper device.
 mpath_wait() {

@@ -25,11 +25,7 @@ targets:
       - {lun: 0, path: lun0.img, size: 128MiB}
 EOC
 iserd_start /tmp/iserd-mpath.yaml
-for p in "$A" "$B"; do
-  login_tcp "$IQN" "$p"
-  # multipath wants a path given up quickly rather than held for the session's recovery
-  iscsiadm -m node -T "$IQN" -p "$p" -o update -n node.session.timeo.replacement_timeout -v 5
-done
+mpath_login "$IQN" "$A" "$B"
 timed "multipathd start" multipath_start
 mp=$(timed "multipath map with 2 paths" mpath_wait 2)
 topo=$(multipath -ll)

@@ -72,10 +72,7 @@ gw_start a "$A" 1
 gw_start b "$B" 2
 log "cluster:"$'\n'"$(status_of a)"
 assert_eq yes "$(live_at a b)" "gw-b live at gw-a"
-for p in "$A" "$B"; do
-  login_tcp "$IQN" "$p"
-  iscsiadm -m node -T "$IQN" -p "$p" -o update -n node.session.timeo.replacement_timeout -v 5
-done
+mpath_login "$IQN" "$A" "$B"
 timed "multipathd start" multipath_start
 mp=$(timed "multipath map with 2 paths" mpath_wait 2)
 topo=$(multipath -ll)
