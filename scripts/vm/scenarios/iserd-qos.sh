@@ -1,8 +1,8 @@
 # vm-timeout: 720
 # Rate limits (QoS) with the Linux initiator and fio, 20 s per measure, over TCP and then iSER:
 # a 100 IOPS limit at QD128 (the CmdSN window shrinks to 50, no ping timeout or SCSI error, no
-# command held a second), 2,000 IOPS and 40 MiB/s within 5% (as iserd counts in steady state and
-# as fio sees), a limit changed under fio taking effect within a second, and two initiators of
+# command held a second), 2,000 IOPS and 40 MiB/s within 5% (iserd's steady count; fio's beside it),
+# a limit changed under fio taking effect within a second, and two initiators of
 # weights 1 and 3 contending for one LUN's limit sharing it 1:3 within 10%. Every limit is set
 # live with iserctl. The VM's speed without a limit is measured first: when it cannot reach
 # 2,000 IOPS or 40 MiB/s with headroom, lower limits are measured instead and the log says so
