@@ -84,7 +84,7 @@ targets:
       - {lun: 0, path: ro.img, block_size: 512, read_only: true}
 log: {level: warn}
 EOC
-  bin/iserd -config "$work/iserd.yaml" > "$work/iserd.log" 2>&1 &
+  bin/iserd -config "$work/iserd.yaml" -admin-socket "$work/admin.sock" > "$work/iserd.log" 2>&1 &
   pid=$!
   for _ in $(seq 50); do
     listening $port && listening $port2 && break
