@@ -40,7 +40,13 @@ check sh -c '/usr/sbin/iserd -version | grep -q "^iserd 0"'
 check sh -c '/usr/bin/iserctl version | grep -q "^iserctl 0"'
 check bash -c 'source /usr/share/bash-completion/bash_completion; _completion_loader iserctl; complete -p iserctl | grep -q __start_iserctl'
 
-# As the unit runs it: the packaged configuration, the default socket.
+# As the unit runs it: the packaged configuration, the default socket (which
+# another iserd must not hold already).
+if /usr/bin/iserctl target list >/dev/null 2>&1; then
+	echo "test-deb: another iserd serves /run/iserd/admin.sock; stop it first" >&2
+	dpkg -P iserd >>"$work/dpkg.log" 2>&1
+	exit 1
+fi
 /usr/sbin/iserd --config /etc/iserd/iserd.yaml >"$work/iserd.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do [ -S /run/iserd/admin.sock ] && break; sleep 0.1; done
