@@ -25,6 +25,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/iserd/iserd/internal/retry"
 )
 
 // revokeTimeout bounds the lease revocation when a node stops.
@@ -229,7 +231,7 @@ func (n *Node) keepLease(ctx context.Context) {
 			if err != nil {
 				n.failures.Add(1)
 				down.failed(n, err)
-				sleep(ctx, n.retryEvery())
+				retry.Sleep(ctx, n.retryEvery())
 				continue
 			}
 			lease, dirty = id, false
@@ -368,16 +370,6 @@ func (n *Node) monitor(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-	}
-}
-
-// sleep waits for d or the end of ctx.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
 	}
 }
 

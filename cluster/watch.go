@@ -7,6 +7,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/iserd/iserd/internal/retry"
 )
 
 // watch keeps the node's view of the cluster: it reads the node, member
@@ -17,7 +19,7 @@ func (n *Node) watch(ctx context.Context) {
 		rev, err := n.load(ctx)
 		if err != nil {
 			n.log.Debug("cannot read the cluster's keys: trying again", zap.Error(err))
-			sleep(ctx, n.retryEvery())
+			retry.Sleep(ctx, n.retryEvery())
 			continue
 		}
 		n.follow(ctx, rev)

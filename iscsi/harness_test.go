@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"testing"
 	"time"
 
@@ -44,19 +43,9 @@ func newEnv(t testing.TB, tune func(*iscsi.Options)) *env {
 	for _, name := range []string{testTarget, otherTarget} {
 		addTarget(t, srv, name)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	srv.AddPortal(iscsi.Portal{Addr: l.Addr().String()})
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, l) }()
+	// Cleanups run last first: Listen's stops serving, then this one shuts
+	// the server down.
 	t.Cleanup(func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
 		sctx, stop := context.WithTimeout(context.Background(), 5*time.Second)
 		defer stop()
 		if err := srv.Shutdown(sctx); err != nil {
@@ -66,7 +55,7 @@ func newEnv(t testing.TB, tune func(*iscsi.Options)) *env {
 			t.Errorf("after shutdown %d command buffers (%d bytes) were never given back to the pool", n, bytes)
 		}
 	})
-	return &env{srv: srv, addr: l.Addr().String()}
+	return &env{srv: srv, addr: targettest.Listen(t, srv, 0)}
 }
 
 // newServer returns a server with the two test targets and its own buffer

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync/atomic"
 	"testing"
+
+	"github.com/iserd/iserd/internal/scsitest"
 )
 
 // testFence allows the first allow calls to Allowed and refuses the rest.
@@ -39,7 +41,7 @@ func TestFence(t *testing.T) {
 		{"UNMAP", cdbUnmap(24), unmapList([2]uint64{8, 1}), true},
 		{"COMPARE AND WRITE", cdbCAW(8, 1), append(fill(512, 0), blk...), true},
 		{"SYNCHRONIZE CACHE (10)", cdb10(0x35, 0, 0), nil, true},
-		{"PERSISTENT RESERVE OUT REGISTER", cdbPROut(proRegister, 0, proBasicLen), proList(0, 7, 0), true},
+		{"PERSISTENT RESERVE OUT REGISTER", cdbPROut(proRegister, 0, proBasicLen), scsitest.PROutParams(0, 7, 0), true},
 		{"SET TARGET PORT GROUPS", cdbSTPG(8), []byte{0, 0, 0, 0, byte(ActiveOptimized), 0, 0, 1}, true},
 		{"READ (10)", cdb10(0x28, 8, 1), nil, false},
 		{"VERIFY (10)", cdb10(0x2f, 8, 1), nil, false},

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/iserd/iserd/bdev"
+	"github.com/iserd/iserd/internal/scsitest"
 )
 
 // FuzzCDB feeds arbitrary CDBs, data-out buffers and data-in sizes to a
@@ -20,9 +21,9 @@ func FuzzCDB(f *testing.F) {
 	f.Add([]byte{0x12, 1, 0x83, 0, 255, 0}, []byte{}, uint16(255))
 	// Persistent reservations, ALUA, copy offload, SANITIZE, WRITE ATOMIC,
 	// READ DEFECT DATA.
-	f.Add(cdbPROut(proRegister, 0, 24), proList(0, 1, 0), uint16(0))
-	f.Add(cdbPROut(proRegister, 0, 52), proList(0, 1, 0x08, tid("iqn.x,i,0x1")), uint16(0))
-	f.Add(cdbPROut(proRegisterMove, prWE, 48), append(proList(1, 2, 0), tid("iqn.x,i,0x1")...), uint16(0))
+	f.Add(cdbPROut(proRegister, 0, 24), scsitest.PROutParams(0, 1, 0), uint16(0))
+	f.Add(cdbPROut(proRegister, 0, 52), scsitest.PROutParams(0, 1, 0x08, tid("iqn.x,i,0x1")), uint16(0))
+	f.Add(cdbPROut(proRegisterMove, prWE, 48), append(scsitest.PROutParams(1, 2, 0), tid("iqn.x,i,0x1")...), uint16(0))
 	f.Add(cdbPRIn(priReadFullStatus), []byte{}, uint16(4096))
 	f.Add(cdbRTPG(1), []byte{}, uint16(1024))
 	f.Add(cdbSTPG(8), []byte{0, 0, 0, 0, 2, 0, 0, 1}, uint16(0))
@@ -72,11 +73,11 @@ func FuzzCDB(f *testing.F) {
 // nexuses: none may panic, and the published state must always satisfy
 // the invariants a restored state file is checked against.
 func FuzzPROut(f *testing.F) {
-	f.Add(byte(proRegister), byte(0), proList(0, 1, 0), false)
-	f.Add(byte(proRegister), byte(0), proList(0, 1, 0x0c, tid("iqn.b,i,0x2"), tid("iqn.c")), false)
-	f.Add(byte(proReserve), byte(prEAAR), proList(1, 0, 0), true)
-	f.Add(byte(proPreemptAbort), byte(prWE), proList(1, 2, 0), false)
-	f.Add(byte(proRegisterMove), byte(prWE), append(proList(1, 2, 0), tid("iqn.b,i,0x2")...), true)
+	f.Add(byte(proRegister), byte(0), scsitest.PROutParams(0, 1, 0), false)
+	f.Add(byte(proRegister), byte(0), scsitest.PROutParams(0, 1, 0x0c, tid("iqn.b,i,0x2"), tid("iqn.c")), false)
+	f.Add(byte(proReserve), byte(prEAAR), scsitest.PROutParams(1, 0, 0), true)
+	f.Add(byte(proPreemptAbort), byte(prWE), scsitest.PROutParams(1, 2, 0), false)
+	f.Add(byte(proRegisterMove), byte(prWE), append(scsitest.PROutParams(1, 2, 0), tid("iqn.b,i,0x2")...), true)
 	d, err := NewDisk(bdev.NewMemory(1<<20), DiskConfig{})
 	if err != nil {
 		f.Fatal(err)
@@ -208,7 +209,7 @@ func FuzzPRState(f *testing.F) {
 			}
 			desc = desc[24+tidLen:]
 		}
-		exec(cdbPROut(proRegisterIgnore, 0, proBasicLen), proList(0, 0xfeed, 0))
+		exec(cdbPROut(proRegisterIgnore, 0, proBasicLen), scsitest.PROutParams(0, 0xfeed, 0))
 		if err := d.pr.Load().validate(); err != nil {
 			t.Fatalf("after a registration: %v", err)
 		}
@@ -275,7 +276,7 @@ func FuzzPRRecord(f *testing.F) {
 				t.Fatalf("PR IN service action %d: status %#x sense %+v", sa, c.Status, senseOf(c))
 			}
 		}
-		c := exec(cdbPROut(proRegisterIgnore, 0, proBasicLen), proList(0, 0xfeed, 0))
+		c := exec(cdbPROut(proRegisterIgnore, 0, proBasicLen), scsitest.PROutParams(0, 0xfeed, 0))
 		if c.Status != StatusGood && senseOf(c).code != ascInsufficientRegRes {
 			t.Fatalf("REGISTER AND IGNORE EXISTING KEY: status %#x sense %+v", c.Status, senseOf(c))
 		}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/iserd/iserd/internal/scsitest"
 )
 
 // CDB and parameter list builders for persistent reservations.
@@ -19,21 +21,6 @@ func cdbPROut(sa, typ byte, plen int) []byte {
 }
 
 func cdbPRIn(sa byte) []byte { return []byte{0x5e, sa, 0, 0, 0, 0, 0, 0x10, 0, 0} }
-
-// proList is a basic parameter list; flags is byte 20 (SPEC_I_PT 0x08,
-// ALL_TG_PT 0x04, APTPL 0x01). TransportIDs follow when given.
-func proList(rk, sark uint64, flags byte, tids ...[]byte) []byte {
-	b := make([]byte, proBasicLen)
-	binary.BigEndian.PutUint64(b, rk)
-	binary.BigEndian.PutUint64(b[8:], sark)
-	b[20] = flags
-	if len(tids) == 0 {
-		return b
-	}
-	all := slices.Concat(tids...)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(all)))
-	return append(b, all...)
-}
 
 // tid builds an iSCSI TransportID for s (format 01b when s names a port).
 func tid(s string) []byte {
@@ -85,8 +72,8 @@ const keyA, keyB = 0xaaaa, 0xbbbb
 // registerBoth registers a with keyA and b with keyB.
 func (h *harness) registerBoth() {
 	h.t.Helper()
-	h.mustPROut(h.a, proRegister, 0, proList(0, keyA, 0), StatusGood)
-	h.mustPROut(h.b, proRegister, 0, proList(0, keyB, 0), StatusGood)
+	h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0), StatusGood)
+	h.mustPROut(h.b, proRegister, 0, scsitest.PROutParams(0, keyB, 0), StatusGood)
 }
 
 func TestPRRegister(t *testing.T) {
@@ -112,7 +99,7 @@ func TestPRRegister(t *testing.T) {
 		{"unregister a", h.a, proRegister, keyA, 0, StatusGood, 5, []uint64{keyB}},
 	}
 	for _, s := range steps {
-		h.mustPROut(s.n, s.sa, 0, proList(s.rk, s.sark, 0), s.want)
+		h.mustPROut(s.n, s.sa, 0, scsitest.PROutParams(s.rk, s.sark, 0), s.want)
 		gen, ks := h.keys(h.b)
 		if gen != s.gen || !slices.Equal(ks, s.keysAB) {
 			t.Fatalf("%s: generation %d keys %x, want %d %x", s.name, gen, ks, s.gen, s.keysAB)
@@ -132,13 +119,13 @@ func TestPROutInvalid(t *testing.T) {
 		{"short list", cdbPROut(proRegister, 0, 20), make([]byte, 20), ascParamListLength},
 		{"long list", cdbPROut(proRegister, 0, 28), make([]byte, 28), ascParamListLength},
 		{"data shorter than the CDB says", cdbPROut(proRegister, 0, 24), make([]byte, 10), ascParamListLength},
-		{"bad type", cdbPROut(proReserve, 2, 24), proList(keyA, 0, 0), ascInvalidFieldInCDB},
-		{"bad scope", cdbPROut(proReserve, 0x11, 24), proList(keyA, 0, 0), ascInvalidFieldInCDB},
-		{"SPEC_I_PT on reserve", cdbPROut(proReserve, prWE, 24), proList(keyA, 0, 0x08), ascInvalidFieldInParam},
-		{"APTPL without a state directory", cdbPROut(proRegister, 0, 24), proList(keyA, keyA, 0x01), ascInvalidFieldInParam},
-		{"unknown service action", cdbPROut(9, 0, 24), proList(keyA, 0, 0), ascInvalidFieldInCDB},
-		{"bad TransportID", cdbPROut(proRegister, 0, 32), proList(0, 3, 0x08, []byte{0x45, 0, 0, 0}), ascInvalidFieldInParam},
-		{"TransportID name beyond 223 bytes", cdbPROut(proRegister, 0, 28+232), proList(0, 3, 0x08, tid("iqn."+strings.Repeat("x", 220))), ascInvalidFieldInParam},
+		{"bad type", cdbPROut(proReserve, 2, 24), scsitest.PROutParams(keyA, 0, 0), ascInvalidFieldInCDB},
+		{"bad scope", cdbPROut(proReserve, 0x11, 24), scsitest.PROutParams(keyA, 0, 0), ascInvalidFieldInCDB},
+		{"SPEC_I_PT on reserve", cdbPROut(proReserve, prWE, 24), scsitest.PROutParams(keyA, 0, 0x08), ascInvalidFieldInParam},
+		{"APTPL without a state directory", cdbPROut(proRegister, 0, 24), scsitest.PROutParams(keyA, keyA, 0x01), ascInvalidFieldInParam},
+		{"unknown service action", cdbPROut(9, 0, 24), scsitest.PROutParams(keyA, 0, 0), ascInvalidFieldInCDB},
+		{"bad TransportID", cdbPROut(proRegister, 0, 32), scsitest.PROutParams(0, 3, 0x08, []byte{0x45, 0, 0, 0}), ascInvalidFieldInParam},
+		{"TransportID name beyond 223 bytes", cdbPROut(proRegister, 0, 28+232), scsitest.PROutParams(0, 3, 0x08, tid("iqn."+strings.Repeat("x", 220))), ascInvalidFieldInParam},
 	}
 	for _, tt := range tests {
 		c := h.exec(h.a, 0, tt.cdb, tt.params, 0)
@@ -169,11 +156,11 @@ func TestPRAccess(t *testing.T) {
 	for _, tt := range tests {
 		for _, registered := range []bool{true, false} {
 			h := newHarness(t, DiskConfig{})
-			h.mustPROut(h.a, proRegister, 0, proList(0, keyA, 0), StatusGood)
+			h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0), StatusGood)
 			if registered {
-				h.mustPROut(h.b, proRegister, 0, proList(0, keyB, 0), StatusGood)
+				h.mustPROut(h.b, proRegister, 0, scsitest.PROutParams(0, keyB, 0), StatusGood)
 			}
-			h.mustPROut(h.a, proReserve, tt.typ, proList(keyA, 0, 0), StatusGood)
+			h.mustPROut(h.a, proReserve, tt.typ, scsitest.PROutParams(keyA, 0, 0), StatusGood)
 			key, typ := h.reservation(h.b)
 			if wantKey := uint64(keyA); typ != tt.typ || (tt.holderKeyShown && key != wantKey) || (!tt.holderKeyShown && key != 0) {
 				t.Fatalf("type %d: READ RESERVATION key %#x type %d", tt.typ, key, typ)
@@ -202,21 +189,21 @@ func TestPRAccess(t *testing.T) {
 func TestPRReserveRelease(t *testing.T) {
 	h := newHarness(t, DiskConfig{})
 	h.registerBoth()
-	h.mustPROut(h.a, proReserve, prWERO, proList(keyB, 0, 0), StatusReservationConflict) // wrong key
-	h.mustPROut(h.a, proReserve, prWERO, proList(keyA, 0, 0), StatusGood)
-	h.mustPROut(h.a, proReserve, prWERO, proList(keyA, 0, 0), StatusGood)              // same type again
-	h.mustPROut(h.a, proReserve, prEA, proList(keyA, 0, 0), StatusReservationConflict) // other type
-	h.mustPROut(h.b, proReserve, prWERO, proList(keyB, 0, 0), StatusReservationConflict)
-	h.mustPROut(h.b, proRelease, prWERO, proList(keyB, 0, 0), StatusGood) // not the holder: no effect
+	h.mustPROut(h.a, proReserve, prWERO, scsitest.PROutParams(keyB, 0, 0), StatusReservationConflict) // wrong key
+	h.mustPROut(h.a, proReserve, prWERO, scsitest.PROutParams(keyA, 0, 0), StatusGood)
+	h.mustPROut(h.a, proReserve, prWERO, scsitest.PROutParams(keyA, 0, 0), StatusGood)              // same type again
+	h.mustPROut(h.a, proReserve, prEA, scsitest.PROutParams(keyA, 0, 0), StatusReservationConflict) // other type
+	h.mustPROut(h.b, proReserve, prWERO, scsitest.PROutParams(keyB, 0, 0), StatusReservationConflict)
+	h.mustPROut(h.b, proRelease, prWERO, scsitest.PROutParams(keyB, 0, 0), StatusGood) // not the holder: no effect
 	if _, typ := h.reservation(h.a); typ != prWERO {
 		t.Fatalf("a non-holder's RELEASE released the reservation")
 	}
-	c := h.prout(h.a, proRelease, prEA, proList(keyA, 0, 0))
+	c := h.prout(h.a, proRelease, prEA, scsitest.PROutParams(keyA, 0, 0))
 	if s := senseOf(c); s.code != ascInvalidRelease {
 		t.Fatalf("RELEASE with the wrong type: status %#x sense %+v", c.Status, s)
 	}
 	gen, _ := h.keys(h.a)
-	h.mustPROut(h.a, proRelease, prWERO, proList(keyA, 0, 0), StatusGood)
+	h.mustPROut(h.a, proRelease, prWERO, scsitest.PROutParams(keyA, 0, 0), StatusGood)
 	if g, _ := h.keys(h.a); g != gen {
 		t.Fatalf("RELEASE changed PRgeneration %d -> %d", gen, g)
 	}
@@ -224,21 +211,21 @@ func TestPRReserveRelease(t *testing.T) {
 	h.expectUA(h.a, 0)
 
 	// Unregistering the holder of a registrants-only reservation releases it.
-	h.mustPROut(h.a, proReserve, prEARO, proList(keyA, 0, 0), StatusGood)
-	h.mustPROut(h.a, proRegister, 0, proList(keyA, 0, 0), StatusGood)
+	h.mustPROut(h.a, proReserve, prEARO, scsitest.PROutParams(keyA, 0, 0), StatusGood)
+	h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(keyA, 0, 0), StatusGood)
 	h.expectUA(h.b, ascReservationsReleased)
 	if _, typ := h.reservation(h.b); typ != 0 {
 		t.Fatal("reservation survived its holder's unregistration")
 	}
 
 	// An all-registrants reservation stays until the last registrant goes.
-	h.mustPROut(h.a, proRegister, 0, proList(0, keyA, 0), StatusGood)
-	h.mustPROut(h.a, proReserve, prWEAR, proList(keyA, 0, 0), StatusGood)
-	h.mustPROut(h.a, proRegister, 0, proList(keyA, 0, 0), StatusGood)
+	h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0), StatusGood)
+	h.mustPROut(h.a, proReserve, prWEAR, scsitest.PROutParams(keyA, 0, 0), StatusGood)
+	h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(keyA, 0, 0), StatusGood)
 	if _, typ := h.reservation(h.b); typ != prWEAR {
 		t.Fatal("all-registrants reservation vanished while b is registered")
 	}
-	h.mustPROut(h.b, proRelease, prWEAR, proList(keyB, 0, 0), StatusGood)
+	h.mustPROut(h.b, proRelease, prWEAR, scsitest.PROutParams(keyB, 0, 0), StatusGood)
 	if _, typ := h.reservation(h.b); typ != 0 {
 		t.Fatal("all-registrants RELEASE by a registrant did not release")
 	}
@@ -271,15 +258,15 @@ func TestPRClearAndPreempt(t *testing.T) {
 				mu.Unlock()
 			})
 			h.registerBoth()
-			h.mustPROut(h.b, proReserve, prWE, proList(keyB, 0, 0), StatusGood)
+			h.mustPROut(h.b, proReserve, prWE, scsitest.PROutParams(keyB, 0, 0), StatusGood)
 			want := StatusGood
 			if tt.uaB == 0 {
 				want = StatusReservationConflict
 			}
 			if tt.sa == proClear {
-				h.mustPROut(h.a, tt.sa, 0, proList(keyA, 0, 0), want)
+				h.mustPROut(h.a, tt.sa, 0, scsitest.PROutParams(keyA, 0, 0), want)
 			} else {
-				h.mustPROut(h.a, tt.sa, tt.typ, proList(keyA, tt.sark, 0), want)
+				h.mustPROut(h.a, tt.sa, tt.typ, scsitest.PROutParams(keyA, tt.sark, 0), want)
 			}
 			if tt.uaB == 0 {
 				return
@@ -301,8 +288,8 @@ func TestPRClearAndPreempt(t *testing.T) {
 func TestPRPreemptAllRegistrants(t *testing.T) {
 	h := newHarness(t, DiskConfig{})
 	h.registerBoth()
-	h.mustPROut(h.b, proReserve, prEAAR, proList(keyB, 0, 0), StatusGood)
-	c := h.prout(h.a, proPreempt, prWE, proList(keyA, 0, 0))
+	h.mustPROut(h.b, proReserve, prEAAR, scsitest.PROutParams(keyB, 0, 0), StatusGood)
+	c := h.prout(h.a, proPreempt, prWE, scsitest.PROutParams(keyA, 0, 0))
 	if c.Status != StatusGood {
 		t.Fatalf("PREEMPT with SARK 0 of an all-registrants reservation: %#x %+v", c.Status, senseOf(c))
 	}
@@ -311,7 +298,7 @@ func TestPRPreemptAllRegistrants(t *testing.T) {
 	}
 	h.expectUA(h.b, ascRegistrationsPreempted)
 	// SARK 0 is invalid when the reservation is not all-registrants.
-	c = h.prout(h.a, proPreempt, prWE, proList(keyA, 0, 0))
+	c = h.prout(h.a, proPreempt, prWE, scsitest.PROutParams(keyA, 0, 0))
 	if s := senseOf(c); s.code != ascInvalidFieldInParam {
 		t.Fatalf("PREEMPT SARK 0 under WE: %#x %+v", c.Status, s)
 	}
@@ -323,21 +310,21 @@ func TestPRSpecIPTAndFullStatus(t *testing.T) {
 	h.tgt.AddNexus(c)
 	h.expectUA(c, ascPowerOnReset)
 	// a registers itself, b's port and every port of iqn.c, on all target ports.
-	h.mustPROut(h.a, proRegister, 0, proList(0, keyA, 0x08|0x04, tid("iqn.b,i,0x2"), tid("iqn.c")), StatusGood)
+	h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0x08|0x04, tid("iqn.b,i,0x2"), tid("iqn.c")), StatusGood)
 	if _, ks := h.keys(h.b); len(ks) != 3 {
 		t.Fatalf("keys after SPEC_I_PT: %x", ks)
 	}
 	for _, n := range []*Nexus{h.a, h.b, c} {
-		h.mustPROut(n, proRegister, 0, proList(keyA, keyA+n.ID, 0), StatusGood) // each is registered
+		h.mustPROut(n, proRegister, 0, scsitest.PROutParams(keyA, keyA+n.ID, 0), StatusGood) // each is registered
 	}
 	// Registering an already registered port through SPEC_I_PT fails.
-	h.mustPROut(h.a, proRegister, 0, proList(keyA+1, 0, 0), StatusGood)
-	cc := h.prout(h.a, proRegister, 0, proList(0, keyA, 0x08, tid("iqn.b,i,0x2")))
+	h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(keyA+1, 0, 0), StatusGood)
+	cc := h.prout(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0x08, tid("iqn.b,i,0x2")))
 	if s := senseOf(cc); s.code != ascInvalidFieldInParam {
 		t.Fatalf("SPEC_I_PT naming a registered port: %#x %+v", cc.Status, s)
 	}
-	h.mustPROut(h.a, proRegister, 0, proList(0, keyA, 0), StatusGood)
-	h.mustPROut(h.a, proReserve, prWE, proList(keyA, 0, 0), StatusGood)
+	h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0), StatusGood)
+	h.mustPROut(h.a, proReserve, prWE, scsitest.PROutParams(keyA, 0, 0), StatusGood)
 
 	b := data(h.mustGood(h.a, cdbPRIn(priReadFullStatus)))
 	var ports []string
@@ -366,7 +353,7 @@ func TestPRSpecIPTAndFullStatus(t *testing.T) {
 
 func TestPRRegisterAndMove(t *testing.T) {
 	h := newHarness(t, DiskConfig{})
-	h.mustPROut(h.a, proRegister, 0, proList(0, keyA, 0), StatusGood)
+	h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0), StatusGood)
 	move := func(rk, sark uint64, unreg bool, port string) []byte {
 		b := make([]byte, proBasicLen)
 		binary.BigEndian.PutUint64(b, rk)
@@ -378,7 +365,7 @@ func TestPRRegisterAndMove(t *testing.T) {
 		return append(b, t...)
 	}
 	h.mustPROut(h.a, proRegisterMove, prWE, move(keyA, keyB, true, "iqn.b,i,0x2"), StatusReservationConflict) // no reservation
-	h.mustPROut(h.a, proReserve, prWE, proList(keyA, 0, 0), StatusGood)
+	h.mustPROut(h.a, proReserve, prWE, scsitest.PROutParams(keyA, 0, 0), StatusGood)
 	c := h.prout(h.a, proRegisterMove, prWE, move(keyA, keyB, true, "iqn.a,i,0x1"))
 	if s := senseOf(c); s.code != ascInvalidFieldInParam {
 		t.Fatalf("move to itself: %#x %+v", c.Status, s)
@@ -403,10 +390,10 @@ func TestPRSCSI2Interplay(t *testing.T) {
 	reserve6, release6 := []byte{0x16, 0, 0, 0, 0, 0}, []byte{0x17, 0, 0, 0, 0, 0}
 	h := newHarness(t, DiskConfig{})
 	h.mustGood(h.b, reserve6)
-	h.mustPROut(h.a, proRegister, 0, proList(0, keyA, 0), StatusReservationConflict)
+	h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0), StatusReservationConflict)
 	h.mustGood(h.b, release6)
 	h.registerBoth()
-	h.mustPROut(h.a, proReserve, prWE, proList(keyA, 0, 0), StatusGood)
+	h.mustPROut(h.a, proReserve, prWE, scsitest.PROutParams(keyA, 0, 0), StatusGood)
 	h.mustGood(h.a, reserve6) // holder: GOOD without effect
 	h.mustGood(h.a, release6)
 	for _, cdb := range [][]byte{reserve6, release6} {
@@ -436,9 +423,9 @@ func TestAPTPLPersistence(t *testing.T) {
 	dir := t.TempDir()
 	cfg := DiskConfig{StateDir: dir, NAA: 0x1234}
 	h := newHarness(t, cfg)
-	h.mustPROut(h.a, proRegister, 0, proList(0, keyA, 0x01), StatusGood)
-	h.mustPROut(h.b, proRegister, 0, proList(0, keyB, 0x01), StatusGood)
-	h.mustPROut(h.a, proReserve, prEARO, proList(keyA, 0, 0), StatusGood)
+	h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0x01), StatusGood)
+	h.mustPROut(h.b, proRegister, 0, scsitest.PROutParams(0, keyB, 0x01), StatusGood)
+	h.mustPROut(h.a, proReserve, prEARO, scsitest.PROutParams(keyA, 0, 0), StatusGood)
 	path := filepath.Join(dir, "pr-000000000001234.state")
 	if _, err := os.Stat(path); err != nil {
 		t.Fatalf("state file: %v", err)
@@ -475,7 +462,7 @@ func TestAPTPLPersistence(t *testing.T) {
 	}
 	// Clearing APTPL removes the file: the state no longer survives.
 	h3 := newHarnessOn(t, h.dev, cfg)
-	h3.mustPROut(h3.a, proRegister, 0, proList(keyA, keyA, 0), StatusGood)
+	h3.mustPROut(h3.a, proRegister, 0, scsitest.PROutParams(keyA, keyA, 0), StatusGood)
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("state file after APTPL cleared: %v", err)
 	}
@@ -492,11 +479,11 @@ func TestPRContention(t *testing.T) {
 			defer wg.Done()
 			key := uint64(0x100 + n.ID)
 			for i := 0; i < 200; i++ {
-				h.exec(n, 0, cdbPROut(proRegisterIgnore, 0, 24), proList(0, key, 0), 0)
-				h.exec(n, 0, cdbPROut(proReserve, prWE, 24), proList(key, 0, 0), 0)
+				h.exec(n, 0, cdbPROut(proRegisterIgnore, 0, 24), scsitest.PROutParams(0, key, 0), 0)
+				h.exec(n, 0, cdbPROut(proReserve, prWE, 24), scsitest.PROutParams(key, 0, 0), 0)
 				h.exec(n, 0, cdb10(0x2a, uint32(i), 1), make([]byte, 512), 0)
-				h.exec(n, 0, cdbPROut(proRelease, prWE, 24), proList(key, 0, 0), 0)
-				h.exec(n, 0, cdbPROut(proRegister, 0, 24), proList(key, 0, 0), 0)
+				h.exec(n, 0, cdbPROut(proRelease, prWE, 24), scsitest.PROutParams(key, 0, 0), 0)
+				h.exec(n, 0, cdbPROut(proRegister, 0, 24), scsitest.PROutParams(key, 0, 0), 0)
 			}
 		}()
 	}
@@ -521,8 +508,8 @@ func TestPRTargetPorts(t *testing.T) {
 		other := &Nexus{ID: 4, InitiatorPort: h.a.InitiatorPort, RelativePort: 2}
 		h.tgt.AddNexus(other)
 		h.expectUA(other, ascPowerOnReset)
-		h.mustPROut(h.a, proRegister, 0, proList(0, keyA, flag(allTgPt, 0x04)), StatusGood)
-		h.mustPROut(h.a, proReserve, prWERO, proList(keyA, 0, 0), StatusGood)
+		h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, flag(allTgPt, 0x04)), StatusGood)
+		h.mustPROut(h.a, proReserve, prWERO, scsitest.PROutParams(keyA, 0, 0), StatusGood)
 		c := h.exec(other, 0, cdb10(0x2a, 0, 1), make([]byte, 512), 0)
 		if allowed := c.Status == StatusGood; allowed != allTgPt {
 			t.Fatalf("ALL_TG_PT=%v: write through port 2: status %#x", allTgPt, c.Status)
@@ -531,6 +518,6 @@ func TestPRTargetPorts(t *testing.T) {
 		if !allTgPt {
 			want = StatusReservationConflict // not registered through port 2
 		}
-		h.mustPROut(other, proRegister, 0, proList(keyA, keyA, 0), want)
+		h.mustPROut(other, proRegister, 0, scsitest.PROutParams(keyA, keyA, 0), want)
 	}
 }

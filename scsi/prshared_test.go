@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/iserd/iserd/bdev"
+	"github.com/iserd/iserd/internal/scsitest"
 )
 
 // memPRStore is a PRStore in memory, for one process: commits compare the
@@ -78,7 +79,7 @@ func TestPRStoreOutcomes(t *testing.T) {
 			h := newHarness(t, DiskConfig{PRStore: m})
 			tt.setup(m)
 			began := time.Now()
-			c := h.prout(h.a, proRegister, 0, proList(0, keyA, 0x01))
+			c := h.prout(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0x01))
 			if s := senseOf(c); tt.key == 0 && c.Status != StatusGood || tt.key != 0 && (s.key != tt.key || s.code != tt.code) {
 				t.Fatalf("PR OUT: status %#x sense %+v after %v, want %x/%04x", c.Status, s, time.Since(began), tt.key, tt.code)
 			}
@@ -106,8 +107,8 @@ func TestPRStoreRemoteEvents(t *testing.T) {
 	var aborted atomic.Int32
 	h.tgt.OnAbort(func(*Nexus, uint64) { aborted.Add(1) })
 	h.registerBoth()
-	h.mustPROut(h.b, proReserve, prWE, proList(keyB, 0, 0), StatusGood)
-	h.mustPROut(h.a, proPreemptAbort, prEA, proList(keyA, keyB, 0), StatusGood)
+	h.mustPROut(h.b, proReserve, prWE, scsitest.PROutParams(keyB, 0, 0), StatusGood)
+	h.mustPROut(h.a, proPreemptAbort, prEA, scsitest.PROutParams(keyA, keyB, 0), StatusGood)
 	h.expectUA(h.b, ascRegistrationsPreempted)
 	h.expectUA(h.a, 0)
 	if n := aborted.Load(); n != 1 {

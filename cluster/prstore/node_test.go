@@ -281,21 +281,6 @@ func (n *node) abortedNexuses() []uint64 {
 	return slices.Clone(n.aborted)
 }
 
-// proList is a basic PERSISTENT RESERVE OUT parameter list (flags: byte 20)
-// followed by TransportIDs when given.
-func proList(rk, sark uint64, flags byte, tids ...[]byte) []byte {
-	b := make([]byte, 24)
-	binary.BigEndian.PutUint64(b, rk)
-	binary.BigEndian.PutUint64(b[8:], sark)
-	b[20] = flags
-	if len(tids) == 0 {
-		return b
-	}
-	all := slices.Concat(tids...)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(all)))
-	return append(b, all...)
-}
-
 // moveList is the parameter list of REGISTER AND MOVE to initiator port
 // port through relative target port rel.
 func moveList(rk, sark uint64, unreg bool, rel uint16, port string) []byte {

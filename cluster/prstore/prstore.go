@@ -24,6 +24,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/iserd/iserd/internal/retry"
 	"github.com/iserd/iserd/scsi"
 )
 
@@ -202,7 +203,7 @@ func (l *lunStore) watch(ctx context.Context, from int64, apply func(scsi.PRReco
 			}
 		}
 		cancel()
-		sleep(ctx, retryDelay)
+		retry.Sleep(ctx, retryDelay)
 	}
 }
 
@@ -216,7 +217,7 @@ func (l *lunStore) keepMember(ctx context.Context) {
 		rev, err := l.join(jctx)
 		jcancel()
 		if err != nil {
-			sleep(ctx, retryDelay)
+			retry.Sleep(ctx, retryDelay)
 			continue
 		}
 		l.untilLeft(ctx, rev+1)
@@ -241,17 +242,7 @@ func (l *lunStore) untilLeft(ctx context.Context, from int64) {
 			}
 		}
 		cancel()
-		sleep(ctx, retryDelay)
-	}
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
+		retry.Sleep(ctx, retryDelay)
 	}
 }
 

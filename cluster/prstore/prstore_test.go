@@ -16,6 +16,7 @@ import (
 
 	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/internal/etcdtest"
+	"github.com/iserd/iserd/internal/scsitest"
 	"github.com/iserd/iserd/scsi"
 )
 
@@ -32,8 +33,8 @@ func TestTwoNodes(t *testing.T) {
 		run  func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus)
 	}{
 		{"reserve on A makes a write from a non-registrant on B conflict", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
-			a.mustPROut(a1, proRegister, 0, proList(0, keyA, 0), scsi.StatusGood)
-			a.mustPROut(a1, proReserve, typeWE, proList(keyA, 0, 0), scsi.StatusGood)
+			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0), scsi.StatusGood)
+			a.mustPROut(a1, proReserve, typeWE, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
 			if key, typ := a.reservation(a1); key != keyA || typ != typeWE {
 				t.Fatalf("A right after its RESERVE: %#x type %d", key, typ)
 			}
@@ -48,19 +49,19 @@ func TestTwoNodes(t *testing.T) {
 				t.Fatalf("write from the holder: %#x", c.Status)
 			}
 			// A registrant-only reservation lets B's registrant write.
-			b.mustPROut(b1, proRegister, 0, proList(0, keyB, 0), scsi.StatusGood)
-			a.mustPROut(a1, proRelease, typeWE, proList(keyA, 0, 0), scsi.StatusGood)
-			a.mustPROut(a1, proReserve, typeWERO, proList(keyA, 0, 0), scsi.StatusGood)
+			b.mustPROut(b1, proRegister, 0, scsitest.PROutParams(0, keyB, 0), scsi.StatusGood)
+			a.mustPROut(a1, proRelease, typeWE, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
+			a.mustPROut(a1, proReserve, typeWERO, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
 			waitFor(t, "B to see the registrants-only reservation", func() bool { _, typ := b.reservation(b1); return typ == typeWERO })
 			if c := b.write(b1, 0); c.Status != scsi.StatusGood {
 				t.Fatalf("write from B's registrant under WERO: %#x", c.Status)
 			}
 		}},
 		{"PREEMPT AND ABORT from B aborts A's tasks and raises A's unit attention", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
-			a.mustPROut(a1, proRegister, 0, proList(0, keyA, 0), scsi.StatusGood)
-			a.mustPROut(a1, proReserve, typeEA, proList(keyA, 0, 0), scsi.StatusGood)
-			b.mustPROut(b1, proRegister, 0, proList(0, keyB, 0), scsi.StatusGood)
-			b.mustPROut(b1, proPreemptAbort, typeWE, proList(keyB, keyA, 0), scsi.StatusGood)
+			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0), scsi.StatusGood)
+			a.mustPROut(a1, proReserve, typeEA, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
+			b.mustPROut(b1, proRegister, 0, scsitest.PROutParams(0, keyB, 0), scsi.StatusGood)
+			b.mustPROut(b1, proPreemptAbort, typeWE, scsitest.PROutParams(keyB, keyA, 0), scsi.StatusGood)
 			// The command completed: A has aborted a1's tasks already.
 			if got := a.abortedNexuses(); !slices.Equal(got, []uint64{a1.ID}) {
 				t.Fatalf("nexuses aborted on A: %v, want [%d]", got, a1.ID)
@@ -79,22 +80,22 @@ func TestTwoNodes(t *testing.T) {
 			}
 		}},
 		{"RELEASE of a registrants-only reservation on B tells A's registrants", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
-			a.mustPROut(a1, proRegister, 0, proList(0, keyA, 0), scsi.StatusGood)
-			b.mustPROut(b1, proRegister, 0, proList(0, keyB, 0), scsi.StatusGood)
-			b.mustPROut(b1, proReserve, typeEARO, proList(keyB, 0, 0), scsi.StatusGood)
-			b.mustPROut(b1, proRelease, typeEARO, proList(keyB, 0, 0), scsi.StatusGood)
+			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0), scsi.StatusGood)
+			b.mustPROut(b1, proRegister, 0, scsitest.PROutParams(0, keyB, 0), scsi.StatusGood)
+			b.mustPROut(b1, proReserve, typeEARO, scsitest.PROutParams(keyB, 0, 0), scsi.StatusGood)
+			b.mustPROut(b1, proRelease, typeEARO, scsitest.PROutParams(keyB, 0, 0), scsi.StatusGood)
 			a.pollUA(a1, ascResvReleased)
 			b.expectUA(b1, 0)
-			b.mustPROut(b1, proClear, 0, proList(keyB, 0, 0), scsi.StatusGood)
+			b.mustPROut(b1, proClear, 0, scsitest.PROutParams(keyB, 0, 0), scsi.StatusGood)
 			a.pollUA(a1, ascResvPreempted)
 			if _, ks := a.keys(a1); len(ks) != 0 {
 				t.Fatalf("keys after CLEAR: %x", ks)
 			}
 		}},
 		{"ALL_TG_PT registers the initiator port through B as well", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
-			a.mustPROut(a1, proRegister, 0, proList(0, keyA, flagAllTgPt), scsi.StatusGood)
+			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, flagAllTgPt), scsi.StatusGood)
 			waitFor(t, "B to see the registration", func() bool { _, ks := b.keys(ab); return len(ks) == 1 })
-			b.mustPROut(ab, proReserve, typeWERO, proList(keyA, 0, 0), scsi.StatusGood)
+			b.mustPROut(ab, proReserve, typeWERO, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
 			waitFor(t, "A to see the reservation", func() bool { _, typ := a.reservation(a1); return typ == typeWERO })
 			if c := a.write(a1, 0); c.Status != scsi.StatusGood {
 				t.Fatalf("write through A by the all-ports registrant: %#x", c.Status)
@@ -105,19 +106,19 @@ func TestTwoNodes(t *testing.T) {
 			}
 		}},
 		{"without ALL_TG_PT the initiator port through B is another nexus", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
-			a.mustPROut(a1, proRegister, 0, proList(0, keyA, 0), scsi.StatusGood)
+			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0), scsi.StatusGood)
 			waitFor(t, "B to see the registration", func() bool { _, ks := b.keys(ab); return len(ks) == 1 })
-			b.mustPROut(ab, proRegister, 0, proList(keyA, keyB, 0), scsi.StatusReservationConflict)
-			b.mustPROut(ab, proRegister, 0, proList(0, keyB, 0), scsi.StatusGood)
+			b.mustPROut(ab, proRegister, 0, scsitest.PROutParams(keyA, keyB, 0), scsi.StatusReservationConflict)
+			b.mustPROut(ab, proRegister, 0, scsitest.PROutParams(0, keyB, 0), scsi.StatusGood)
 			waitFor(t, "A to see both registrations", func() bool {
 				_, ks := a.keys(a1)
 				return slices.Equal(ks, []uint64{keyA, keyB})
 			})
 		}},
 		{"SPEC_I_PT with ALL_TG_PT registers B's initiator from A", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
-			a.mustPROut(a1, proRegister, 0, proList(0, keyA, flagSpecIPT|flagAllTgPt, tid(b1.InitiatorPort, true)), scsi.StatusGood)
+			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, flagSpecIPT|flagAllTgPt, tid(b1.InitiatorPort, true)), scsi.StatusGood)
 			waitFor(t, "B to see the registrations", func() bool { _, ks := b.keys(b1); return len(ks) == 2 })
-			b.mustPROut(b1, proReserve, typeWE, proList(keyA, 0, 0), scsi.StatusGood)
+			b.mustPROut(b1, proReserve, typeWE, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
 			if c := b.write(b1, 0); c.Status != scsi.StatusGood {
 				t.Fatalf("write from the holder registered by SPEC_I_PT: %#x", c.Status)
 			}
@@ -127,8 +128,8 @@ func TestTwoNodes(t *testing.T) {
 			}
 		}},
 		{"REGISTER AND MOVE to a port of the other node", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
-			a.mustPROut(a1, proRegister, 0, proList(0, keyA, 0), scsi.StatusGood)
-			a.mustPROut(a1, proReserve, typeWE, proList(keyA, 0, 0), scsi.StatusGood)
+			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0), scsi.StatusGood)
+			a.mustPROut(a1, proReserve, typeWE, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
 			a.mustPROut(a1, proRegisterMove, typeWE, moveList(keyA, keyB, true, b.port, b1.InitiatorPort), scsi.StatusGood)
 			if key, typ := a.reservation(a1); key != keyB || typ != typeWE {
 				t.Fatalf("after the move: %#x type %d", key, typ)
@@ -143,7 +144,7 @@ func TestTwoNodes(t *testing.T) {
 		}},
 		{"a node that may not write refuses PR OUT and PR IN", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
 			a.allowed.Store(false)
-			c := a.prout(a1, proRegister, 0, proList(0, keyA, 0))
+			c := a.prout(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0))
 			if k, asc := sense(c); c.Status != scsi.StatusCheckCondition || k != keyNotReady || asc != ascUnavailable {
 				t.Fatalf("PR OUT on a fenced node: %#x sense %x/%04x", c.Status, k, asc)
 			}
@@ -151,7 +152,7 @@ func TestTwoNodes(t *testing.T) {
 			if k, asc := sense(c); c.Status != scsi.StatusCheckCondition || k != keyNotReady || asc != ascUnavailable {
 				t.Fatalf("PR IN on a fenced node: %#x sense %x/%04x", c.Status, k, asc)
 			}
-			b.mustPROut(b1, proRegister, 0, proList(0, keyB, 0), scsi.StatusGood)
+			b.mustPROut(b1, proRegister, 0, scsitest.PROutParams(0, keyB, 0), scsi.StatusGood)
 			a.allowed.Store(true)
 			waitFor(t, "A to see B's registration", func() bool { _, ks := a.keys(a1); return len(ks) == 1 })
 		}},
@@ -226,23 +227,23 @@ func TestConcurrentHistory(t *testing.T) {
 				switch p := rng.IntN(10); {
 				case p < 3 || mine == 0:
 					mine = uint64(ci+1)<<32 | uint64(r+1)
-					sa, params = proRegisterIgnore, proList(0, mine, 0)
+					sa, params = proRegisterIgnore, scsitest.PROutParams(0, mine, 0)
 					keysMu.Lock()
 					allKeys = append(allKeys, mine)
 					keysMu.Unlock()
 				case p < 5:
-					sa, typ, params = proReserve, []byte{typeWE, typeWERO, typeWEAR}[rng.IntN(3)], proList(mine, 0, 0)
+					sa, typ, params = proReserve, []byte{typeWE, typeWERO, typeWEAR}[rng.IntN(3)], scsitest.PROutParams(mine, 0, 0)
 				case p < 6:
-					sa, typ, params = proRelease, []byte{typeWE, typeWERO, typeWEAR}[rng.IntN(3)], proList(mine, 0, 0)
+					sa, typ, params = proRelease, []byte{typeWE, typeWERO, typeWEAR}[rng.IntN(3)], scsitest.PROutParams(mine, 0, 0)
 				case p < 8:
 					keysMu.Lock()
 					victim := allKeys[rng.IntN(len(allKeys))]
 					keysMu.Unlock()
-					sa, typ, params = []byte{proPreempt, proPreemptAbort}[rng.IntN(2)], typeWE, proList(mine, victim, 0)
+					sa, typ, params = []byte{proPreempt, proPreemptAbort}[rng.IntN(2)], typeWE, scsitest.PROutParams(mine, victim, 0)
 				case p < 9:
-					sa, params = proRegister, proList(mine, 0, 0)
+					sa, params = proRegister, scsitest.PROutParams(mine, 0, 0)
 				default:
-					sa, params = proClear, proList(mine, 0, 0)
+					sa, params = proClear, scsitest.PROutParams(mine, 0, 0)
 				}
 				nodeMu[cl.node].Lock()
 				n.rec.last.Store(0)
@@ -355,9 +356,9 @@ func TestAPTPLSurvivesRestarts(t *testing.T) {
 			if aptpl {
 				flags = flagAPTPL
 			}
-			a.mustPROut(a1, proRegister, 0, proList(0, keyA, flags), scsi.StatusGood)
-			b.mustPROut(b1, proRegister, 0, proList(0, keyB, flags), scsi.StatusGood)
-			a.mustPROut(a1, proReserve, typeEARO, proList(keyA, 0, 0), scsi.StatusGood)
+			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, flags), scsi.StatusGood)
+			b.mustPROut(b1, proRegister, 0, scsitest.PROutParams(0, keyB, flags), scsi.StatusGood)
+			a.mustPROut(a1, proReserve, typeEARO, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
 			caps := a.prin(a1, 2)
 			if caps[2]&0x01 == 0 || caps[3]&0x01 != flags {
 				t.Fatalf("REPORT CAPABILITIES % x: want PTPL_C and PTPL_A=%v", caps, aptpl)
@@ -433,12 +434,12 @@ func TestPreemptAbortBound(t *testing.T) {
 			a, b := newNode(t, etcd, cluster, "a", 1), newNode(t, etcd, cluster, "b", 2)
 			b.store.AbortWait = 2 * leaseTTL * time.Second
 			a1, b1 := a.nexus(1, "iqn.a", 1), b.nexus(1, "iqn.b", 2)
-			a.mustPROut(a1, proRegister, 0, proList(0, keyA, 0), scsi.StatusGood)
-			a.mustPROut(a1, proReserve, typeWE, proList(keyA, 0, 0), scsi.StatusGood)
-			b.mustPROut(b1, proRegister, 0, proList(0, keyB, 0), scsi.StatusGood)
+			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0), scsi.StatusGood)
+			a.mustPROut(a1, proReserve, typeWE, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
+			b.mustPROut(b1, proRegister, 0, scsitest.PROutParams(0, keyB, 0), scsi.StatusGood)
 			tt.silence(t, a)
 			began := time.Now()
-			c := b.prout(b1, proPreemptAbort, typeWE, proList(keyB, keyA, 0))
+			c := b.prout(b1, proPreemptAbort, typeWE, scsitest.PROutParams(keyB, keyA, 0))
 			took := time.Since(began)
 			if c.Status != tt.want {
 				k, asc := sense(c)
@@ -466,11 +467,11 @@ func TestEtcdUnreachable(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	a := newNode(t, etcd, "down", "a", 1)
 	a1, a2 := a.nexus(1, "iqn.a", 1), a.nexus(2, "iqn.b", 2)
-	a.mustPROut(a1, proRegister, 0, proList(0, keyA, 0), scsi.StatusGood)
-	a.mustPROut(a1, proReserve, typeWE, proList(keyA, 0, 0), scsi.StatusGood)
+	a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0), scsi.StatusGood)
+	a.mustPROut(a1, proReserve, typeWE, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
 	etcd.Stop()
 	began := time.Now()
-	c := a.prout(a2, proRegister, 0, proList(0, keyB, 0))
+	c := a.prout(a2, proRegister, 0, scsitest.PROutParams(0, keyB, 0))
 	took := time.Since(began)
 	if k, asc := sense(c); c.Status != scsi.StatusCheckCondition || k != keyNotReady || asc != ascUnavailable {
 		t.Fatalf("PR OUT with etcd stopped: %#x sense %x/%04x after %v", c.Status, k, asc, took)
@@ -486,7 +487,7 @@ func TestEtcdUnreachable(t *testing.T) {
 	}
 	etcd.Restart()
 	waitFor(t, "PR OUT to work again", func() bool {
-		return a.prout(a2, proRegister, 0, proList(0, keyB, 0)).Status == scsi.StatusGood
+		return a.prout(a2, proRegister, 0, scsitest.PROutParams(0, keyB, 0)).Status == scsi.StatusGood
 	})
 	t.Logf("PR OUT with etcd stopped failed after %v", took.Round(10*time.Millisecond))
 }
@@ -500,12 +501,12 @@ func TestOpenBeforeLease(t *testing.T) {
 	lease := a.lease.Swap(0)
 	a.restart()
 	a1 := a.nexus(1, "iqn.a", 1)
-	c := a.prout(a1, proRegister, 0, proList(0, keyA, 0))
+	c := a.prout(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0))
 	if k, asc := sense(c); c.Status != scsi.StatusCheckCondition || k != keyNotReady || asc != ascUnavailable {
 		t.Fatalf("PR OUT before the node joined: %#x sense %x/%04x", c.Status, k, asc)
 	}
 	a.lease.Store(lease)
 	waitFor(t, "the node to join", func() bool {
-		return a.prout(a1, proRegister, 0, proList(0, keyA, 0)).Status == scsi.StatusGood
+		return a.prout(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0)).Status == scsi.StatusGood
 	})
 }
