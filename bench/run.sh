@@ -108,11 +108,19 @@ wait_port() {
   die "$4 does not listen on port $2 after 10 s"
 }
 
+# lun_files SHM-FILE DISK-FILE: the LUN files of one target. The disk one is written
+# through (O_DIRECT) with data: reads of a fallocated file never reach the device (ext4
+# answers unwritten extents with zeros) and its first writes convert extents.
+lun_files() {
+  fallocate -l "${LUN_SIZE_MB}M" "$1"
+  dd if=/dev/urandom of="$2" bs=1M count="$LUN_SIZE_MB" oflag=direct status=none
+}
+
 # iserd_instance NAME BINARY FROM-PORT: starts an iserd with its own LUN files; sets PID and PORT.
 iserd_instance() {
   local name=$1 bin=$2
   PORT=$(free_port "$3")
-  for f in "$WORK/$name.img" "$DISK/$name.img"; do fallocate -l "${LUN_SIZE_MB}M" "$f"; done
+  lun_files "$WORK/$name.img" "$DISK/$name.img"
   cat >"$WORK/$name.yaml" <<EOF
 portals: [{address: "127.0.0.1:$PORT"}]
 log: {level: warn}
@@ -144,7 +152,7 @@ start_tgtd() {
   TGT_PORT=$(free_port $((${BASE_PORT:-$ISERD_PORT} + 1)))
   TGT_CP=4260
   while [ -e "/var/run/tgtd/socket.$TGT_CP" ]; do TGT_CP=$((TGT_CP + 1)); done
-  for f in "$WORK/tgt.img" "$DISK/tgt.img"; do fallocate -l "${LUN_SIZE_MB}M" "$f"; done
+  lun_files "$WORK/tgt.img" "$DISK/tgt.img"
   tgtd -f -C "$TGT_CP" --iscsi portal="127.0.0.1:$TGT_PORT" >"$WORK/tgtd.log" 2>&1 &
   TGTD_PID=$!
   wait_port "$TGTD_PID" "$TGT_PORT" "$WORK/tgtd.log" tgtd
