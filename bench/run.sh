@@ -309,7 +309,8 @@ run_vm() {
     note "vm: the scenario failed (log $log)"
     return 1
   fi
-  awk '$1 == "BENCH" && $2 == "vm" { printf "%s\t%s\t%s\t%s\t%s\t%s\n", $2, $3, $4, $5, $6, $7 }' "$log" | tee -a "$SAMPLES"
+  awk '$1 == "BENCH" && $2 == "vm" { printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", $2, $3, $4, $5, $6, $7, $8, $9, $10 }' "$log" |
+    tee -a "$SAMPLES"
   # The target process's own CPU per I/O (iserd, tgtd), median of the runs.
   awk '$1 == "INFO" && $5 == "process-cpu-us-per-io" { print $3, $4, $6 }' "$log" | sort -k1,2 -k3n |
     awk '{ k = $1 " " $2; v[k, ++n[k]] = $3; if (!(k in seen)) { seen[k]; order[++m] = k } }
@@ -370,6 +371,10 @@ for b in shm mem; do
 done
 goal "host disk 4k random read QD1" host "disk/randread-4k-qd1" iserd tgt 1
 goal "host disk 4k random read QD32" host "disk/randread-4k-qd32" iserd tgt 2.5
+# QD1 IOPS is the inverse of the mean latency: iserd's mean within 1.3x of LIO's is IOPS >= 1/1.3.
+goal "vm tcp 4k random read QD1 (mean latency <= 1.3x)" vm "tcp/randread-4k-qd1" iserd lio 0.77
+goal "vm iser 4k random read QD1 (mean latency <= 1.3x)" vm "iser/randread-4k-qd1" iserd lio 0.77
+goal "vm tcp 4k random read QD16 (>= 1.2x LIO)" vm "tcp/randread-4k-qd16" iserd lio 1.2
 for c in randread-4k-qd16 randwrite-4k-qd16; do
   goal "vm tcp $c" vm "tcp/$c" iserd lio 1
   goal "vm iser $c" vm "iser/$c" iserd lio 1

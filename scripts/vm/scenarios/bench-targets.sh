@@ -5,7 +5,8 @@
 # interleaved across targets). Over iSER, iserd runs twice: target iserd drives rxe0 with the
 # native provider, target iserd-ibv (a second iserd on port 3264) with the libibverbs provider.
 # Prints one line per run:
-#   BENCH vm TRANSPORT/CASE TARGET VALUE UNIT CPU_US_PER_IO
+#   BENCH vm TRANSPORT/CASE TARGET VALUE UNIT CPU_US_PER_IO P50 P99 P99.9
+# (fio's completion latency percentiles in µs).
 # CPU is the whole VM's busy time (initiator and target: LIO has no process to measure) per I/O;
 # for iserd and tgtd a line "INFO vm TRANSPORT/CASE TARGET process-cpu-us-per-io N" follows
 # with the target process's own utime+stime per I/O.
@@ -94,10 +95,13 @@ measure() {
   j1=$(busy_jiffies)
   p1=$(proc_jiffies "$target")
   out=$(tail -1 <<<"$out")
-  case $rw in
-    *read) read -r kb iops ms <<<"$(awk -F';' '{ print $6, $8, $9 }' <<<"$out")" ;;
-    *) read -r kb iops ms <<<"$(awk -F';' '{ print $47, $49, $50 }' <<<"$out")" ;;
-  esac
+  # Terse v3: the read side starts at field 6, the write side at 47; from there KiB, bandwidth,
+  # IOPS, runtime, 4 slat and 4 clat figures, then 20 clat percentile fields "P%=USEC".
+  local base=6 p50 p99 p999
+  case $rw in *read) ;; *) base=47 ;; esac
+  read -r kb iops ms p50 p99 p999 <<<"$(awk -F';' -v b=$base '{
+    for (i = b + 12; i < b + 32; i++) { split($i, kv, "%="); q[kv[1] + 0] = kv[2] }
+    print $b, $(b + 2), $(b + 3), q[50], q[99], q[99.9] }' <<<"$out")"
   [ "${ms:-0}" -gt 0 ] && [ "${kb:-0}" -gt 0 ] || { echo "fio $transport/$target $cname: no I/O ($out)" >&2; return 1; }
   if [ "$bs" -ge 64 ]; then
     value=$(awk -v kb="$kb" -v ms="$ms" 'BEGIN { printf "%.1f", kb * 1024 / ms / 1000 }') unit=MB/s
@@ -105,7 +109,7 @@ measure() {
     value=$iops unit=IOPS
   fi
   awk -v t="$transport/$cname" -v n="$target" -v v="$value" -v u="$unit" -v j=$((j1 - j0)) -v ios=$((kb / bs)) \
-    'BEGIN { printf "BENCH vm %s %s %s %s %.1f\n", t, n, v, u, j * 10000 / ios }'
+    -v l="${p50:--} ${p99:--} ${p999:--}" 'BEGIN { printf "BENCH vm %s %s %s %s %.1f %s\n", t, n, v, u, j * 10000 / ios, l }'
   if [ -n "$p0" ]; then
     awk -v t="$transport/$cname" -v n="$target" -v j=$((p1 - p0)) -v ios=$((kb / bs)) \
       'BEGIN { printf "INFO vm %s %s process-cpu-us-per-io %.1f\n", t, n, j * 10000 / ios }'
@@ -113,6 +117,7 @@ measure() {
 }
 
 cases=(
+  "randread-4k-qd1 randread 4 1"
   "randread-4k-qd16 randread 4 16"
   "randwrite-4k-qd16 randwrite 4 16"
   "read-128k-qd8 read 128 8"
