@@ -244,6 +244,31 @@ logout_all() {
   return $st
 }
 
+# iface_new NAME INITIATOR: creates the open-iscsi iface NAME, whose sessions carry the
+# initiator name INITIATOR (several initiators on one machine; logout_all removes it).
+iface_new() {
+  iscsiadm -m iface -I "$1" -o new >/dev/null &&
+    iscsiadm -m iface -I "$1" -o update -n iface.initiatorname -v "$2" >/dev/null
+}
+
+# iface_login IQN PORTAL IFACE: logs in to IQN at PORTAL (ip:port) through IFACE and prints the
+# /dev/sdX that appeared (waits up to 10 s for it). Makes the node record itself: after a
+# SendTargets discovery through IFACE, iscsiadm would log in through both records and fail.
+iface_login() {
+  local before d x
+  before=" $(ls /sys/block | grep '^sd' | tr '\n' ' ') "
+  iscsiadm -m node -T "$1" -p "$2" -I "$3" -o new >/dev/null || return 1
+  iscsiadm -m node -T "$1" -p "$2" -I "$3" -l >/dev/null || return 1
+  for _ in $(seq 100); do
+    d=
+    for x in $(ls /sys/block | grep '^sd'); do [[ $before == *" $x "* ]] || d=$x; done
+    [ -n "$d" ] && { echo "/dev/$d"; return 0; }
+    sleep 0.1
+  done
+  echo "iface_login: no disk appeared for $3 at $2" >&2
+  return 1
+}
+
 # fio_verify DEV SIZE [FIO_OPTION...]: random writes of mixed sizes (4k-256k) over the first
 # SIZE bytes of DEV with crc32c checksums, then reads everything back and verifies it.
 # Extra options (e.g. --bs=4k, --iodepth=1) override the defaults; any --bs* option replaces
@@ -345,6 +370,104 @@ multipath_stop() {
   udevadm control --exit >/dev/null 2>&1 || pkill -x systemd-udevd || true
   wait_until 10 "multipathd and udevd to exit" eval '! pidof multipathd >/dev/null && ! pidof systemd-udevd >/dev/null'
 }
+
+# ---- iserd cluster: etcd and two gateways on one shared device --------------------------
+
+VM_ADDR2=192.0.2.2 # the second gateway's address, on d0 beside $VM_ADDR
+ETCD_PID=
+declare -A GW_PID
+
+# cluster_init IQN TTL: prepares a cluster whose gateways (gw_start) serve IQN with LUN 0 on
+# one shared 256 MiB loop device ($CLUSTER_DEV), with a lease TTL of TTL seconds: adds
+# $VM_ADDR2 to d0, keeps the cluster's files (etcd's data included) in $CLUSTER_DIR, under the
+# scenario's directory, and sets cluster_cleanup as the EXIT trap.
+cluster_init() {
+  CLUSTER_DIR=$PWD/cluster
+  CLUSTER_IQN=$1
+  CLUSTER_TTL=$2
+  ip addr add "$VM_ADDR2/24" dev d0 2>/dev/null || true
+  mkdir -p "$CLUSTER_DIR/a" "$CLUSTER_DIR/b" "$CLUSTER_DIR/etcd" || return 1
+  truncate -s 256M "$CLUSTER_DIR/shared.img" || return 1
+  modprobe loop 2>/dev/null || true
+  CLUSTER_DEV=$(losetup -f) || return 1 # busybox's losetup: no --show
+  losetup "$CLUSTER_DEV" "$CLUSTER_DIR/shared.img" || return 1
+  trap cluster_cleanup EXIT
+}
+
+# cluster_cleanup: the EXIT trap of cluster scenarios: on failure prints the end of the
+# gateways' and etcd's logs; kills them (continuing stopped ones first), stops multipath,
+# logs out and frees the loop device.
+cluster_cleanup() {
+  local st=$? p f
+  if [ $st -ne 0 ]; then
+    for f in a.log b.log etcd.log; do
+      echo "--- $f (last lines)"
+      tail -25 "$CLUSTER_DIR/$f" 2>/dev/null || true
+    done
+  fi
+  for p in "${GW_PID[@]}" $ETCD_PID; do
+    kill -CONT "$p" 2>/dev/null || true
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  multipath_stop || true
+  logout_all || true
+  losetup -d "$CLUSTER_DEV" 2>/dev/null || true
+}
+
+# etcd_start: starts etcd-server (data in $CLUSTER_DIR/etcd, kept across restarts; log in
+# $CLUSTER_DIR/etcd.log, pid in $ETCD_PID) and waits until it listens on 127.0.0.1:2379.
+etcd_start() {
+  etcd --name vm --data-dir "$CLUSTER_DIR/etcd/data" --listen-client-urls http://127.0.0.1:2379 \
+    --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
+    --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster vm=http://127.0.0.1:2380 \
+    --log-level warn >>"$CLUSTER_DIR/etcd.log" 2>&1 &
+  ETCD_PID=$!
+  wait_until 60 "etcd to listen" port_listening 2379
+}
+
+# etcd_stop: stops etcd (SIGTERM) and waits for it.
+etcd_stop() {
+  kill -TERM "$ETCD_PID" || return 1
+  wait "$ETCD_PID" 2>/dev/null || true
+}
+
+# gw_start N ADDRESS TPGT: starts gateway gw-N (N is a or b) with its portal on ADDRESS:3260
+# in port group TPGT (config $CLUSTER_DIR/N.yaml, log N.log, admin socket N.sock, pid in
+# ${GW_PID[N]}) and waits until it listens and holds its lease.
+gw_start() {
+  cat >"$CLUSTER_DIR/$1.yaml" <<EOC
+data_dir: $CLUSTER_DIR/$1
+portals: [{address: "$2:3260", tpgt: $3}]
+targets:
+  - name: $CLUSTER_IQN
+    open: true
+    luns: [{lun: 0, path: $CLUSTER_DEV, direct: true, thin: false}]
+cluster: {name: vm, node: gw-$1, endpoints: [http://127.0.0.1:2379], lease_ttl: ${CLUSTER_TTL}s}
+EOC
+  "$ISERD_BIN" -config "$CLUSTER_DIR/$1.yaml" -admin-socket "$CLUSTER_DIR/$1.sock" >>"$CLUSTER_DIR/$1.log" 2>&1 &
+  GW_PID[$1]=$!
+  wait_until 30 "gw-$1 to listen" eval "ss -ltn | grep -q ' $2:3260 '" || return 1
+  wait_until 30 "gw-$1 to hold its lease" eval "gw_status $1 2>/dev/null | grep -q 'state:   allowed'"
+}
+
+# gw_stop N...: stops gateways (SIGTERM: they finish their commands and revoke their leases)
+# and waits up to 15 s for them; fails when one had to be killed or exited with another status.
+gw_stop() {
+  local n st=0 rc
+  for n; do kill -TERM "${GW_PID[$n]}" || return 1; done
+  for n; do
+    if ! wait_until 15 "gw-$n to exit" eval "! alive ${GW_PID[$n]}"; then
+      kill -KILL "${GW_PID[$n]}"
+      st=1
+    fi
+    wait "${GW_PID[$n]}" 2>/dev/null && rc=0 || rc=$?
+    case $rc in 0 | 143) ;; *) echo "gw-$n exited with status $rc" >&2; st=1 ;; esac
+  done
+  return $st
+}
+
+# gw_status N: gateway N's `iserctl cluster status`.
+gw_status() { iserctl --socket "$CLUSTER_DIR/$1.sock" cluster status; }
 
 # ---- LIO (kernel target, configured through configfs) -----------------------------------
 

@@ -23,26 +23,9 @@ EOC
 iserd_start /tmp/iserd-cluster.yaml
 
 # Two ifaces, each with its own initiator name.
-for n in a b; do
-  iscsiadm -m iface -I "if$n" -o new >/dev/null
-  iscsiadm -m iface -I "if$n" -o update -n iface.initiatorname -v "iqn.2026-11.org.iserd:node-$n" >/dev/null
-done
-iscsiadm -m discovery -t st -p "$VM_ADDR:3260" -I ifa -I ifb >/dev/null
+for n in a b; do iface_new "if$n" "iqn.2026-11.org.iserd:node-$n"; done
 # disk_of IFACE PORT: logs in through IFACE to the portal on PORT and prints the new disk.
-disk_of() {
-  local before d x
-  before=" $(ls /sys/block | grep '^sd' | tr '\n' ' ') "
-  iscsiadm -m node -T "$IQN" -p "$VM_ADDR:$2" -I "$1" -o new >/dev/null 2>&1 || true
-  iscsiadm -m node -T "$IQN" -p "$VM_ADDR:$2" -I "$1" -l >/dev/null
-  for _ in $(seq 100); do
-    d=
-    for x in $(ls /sys/block | grep '^sd'); do [[ $before == *" $x "* ]] || d=$x; done
-    [ -n "$d" ] && { echo "/dev/$d"; return 0; }
-    sleep 0.1
-  done
-  echo "no disk appeared for $1 on port $2" >&2
-  return 1
-}
+disk_of() { iface_login "$IQN" "$VM_ADDR:$2" "$1"; }
 A=$(disk_of ifa 3260)
 B=$(disk_of ifb 3260)
 log "node-a: $A, node-b: $B"

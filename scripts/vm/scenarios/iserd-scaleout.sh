@@ -10,67 +10,16 @@
 IQN=iqn.2026-12.org.iserd:vm-scaleout
 TTL=3
 A=$VM_ADDR
-B=192.0.2.2
-ip addr add "$B/24" dev d0 2>/dev/null || true
-D=/tmp/scaleout
-mkdir -p "$D/a" "$D/b" "$D/etcd"
-truncate -s 256M "$D/shared.img"
-modprobe loop 2>/dev/null || true
-DEV=$(losetup -f) # busybox's losetup: no --show
-losetup "$DEV" "$D/shared.img"
-ETCD_PID=
-declare -A GW_PID
-scaleout_cleanup() {
-  local st=$? p f
-  if [ $st -ne 0 ]; then
-    for f in a.log b.log etcd.log; do
-      echo "--- $f (last lines)"
-      tail -25 "$D/$f" 2>/dev/null || true
-    done
-  fi
-  for p in "${GW_PID[@]}" $ETCD_PID; do
-    kill -CONT "$p" 2>/dev/null || true
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  multipath_stop || true
-  logout_all || true
-  losetup -d "$DEV" 2>/dev/null || true
-}
-trap scaleout_cleanup EXIT
-
-etcd_start() {
-  etcd --name vm --data-dir "$D/etcd/data" --listen-client-urls http://127.0.0.1:2379 \
-    --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
-    --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster vm=http://127.0.0.1:2380 \
-    --log-level warn >>"$D/etcd.log" 2>&1 &
-  ETCD_PID=$!
-  wait_until 60 "etcd to listen" port_listening 2379
-}
-
-# gw_start N ADDRESS TPGT: starts gateway gw-N with its portal on ADDRESS:3260.
-gw_start() {
-  cat >"$D/$1.yaml" <<EOC
-data_dir: $D/$1
-portals: [{address: "$2:3260", tpgt: $3}]
-targets:
-  - name: $IQN
-    open: true
-    luns: [{lun: 0, path: $DEV, direct: true, thin: false}]
-cluster: {name: vm, node: gw-$1, endpoints: [http://127.0.0.1:2379], lease_ttl: ${TTL}s}
-EOC
-  "$ISERD_BIN" -config "$D/$1.yaml" -admin-socket "$D/$1.sock" >>"$D/$1.log" 2>&1 &
-  GW_PID[$1]=$!
-  wait_until 30 "gw-$1 to listen" eval "ss -ltn | grep -q ' $2:3260 '"
-  wait_until 30 "gw-$1 to hold its lease" eval "iserctl --socket $D/$1.sock cluster status | grep -q 'state:   allowed'"
-}
-status_of() { iserctl --socket "$D/$1.sock" cluster status; }
+B=$VM_ADDR2
+cluster_init "$IQN" "$TTL"
+D=$CLUSTER_DIR
 # live_at N NODE: prints yes or no, whether gateway N sees NODE live.
-live_at() { status_of "$1" | awk -v n="gw-$2" '$1 == n {print $2 == "(this)" ? $3 : $2}'; }
+live_at() { gw_status "$1" | awk -v n="gw-$2" '$1 == n {print $2 == "(this)" ? $3 : $2}'; }
 
 etcd_start
 gw_start a "$A" 1
 gw_start b "$B" 2
-log "cluster:"$'\n'"$(status_of a)"
+log "cluster:"$'\n'"$(gw_status a)"
 assert_eq yes "$(live_at a b)" "gw-b live at gw-a"
 mpath_login "$IQN" "$A" "$B"
 timed "multipathd start" multipath_start
@@ -136,7 +85,7 @@ log "FIGURE scale-out: gw-a SIGSTOPped, I/O resumed on gw-b after ${secs}s"
 sleep $((2 * TTL))
 kill -CONT "${GW_PID[a]}"
 wait_until 30 "gw-a to log its fencing" grep -q "fenced: no lease renewal in time" "$D/a.log"
-wait_until 30 "gw-a to rejoin" eval "status_of a | grep -q 'state:   allowed'"
+wait_until 30 "gw-a to rejoin" eval "gw_status a | grep -q 'state:   allowed'"
 log "FIGURE scale-out: gw-a fenced at SIGCONT, $(grep 'fenced: no lease' "$D/a.log" | tail -1 | grep -o '"since_last_renewal": "[^"]*"')"
 log "gw-a after SIGCONT: $(grep -E 'fenced|lease expired|lease granted' "$D/a.log" | tail -3 | cut -c1-200)"
 # Commands gw-a had received before the stop and ran after it were refused: they count as errors.
@@ -147,11 +96,10 @@ log "fio verify on $mp: $(grep -E '^ +(read|write): IOPS=' "$D/fio.log" | tr -s 
 mpath_wait 2 60 >/dev/null
 
 # 3. etcd stopped: both fenced within the TTL, writes refused with 04h/0Ch on every path.
-kill -TERM "$ETCD_PID"
-wait "$ETCD_PID" 2>/dev/null || true
+etcd_stop
 stopped=$(now)
 for n in a b; do
-  wait_until $((TTL + 2)) "gw-$n to be fenced" eval "status_of $n | grep -q FENCED"
+  wait_until $((TTL + 2)) "gw-$n to be fenced" eval "gw_status $n | grep -q FENCED"
 done
 # (polled through iserctl, slow under emulation: the gateways' own log lines say when)
 log "FIGURE scale-out: etcd stopped, both gateways seen fenced within $(awk -v a="$stopped" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s"
@@ -174,12 +122,11 @@ done
 log "writes refused on both paths: $(echo "$out" | grep -i 'unavailable' | head -1)"
 etcd_start
 for n in a b; do
-  wait_until 30 "gw-$n to be allowed again" eval "status_of $n | grep -q 'state:   allowed'"
+  wait_until 30 "gw-$n to be allowed again" eval "gw_status $n | grep -q 'state:   allowed'"
 done
 mpath_wait 2 60 >/dev/null
 dd if=/dev/zero of="$mp" bs=4k count=16 oflag=direct status=none || fail "a write through $mp failed after etcd returned"
 log "etcd back: both gateways serve again"
 multipath_stop
 logout_all
-for n in a b; do kill -TERM "${GW_PID[$n]}"; done
-wait_until 15 "the gateways to exit" eval "! alive ${GW_PID[a]} && ! alive ${GW_PID[b]}"
+gw_stop a b
