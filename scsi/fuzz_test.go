@@ -256,7 +256,7 @@ func FuzzPRRecord(f *testing.F) {
 		if err != nil || len(sum.Registrations) != len(rec.State.Regs) || sum.Holder >= len(sum.Registrations) {
 			t.Fatalf("described as %+v, %v", sum, err)
 		}
-		st := &memPRStore{rec: PRRecord{Rev: 1, Value: b}}
+		st := &memPRStore{rec: PRRecord{Rev: 1, Value: b}, served: true}
 		d, tgt := newStoreDisk(t, st, n)
 		defer d.Close()
 		exec := func(cdb, out []byte) *Command {

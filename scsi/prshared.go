@@ -35,10 +35,16 @@ type PRRecord struct {
 // the preempted nexuses' tasks when the record reaches it.
 type PRStore interface {
 	// Open reads the current record and then calls apply with every later
-	// record, in revision order, from one goroutine, until Close. alone
-	// reports that no live node serves the unit (this one included): the
-	// unit is then powering on as far as its initiators can tell.
-	Open(apply func(PRRecord)) (cur PRRecord, alone bool, err error)
+	// record, in revision order, from one goroutine, until Close.
+	//
+	// When no live node serves the unit (this one included), the unit is
+	// powering on as far as its initiators can tell: Open then calls
+	// powerOn with the current record, before it returns. A non-nil result
+	// replaces that record in the same change that makes this node serve
+	// the unit (once it may), unless the record changed by then; so no
+	// node, this one or another, works from the record of before the power
+	// on once this node takes part. Open returns the record powerOn saw.
+	Open(apply func(PRRecord), powerOn func(cur PRRecord) []byte) (PRRecord, error)
 	// Get reads the current record.
 	Get(ctx context.Context) (PRRecord, error)
 	// Commit replaces the record with value if its revision is still prev.
@@ -186,7 +192,7 @@ type prShared struct {
 
 // openPRStore loads the record of d's store and starts its deliveries.
 // When no node serves the unit, a record without APTPL is cleared: the
-// logical unit powers on.
+// logical unit powers on, and the local copy is the cleared state at once.
 func (d *Disk) openPRStore() error {
 	st := d.cfg.PRStore
 	var b [8]byte
@@ -195,7 +201,12 @@ func (d *Disk) openPRStore() error {
 	}
 	d.prs.store, d.prs.instance = st, binary.BigEndian.Uint64(b[:])
 	d.prs.ctx, d.prs.cancel = context.WithCancel(context.Background())
-	cur, alone, err := st.Open(d.delivered)
+	cleared := false
+	cur, err := st.Open(d.delivered, func(cur PRRecord) []byte {
+		v := d.powerOnRecord(cur)
+		cleared = v != nil
+		return v
+	})
 	if err != nil {
 		return fmt.Errorf("reservation store: %w", err)
 	}
@@ -205,44 +216,30 @@ func (d *Disk) openPRStore() error {
 		st.Close()
 		return err
 	}
+	if cleared {
+		rec = &prRecord{}
+	}
 	d.prs.mu.Lock()
 	d.installState(cur.Rev, rec)
 	d.prs.watchRev = max(d.prs.watchRev, cur.Rev)
 	d.prs.mu.Unlock()
-	if alone && !rec.State.APTPL && (len(rec.State.Regs) > 0 || rec.State.Gen != 0) {
-		d.prs.wg.Add(1)
-		go d.powerOn(cur.Rev)
-	}
 	return nil
 }
 
-// powerOn clears a record without APTPL that was at revision rev when the
-// logical unit opened with no node serving it: as far as initiators can
-// tell, the unit lost power. It retries until the node may commit
-// (it holds its lease), and gives up when the record changed meanwhile.
-func (d *Disk) powerOn(rev int64) {
-	defer d.prs.wg.Done()
+// powerOnRecord is the record that replaces cur when the logical unit
+// powers on: an empty one (generation 0) when cur holds a state without
+// APTPL, nil when cur is to be kept (APTPL, nothing to clear, or a record
+// that does not decode, which openPRStore reports).
+func (d *Disk) powerOnRecord(cur PRRecord) []byte {
+	rec, err := decodePRRecord(cur.Value)
+	if err != nil || rec.State.APTPL || len(rec.State.Regs) == 0 && rec.State.Gen == 0 {
+		return nil
+	}
 	empty, err := encodePRRecord(&prRecord{Origin: d.prs.instance})
 	if err != nil {
-		return
+		return nil
 	}
-	for d.prs.ctx.Err() == nil {
-		ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
-		done, ok, err := d.prs.store.Commit(ctx, rev, empty)
-		cancel()
-		if err == nil {
-			if ok {
-				d.catchUp(done)
-			}
-			return
-		}
-		t := time.NewTimer(time.Second)
-		select {
-		case <-d.prs.ctx.Done():
-		case <-t.C:
-		}
-		t.Stop()
-	}
+	return empty
 }
 
 // closePRStore ends the PERSISTENT RESERVE OUT commands in flight and the

@@ -14,18 +14,36 @@ import (
 // memPRStore is a PRStore in memory, for one process: commits compare the
 // revision and are delivered at once; every node acknowledges at once.
 type memPRStore struct {
-	mu      sync.Mutex
-	rec     PRRecord
-	apply   func(PRRecord)
-	denied  atomic.Bool // Allowed reports false
-	failGet atomic.Bool // Get fails as if the store were unreachable
+	mu       sync.Mutex
+	rec      PRRecord
+	apply    func(PRRecord)
+	served   bool // another node serves the unit: Open is no power on
+	unjoined bool // Open keeps a power-on record in pending, as before the node's lease
+	pending  []byte
+	denied   atomic.Bool // Allowed reports false
+	failGet  atomic.Bool // Get fails as if the store were unreachable
 }
 
-func (m *memPRStore) Open(apply func(PRRecord)) (PRRecord, bool, error) {
+// Open joins at once unless unjoined: a power-on record is committed and
+// delivered before Open returns.
+func (m *memPRStore) Open(apply func(PRRecord), powerOn func(PRRecord) []byte) (PRRecord, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.apply = apply
-	return m.rec, true, nil
+	cur := m.rec
+	var v []byte
+	if !m.served {
+		v = powerOn(cur)
+	}
+	if v == nil || m.unjoined {
+		m.pending = v
+		m.mu.Unlock()
+		return cur, nil
+	}
+	m.rec = PRRecord{Rev: cur.Rev + 1, Value: v}
+	rec := m.rec
+	m.mu.Unlock()
+	apply(rec)
+	return cur, nil
 }
 
 func (m *memPRStore) Get(ctx context.Context) (PRRecord, error) {
@@ -129,6 +147,59 @@ func TestPRStoreRemoteEvents(t *testing.T) {
 	h.expectUA(h.a, ascReservationsReleased)
 	if n := aborted.Load(); n != 2 {
 		t.Fatalf("%d nexuses aborted after the remote record, want 2", n)
+	}
+}
+
+// TestPRStorePowerOn: a disk that opens a unit no node serves clears a
+// state without APTPL, in the store and in its own copy at once, even
+// before it could join (while its lease is not there yet, it must not
+// enforce or report the state of before the power cycle); a state with
+// APTPL, or one another node serves, stays.
+func TestPRStorePowerOn(t *testing.T) {
+	tests := []struct {
+		name            string
+		aptpl           byte
+		served, unjoin  bool
+		cleared, stored bool // the new disk's copy, the store's record
+	}{
+		{"without APTPL", 0, false, false, true, true},
+		{"without APTPL, not joined yet", 0, false, true, true, false},
+		{"with APTPL", 0x01, false, false, false, false},
+		{"without APTPL, another node serves", 0, true, false, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &memPRStore{}
+			h := newHarness(t, DiskConfig{PRStore: m})
+			h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, tt.aptpl), StatusGood)
+			h.mustPROut(h.b, proRegister, 0, scsitest.PROutParams(0, keyB, tt.aptpl), StatusGood)
+			h.mustPROut(h.a, proReserve, prWE, scsitest.PROutParams(keyA, 0, 0), StatusGood)
+			before := m.rec
+			m.served, m.unjoined = tt.served, tt.unjoin
+			h2 := newHarnessOn(t, h.dev, DiskConfig{PRStore: m})
+			gen, ks := h2.keys(h2.b)
+			_, typ := h2.reservation(h2.b)
+			if cleared := gen == 0 && len(ks) == 0 && typ == 0; cleared != tt.cleared {
+				t.Fatalf("after the power on: generation %d keys %x type %d, want cleared=%v", gen, ks, typ, tt.cleared)
+			}
+			want := StatusReservationConflict
+			if tt.cleared {
+				want = StatusGood
+			}
+			if c := h2.exec(h2.b, 0, cdb10(0x2a, 0, 1), make([]byte, 512), 0); c.Status != want {
+				t.Fatalf("write from the nexus that was not the holder: %#x, want %#x", c.Status, want)
+			}
+			rec, err := decodePRRecord(m.rec.Value)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stored := m.rec.Rev != before.Rev; stored != tt.stored || stored && len(rec.State.Regs)+int(rec.State.Gen) != 0 {
+				t.Fatalf("the store's record: revision %d (was %d) %+v, want replaced=%v", m.rec.Rev, before.Rev, rec.State, tt.stored)
+			}
+			if tt.unjoin && m.pending == nil {
+				t.Fatal("no power-on record for the store to commit when the node joins")
+			}
+		})
 	}
 }
 

@@ -122,47 +122,69 @@ type lunStore struct {
 	cancel context.CancelFunc // stops the goroutines; nil before Open
 	wg     sync.WaitGroup
 	closed bool
+
+	// powerOn is the record that replaces the one of revision
+	// powerOn.Rev when this node first joins; nil when there is none or
+	// the first join happened. Only keepMember uses it after Open.
+	powerOn *scsi.PRRecord
 }
 
 // Open reads the record and the members at one revision, watches the
 // record from there, and joins the logical unit (this node's member key)
-// as soon as the node holds a lease.
-func (l *lunStore) Open(apply func(scsi.PRRecord)) (scsi.PRRecord, bool, error) {
+// as soon as the node holds a lease. When no node served the unit, the
+// first join also puts what powerOn made of the record, unless the record
+// changed by then.
+func (l *lunStore) Open(apply func(scsi.PRRecord), powerOn func(scsi.PRRecord) []byte) (scsi.PRRecord, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed || l.cancel != nil {
-		return scsi.PRRecord{}, false, errors.New("reservation store: opened twice or closed")
+		return scsi.PRRecord{}, errors.New("reservation store: opened twice or closed")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	resp, err := l.s.client.Txn(ctx).Then(clientv3.OpGet(l.key), clientv3.OpGet(l.members, clientv3.WithPrefix())).Commit()
 	if err != nil {
-		return scsi.PRRecord{}, false, fmt.Errorf("read reservation record %s: %w", l.key, err)
+		return scsi.PRRecord{}, fmt.Errorf("read reservation record %s: %w", l.key, err)
 	}
 	cur := record(resp.Responses[0].GetResponseRange().Kvs)
 	// Alone: no node serves the unit, this one included (a reopened unit,
 	// or a process that restarted within its old lease's TTL, is no power
 	// cycle).
-	alone := len(resp.Responses[1].GetResponseRange().Kvs) == 0
+	if len(resp.Responses[1].GetResponseRange().Kvs) == 0 {
+		if v := powerOn(cur); v != nil {
+			l.powerOn = &scsi.PRRecord{Rev: cur.Rev, Value: v}
+		}
+	}
 	wctx, wcancel := context.WithCancel(context.Background())
 	l.cancel = wcancel
 	l.wg.Add(2)
 	go l.watch(wctx, resp.Header.Revision+1, apply)
 	go l.keepMember(wctx)
-	return cur, alone, nil
+	return cur, nil
 }
 
 // join puts this node's member key on its current lease and returns the
-// revision of the put.
+// revision of the put. The first join puts the power-on record as well,
+// in the same transaction, if the record is still the one it replaces.
 func (l *lunStore) join(ctx context.Context) (int64, error) {
 	lease := l.s.lease()
 	if lease == clientv3.NoLease {
 		return 0, fmt.Errorf("join %s: %w", l.self, errLeaseLost)
 	}
-	r, err := l.s.client.Put(ctx, l.self, "", clientv3.WithLease(lease))
+	put := clientv3.OpPut(l.self, "", clientv3.WithLease(lease))
+	txn := l.s.client.Txn(ctx)
+	if p := l.powerOn; p != nil {
+		txn = txn.If(clientv3.Compare(clientv3.ModRevision(l.key), "=", p.Rev)).
+			Then(put, clientv3.OpPut(l.key, string(p.Value))).
+			Else(put)
+	} else {
+		txn = txn.Then(put)
+	}
+	r, err := txn.Commit()
 	if err != nil {
 		return 0, fmt.Errorf("join %s: %w", l.self, err)
 	}
+	l.powerOn = nil
 	return r.Header.Revision, nil
 }
 

@@ -376,10 +376,8 @@ func TestAPTPLSurvivesRestarts(t *testing.T) {
 			a.open()
 			b.open()
 			a1 = a.nexus(1, "iqn.a", 1)
-			if !aptpl {
-				// The first node to open the unit clears it, in the background.
-				waitFor(t, "the state without APTPL to go", func() bool { g, ks := a.keys(a1); return g == 0 && len(ks) == 0 })
-			}
+			// The first node to open the unit clears a state without APTPL:
+			// its copy at once, the record when it joins.
 			gen, ks := a.keys(a1)
 			key, typ := a.reservation(a1)
 			if aptpl && (gen != 2 || !slices.Equal(ks, []uint64{keyA, keyB}) || key != keyA || typ != typeEARO) {
@@ -390,6 +388,47 @@ func TestAPTPLSurvivesRestarts(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPowerOnClearedWithJoin: the node that opens a unit no node serves
+// clears a state without APTPL in the transaction that makes it a member,
+// so a node that opens the unit after it (and is therefore no power on)
+// never finds, and never changes, the state of before the power cycle.
+func TestPowerOnClearedWithJoin(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	a, b := newNode(t, etcd, "poweron", "a", 1), newNode(t, etcd, "poweron", "b", 2)
+	a1, b1 := a.nexus(1, "iqn.a", 1), b.nexus(1, "iqn.b", 2)
+	a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0), scsi.StatusGood)
+	b.mustPROut(b1, proRegister, 0, scsitest.PROutParams(0, keyB, 0), scsi.StatusGood)
+	a.mustPROut(a1, proReserve, typeWE, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
+	a.disk.Close()
+	b.disk.Close()
+	// A opens the unit alone, before it holds a lease: it joins, and
+	// clears the state, once the lease is back.
+	lease := a.lease.Swap(0)
+	a.open()
+	a.lease.Store(lease)
+	member := strings.Replace(a.store.RecordKey(testNAA), "/pr/", "/pr-members/", 1) + "/a"
+	var joined *clientv3.GetResponse
+	waitFor(t, "A to join", func() bool {
+		r, err := a.client.Get(context.Background(), member)
+		joined = r
+		return err == nil && len(r.Kvs) == 1
+	})
+	r, err := a.client.Get(context.Background(), a.store.RecordKey(testNAA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := r.Kvs[0].ModRevision, joined.Kvs[0].CreateRevision; got != want {
+		t.Fatalf("the record was last changed at revision %d, A joined at %d: not in one transaction", got, want)
+	}
+	b.open()
+	b1 = b.nexus(1, "iqn.b", 2)
+	if gen, ks := b.keys(b1); gen != 0 || len(ks) != 0 {
+		t.Fatalf("B, opened after A joined: generation %d keys %x", gen, ks)
+	}
+	// B's registration went with the power cycle: a REGISTER with its old key conflicts.
+	b.mustPROut(b1, proRegister, 0, scsitest.PROutParams(keyB, keyB, 0), scsi.StatusReservationConflict)
 }
 
 // TestPreemptAbortBound: a node whose process died does not hold up
