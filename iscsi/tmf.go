@@ -61,8 +61,8 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 	scsiT := s.target.SCSI
 	hasLUN := lun != noLUN && scsiT.HasLUN(lun)
 	var wg sync.WaitGroup
-	var after func()
-	var owing []*Session // other sessions whose aborted tasks still wait for their initiator's data
+	var after func() error // the SCSI side, once the tasks ended
+	var owing []*Session   // other sessions whose aborted tasks still wait for their initiator's data
 	switch fn {
 	case tmfAbortTask:
 		ref := h.U32(offTTT)
@@ -103,7 +103,7 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 					owing = append(owing, o)
 				}
 			}
-			after = func() { scsiT.ClearTaskSet(s.nexus, lun) }
+			after = func() error { scsiT.ClearTaskSet(s.nexus, lun); return nil }
 		}
 	case tmfLUReset:
 		if !hasLUN {
@@ -115,7 +115,7 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 				owing = append(owing, o)
 			}
 		}
-		after = func() { scsiT.LogicalUnitReset(s.nexus, lun) }
+		after = func() error { return scsiT.LogicalUnitReset(s.nexus, lun) }
 	case tmfTargetWarmReset, tmfTargetColdReset:
 		for _, o := range c.srv.sessionsOf(s.target) {
 			if o.conn != nil && o.abortTasks(&wg, func(*task) bool { return true }, o == s) {
@@ -123,7 +123,7 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 			}
 		}
 		cold := fn == tmfTargetColdReset
-		after = func() { scsiT.TargetReset(s.nexus, cold) }
+		after = func() error { return scsiT.TargetReset(s.nexus, cold) }
 	case tmfClearACA:
 		respond(tmfComplete) // NACA is not supported, so there is never an ACA
 		return nil
@@ -139,7 +139,9 @@ func (c *conn) handleTMF(h *Header, pl *payload) error {
 	go func() {
 		c.srv.waitAborted(&wg, owing, log)
 		if after != nil {
-			after()
+			if err := after(); err != nil {
+				log.Warn("task management function", zap.Error(err))
+			}
 		}
 		respond(tmfComplete)
 		if fn == tmfTargetColdReset {

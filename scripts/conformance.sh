@@ -39,9 +39,12 @@ iqn=iqn.2026-11.org.iserd:conformance
 init1=iqn.2026-11.org.iserd:initiator-1
 init2=iqn.2026-11.org.iserd:initiator-2
 min_passed=${MIN_PASSED:-218}
-passes=(default physical multipath read-only)
-declare -A pass_target=([default]=$iqn [physical]=$iqn-physical [multipath]=$iqn [read-only]=$iqn-read-only)
-declare -A pass_family=([default]=$family [physical]=$family [multipath]=ALL.MultipathIO [read-only]=ALL.ReadOnly)
+all_passes=(default physical multipath read-only cluster)
+read -ra passes <<< "${CONFORMANCE_PASSES:-${all_passes[*]}}"
+declare -A pass_target=([default]=$iqn [physical]=$iqn-physical [multipath]=$iqn [read-only]=$iqn-read-only [cluster]=$iqn-cluster)
+declare -A pass_family=([default]=$family [physical]=$family [multipath]=ALL.MultipathIO [read-only]=ALL.ReadOnly
+  [cluster]=${CLUSTER_FAMILY:-ALL})
+cluster_ttl=3s
 # Failures that are bugs of libiscsi 1.19 (and of its master branch), as
 # "pass test assertion":
 # - GetLBAStatus.UnmapSingle asks for the status from LBA i+1 and requires
@@ -59,7 +62,15 @@ listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # The read-only LUN cannot create its backing file.
 truncate -s 64M "$work/ro.img"
 pid=
-trap '[ -n "$pid" ] && { kill $pid 2>/dev/null; wait $pid 2>/dev/null || true; }' EXIT
+cluster_pids=()
+shared=
+cleanup() {
+  local p
+  for p in $pid "${cluster_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in $pid "${cluster_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -z "$shared" ] || rm -rf "$shared"
+}
+trap cleanup EXIT
 # Start iserd on the first pair of free ports from ISERD_TEST_PORT on; a
 # port taken between the check and the bind shows as iserd exiting.
 port=${ISERD_TEST_PORT:-3270}
@@ -100,6 +111,54 @@ done
 [ -n "$pid" ] || { echo "conformance: found no free pair of ports" >&2; exit 1; }
 echo "conformance: iserd on 127.0.0.1:$port and :$port2 (work directory $work)"
 
+# cluster_start starts the cluster pass's etcd and gateways a and b on free
+# ports from $1 on, and waits until both hold their lease. It sets
+# cluster_port (gateway a's portal; b's is the next free one it took) and
+# fails when a port was taken between the check and the bind.
+cluster_start() {
+  local p=$1 ports=() n url peer
+  while [ ${#ports[@]} -lt 4 ]; do listening $p || ports+=($p); p=$((p + 1)); done
+  cluster_port=${ports[0]} cluster_port2=${ports[1]}
+  url=http://127.0.0.1:${ports[2]} peer=http://127.0.0.1:${ports[3]}
+  rm -rf "$work/etcd"
+  etcd --name conformance --data-dir "$work/etcd" --listen-client-urls "$url" --advertise-client-urls "$url" \
+    --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" --initial-cluster "conformance=$peer" \
+    --log-level warn > "$work/etcd.log" 2>&1 &
+  cluster_pids=($!)
+  for n in a b; do
+    rm -rf "${work:?}/$n"
+    mkdir -p "$work/$n"
+    cat > "$work/$n.yaml" <<EOC
+data_dir: $work/$n
+portals: [{address: "127.0.0.1:$([ $n = a ] && echo "$cluster_port" || echo "$cluster_port2")", tpgt: $([ $n = a ] && echo 1 || echo 2)}]
+targets:
+  - name: ${pass_target[cluster]}
+    open: true
+    luns:
+      - {lun: 0, path: $shared/lun0.img, direct: true, block_size: 512, thin: true, sanitize_rate: 4MiB}
+cluster: {name: conformance, node: $n, endpoints: ["$url"], lease_ttl: $cluster_ttl}
+log: {level: warn}
+EOC
+    bin/iserd -config "$work/$n.yaml" -admin-socket "$work/$n.sock" > "$work/$n.log" 2>&1 &
+    cluster_pids+=($!)
+  done
+  for _ in $(seq 200); do
+    bin/iserctl --socket "$work/a.sock" cluster status 2>/dev/null | grep -q 'state: *allowed' &&
+      bin/iserctl --socket "$work/b.sock" cluster status 2>/dev/null | grep -q 'state: *allowed' &&
+      listening "$cluster_port" && listening "$cluster_port2" && return 0
+    for n in "${cluster_pids[@]}"; do kill -0 "$n" 2>/dev/null || return 1; done
+    sleep 0.1
+  done
+  return 1
+}
+# cluster_stop ends etcd and the gateways.
+cluster_stop() {
+  local p
+  for p in "${cluster_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${cluster_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  cluster_pids=()
+}
+
 # block prints the output of test $2 (Suite.Test) in raw output $1.
 block() {
   awk -v want="$2" '
@@ -115,10 +174,31 @@ for p in "${passes[@]}"; do
   t=${pass_target[$p]}
   urls=("iscsi://127.0.0.1:$port/$t/0")
   [ "$p" = multipath ] && urls+=("iscsi://127.0.0.1:$port2/$t/0")
+  if [ "$p" = cluster ]; then
+    command -v etcd >/dev/null || { echo "== pass cluster skipped: etcd missing (apt-get install etcd-server)"; continue; }
+    shared=$(mktemp -d /var/tmp/iserd-conformance.XXXXXX)
+    truncate -s 64M "$shared/lun0.img"
+    from=$((port2 + 1))
+    for _ in $(seq 10); do
+      cluster_start $from && break
+      cluster_stop
+      grep -q "address already in use" "$work"/{etcd,a,b}.log || { tail -5 "$work"/{etcd,a,b}.log; exit 1; }
+      from=$((cluster_port + 1))
+    done
+    [ ${#cluster_pids[@]} -gt 0 ] || { echo "conformance: found no free ports for the cluster" >&2; exit 1; }
+    echo "conformance: etcd and gateways a (127.0.0.1:$cluster_port) and b (:$cluster_port2), LUN in $shared"
+    urls=("iscsi://127.0.0.1:$cluster_port/$t/0" "iscsi://127.0.0.1:$cluster_port2/$t/0")
+  fi
   echo "== pass $p: ${pass_family[$p]} on $t"
   scripts/libiscsi-score.sh -t "${pass_family[$p]}" -o "$work/$p" -- \
     --allow-sanitize --initiator-name="$init1" --initiator-name-2="$init2" "${urls[@]}" | tee "$work/$p.txt"
   kill -0 $pid 2>/dev/null || { echo "conformance: iserd died during pass $p" >&2; tail -20 "$work/iserd.log"; exit 1; }
+  if [ "$p" = cluster ]; then
+    for n in "${cluster_pids[@]}"; do
+      kill -0 "$n" 2>/dev/null || { echo "conformance: etcd or a gateway died during pass $p" >&2; tail -20 "$work"/{etcd,a,b}.log; exit 1; }
+    done
+    cluster_stop
+  fi
   for bug in "${libiscsi_bugs[@]}"; do
     read -r bp bt ba <<< "$bug"
     [ "$bp" = "$p" ] || continue
@@ -151,7 +231,7 @@ if [ "$failed" -gt 0 ]; then
   echo "(iserd log: $work/iserd.log)" >&2
   exit 1
 fi
-if [ "$family" = ALL ] && [ "$passed" -lt "$min_passed" ]; then
+if [ "$family" = ALL ] && [ "${passes[*]}" = "${all_passes[*]}" ] && [ "$passed" -lt "$min_passed" ]; then
   echo "conformance: only $passed tests passed, fewer than $min_passed: something now skips (see $work)" >&2
   exit 1
 fi

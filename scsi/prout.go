@@ -87,7 +87,7 @@ func (d *Disk) prOut(c *Command) result {
 	}
 	d.prMu.Unlock()
 	if r.status == StatusGood {
-		d.prNotify(op.n, op.notes, op.preempted)
+		d.prNotify(op.n, op.notes, op.preempted, 0)
 	}
 	return r
 }
@@ -426,10 +426,13 @@ func (op *prOp) registerMove() result {
 // prNotify queues the unit attentions notes name for the nexuses of this
 // process their registrations cover, but not skip (the nexus that issued
 // the command, nil when it is not on this process), and aborts the tasks
-// of the nexuses the preempted registrations cover.
-func (d *Disk) prNotify(skip *Nexus, notes []prNote, preempted []registration) {
+// of the nexuses the preempted registrations cover. A reset (its unit
+// attention, 0 for none) done on another node releases the SCSI-2
+// reservation, queues its unit attention for every nexus and aborts all
+// their tasks on the unit.
+func (d *Disk) prNotify(skip *Nexus, notes []prNote, preempted []registration, reset asc) {
 	t := d.tgt.Load()
-	if t == nil || len(notes) == 0 && len(preempted) == 0 {
+	if t == nil || len(notes) == 0 && len(preempted) == 0 && reset == 0 {
 		return
 	}
 	covered := func(regs []registration, n *Nexus) bool {
@@ -442,6 +445,9 @@ func (d *Disk) prNotify(skip *Nexus, notes []prNote, preempted []registration) {
 	}
 	var aborted []*Nexus
 	t.mu.Lock()
+	if reset != 0 {
+		d.res.Store(nil)
+	}
 	for id, n := range t.nexuses {
 		if skip != nil && id == skip.ID {
 			continue
@@ -451,7 +457,10 @@ func (d *Disk) prNotify(skip *Nexus, notes []prNote, preempted []registration) {
 				d.ua.add(id, nt.Code)
 			}
 		}
-		if covered(preempted, n) {
+		if reset != 0 {
+			d.ua.add(id, reset)
+		}
+		if reset != 0 || covered(preempted, n) {
 			aborted = append(aborted, n)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -104,6 +105,13 @@ type prRecord struct {
 	Origin, Issuer uint64
 	Notes          []prNote
 	Preempted      []registration
+	// Reset is the unit attention of the reset that made the record
+	// (LOGICAL UNIT RESET or a target reset; 0 for none), which left the
+	// state as it was: every node but the origin, which did it already,
+	// releases the SCSI-2 reservation, queues Reset for each of its nexuses
+	// and aborts their tasks on the unit, as SAM-5 requires of a reset for
+	// every I_T nexus of the logical unit, whichever target port it is on.
+	Reset asc `json:",omitempty"`
 }
 
 // maxPRNotes bounds the unit attention notes of a record: one PERSISTENT
@@ -156,6 +164,11 @@ func (r *prRecord) validate() error {
 	}
 	if err := validRegs(r.Preempted); err != nil {
 		return fmt.Errorf("preempted: %w", err)
+	}
+	switch r.Reset {
+	case 0, ascBusDeviceReset, ascPowerOnReset, ascPowerOnOccurred:
+	default:
+		return fmt.Errorf("reset with unit attention %04x", uint16(r.Reset))
 	}
 	return nil
 }
@@ -296,12 +309,12 @@ func (d *Disk) delivered(r PRRecord) {
 	d.installState(r.Rev, rec)
 	mine := rec.Origin == d.prs.instance
 	if mine && r.Rev > d.prs.ownRev {
-		d.prNotify(&Nexus{ID: rec.Issuer}, rec.Notes, rec.Preempted)
+		d.prNotify(&Nexus{ID: rec.Issuer}, rec.Notes, rec.Preempted, 0)
 	} else if !mine {
-		d.prNotify(nil, rec.Notes, rec.Preempted)
+		d.prNotify(nil, rec.Notes, rec.Preempted, rec.Reset)
 	}
 	d.prs.mu.Unlock()
-	if !mine && len(rec.Preempted) > 0 {
+	if !mine && (len(rec.Preempted) > 0 || rec.Reset != 0) {
 		ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
 		_ = d.prs.store.Ack(ctx, r.Rev) // a node that cannot ack is waited for until its lease expires
 		cancel()
@@ -316,7 +329,7 @@ func (d *Disk) committed(rev int64, op *prOp) {
 	d.installState(rev, &prRecord{State: *op.s})
 	if rev > d.prs.watchRev {
 		d.prs.ownRev = rev
-		d.prNotify(op.n, op.notes, op.preempted)
+		d.prNotify(op.n, op.notes, op.preempted, 0)
 	}
 }
 
@@ -346,59 +359,110 @@ func (d *Disk) prOutShared(c *Command, sa, typ byte, p proParams) result {
 }
 
 // prCommit applies service action sa to the stored record and commits
-// it, retrying from the current record on a conflict; a PREEMPT AND ABORT
-// then waits for the other nodes to abort the preempted nexuses' tasks.
+// it; a PREEMPT AND ABORT then waits for the other nodes to abort the
+// preempted nexuses' tasks.
 func (d *Disk) prCommit(n *Nexus, sa, typ byte, p proParams) result {
-	st := d.prs.store
 	ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
 	defer cancel()
 	d.prMu.Lock()
-	rec, err := st.Get(ctx)
 	var op *prOp
-	var done PRRecord
-	for attempt := 1; ; attempt++ {
-		if err != nil || !st.Allowed() {
-			d.prMu.Unlock()
-			return fail(prUnavailable)
-		}
-		cur, derr := decodePRRecord(rec.Value)
-		if derr != nil {
-			d.prMu.Unlock()
-			return fail(prStoreBroken)
-		}
+	done, r, ok := d.prChange(ctx, func(cur *prRecord) (*prRecord, result) {
 		op = newPROp(n, &cur.State, p, typ)
 		if r := op.run(sa); r.status != StatusGood || !op.changed {
-			d.prMu.Unlock()
-			d.catchUp(rec) // what this command saw, PR IN sees
-			return r
+			return nil, r
 		}
-		value, eerr := encodePRRecord(&prRecord{State: *op.s, Origin: d.prs.instance, Issuer: op.n.ID,
-			Notes: op.notes, Preempted: op.preempted})
-		if eerr != nil {
-			d.prMu.Unlock()
-			return fail(prStoreBroken)
-		}
-		var ok bool
-		done, ok, err = st.Commit(ctx, rec.Rev, value)
-		if err == nil && ok {
-			break
-		}
-		if attempt == maxPRAttempts {
-			d.prMu.Unlock()
-			return fail(prUnavailable)
-		}
-		if err == nil {
-			rec = done
-		}
+		return &prRecord{State: *op.s, Issuer: op.n.ID, Notes: op.notes, Preempted: op.preempted}, good
+	})
+	if !ok {
+		d.prMu.Unlock()
+		return r
 	}
 	d.committed(done.Rev, op)
 	d.prMu.Unlock()
 	if len(op.preempted) > 0 {
-		if err := st.WaitAcks(d.prs.ctx, done.Rev); err != nil {
+		if err := d.prs.store.WaitAcks(d.prs.ctx, done.Rev); err != nil {
 			return fail(prAbortTimeout)
 		}
 	}
 	return good
+}
+
+// prChange commits the record next makes of the current one, starting
+// over from the record another node committed meanwhile, at most
+// maxPRAttempts times. next returns the record to commit (its Origin is
+// set here), or nil and the result to end with when nothing changes; the
+// record it saw is then installed, so that PR IN sees what the command
+// saw. prChange returns the committed record and true, or the result to
+// end with and false. The caller holds d.prMu.
+func (d *Disk) prChange(ctx context.Context, next func(cur *prRecord) (*prRecord, result)) (PRRecord, result, bool) {
+	st := d.prs.store
+	rec, err := st.Get(ctx)
+	for attempt := 1; ; attempt++ {
+		if err != nil || !st.Allowed() {
+			return PRRecord{}, fail(prUnavailable), false
+		}
+		cur, derr := decodePRRecord(rec.Value)
+		if derr != nil {
+			return PRRecord{}, fail(prStoreBroken), false
+		}
+		change, r := next(cur)
+		if change == nil {
+			d.catchUp(rec)
+			return PRRecord{}, r, false
+		}
+		change.Origin = d.prs.instance
+		value, eerr := encodePRRecord(change)
+		if eerr != nil {
+			return PRRecord{}, fail(prStoreBroken), false
+		}
+		done, ok, cerr := st.Commit(ctx, rec.Rev, value)
+		if cerr == nil && ok {
+			return done, good, true
+		}
+		if attempt == maxPRAttempts {
+			return PRRecord{}, fail(prUnavailable), false
+		}
+		if err = cerr; err == nil {
+			rec = done
+		}
+	}
+}
+
+// errResetNotShared reports a reset the other nodes serving the unit were
+// not told of: the store did not take it (this node may not write, or
+// etcd does not answer). Only this node's nexuses were reset.
+var errResetNotShared = errors.New("the reset reached this node's nexuses only: the reservation store did not take it")
+
+// shareReset tells the other nodes serving d of a reset done here, whose
+// unit attention was code: it commits a record with the reservations as
+// they are and Reset set, and waits until every other node serving the
+// unit aborted its nexuses' tasks on it (or left). Without a store it does
+// nothing.
+func (d *Disk) shareReset(code asc) error {
+	if d.prs.store == nil {
+		return nil
+	}
+	if !d.prBegin() {
+		return errResetNotShared
+	}
+	defer d.prs.wg.Done()
+	ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
+	defer cancel()
+	d.prMu.Lock()
+	done, _, ok := d.prChange(ctx, func(cur *prRecord) (*prRecord, result) {
+		return &prRecord{State: cur.State, Reset: code}, good
+	})
+	if ok {
+		d.catchUp(done) // its delivery here has nothing left to do
+	}
+	d.prMu.Unlock()
+	if !ok {
+		return errResetNotShared
+	}
+	if err := d.prs.store.WaitAcks(d.prs.ctx, done.Rev); err != nil {
+		return fmt.Errorf("reset: the other nodes did not abort their tasks: %w", err)
+	}
+	return nil
 }
 
 // PRSummary describes a reservation record, for status reports and tests.

@@ -145,16 +145,24 @@ func (t *Target) RemoveNexus(n *Nexus) {
 // LogicalUnitReset performs the SCSI side of LOGICAL UNIT RESET received on
 // nexus n: the SCSI-2 reservation is released and every nexus, n included
 // (SAM-5 6.3.3), is told BUS DEVICE RESET FUNCTION OCCURRED. Persistent
-// reservations are not affected. The transport aborts the tasks.
+// reservations are not affected. The transport aborts the tasks. A logical
+// unit with a PRStore (served by several cluster nodes, through target
+// ports of their own) has the other nodes do the same for their nexuses
+// and abort their tasks; LogicalUnitReset returns once they did, or fails
+// when they could not be told, after resetting this node's nexuses.
 func (t *Target) LogicalUnitReset(n *Nexus, lun uint64) error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	d := (*t.luns.Load())[lun]
 	if d == nil {
+		t.mu.Unlock()
 		return fmt.Errorf("logical unit reset: no LUN %d", lun)
 	}
 	d.res.Store(nil)
 	t.raise(d, ascBusDeviceReset, 0, false)
+	t.mu.Unlock()
+	if err := d.shareReset(ascBusDeviceReset); err != nil {
+		return fmt.Errorf("logical unit reset of LUN %d: %w", lun, err)
+	}
 	return nil
 }
 
@@ -162,18 +170,27 @@ func (t *Target) LogicalUnitReset(n *Nexus, lun uint64) error {
 // TARGET COLD RESET: reservations are released and every nexus, on every
 // logical unit, is told POWER ON, RESET, OR BUS DEVICE RESET OCCURRED
 // (warm; the code initiators such as libiscsi retry on) or POWER ON
-// OCCURRED (cold).
-func (t *Target) TargetReset(n *Nexus, cold bool) {
+// OCCURRED (cold). The other cluster nodes serving a logical unit with a
+// PRStore reset it for their nexuses too, as for LogicalUnitReset.
+func (t *Target) TargetReset(n *Nexus, cold bool) error {
 	code := ascPowerOnReset
 	if cold {
 		code = ascPowerOnOccurred
 	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, d := range *t.luns.Load() {
+	luns := *t.luns.Load()
+	for _, d := range luns {
 		d.res.Store(nil)
 	}
 	t.raiseAll(code, 0, false)
+	t.mu.Unlock()
+	var errs []error
+	for lun, d := range luns {
+		if err := d.shareReset(code); err != nil {
+			errs = append(errs, fmt.Errorf("target reset of LUN %d: %w", lun, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // ClearTaskSet performs the SCSI side of CLEAR TASK SET received on nexus n:
