@@ -218,3 +218,65 @@ func newStoreDisk(t testing.TB, st PRStore, n *Nexus) (*Disk, *Target) {
 	tgt.OnAbort(func(*Nexus, uint64) {})
 	return d, tgt
 }
+
+// TestPRStoreReset: a LOGICAL UNIT RESET or target reset of a unit with a
+// store commits a record that carries the reset's unit attention; the same
+// record from another node releases
+// the SCSI-2 reservation, queues that unit attention for every nexus of
+// this process and aborts their tasks; a record with another reset code
+// does not decode.
+func TestPRStoreReset(t *testing.T) {
+	tests := []struct {
+		name  string
+		reset func(h *harness) error
+		code  asc
+	}{
+		{"logical unit reset", func(h *harness) error { return h.tgt.LogicalUnitReset(h.a, 0) }, ascBusDeviceReset},
+		{"target warm reset", func(h *harness) error { return h.tgt.TargetReset(h.b, false) }, ascPowerOnReset},
+		{"target cold reset", func(h *harness) error { return h.tgt.TargetReset(h.a, true) }, ascPowerOnOccurred},
+	}
+	reserve6, write10 := []byte{0x16, 0, 0, 0, 0, 0}, []byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &memPRStore{}
+			h := newHarness(t, DiskConfig{PRStore: m})
+			var aborted atomic.Int32
+			h.tgt.OnAbort(func(*Nexus, uint64) { aborted.Add(1) })
+			if err := tt.reset(h); err != nil {
+				t.Fatalf("reset: %v", err)
+			}
+			rec, err := decodePRRecord(m.rec.Value)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.Reset != tt.code || rec.Origin != h.disk.prs.instance {
+				t.Fatalf("committed record: reset %04x from %#x, want %04x from this disk", uint16(rec.Reset), rec.Origin, uint16(tt.code))
+			}
+			h.expectUA(h.a, tt.code)
+			h.expectUA(h.b, tt.code)
+			if n := aborted.Load(); n != 0 {
+				t.Fatalf("its own reset aborted %d nexuses through the hook (the transport does it)", n)
+			}
+			h.mustGood(h.b, reserve6)
+			rec.Origin++ // the same reset, done by another node
+			v, err := encodePRRecord(rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.apply(PRRecord{Rev: m.rec.Rev + 1, Value: v})
+			h.expectUA(h.a, tt.code)
+			h.expectUA(h.b, tt.code)
+			if n := aborted.Load(); n != 2 {
+				t.Fatalf("%d nexuses aborted after the other node's reset, want 2", n)
+			}
+			h.mustGood(h.a, write10, make([]byte, 512)...)
+			rec.Reset = ascCommandsCleared
+			if v, err = encodePRRecord(rec); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := decodePRRecord(v); err == nil {
+				t.Fatal("a record with reset code 2f00 decoded")
+			}
+		})
+	}
+}

@@ -32,6 +32,8 @@ const (
 // Additional sense codes (ASC << 8 | ASCQ).
 const (
 	ascPowerOn          = 0x2900
+	ascPowerOnOccurred  = 0x2901
+	ascBusDeviceReset   = 0x2903
 	ascResvPreempted    = 0x2a03
 	ascResvReleased     = 0x2a04
 	ascRegsPreempted    = 0x2a05
@@ -272,6 +274,15 @@ func (n *node) drainUA(x *scsi.Nexus) {
 			n.t.Fatalf("%s: unit attentions for %s do not end", n.name, x.InitiatorPort)
 		}
 	}
+}
+
+// reserve6 is the CDB of RESERVE (6).
+var reserve6 = []byte{0x16, 0, 0, 0, 0, 0}
+
+// sorted returns ids in increasing order.
+func sorted(ids []uint64) []uint64 {
+	slices.Sort(ids)
+	return ids
 }
 
 // abortedNexuses returns the IDs of the nexuses aborted here so far.

@@ -142,6 +142,57 @@ func TestTwoNodes(t *testing.T) {
 				t.Fatalf("write from the former holder on A: %#x", c.Status)
 			}
 		}},
+		{"LOGICAL UNIT RESET on A resets B's nexuses and releases B's RESERVE", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
+			if c := b.exec(b1, reserve6, nil); c.Status != scsi.StatusGood {
+				t.Fatalf("RESERVE(6) from b1: %#x", c.Status)
+			}
+			if c := b.write(ab, 0); c.Status != scsi.StatusReservationConflict {
+				t.Fatalf("write from ab under b1's RESERVE: %#x", c.Status)
+			}
+			if err := a.tgt.LogicalUnitReset(a1, 0); err != nil {
+				t.Fatalf("LOGICAL UNIT RESET: %v", err)
+			}
+			// It completed: B has aborted its nexuses' tasks already.
+			if got := sorted(b.abortedNexuses()); !slices.Equal(got, []uint64{b1.ID, ab.ID}) {
+				t.Fatalf("nexuses aborted on B: %v, want [%d %d]", got, b1.ID, ab.ID)
+			}
+			a.expectUA(a1, ascBusDeviceReset)
+			b.expectUA(b1, ascBusDeviceReset)
+			b.expectUA(ab, ascBusDeviceReset)
+			a.expectUA(a1, 0)
+			if c := b.write(ab, 0); c.Status != scsi.StatusGood {
+				t.Fatalf("write from ab after the reset: %#x", c.Status)
+			}
+		}},
+		{"TARGET COLD RESET on B reaches A's nexuses and keeps the persistent reservation", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
+			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0), scsi.StatusGood)
+			a.mustPROut(a1, proReserve, typeWE, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
+			if err := b.tgt.TargetReset(b1, true); err != nil {
+				t.Fatalf("TARGET COLD RESET: %v", err)
+			}
+			a.expectUA(a1, ascPowerOnOccurred)
+			b.expectUA(b1, ascPowerOnOccurred)
+			if got := a.abortedNexuses(); !slices.Equal(got, []uint64{a1.ID}) {
+				t.Fatalf("nexuses aborted on A: %v, want [%d]", got, a1.ID)
+			}
+			if key, typ := b.reservation(b1); key != keyA || typ != typeWE {
+				t.Fatalf("reservation after the reset: %#x type %d, want %#x type %d", key, typ, keyA, typeWE)
+			}
+			if c := b.write(b1, 0); c.Status != scsi.StatusReservationConflict {
+				t.Fatalf("write from b1 under a1's reservation after the reset: %#x", c.Status)
+			}
+		}},
+		{"a reset on a node that may not write resets its own nexuses only", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
+			a.allowed.Store(false)
+			if err := a.tgt.LogicalUnitReset(a1, 0); err == nil {
+				t.Fatal("LOGICAL UNIT RESET on a fenced node reported the other nodes reset")
+			}
+			a.expectUA(a1, ascBusDeviceReset)
+			b.expectUA(b1, 0)
+			if got := b.abortedNexuses(); len(got) != 0 {
+				t.Fatalf("nexuses aborted on B: %v", got)
+			}
+		}},
 		{"a node that may not write refuses PR OUT and PR IN", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
 			a.allowed.Store(false)
 			c := a.prout(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0))
