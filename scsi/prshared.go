@@ -33,7 +33,10 @@ type PRRecord struct {
 // record when another node got there first; the committed record carries
 // the unit attentions the change raises and the registrations PREEMPT AND
 // ABORT preempted, so every node raises them on its own nexuses and aborts
-// the preempted nexuses' tasks when the record reaches it.
+// the preempted nexuses' tasks when the record reaches it. Every node
+// acknowledges each record another node committed once it installed it and
+// handled its events, and the change completes only when every other live
+// node did: a PR OUT that completed is what every node enforces and reports.
 type PRStore interface {
 	// Open reads the current record and then calls apply with every later
 	// record, in revision order, from one goroutine, until Close.
@@ -52,8 +55,8 @@ type PRStore interface {
 	// It returns the new record and true, or the current record and false
 	// when the revision moved on.
 	Commit(ctx context.Context, prev int64, value []byte) (PRRecord, bool, error)
-	// Ack records that this node aborted the tasks of the nexuses the
-	// record of revision rev preempted.
+	// Ack records that this node installed the record of revision rev
+	// and handled its events (unit attentions queued, tasks aborted).
 	Ack(ctx context.Context, rev int64) error
 	// WaitAcks returns nil once every other live node serving the unit
 	// acknowledged revision rev, or left (its lease expired); it fails when
@@ -83,9 +86,9 @@ var (
 	// now: it may not write (its lease is not known valid) or the store
 	// does not answer. Multipath initiators retry on another path.
 	prUnavailable = senseData{key: keyNotReady, code: ascNotReadyUnavailable}
-	// prAbortTimeout ends a PREEMPT AND ABORT whose change is committed
-	// when a live node did not acknowledge aborting the preempted tasks
-	// within the store's bound.
+	// prAbortTimeout ends a change that is committed when a live node did
+	// not acknowledge it (installed, unit attentions queued, preempted
+	// tasks aborted) within the store's bound.
 	prAbortTimeout = senseData{key: keyAbortedCommand, code: ascCommandTimeoutDuring}
 	// prStoreBroken ends a change when the stored record does not decode.
 	prStoreBroken = senseData{key: keyAbortedCommand, code: ascInternalTargetFailure}
@@ -294,7 +297,7 @@ func (d *Disk) catchUp(r PRRecord) {
 // it is installed, the unit attentions it carries are queued on this
 // process's nexuses and the preempted nexuses' tasks are aborted, unless
 // this Disk committed r and handled it already; when another node
-// committed r and it preempted registrations, it is acknowledged.
+// committed r, it is acknowledged, which completes the change there.
 func (d *Disk) delivered(r PRRecord) {
 	rec, err := decodePRRecord(r.Value)
 	if err != nil {
@@ -314,7 +317,7 @@ func (d *Disk) delivered(r PRRecord) {
 		d.prNotify(nil, rec.Notes, rec.Preempted, rec.Reset)
 	}
 	d.prs.mu.Unlock()
-	if !mine && (len(rec.Preempted) > 0 || rec.Reset != 0) {
+	if !mine {
 		ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
 		_ = d.prs.store.Ack(ctx, r.Rev) // a node that cannot ack is waited for until its lease expires
 		cancel()
@@ -358,9 +361,9 @@ func (d *Disk) prOutShared(c *Command, sa, typ byte, p proParams) result {
 	return pending
 }
 
-// prCommit applies service action sa to the stored record and commits
-// it; a PREEMPT AND ABORT then waits for the other nodes to abort the
-// preempted nexuses' tasks.
+// prCommit applies service action sa to the stored record, commits it and
+// waits until the other nodes installed it (and, for a PREEMPT AND ABORT,
+// aborted the preempted nexuses' tasks).
 func (d *Disk) prCommit(n *Nexus, sa, typ byte, p proParams) result {
 	ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
 	defer cancel()
@@ -379,10 +382,8 @@ func (d *Disk) prCommit(n *Nexus, sa, typ byte, p proParams) result {
 	}
 	d.committed(done.Rev, op)
 	d.prMu.Unlock()
-	if len(op.preempted) > 0 {
-		if err := d.prs.store.WaitAcks(d.prs.ctx, done.Rev); err != nil {
-			return fail(prAbortTimeout)
-		}
+	if err := d.prs.store.WaitAcks(d.prs.ctx, done.Rev); err != nil {
+		return fail(prAbortTimeout)
 	}
 	return good
 }

@@ -30,9 +30,10 @@ import (
 
 // Defaults of the bounds a Store applies.
 const (
-	// DefaultAbortWait bounds how long a PREEMPT AND ABORT waits for the
-	// other nodes to acknowledge that they aborted the preempted nexuses'
-	// tasks. It must exceed the node lease TTL, so that a node that died
+	// DefaultAbortWait bounds how long a change (PERSISTENT RESERVE OUT, a
+	// reset) waits for the other nodes to acknowledge that they installed
+	// it and, for PREEMPT AND ABORT, aborted the preempted nexuses' tasks.
+	// It must exceed the node lease TTL, so that a node that died
 	// silently has its lease, and with it its member key, expire within
 	// the wait.
 	DefaultAbortWait = 15 * time.Second
@@ -42,6 +43,10 @@ const (
 	// retryDelay spaces the attempts to re-establish a watch or a member
 	// key while etcd is unreachable.
 	retryDelay = time.Second
+	// leasePoll spaces the looks for a lease of a logical unit that opened
+	// before its node held one (no request to etcd): the node joins the
+	// unit, and may change its reservations, this soon after its grant.
+	leasePoll = 20 * time.Millisecond
 )
 
 // naaMask keeps the 60 bits of a locally assigned NAA value.
@@ -53,6 +58,10 @@ const naaLocal = 3 << 60
 // errLeaseLost is returned when a commit finds the node's member key gone:
 // its lease expired, and with it its right to change reservations.
 var errLeaseLost = errors.New("the node's lease is gone")
+
+// errNoLease is returned when the node holds no lease at the moment (before
+// its first grant, or between a lost lease and the next).
+var errNoLease = errors.New("the node holds no lease")
 
 // Store hands out the reservation stores of the logical units of one
 // cluster node.
@@ -169,7 +178,7 @@ func (l *lunStore) Open(apply func(scsi.PRRecord), powerOn func(scsi.PRRecord) [
 func (l *lunStore) join(ctx context.Context) (int64, error) {
 	lease := l.s.lease()
 	if lease == clientv3.NoLease {
-		return 0, fmt.Errorf("join %s: %w", l.self, errLeaseLost)
+		return 0, fmt.Errorf("join %s: %w", l.self, errNoLease)
 	}
 	put := clientv3.OpPut(l.self, "", clientv3.WithLease(lease))
 	txn := l.s.client.Txn(ctx)
@@ -238,6 +247,10 @@ func (l *lunStore) keepMember(ctx context.Context) {
 		jctx, jcancel := context.WithTimeout(ctx, opTimeout)
 		rev, err := l.join(jctx)
 		jcancel()
+		if errors.Is(err, errNoLease) {
+			retry.Sleep(ctx, leasePoll)
+			continue
+		}
 		if err != nil {
 			retry.Sleep(ctx, retryDelay)
 			continue
@@ -305,7 +318,7 @@ func (l *lunStore) ackPrefix(rev int64) string { return fmt.Sprintf("%s%d/", l.a
 func (l *lunStore) Ack(ctx context.Context, rev int64) error {
 	lease := l.s.lease()
 	if lease == clientv3.NoLease {
-		return fmt.Errorf("acknowledge revision %d: %w", rev, errLeaseLost)
+		return fmt.Errorf("acknowledge revision %d: %w", rev, errNoLease)
 	}
 	if _, err := l.s.client.Put(ctx, l.ackPrefix(rev)+l.s.node, "", clientv3.WithLease(lease)); err != nil {
 		return fmt.Errorf("acknowledge revision %d: %w", rev, err)
@@ -330,7 +343,7 @@ func (l *lunStore) WaitAcks(ctx context.Context, rev int64) error {
 			Then(clientv3.OpGet(l.members, clientv3.WithPrefix()), clientv3.OpGet(acks, clientv3.WithPrefix())).
 			Commit()
 		if err != nil {
-			return fmt.Errorf("wait for the abort acknowledgements of revision %d: %w", rev, err)
+			return fmt.Errorf("wait for the acknowledgements of revision %d: %w", rev, err)
 		}
 		acked := make(map[string]bool)
 		for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
@@ -347,7 +360,7 @@ func (l *lunStore) WaitAcks(ctx context.Context, rev int64) error {
 			return nil
 		}
 		if err := l.waitChange(ctx, resp.Header.Revision+1, acks); err != nil {
-			return fmt.Errorf("wait for the abort acknowledgements of revision %d from %s: %w",
+			return fmt.Errorf("wait for the acknowledgements of revision %d from %s: %w",
 				rev, strings.Join(missing, ", "), err)
 		}
 	}

@@ -142,6 +142,24 @@ func TestTwoNodes(t *testing.T) {
 				t.Fatalf("write from the former holder on A: %#x", c.Status)
 			}
 		}},
+		{"a PR OUT that completed on B is what A reports and enforces", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
+			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0), scsi.StatusGood)
+			for i := range 50 {
+				b.mustPROut(b1, proRegister, 0, scsitest.PROutParams(0, keyB, 0), scsi.StatusGood)
+				if _, ks := a.keys(a1); len(ks) != 2 {
+					t.Fatalf("round %d: keys on A right after B registered: %x", i, ks)
+				}
+				b.mustPROut(b1, proReserve, typeWE, scsitest.PROutParams(keyB, 0, 0), scsi.StatusGood)
+				if c := a.write(a1, 0); c.Status != scsi.StatusReservationConflict {
+					t.Fatalf("round %d: write on A right after B reserved: %#x", i, c.Status)
+				}
+				b.mustPROut(b1, proRegister, 0, scsitest.PROutParams(keyB, 0, 0), scsi.StatusGood)
+				if _, ks := a.keys(a1); len(ks) != 1 {
+					t.Fatalf("round %d: keys on A right after B unregistered: %x", i, ks)
+				}
+				a.drainUA(a1)
+			}
+		}},
 		{"LOGICAL UNIT RESET on A resets B's nexuses and releases B's RESERVE", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
 			if c := b.exec(b1, reserve6, nil); c.Status != scsi.StatusGood {
 				t.Fatalf("RESERVE(6) from b1: %#x", c.Status)
@@ -596,7 +614,17 @@ func TestOpenBeforeLease(t *testing.T) {
 		t.Fatalf("PR OUT before the node joined: %#x sense %x/%04x", c.Status, k, asc)
 	}
 	a.lease.Store(lease)
+	granted := time.Now()
 	waitFor(t, "the node to join", func() bool {
 		return a.prout(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0)).Status == scsi.StatusGood
 	})
+	// It looks for the lease often: a reset or PR OUT right after the
+	// grant must not find the unit not joined yet.
+	if took := time.Since(granted); took > joinBound {
+		t.Fatalf("the node joined %v after its grant, more than %v", took, joinBound)
+	}
 }
+
+// joinBound is how soon after its grant a node must have joined the
+// logical units it opened before it.
+const joinBound = 300 * time.Millisecond
