@@ -189,6 +189,7 @@ block() {
 summaries=()
 for p in "${passes[@]}"; do
   [ "$family" != ALL ] && [ "$p" != default ] && [ "$p" != physical ] && continue
+  began=$SECONDS # the cluster's start included
   t=${pass_target[$p]}
   urls=("iscsi://127.0.0.1:$port/$t/0")
   [ "$p" = multipath ] && urls+=("iscsi://127.0.0.1:$port2/$t/0")
@@ -228,7 +229,7 @@ for p in "${passes[@]}"; do
       sed -i "s/^$bt\tfailed\t.*/$bt\tlibiscsi-bug\t$ba/" "$work/$p/results.tsv"
     fi
   done
-  summaries+=("$p: $(awk -F'\t' '{n[$2]++} END {printf "%d passed, %d failed, %d skipped, %d known libiscsi bug(s)", n["passed"], n["failed"], n["skipped"], n["libiscsi-bug"]}' "$work/$p/results.tsv")")
+  summaries+=("$p: $(awk -F'\t' '{n[$2]++} END {printf "%d passed, %d failed, %d skipped, %d known libiscsi bug(s)", n["passed"], n["failed"], n["skipped"], n["libiscsi-bug"]}' "$work/$p/results.tsv") in $((SECONDS - began)) s")
 done
 
 # Total over distinct tests: failed anywhere, else passed anywhere, else skipped.
