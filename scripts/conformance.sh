@@ -83,9 +83,8 @@ pid=
 cluster_pids=()
 shared=
 cleanup() {
-  local p
-  for p in $pid "${cluster_pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in $pid "${cluster_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ ${#cluster_pids[@]} -eq 0 ] || cluster_stop
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
   [ -z "$shared" ] || rm -rf "$shared"
 }
 trap cleanup EXIT
@@ -143,6 +142,11 @@ cluster_start() {
     --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" --initial-cluster "conformance=$peer" \
     --log-level warn > "$work/etcd.log" 2>&1 &
   cluster_pids=($!)
+  for _ in $(seq 100); do
+    listening "${ports[2]}" && break
+    kill -0 "${cluster_pids[0]}" 2>/dev/null || return 1
+    sleep 0.1
+  done
   for n in a b; do
     rm -rf "${work:?}/$n"
     mkdir -p "$work/$n"
@@ -169,11 +173,13 @@ EOC
   done
   return 1
 }
-# cluster_stop ends etcd and the gateways.
+# cluster_stop ends the gateways, then etcd (cluster_pids[0]), so that they
+# leave the cluster (revoke their leases) at once.
 cluster_stop() {
   local p
-  for p in "${cluster_pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${cluster_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for p in "${cluster_pids[@]:1}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${cluster_pids[@]:1}"; do wait "$p" 2>/dev/null || true; done
+  for p in "${cluster_pids[@]:0:1}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   cluster_pids=()
 }
 
