@@ -130,8 +130,9 @@ echo "conformance: iserd on 127.0.0.1:$port and :$port2 (work directory $work)"
 
 # cluster_start starts the cluster pass's etcd and gateways a and b on free
 # ports from $1 on, and waits until both hold their lease. It sets
-# cluster_port (gateway a's portal; b's is the next free one it took) and
-# fails when a port was taken between the check and the bind.
+# cluster_port and cluster_port2 (the portals of a and b) and fails when
+# one of them does not come up (a port taken between the check and the
+# bind, among other causes).
 cluster_start() {
   local p=$1 ports=() n url peer
   while [ ${#ports[@]} -lt 4 ]; do listening $p || ports+=($p); p=$((p + 1)); done
@@ -207,7 +208,8 @@ for p in "${passes[@]}"; do
     for _ in $(seq 10); do
       cluster_start $from && break
       cluster_stop
-      grep -q "address already in use" "$work"/{etcd,a,b}.log || { tail -5 "$work"/{etcd,a,b}.log; exit 1; }
+      grep -q "address already in use" "$work"/{etcd,a,b}.log ||
+        { echo "conformance: the cluster did not start" >&2; tail -5 "$work"/{etcd,a,b}.log >&2; exit 1; }
       from=$((cluster_port + 1))
     done
     [ ${#cluster_pids[@]} -gt 0 ] || { echo "conformance: found no free ports for the cluster" >&2; exit 1; }
