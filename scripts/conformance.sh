@@ -201,7 +201,11 @@ for p in "${passes[@]}"; do
   urls=("iscsi://127.0.0.1:$port/$t/0")
   [ "$p" = multipath ] && urls+=("iscsi://127.0.0.1:$port2/$t/0")
   if [ "$p" = cluster ]; then
-    command -v etcd >/dev/null || { echo "== pass cluster skipped: etcd missing (apt-get install etcd-server)"; continue; }
+    if ! command -v etcd >/dev/null; then
+      echo "== pass cluster skipped: etcd missing (apt-get install etcd-server)"
+      summaries+=("cluster: not run, etcd missing (apt-get install etcd-server)")
+      continue
+    fi
     shared=$(mktemp -d /var/tmp/iserd-conformance.XXXXXX)
     truncate -s 64M "$shared/lun0.img"
     from=$((port2 + 1))
