@@ -7,7 +7,7 @@
 //
 //	pr/<naa>                       the record: state and the event of its last change
 //	pr-members/<naa>/<node>        the nodes serving the unit, on each node's lease
-//	pr-acks/<naa>/<rev>/<node>     nodes that aborted what revision <rev> preempted, on their leases
+//	pr-acks/<naa>/<rev>/<node>     nodes that installed revision <rev> (and aborted what it preempted), on their leases
 //
 // Changes are transactions that compare the record's mod revision (and
 // that the committing node's member key, hence its lease, still exists).
