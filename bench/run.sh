@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: bench/run.sh [all|host|vm|sessions]      (make bench: make build, then all)
+# Usage: bench/run.sh [all|host|vm|sessions|cluster]      (make bench: make build, then all)
 # Side-by-side benchmark of iserd against its peers, every figure repeated:
 #   host: iserd and tgtd (started here on free ports of 127.0.0.1, stopped at the end) on the
 #         same backing: a file in /dev/shm ("shm"), a RAM device ("mem": iserd's memory
@@ -8,6 +8,10 @@
 #   sessions: (not part of all) iserd and tgtd as for host, 4k random reads from 1, 4, 16 and 64
 #         sessions at QD8 each (aggregate IOPS, CPU per I/O), then the targets' CPU ticks over 10 s
 #         idle, and their memory (VmRSS) per idle session with BENCH_IDLE_SESSIONS (1000) logged in.
+#   cluster: (not part of all) an etcd (/usr/bin/etcd, free ports, data on BENCH_DISK_DIR) and two
+#         iserds, each with one "disk" LUN (O_DIRECT file on BENCH_DISK_DIR): "iserd" without and
+#         "iserd-cluster" with a cluster: section (one gateway). 4k random reads and writes at QD16
+#         and PERSISTENT RESERVE OUT latency (without and with APTPL), interleaved.
 #   vm:   scripts/vm/scenarios/bench-targets.sh in one VM boot: Linux initiator + fio against
 #         iserd, LIO and tgt over iSCSI/TCP and iserd and LIO over iSER.
 # Results: bench/results/samples.tsv (every run), latest.tsv (summary), latest.svg (chart).
@@ -19,7 +23,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 what=${1:-all}
-case $what in all | host | vm | sessions) ;; *) echo "usage: $0 [all|host|vm|sessions]" >&2; exit 2 ;; esac
+case $what in all | host | vm | sessions | cluster) ;; *) echo "usage: $0 [all|host|vm|sessions|cluster]" >&2; exit 2 ;; esac
 RUNS=${BENCH_RUNS:-3}
 SECS=${BENCH_SECONDS:-4}
 VM_RUNS=${BENCH_VM_RUNS:-$RUNS}
@@ -41,7 +45,7 @@ WORK=$(mktemp -d /dev/shm/iserd-bench.XXXXXX)
 # by both targets, the case of a real disk (page cache out of the way).
 DISK=$(mktemp -d "${BENCH_DISK_DIR:-/var/tmp}/iserd-bench.XXXXXX")
 [ "$(stat -f -c %T "$DISK")" != tmpfs ] || die "$DISK is on tmpfs: set BENCH_DISK_DIR to a disk filesystem"
-ISERD_PID='' TGTD_PID='' TGT_CP='' BASE_PID='' BASE_PORT=''
+ISERD_PID='' TGTD_PID='' TGT_CP='' BASE_PID='' BASE_PORT='' CLUSTER_PID='' ETCD_PID=''
 BACKINGS=${BENCH_BACKINGS:-shm mem disk}
 BASELINE=${BENCH_BASELINE:-}
 [ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "BENCH_BASELINE=$BASELINE is not an executable"
@@ -58,7 +62,8 @@ stop_pid() {
 stop_iserd() {
   stop_pid "$ISERD_PID"
   stop_pid "$BASE_PID"
-  ISERD_PID='' BASE_PID=''
+  stop_pid "$CLUSTER_PID"
+  ISERD_PID='' BASE_PID='' CLUSTER_PID=''
 }
 
 # stop_tgtd: tgtd only exits on request once it has no targets; SIGKILL after 10 s.
@@ -79,6 +84,7 @@ stop_tgtd() {
 cleanup() {
   stop_iserd
   stop_tgtd
+  stop_pid "$ETCD_PID"
   rm -rf "$WORK" "$DISK"
 }
 trap cleanup EXIT
@@ -108,43 +114,52 @@ wait_port() {
   die "$4 does not listen on port $2 after 10 s"
 }
 
-# lun_files SHM-FILE DISK-FILE: the LUN files of one target. The disk one is written
-# through (O_DIRECT) with data: reads of a fallocated file never reach the device (ext4
-# answers unwritten extents with zeros) and its first writes convert extents.
+# disk_file PATH: a LUN file on DISK, written through (O_DIRECT) with data: reads of a fallocated
+# file never reach the device (ext4 answers unwritten extents with zeros) and its first writes
+# convert extents.
+disk_file() { dd if=/dev/urandom of="$1" bs=1M count="$LUN_SIZE_MB" oflag=direct status=none; }
+
+# lun_files SHM-FILE DISK-FILE: the LUN files of one target.
 lun_files() {
   fallocate -l "${LUN_SIZE_MB}M" "$1"
-  dd if=/dev/urandom of="$2" bs=1M count="$LUN_SIZE_MB" oflag=direct status=none
+  disk_file "$2"
 }
 
-# iserd_instance NAME BINARY FROM-PORT: starts an iserd with its own LUN files; sets PID and PORT.
-iserd_instance() {
-  local name=$1 bin=$2
-  PORT=$(free_port "$3")
-  lun_files "$WORK/$name.img" "$DISK/$name.img"
-  cat >"$WORK/$name.yaml" <<EOF
-portals: [{address: "127.0.0.1:$PORT"}]
+# host_config NAME PORT: the host configuration, a target per backing, each with its own LUN files.
+host_config() {
+  lun_files "$WORK/$1.img" "$DISK/$1.img"
+  cat <<EOF
+portals: [{address: "127.0.0.1:$2"}]
 log: {level: warn}
 targets:
   - name: $IQN_ISERD-shm
     open: true
-    luns: [{lun: 0, path: $WORK/$name.img, size: ${LUN_SIZE_MB}MiB}]
+    luns: [{lun: 0, path: $WORK/$1.img, size: ${LUN_SIZE_MB}MiB}]
   - name: $IQN_ISERD-mem
     open: true
     luns: [{lun: 0, backend: memory, size: ${LUN_SIZE_MB}MiB}]
   - name: $IQN_ISERD-disk
     open: true
-    luns: [{lun: 0, path: $DISK/$name.img, size: ${LUN_SIZE_MB}MiB, direct: true}]
+    luns: [{lun: 0, path: $DISK/$1.img, size: ${LUN_SIZE_MB}MiB, direct: true}]
 EOF
-  "$bin" -config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
+}
+
+# iserd_instance NAME BINARY FROM-PORT CONFIG [ARGS]: starts an iserd with the configuration the
+# function CONFIG prints (called as CONFIG NAME PORT ARGS) and its admin socket in WORK; sets PID and PORT.
+iserd_instance() {
+  local name=$1 bin=$2 config=$4
+  PORT=$(free_port "$3")
+  "$config" "$name" "$PORT" "${@:5}" >"$WORK/$name.yaml"
+  "$bin" -config "$WORK/$name.yaml" -admin-socket "$WORK/$name.sock" >"$WORK/$name.log" 2>&1 &
   PID=$!
   wait_port "$PID" "$PORT" "$WORK/$name.log" "$name"
 }
 
 start_iserd() {
-  iserd_instance iserd bin/iserd 13260
+  iserd_instance iserd bin/iserd 13260 host_config
   ISERD_PID=$PID ISERD_PORT=$PORT
   [ -n "$BASELINE" ] || return 0
-  iserd_instance iserd-base "$BASELINE" $((ISERD_PORT + 1))
+  iserd_instance iserd-base "$BASELINE" $((ISERD_PORT + 1)) host_config
   BASE_PID=$PID BASE_PORT=$PORT
 }
 
@@ -169,20 +184,31 @@ start_tgtd() {
     { cat "$WORK/tgtadm.log" >&2; die "tgtadm could not configure tgtd"; }
 }
 
-# endpoint TARGET BACKING: prints "pid portal iqn lun" of that LUN.
+# endpoint TARGET BACKING: prints "pid portal iqn lun [companion]" of that LUN; the companion is a
+# process the target depends on (iserd-cluster's etcd), whose CPU time goes to COMPANION_CPU.
 endpoint() {
   case $1 in
     iserd) echo "$ISERD_PID 127.0.0.1:$ISERD_PORT $IQN_ISERD-$2 0" ;;
     iserd-base) echo "$BASE_PID 127.0.0.1:$BASE_PORT $IQN_ISERD-$2 0" ;;
+    iserd-cluster) echo "$CLUSTER_PID 127.0.0.1:$CLUSTER_PORT $IQN_ISERD-$2 0 $ETCD_PID" ;;
     tgt) echo "$TGTD_PID 127.0.0.1:$TGT_PORT $IQN_TGT-$2 1" ;;
   esac
 }
 
 # client TOOL RW BS QD SESSIONS PORTAL IQN LUN: one run; prints "ios value unit p50 p99 p99.9"
 # (latencies in µs from iscsi-load; "-" from iscsi-perf, which does not measure them; sessions: iscsi-load only).
+# TOOL prout: iscsi-load -prout, PERSISTENT RESERVE OUT commands one at a time (RW "aptpl": with APTPL),
+# "commands PROUT/s p50 p99 p99.9".
 client() {
   local tool=$1 rw=$2 bs=$3 qd=$4 sessions=$5 portal=$6 iqn=$7 lun=$8 out iops
-  if [ "$tool" = perf ]; then
+  if [ "$tool" = prout ]; then
+    local aptpl=''
+    [ "$rw" = aptpl ] && aptpl=-aptpl
+    out=$("$WORK/bin/iscsi-load" -portal "$portal" -target "$iqn" -lun "$lun" -initiator "$INITIATOR" \
+      -prout $aptpl -time "${SECS}s" 2>&1) || { echo "$out" >&2; return 1; }
+    awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
+      END { printf "%d %s PROUT/s %s %s %s\n", v["ios"], v["iops"], v["p50_us"], v["p99_us"], v["p999_us"] }' <<<"$out"
+  elif [ "$tool" = perf ]; then
     local rnd=''
     [ "$rw" = randread ] && rnd=-r
     out=$(timeout $((SECS + 30)) iscsi-perf -i "$INITIATOR" -m "$qd" -b $((bs / 512)) $rnd -t "$SECS" \
@@ -212,6 +238,14 @@ HOST_CASES=(
   "write-128k-qd8 load write 131072 8"
 )
 
+# Cluster cases (bench/run.sh cluster), in the same format; prout cases: RW plain or aptpl.
+CLUSTER_CASES=(
+  "randread-4k-qd16 perf randread 4096 16"
+  "randwrite-4k-qd16 load randwrite 4096 16"
+  "prout-qd1 prout plain 0 1"
+  "prout-aptpl-qd1 prout aptpl 0 1"
+)
+
 # Session scaling cases (bench/run.sh sessions), in the same format.
 SESSION_CASES=(
   "sessions1-randread-4k-qd8 load randread 4096 8 1"
@@ -230,7 +264,7 @@ run_idle() {
   local target pid portal iqn lun t0 rss0 rss1 idle0 idle1 out=$WORK/idle.out
   printf "idle\ttarget\tsessions\tticks_10s_none\tticks_10s_all\trss_kib_none\trss_kib_all\tkib_per_session\n" | tee "$RESULTS/idle.tsv"
   for target in $targets; do
-    read -r pid portal iqn lun <<<"$(endpoint "$target" "${BACKINGS%% *}")"
+    read -r pid portal iqn lun _ <<<"$(endpoint "$target" "${BACKINGS%% *}")"
     t0=$(cpu_ticks "$pid")
     sleep 10
     idle0=$(($(cpu_ticks "$pid") - t0))
@@ -254,16 +288,26 @@ run_idle() {
 # run_host CASES [AFTER]: runs the cases of the array named CASES on every target, then the
 # function AFTER, if given, while the targets still run.
 run_host() {
-  local -n cases=$1
   start_iserd
   start_tgtd
   note "host: iserd (pid $ISERD_PID) on 127.0.0.1:$ISERD_PORT, tgtd (pid $TGTD_PID) on 127.0.0.1:$TGT_PORT; $RUNS runs of ${SECS}s per figure"
   [ -z "$BASELINE" ] || note "host: baseline $BASELINE as iserd-base (pid $BASE_PID) on 127.0.0.1:$BASE_PORT"
   local targets="iserd${BASELINE:+ iserd-base} tgt"
-  local backing target c name tool rw bs qd sessions pid portal iqn lun t0 t1 ios value unit p50 p99 p999 r
+  measure host "$1"
+  [ -z "${2:-}" ] || "$2"
+  stop_iserd
+  stop_tgtd
+}
+
+# measure SECTION CASES: writes every LUN of $targets on $BACKINGS once, then runs the cases of the
+# array named CASES (BENCH_CASES narrows them) RUNS times on each, interleaved, into SAMPLES.
+measure() {
+  local section=$1
+  local -n cases=$2
+  local backing target c name tool rw bs qd sessions pid portal iqn lun side t0 t1 s0 s1 ios value unit p50 p99 p999 r
   for backing in $BACKINGS; do # warm up: every block written once (iserd's memory LUN allocates on write)
     for target in $targets; do
-      read -r pid portal iqn lun <<<"$(endpoint "$target" "$backing")"
+      read -r pid portal iqn lun _ <<<"$(endpoint "$target" "$backing")"
       "$WORK/bin/iscsi-load" -portal "$portal" -target "$iqn" -lun "$lun" -initiator "$INITIATOR" \
         -rw write -bs 131072 -qd 8 -time 2s -span $((LUN_SIZE_MB << 20)) >/dev/null ||
         die "warm-up write to $target $backing failed"
@@ -275,22 +319,76 @@ run_host() {
     for r in $(seq "$RUNS"); do
       for backing in $BACKINGS; do
         for target in $targets; do
-          read -r pid portal iqn lun <<<"$(endpoint "$target" "$backing")"
+          read -r pid portal iqn lun side <<<"$(endpoint "$target" "$backing")"
+          [ -z "$side" ] || s0=$(cpu_ticks "$side")
           t0=$(cpu_ticks "$pid")
           read -r ios value unit p50 p99 p999 <<<"$(client "$tool" "$rw" "$bs" "$qd" "${sessions:-1}" "$portal" "$iqn" "$lun")" ||
             die "$name on $target ($backing) failed"
           [ "${ios:-0}" -gt 0 ] || die "$name on $target ($backing): no I/O completed"
           t1=$(cpu_ticks "$pid")
-          awk -v c="$backing/$name" -v t="$target" -v v="$value" -v u="$unit" -v d=$((t1 - t0)) -v hz="$HZ" -v n="$ios" \
-            -v l="$p50\t$p99\t$p999" 'BEGIN { printf "host\t%s\t%s\t%s\t%s\t%.1f\t%s\n", c, t, v, u, d * 1e6 / hz / n, l }' |
+          [ -z "$side" ] || { s1=$(cpu_ticks "$side")
+            awk -v c="$backing/$name" -v t="$target" -v d=$((s1 - s0)) -v hz="$HZ" -v n="$ios" \
+              'BEGIN { printf "%s\t%s\t%.1f\n", c, t, d * 1e6 / hz / n }' >>"$COMPANION_CPU"; }
+          awk -v s="$section" -v c="$backing/$name" -v t="$target" -v v="$value" -v u="$unit" -v d=$((t1 - t0)) -v hz="$HZ" \
+            -v n="$ios" -v l="$p50\t$p99\t$p999" 'BEGIN { printf "%s\t%s\t%s\t%s\t%s\t%.1f\t%s\n", s, c, t, v, u, d * 1e6 / hz / n, l }' |
             tee -a "$SAMPLES"
         done
       done
     done
   done
-  [ -z "${2:-}" ] || "$2"
+}
+
+# cluster_config NAME PORT [ETCD-URL]: one target with the "disk" LUN (its own O_DIRECT file) and the
+# data directory (APTPL state) on DISK; with ETCD-URL a cluster: section, a single gateway.
+cluster_config() {
+  disk_file "$DISK/$1.img"
+  mkdir -p "$DISK/$1.data"
+  cat <<EOF
+data_dir: $DISK/$1.data
+portals: [{address: "127.0.0.1:$2", tpgt: 1}]
+log: {level: warn}
+targets:
+  - name: $IQN_ISERD-disk
+    open: true
+    luns: [{lun: 0, path: $DISK/$1.img, size: ${LUN_SIZE_MB}MiB, direct: true}]
+EOF
+  [ -z "${3:-}" ] || echo "cluster: {name: bench, node: gw-1, endpoints: [$3]}"
+}
+
+# start_etcd: one etcd member on free loopback ports, its data on DISK (fsyncs as on a real disk).
+start_etcd() {
+  local client peer
+  client=$(free_port 12379)
+  peer=$(free_port $((client + 1)))
+  ETCD_URL=http://127.0.0.1:$client
+  /usr/bin/etcd --name bench --data-dir "$DISK/etcd" --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
+    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+    --initial-cluster "bench=http://127.0.0.1:$peer" --log-level warn >"$WORK/etcd.log" 2>&1 &
+  ETCD_PID=$!
+  wait_port "$ETCD_PID" "$client" "$WORK/etcd.log" etcd
+}
+
+# run_cluster: iserd without and with a cluster: section on the same kind of LUN, measured in turn.
+run_cluster() {
+  [ -x /usr/bin/etcd ] || die "/usr/bin/etcd is missing (Debian package etcd-server; scripts/install-deps.sh installs it)"
+  start_etcd
+  iserd_instance iserd bin/iserd 13260 cluster_config
+  ISERD_PID=$PID ISERD_PORT=$PORT
+  iserd_instance iserd-cluster bin/iserd $((ISERD_PORT + 1)) cluster_config "$ETCD_URL"
+  CLUSTER_PID=$PID CLUSTER_PORT=$PORT
+  for _ in $(seq 100); do # writes and PR OUT are fenced until the gateway holds its lease
+    bin/iserctl --socket "$WORK/iserd-cluster.sock" cluster status 2>/dev/null | grep -q '^state: *allowed' && break
+    sleep 0.1
+  done
+  bin/iserctl --socket "$WORK/iserd-cluster.sock" cluster status | grep -q '^state: *allowed' ||
+    { cat "$WORK/iserd-cluster.log" >&2; die "iserd-cluster holds no lease after 10 s"; }
+  note "cluster: etcd (pid $ETCD_PID) on $ETCD_URL, iserd (pid $ISERD_PID) on 127.0.0.1:$ISERD_PORT," \
+    "iserd-cluster (pid $CLUSTER_PID) on 127.0.0.1:$CLUSTER_PORT; $RUNS runs of ${SECS}s per figure"
+  local targets="iserd iserd-cluster" BACKINGS=disk
+  measure cluster CLUSTER_CASES
   stop_iserd
-  stop_tgtd
+  stop_pid "$ETCD_PID"
+  ETCD_PID=''
 }
 
 run_vm() {
@@ -341,9 +439,10 @@ done
 mkdir -p "$RESULTS" "$WORK/bin"
 CGO_ENABLED=0 go build -o "$WORK/bin/" ./bench/cmd/iscsi-load ./bench/cmd/benchreport
 : >"$SAMPLES"
-rm -f "$RESULTS/vm-process-cpu.tsv" "$RESULTS/idle.tsv"
+COMPANION_CPU=$RESULTS/companion-cpu.tsv
+rm -f "$RESULTS/vm-process-cpu.tsv" "$RESULTS/idle.tsv" "$COMPANION_CPU"
 st=0
-case $what in all | host) run_host HOST_CASES ;; sessions) run_host SESSION_CASES run_idle ;; esac
+case $what in all | host) run_host HOST_CASES ;; sessions) run_host SESSION_CASES run_idle; RESULTS_IDLE=1 ;; cluster) run_cluster ;; esac
 case $what in all | vm) run_vm || st=1 ;; esac
 [ -s "$SAMPLES" ] || die "no samples collected"
 echo
@@ -359,8 +458,23 @@ if [ -s "$RESULTS/idle.tsv" ]; then
   echo "idle targets (CPU ticks over 10 s; VmRSS in KiB, with no session and with the idle sessions):"
   column -t "$RESULTS/idle.tsv"
 fi
-if [ "$what" = sessions ]; then
-  note "results in $RESULTS/latest.tsv, latest.svg and idle.tsv, every run in samples.tsv ($((SECONDS - START))s)"
+if [ "$what" = cluster ]; then
+  echo
+  echo "PERSISTENT RESERVE OUT latency, one command at a time (µs; medians of the runs; mean = 1/rate):"
+  awk -F'\t' 'BEGIN { printf "%-22s %-14s %8s %8s %8s %8s\n", "case", "target", "p50", "p99", "p99.9", "mean" }
+    $1 == "cluster" && $8 == "PROUT/s" { printf "%-22s %-14s %8s %8s %8s %8.1f\n", $2, $3, $11, $12, $13, 1e6 / $6 }' "$RESULTS/latest.tsv"
+  echo
+  echo "iserd-cluster over iserd, medians of this run (CPU µs per I/O or command of the iserd process, and of etcd):"
+  sort -k1,2 -k3n "$COMPANION_CPU" | awk -F'\t' '{ k = $1; v[k, ++n[k]] = $3 }
+    END { for (k in n) { c = n[k]; printf "%s\t%.1f\n", k, c % 2 ? v[k, (c + 1) / 2] : (v[k, c / 2] + v[k, c / 2 + 1]) / 2 } }' >"$WORK/etcd-cpu"
+  awk -F'\t' 'FILENAME != ARGV[1] { etcd[$1] = $2; next }
+    $1 == "cluster" { m[$2, $3] = $6; c[$2, $3] = $10; if (!($2 in seen)) { seen[$2]; order[++n] = $2 } }
+    END { for (i = 1; i <= n; i++) { k = order[i]; if (m[k, "iserd"] > 0)
+      printf "  %-26s %.3f  CPU %s vs %s, etcd %s\n", k, m[k, "iserd-cluster"] / m[k, "iserd"], c[k, "iserd-cluster"], c[k, "iserd"], etcd[k] } }' \
+    "$RESULTS/latest.tsv" "$WORK/etcd-cpu"
+fi
+if [ "$what" = sessions ] || [ "$what" = cluster ]; then
+  note "results in $RESULTS/latest.tsv and latest.svg${RESULTS_IDLE:+ and idle.tsv}, every run in samples.tsv ($((SECONDS - START))s)"
   exit $st
 fi
 echo

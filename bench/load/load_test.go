@@ -293,7 +293,8 @@ func shmLUN(tb testing.TB, size int64, pool *bdev.Pool) bdev.Device {
 }
 
 // startTarget serves one LUN of size bytes, made by newDev, with iserd's own
-// engine on 127.0.0.1 and returns its address and target name.
+// engine on 127.0.0.1 (persistent reservations with APTPL kept in a
+// temporary directory) and returns its address and target name.
 func startTarget(tb testing.TB, size int64, newDev func(testing.TB, int64, *bdev.Pool) bdev.Device) (addr, name string) {
 	tb.Helper()
 	name = "iqn.2026-11.org.iserd.test:load"
@@ -302,7 +303,7 @@ func startTarget(tb testing.TB, size int64, newDev func(testing.TB, int64, *bdev
 		tb.Fatalf("new server: %v", err)
 	}
 	st := scsi.NewTarget(name)
-	disk, err := scsi.NewDisk(newDev(tb, size, srv.Pool()), scsi.DiskConfig{BlockSize: 512})
+	disk, err := scsi.NewDisk(newDev(tb, size, srv.Pool()), scsi.DiskConfig{BlockSize: 512, StateDir: tb.TempDir()})
 	if err != nil {
 		tb.Fatalf("new disk: %v", err)
 	}

@@ -11,10 +11,15 @@
 //	iscsi-load: sessions=N logged in
 //
 // keeps them idle for that long and logs them out (for the target's memory
-// per idle session). It is the write-side client of bench/run.sh
-// (libiscsi's iscsi-perf only reads). Example:
+// per idle session). With -prout it sends PERSISTENT RESERVE OUT commands
+// one at a time instead of I/O (REGISTER AND IGNORE EXISTING KEY, RESERVE,
+// RELEASE, REGISTER with a new key, repeated; -aptpl makes the target keep
+// them through a power loss) and prints the same line with rw=prout, ios
+// the commands and iops their rate. It is the write-side client of
+// bench/run.sh (libiscsi's iscsi-perf only reads). Examples:
 //
 //	iscsi-load -portal 127.0.0.1:3260 -target iqn.2026-11.org.iserd:disk0 -rw randwrite -bs 4096 -qd 32 -time 5s
+//	iscsi-load -portal 127.0.0.1:3260 -target iqn.2026-11.org.iserd:disk0 -prout -aptpl -time 5s
 package main
 
 import (
@@ -55,11 +60,13 @@ func run(args []string) error {
 	dur := fs.Duration("time", 5*time.Second, "run time (0: until -ios)")
 	ios := fs.Uint64("ios", 0, "end the run after this many I/Os per session, if -time has not ended it (0: no count)")
 	span := fs.Int64("span", 1<<30, "bytes from LBA 0 the I/Os fall in (0: whole LUN)")
+	prout := fs.Bool("prout", false, "time PERSISTENT RESERVE OUT commands, one at a time, instead of I/O (one session)")
+	aptpl := fs.Bool("aptpl", false, "with -prout: register with APTPL (the target persists the reservations)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *target == "" || fs.NArg() > 0 || *sessions < 1 {
-		return fmt.Errorf("usage: iscsi-load -target IQN [flags] (see -h)")
+	if *target == "" || fs.NArg() > 0 || *sessions < 1 || (*prout && *sessions != 1) {
+		return fmt.Errorf("usage: iscsi-load -target IQN [flags] (see -h; -prout takes one session)")
 	}
 	pat, err := load.ParsePattern(*rw)
 	if err != nil {
@@ -82,8 +89,15 @@ func run(args []string) error {
 		time.Sleep(*hold)
 		return logout(conns)
 	}
-	cfg := load.Config{Pattern: pat, BlockSize: *bs, QueueDepth: *qd, Duration: *dur, IOs: *ios, LUN: *lun, Span: *span}
-	res, err := runAll(ctx, conns, cfg)
+	var res load.Result
+	what := fmt.Sprintf("rw=%v bs=%d qd=%d", pat, *bs, *qd)
+	if *prout {
+		what = fmt.Sprintf("rw=prout aptpl=%v qd=1", *aptpl)
+		res, err = runPROut(ctx, conns[0], load.PROutConfig{LUN: *lun, Duration: *dur, Commands: *ios, APTPL: *aptpl,
+			Seed: uint64(time.Now().UnixNano())})
+	} else {
+		res, err = runAll(ctx, conns, load.Config{Pattern: pat, BlockSize: *bs, QueueDepth: *qd, Duration: *dur, IOs: *ios, LUN: *lun, Span: *span})
+	}
 	if err != nil {
 		return err
 	}
@@ -91,10 +105,23 @@ func run(args []string) error {
 		fmt.Fprintln(os.Stderr, "iscsi-load: warning:", err)
 	}
 	us := func(q float64) float64 { return float64(res.Latency.Quantile(q)) / 1e3 }
-	fmt.Printf("iscsi-load: rw=%v bs=%d qd=%d sessions=%d ios=%d seconds=%.3f iops=%.0f mbps=%.1f lat_us=%.1f p50_us=%.1f p99_us=%.1f p999_us=%.1f\n",
-		pat, *bs, *qd, len(conns), res.IOs, res.Elapsed.Seconds(), res.IOPS(), res.MBps(), float64(res.MeanLatency())/1e3,
+	fmt.Printf("iscsi-load: %s sessions=%d ios=%d seconds=%.3f iops=%.0f mbps=%.1f lat_us=%.1f p50_us=%.1f p99_us=%.1f p999_us=%.1f\n",
+		what, len(conns), res.IOs, res.Elapsed.Seconds(), res.IOPS(), res.MBps(), float64(res.MeanLatency())/1e3,
 		us(0.5), us(0.99), us(0.999))
 	return nil
+}
+
+// runPROut clears the session's unit attentions and times PERSISTENT
+// RESERVE OUT commands on it.
+func runPROut(ctx context.Context, c *initiator.Conn, cfg load.PROutConfig) (load.Result, error) {
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := load.Prepare(pctx, c, cfg.LUN); err != nil {
+		return load.Result{}, err
+	}
+	rctx, rcancel := context.WithTimeout(ctx, cfg.Duration+30*time.Second)
+	defer rcancel()
+	return load.RunPROut(rctx, c, cfg)
 }
 
 // connect logs in n sessions, parallelLogins at a time; on error it
