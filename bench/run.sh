@@ -477,6 +477,33 @@ if [ "$what" = sessions ] || [ "$what" = cluster ]; then
   note "results in $RESULTS/latest.tsv and latest.svg${RESULTS_IDLE:+ and idle.tsv}, every run in samples.tsv ($((SECONDS - START))s)"
   exit $st
 fi
+if [ -n "$BASELINE" ]; then
+  echo
+  echo "iserd over iserd-base ($BASELINE): medians and their ratio; ratios of each run's adjacent pair: median [min-max]; CPU per I/O"
+  awk -F'\t' '
+    function med(a, n,   i, j, t) {
+      for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    $1 == "host" && ($3 == "iserd" || $3 == "iserd-base") {
+      if (!($2 in seen)) { seen[$2]; order[++n] = $2 }
+      v[$2, $3, ++c[$2, $3]] = $4; u[$2, $3, c[$2, $3]] = $6
+    }
+    END {
+      for (i = 1; i <= n; i++) {
+        k = order[i]; m = c[k, "iserd"] < c[k, "iserd-base"] ? c[k, "iserd"] : c[k, "iserd-base"]
+        if (m == 0) continue
+        delete a; delete b; delete r; delete ca; delete cb
+        for (j = 1; j <= m; j++) {
+          a[j] = v[k, "iserd", j]; b[j] = v[k, "iserd-base", j]; r[j] = a[j] / b[j]
+          ca[j] = u[k, "iserd", j]; cb[j] = u[k, "iserd-base", j]
+        }
+        ma = med(a, m); mb = med(b, m); mr = med(r, m)
+        printf "  %-26s %s vs %s: %.3f; pairs %.3f [%.3f-%.3f] over %d runs; CPU/IO %.1f vs %.1f us\n", k, ma, mb, ma / mb,
+          mr, r[1], r[m], m, med(ca, m), med(cb, m)
+      }
+    }' "$SAMPLES"
+fi
 echo
 echo "issue goals (medians of this run):"
 for b in shm mem; do
