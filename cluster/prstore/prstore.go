@@ -260,11 +260,25 @@ func (l *lunStore) keepMember(ctx context.Context) {
 }
 
 // untilLeft returns when this node's member key is deleted at revision
-// from or later, or when ctx ends.
+// from or later (or is found missing once etcd compacted the revisions
+// the watch would resume from), or when ctx ends.
 func (l *lunStore) untilLeft(ctx context.Context, from int64) {
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		for wr := range l.s.client.Watch(wctx, l.self, clientv3.WithRev(from)) {
+			if wr.CompactRevision != 0 {
+				// The revisions since the last look are gone: whether the
+				// key is there now says whether this node left.
+				r, err := l.s.client.Get(wctx, l.self)
+				if err == nil && len(r.Kvs) == 0 {
+					cancel()
+					return
+				}
+				if err == nil {
+					from = r.Header.Revision + 1
+				}
+				break
+			}
 			if wr.Err() != nil {
 				break
 			}
@@ -326,9 +340,9 @@ func (l *lunStore) Ack(ctx context.Context, rev int64) error {
 	return nil
 }
 
-// WaitAcks waits, at most AbortWait, until every node whose member key
-// existed at revision rev and still exists, this one apart, acknowledged
-// rev. The acknowledgements are deleted afterwards.
+// WaitAcks waits, at most AbortWait, until every node that joined before
+// revision rev (put its member key last before it) and is still a member,
+// this one apart, acknowledged rev. The acknowledgements are deleted afterwards.
 func (l *lunStore) WaitAcks(ctx context.Context, rev int64) error {
 	ctx, cancel := context.WithTimeout(ctx, l.s.AbortWait)
 	defer cancel()
@@ -352,7 +366,11 @@ func (l *lunStore) WaitAcks(ctx context.Context, rev int64) error {
 		var missing []string
 		for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
 			node := strings.TrimPrefix(string(kv.Key), l.members)
-			if node != l.s.node && kv.CreateRevision < rev && !acked[node] {
+			// ModRevision, not CreateRevision: a node process that
+			// crashed and started again within its old lease's TTL puts
+			// the key again, which keeps its creation; the new process
+			// read the record after rev and will not acknowledge it.
+			if node != l.s.node && kv.ModRevision < rev && !acked[node] {
 				missing = append(missing, node)
 			}
 		}

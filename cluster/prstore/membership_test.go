@@ -1,0 +1,97 @@
+package prstore_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/iserd/iserd/internal/etcdtest"
+	"github.com/iserd/iserd/internal/scsitest"
+	"github.com/iserd/iserd/scsi"
+)
+
+// memberKey is the member key of node name for the test's logical unit.
+func memberKey(n *node, name string) string {
+	return strings.Replace(n.store.RecordKey(testNAA), "/pr/", "/pr-members/", 1) + "/" + name
+}
+
+// TestCrashedNodeRestartsWithinTTL: a node process that crashed and
+// started again before its old lease expired puts its member key again (on
+// its new lease). A change committed in between, which the new process
+// never acknowledges (it read the record after it), must not wait for it
+// until AbortWait: the node's old process is gone with its lease, and the
+// new one installed the change when it opened.
+func TestCrashedNodeRestartsWithinTTL(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	a, b := newNode(t, etcd, "crash", "a", 1), newNode(t, etcd, "crash", "b", 2)
+	b.store.AbortWait = 4 * leaseTTL * time.Second
+	b1 := b.nexus(1, "iqn.b", 2)
+	a.stopKA()
+	a.client.Close() // A's process is gone: its member key stays until its lease expires
+	began := time.Now()
+	before := b.rec.last.Load()
+	done := make(chan *scsi.Command, 1)
+	go func() { done <- b.prout(b1, proRegister, 0, scsitest.PROutParams(0, keyB, 0)) }()
+	waitFor(t, "B to commit", func() bool { return b.rec.last.Load() != before })
+	// A starts again at once, well within its old lease's TTL.
+	a2 := newNode(t, etcd, "crash", "a", 1)
+	waitFor(t, "the new A to join", func() bool {
+		r, err := a2.client.Get(context.Background(), memberKey(a2, "a"))
+		return err == nil && len(r.Kvs) == 1 && r.Kvs[0].Lease == a2.lease.Load()
+	})
+	c := <-done
+	took := time.Since(began)
+	if c.Status != scsi.StatusGood {
+		k, asc := sense(c)
+		t.Fatalf("REGISTER on B while A restarted: status %#x sense %x/%04x after %v", c.Status, k, asc, took)
+	}
+	if took > 2*leaseTTL*time.Second {
+		t.Fatalf("REGISTER on B took %v, beyond A's old lease TTL (%ds)", took, leaseTTL)
+	}
+	a21 := a2.nexus(1, "iqn.a", 1)
+	if _, ks := a2.keys(a21); len(ks) != 1 {
+		t.Fatalf("the new A reports keys %x", ks)
+	}
+}
+
+// TestRejoinAfterCompaction: a node whose lease was lost puts its member
+// key again on its new lease, also when etcd compacted the revisions its
+// watch of the key would resume from (the watch broke while etcd
+// restarted); otherwise no change waits for the node any more.
+func TestRejoinAfterCompaction(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	a := newNode(t, etcd, "compact", "a", 1)
+	member := memberKey(a, "a")
+	waitFor(t, "A to join", func() bool {
+		r, err := a.client.Get(context.Background(), member)
+		return err == nil && len(r.Kvs) == 1
+	})
+	ctx := context.Background()
+	for range 10 {
+		if _, err := a.client.Put(ctx, "/unrelated", "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := a.client.Get(ctx, "/unrelated")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.client.Compact(ctx, r.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	etcd.Restart()
+	// The lease is lost (revoked: its keys go at once) and a new one granted.
+	old := a.lease.Load()
+	a.stopKA()
+	if _, err := a.client.Revoke(ctx, clientv3.LeaseID(old)); err != nil {
+		t.Fatal(err)
+	}
+	a.grant()
+	waitFor(t, "A to join again on its new lease", func() bool {
+		r, err := a.client.Get(ctx, member)
+		return err == nil && len(r.Kvs) == 1 && r.Kvs[0].Lease == a.lease.Load()
+	})
+}
