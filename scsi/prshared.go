@@ -397,6 +397,9 @@ func (d *Disk) prCommit(n *Nexus, sa, typ byte, p proParams) result {
 // end with and false. The caller holds d.prMu.
 func (d *Disk) prChange(ctx context.Context, next func(cur *prRecord) (*prRecord, result)) (PRRecord, result, bool) {
 	st := d.prs.store
+	if !st.Allowed() {
+		return PRRecord{}, fail(prUnavailable), false // not after a read that may wait for the store's bound
+	}
 	rec, err := st.Get(ctx)
 	for attempt := 1; ; attempt++ {
 		if err != nil || !st.Allowed() {

@@ -280,3 +280,69 @@ func TestPRStoreReset(t *testing.T) {
 		})
 	}
 }
+
+// slowAckStore is a memPRStore whose other nodes take wait to acknowledge.
+type slowAckStore struct {
+	memPRStore
+	wait time.Duration
+}
+
+func (s *slowAckStore) WaitAcks(ctx context.Context, _ int64) error {
+	select {
+	case <-time.After(s.wait):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestPRStoreResetBound: a target reset tells the other nodes of each
+// logical unit's reset at once rather than one unit after the other, so
+// that its response does not take the units' count times the wait (an
+// initiator escalates a task management function that takes longer than
+// its own timeout); a fenced node does not wait for a store that does not
+// answer before it reports the reset not shared.
+func TestPRStoreResetBound(t *testing.T) {
+	const luns = 4
+	tests := []struct {
+		name    string
+		store   func() PRStore
+		wantErr bool
+		bound   time.Duration
+	}{
+		{"other nodes acknowledge slowly", func() PRStore { return &slowAckStore{wait: time.Second} }, false, 1500 * time.Millisecond},
+		{"fenced, store unreachable", func() PRStore {
+			m := &memPRStore{}
+			m.denied.Store(true)
+			m.failGet.Store(true)
+			return m
+		}, true, time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, DiskConfig{PRStore: &memPRStore{}})
+			for lun := uint64(1); lun < luns; lun++ {
+				d, err := NewDisk(bdev.NewMemory(testBlocks*512), DiskConfig{BlockSize: 512, PRStore: tt.store()})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { d.Close() })
+				if err := h.tgt.AddLUN(lun, d); err != nil {
+					t.Fatal(err)
+				}
+			}
+			began := time.Now()
+			err := h.tgt.TargetReset(h.a, false)
+			took := time.Since(began)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("target reset: %v, want an error: %v", err, tt.wantErr)
+			}
+			if took > tt.bound {
+				t.Fatalf("target reset of %d logical units took %v, more than %v", luns, took, tt.bound)
+			}
+			if lu := h.tgt.LogicalUnitReset(h.a, luns-1); (lu != nil) != tt.wantErr || time.Since(began)-took > tt.bound {
+				t.Fatalf("logical unit reset: %v after %v", lu, time.Since(began)-took)
+			}
+		})
+	}
+}

@@ -184,12 +184,20 @@ func (t *Target) TargetReset(n *Nexus, cold bool) error {
 	}
 	t.raiseAll(code, 0, false)
 	t.mu.Unlock()
-	var errs []error
+	// The units at once: each may wait for the other nodes' bound.
+	errs := make([]error, 0, len(luns))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
 	for lun, d := range luns {
-		if err := d.shareReset(code); err != nil {
-			errs = append(errs, fmt.Errorf("target reset of LUN %d: %w", lun, err))
-		}
+		wg.Go(func() {
+			if err := d.shareReset(code); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("target reset of LUN %d: %w", lun, err))
+				mu.Unlock()
+			}
+		})
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
