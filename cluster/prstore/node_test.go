@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -86,7 +87,17 @@ func newNode(t *testing.T, etcd *etcdtest.Server, cluster, name string, port uin
 	n.store = st
 	n.open()
 	t.Cleanup(func() { n.disk.Close(); n.stopKA() })
+	// It joins the unit on its own goroutine; until then its PR OUT is refused.
+	waitFor(t, name+" to join", func() bool {
+		r, err := c.Get(context.Background(), memberKey(n, name))
+		return err == nil && len(r.Kvs) == 1 && r.Kvs[0].Lease == n.lease.Load()
+	})
 	return n
+}
+
+// memberKey is the member key of node name for the test's logical unit.
+func memberKey(n *node, name string) string {
+	return strings.Replace(n.store.RecordKey(testNAA), "/pr/", "/pr-members/", 1) + "/" + name
 }
 
 // grant takes a new lease and keeps it alive.
