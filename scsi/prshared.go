@@ -1,6 +1,7 @@
 package scsi
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -423,6 +424,9 @@ func (d *Disk) prChange(ctx context.Context, next func(cur *prRecord) (*prRecord
 		if cerr == nil && ok {
 			return done, good, true
 		}
+		if cerr != nil && d.committedAnyway(ctx, rec.Rev, value, &done) {
+			return done, good, true
+		}
 		if attempt == maxPRAttempts {
 			return PRRecord{}, fail(prUnavailable), false
 		}
@@ -430,6 +434,19 @@ func (d *Disk) prChange(ctx context.Context, next func(cur *prRecord) (*prRecord
 			rec = done
 		}
 	}
+}
+
+// committedAnyway reports whether a commit of value over revision prev
+// that failed happened all the same (its answer was lost): the record,
+// read again, is value at a later revision, and only this Disk commits
+// records with its Origin. It sets *done to that record.
+func (d *Disk) committedAnyway(ctx context.Context, prev int64, value []byte, done *PRRecord) bool {
+	cur, err := d.prs.store.Get(ctx)
+	if err != nil || cur.Rev <= prev || !bytes.Equal(cur.Value, value) {
+		return false
+	}
+	*done = cur
+	return true
 }
 
 // errResetNotShared reports a reset the other nodes serving the unit were

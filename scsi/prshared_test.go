@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -344,5 +345,45 @@ func TestPRStoreResetBound(t *testing.T) {
 				t.Fatalf("logical unit reset: %v after %v", lu, time.Since(began)-took)
 			}
 		})
+	}
+}
+
+// lostAnswerStore is a memPRStore whose commits happen but whose answers
+// are lost (a connection reset after etcd applied the transaction) while
+// lose is set.
+type lostAnswerStore struct {
+	memPRStore
+	lose atomic.Bool
+}
+
+func (s *lostAnswerStore) Commit(ctx context.Context, prev int64, value []byte) (PRRecord, bool, error) {
+	rec, ok, err := s.memPRStore.Commit(ctx, prev, value)
+	if s.lose.Load() {
+		return PRRecord{}, false, errors.New("connection reset")
+	}
+	return rec, ok, err
+}
+
+// TestPRStoreLostAnswer: when the answer to a commit is lost, the record
+// tells whether the commit happened: a PR OUT that changed it completes
+// GOOD (its retry would conflict with its own change), with its unit
+// attentions raised once; one that did not ends in NOT READY.
+func TestPRStoreLostAnswer(t *testing.T) {
+	m := &lostAnswerStore{}
+	h := newHarness(t, DiskConfig{PRStore: m})
+	h.registerBoth()
+	h.mustPROut(h.b, proReserve, prWE, scsitest.PROutParams(keyB, 0, 0), StatusGood)
+	m.lose.Store(true)
+	h.mustPROut(h.a, proPreempt, prEA, scsitest.PROutParams(keyA, keyB, 0), StatusGood)
+	h.expectUA(h.b, ascRegistrationsPreempted)
+	h.expectUA(h.b, 0)
+	h.expectUA(h.a, 0)
+	if s := h.disk.pr.Load(); len(s.Regs) != 1 || s.Regs[0].Key != keyA || s.Type != prEA {
+		t.Fatalf("state after the preemption: %+v", s)
+	}
+	m.failGet.Store(true) // the record cannot be read either: unknown
+	c := h.prout(h.a, proRegister, 0, scsitest.PROutParams(keyA, keyB, 0))
+	if s := senseOf(c); s.key != keyNotReady || s.code != ascNotReadyUnavailable {
+		t.Fatalf("PR OUT whose outcome is unknown: status %#x sense %+v", c.Status, s)
 	}
 }
