@@ -2,6 +2,7 @@ package prstore_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,4 +81,39 @@ func TestRejoinAfterCompaction(t *testing.T) {
 		r, err := a.client.Get(ctx, member)
 		return err == nil && len(r.Kvs) == 1 && r.Kvs[0].Lease == a.lease.Load()
 	})
+}
+
+// TestAcksBounded: acknowledgements nobody deletes (the node that waited
+// for them crashed right after its commit) do not pile up in etcd for as
+// long as the acknowledging node lives: it keeps one per logical unit.
+func TestAcksBounded(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	a := newNode(t, etcd, "acks", "a", 1)
+	a1 := a.nexus(1, "iqn.a", 1)
+	const crashes = 2
+	for i := range crashes {
+		b := newNode(t, etcd, "acks", "b", 2)
+		b1 := b.nexus(1, "iqn.b", uint64(2+i))                      // another initiator port each time
+		b.rec.afterCommit = func() { b.stopKA(); b.client.Close() } // b dies before it cleans up
+		c := b.prout(b1, proRegister, 0, scsitest.PROutParams(0, keyB+uint64(i), 0))
+		if c.Status == scsi.StatusGood {
+			t.Fatalf("REGISTER on a node whose client closed after the commit completed GOOD")
+		}
+		want := b.rec.last.Load()
+		waitFor(t, "A to install B's change", func() bool {
+			r, err := a.client.Get(context.Background(), a.store.RecordKey(testNAA))
+			gen, _ := a.keys(a1)
+			return err == nil && len(r.Kvs) == 1 && r.Kvs[0].ModRevision == want && gen == uint32(i+1)
+		})
+	}
+	acks := strings.Replace(a.store.RecordKey(testNAA), "/pr/", "/pr-acks/", 1) + "/"
+	var n int64
+	waitFor(t, "A's acknowledgements", func() bool {
+		r, err := a.client.Get(context.Background(), acks, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		n = r.Count
+		return err == nil && n > 0
+	})
+	if n > 1 {
+		t.Fatalf("%d acknowledgement keys left in etcd after %d changes whose waiter died, want at most 1 per node", n, crashes)
+	}
 }

@@ -332,16 +332,20 @@ func tid(s string, port bool) []byte {
 }
 
 // recorder passes a node's store through and remembers the revision of
-// its last successful commit.
+// its last successful commit, after which it calls afterCommit if set.
 type recorder struct {
 	scsi.PRStore
-	last atomic.Int64
+	last        atomic.Int64
+	afterCommit func()
 }
 
 func (r *recorder) Commit(ctx context.Context, prev int64, value []byte) (scsi.PRRecord, bool, error) {
 	rec, ok, err := r.PRStore.Commit(ctx, prev, value)
 	if ok && err == nil {
 		r.last.Store(rec.Rev)
+		if r.afterCommit != nil {
+			r.afterCommit()
+		}
 	}
 	return rec, ok, err
 }

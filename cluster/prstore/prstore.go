@@ -7,7 +7,7 @@
 //
 //	pr/<naa>                       the record: state and the event of its last change
 //	pr-members/<naa>/<node>        the nodes serving the unit, on each node's lease
-//	pr-acks/<naa>/<rev>/<node>     nodes that installed revision <rev> (and aborted what it preempted), on their leases
+//	pr-acks/<naa>/<node>           the last revision the node installed (and aborted what it preempted), on its lease
 //
 // Changes are transactions that compare the record's mod revision (and
 // that the committing node's member key, hence its lease, still exists).
@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -116,6 +117,7 @@ func (s *Store) LUN(naa uint64) scsi.PRStore {
 		acks:    s.prefix + "pr-acks/" + id + "/",
 	}
 	l.self = l.members + s.node
+	l.ack = l.acks + s.node
 	return l
 }
 
@@ -126,6 +128,7 @@ type lunStore struct {
 	members string // prefix of the member keys
 	self    string // this node's member key
 	acks    string // prefix of the acknowledgements
+	ack     string // this node's acknowledgement
 
 	mu     sync.Mutex
 	cancel context.CancelFunc // stops the goroutines; nil before Open
@@ -325,16 +328,17 @@ func (l *lunStore) Commit(ctx context.Context, prev int64, value []byte) (scsi.P
 	return record(resp.Responses[0].GetResponseRange().Kvs), false, nil
 }
 
-// ackPrefix is the prefix of the acknowledgements of revision rev.
-func (l *lunStore) ackPrefix(rev int64) string { return fmt.Sprintf("%s%d/", l.acks, rev) }
-
-// Ack puts this node's acknowledgement of revision rev on its lease.
+// Ack puts this node's acknowledgement of revision rev on its lease. It
+// is one key per node, holding the last revision acknowledged: records
+// are delivered in order, so it acknowledges every earlier one too, and
+// no acknowledgement outlives its use (a waiter that crashed or gave up
+// left none behind).
 func (l *lunStore) Ack(ctx context.Context, rev int64) error {
 	lease := l.s.lease()
 	if lease == clientv3.NoLease {
 		return fmt.Errorf("acknowledge revision %d: %w", rev, errNoLease)
 	}
-	if _, err := l.s.client.Put(ctx, l.ackPrefix(rev)+l.s.node, "", clientv3.WithLease(lease)); err != nil {
+	if _, err := l.s.client.Put(ctx, l.ack, strconv.FormatInt(rev, 10), clientv3.WithLease(lease)); err != nil {
 		return fmt.Errorf("acknowledge revision %d: %w", rev, err)
 	}
 	return nil
@@ -342,26 +346,22 @@ func (l *lunStore) Ack(ctx context.Context, rev int64) error {
 
 // WaitAcks waits, at most AbortWait, until every node that joined before
 // revision rev (put its member key last before it) and is still a member,
-// this one apart, acknowledged rev. The acknowledgements are deleted afterwards.
+// this one apart, acknowledged rev (or a later revision).
 func (l *lunStore) WaitAcks(ctx context.Context, rev int64) error {
 	ctx, cancel := context.WithTimeout(ctx, l.s.AbortWait)
 	defer cancel()
-	acks := l.ackPrefix(rev)
-	defer func() {
-		dctx, dcancel := context.WithTimeout(context.Background(), opTimeout)
-		_, _ = l.s.client.Delete(dctx, acks, clientv3.WithPrefix()) // else they go with the nodes' leases
-		dcancel()
-	}()
 	for {
 		resp, err := l.s.client.Txn(ctx).
-			Then(clientv3.OpGet(l.members, clientv3.WithPrefix()), clientv3.OpGet(acks, clientv3.WithPrefix())).
+			Then(clientv3.OpGet(l.members, clientv3.WithPrefix()), clientv3.OpGet(l.acks, clientv3.WithPrefix())).
 			Commit()
 		if err != nil {
 			return fmt.Errorf("wait for the acknowledgements of revision %d: %w", rev, err)
 		}
 		acked := make(map[string]bool)
 		for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-			acked[strings.TrimPrefix(string(kv.Key), acks)] = true
+			if v, err := strconv.ParseInt(string(kv.Value), 10, 64); err == nil && v >= rev {
+				acked[strings.TrimPrefix(string(kv.Key), l.acks)] = true
+			}
 		}
 		var missing []string
 		for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
@@ -377,20 +377,20 @@ func (l *lunStore) WaitAcks(ctx context.Context, rev int64) error {
 		if len(missing) == 0 {
 			return nil
 		}
-		if err := l.waitChange(ctx, resp.Header.Revision+1, acks); err != nil {
+		if err := l.waitChange(ctx, resp.Header.Revision+1); err != nil {
 			return fmt.Errorf("wait for the acknowledgements of revision %d from %s: %w",
 				rev, strings.Join(missing, ", "), err)
 		}
 	}
 }
 
-// waitChange returns when a member key or an acknowledgement under acks
-// changes at revision from or later, or fails when ctx ends.
-func (l *lunStore) waitChange(ctx context.Context, from int64, acks string) error {
+// waitChange returns when a member key or an acknowledgement changes at
+// revision from or later, or fails when ctx ends.
+func (l *lunStore) waitChange(ctx context.Context, from int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	mw := l.s.client.Watch(wctx, l.members, clientv3.WithPrefix(), clientv3.WithRev(from))
-	aw := l.s.client.Watch(wctx, acks, clientv3.WithPrefix(), clientv3.WithRev(from))
+	aw := l.s.client.Watch(wctx, l.acks, clientv3.WithPrefix(), clientv3.WithRev(from))
 	select {
 	case <-mw:
 	case <-aw:
@@ -403,7 +403,8 @@ func (l *lunStore) waitChange(ctx context.Context, from int64, acks string) erro
 func (l *lunStore) Allowed() bool { return l.s.allowed() }
 
 // Close stops the watches and leaves the logical unit (deletes this
-// node's member key), so that no PREEMPT AND ABORT waits for this node.
+// node's member key and acknowledgement), so that no change waits for
+// this node.
 func (l *lunStore) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -418,7 +419,7 @@ func (l *lunStore) Close() error {
 	l.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	if _, err := l.s.client.Delete(ctx, l.self); err != nil {
+	if _, err := l.s.client.Txn(ctx).Then(clientv3.OpDelete(l.self), clientv3.OpDelete(l.ack)).Commit(); err != nil {
 		return fmt.Errorf("leave %s: %w", l.self, err)
 	}
 	return nil
