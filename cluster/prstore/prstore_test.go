@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -477,7 +476,7 @@ func TestPowerOnClearedWithJoin(t *testing.T) {
 	lease := a.lease.Swap(0)
 	a.open()
 	a.lease.Store(lease)
-	member := strings.Replace(a.store.RecordKey(testNAA), "/pr/", "/pr-members/", 1) + "/a"
+	member := memberKey(a, "a")
 	var joined *clientv3.GetResponse
 	waitFor(t, "A to join", func() bool {
 		r, err := a.client.Get(context.Background(), member)
@@ -530,7 +529,7 @@ func TestPreemptAbortBound(t *testing.T) {
 				for range ka {
 				}
 			}()
-			key := strings.Replace(a.store.RecordKey(testNAA), "/pr/", "/pr-members/", 1) + "/ghost"
+			key := memberKey(a, "ghost")
 			if _, err := a.client.Put(ctx, key, "", clientv3.WithLease(g.ID)); err != nil {
 				t.Fatal(err)
 			}
