@@ -593,6 +593,11 @@ func TestEtcdUnreachable(t *testing.T) {
 		t.Fatalf("write from a non-registrant with etcd stopped: %#x", c.Status)
 	}
 	etcd.Restart()
+	// The client's keep-alive gave the lease up while etcd was away (etcd
+	// expires it a TTL after its start): the node takes a new one, as
+	// cluster.Node does, and joins again on it.
+	a.stopKA()
+	a.grant()
 	waitFor(t, "PR OUT to work again", func() bool {
 		return a.prout(a2, proRegister, 0, scsitest.PROutParams(0, keyB, 0)).Status == scsi.StatusGood
 	})
