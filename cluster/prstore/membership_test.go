@@ -117,3 +117,29 @@ func TestAcksBounded(t *testing.T) {
 		t.Fatalf("%d acknowledgement keys left in etcd after %d changes whose waiter died, want at most 1 per node", n, crashes)
 	}
 }
+
+// TestRejoinSoonAfterRegrant: when a node's lease is lost, its member key
+// goes before the node itself learns it (at its next renewal), so the
+// first attempt to join again uses the lost lease; the node must still join
+// as soon as it holds the new one, as after its first grant.
+func TestRejoinSoonAfterRegrant(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	a := newNode(t, etcd, "regrant", "a", 1)
+	member := memberKey(a, "a")
+	ctx := context.Background()
+	a.stopKA()
+	if _, err := a.client.Revoke(ctx, clientv3.LeaseID(a.lease.Load())); err != nil {
+		t.Fatal(err)
+	}
+	// The node holds on to the lost lease for a moment, then gets a new one.
+	time.Sleep(300 * time.Millisecond)
+	a.grant()
+	granted := time.Now()
+	waitFor(t, "A to join on its new lease", func() bool {
+		r, err := a.client.Get(ctx, member)
+		return err == nil && len(r.Kvs) == 1 && r.Kvs[0].Lease == a.lease.Load()
+	})
+	if took := time.Since(granted); took > joinBound {
+		t.Fatalf("the node joined %v after its new grant, more than %v", took, joinBound)
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/iserd/iserd/internal/retry"
@@ -175,14 +176,10 @@ func (l *lunStore) Open(apply func(scsi.PRRecord), powerOn func(scsi.PRRecord) [
 	return cur, nil
 }
 
-// join puts this node's member key on its current lease and returns the
-// revision of the put. The first join puts the power-on record as well,
-// in the same transaction, if the record is still the one it replaces.
-func (l *lunStore) join(ctx context.Context) (int64, error) {
-	lease := l.s.lease()
-	if lease == clientv3.NoLease {
-		return 0, fmt.Errorf("join %s: %w", l.self, errNoLease)
-	}
+// join puts this node's member key on lease and returns the revision of
+// the put. The first join puts the power-on record as well, in the same
+// transaction, if the record is still the one it replaces.
+func (l *lunStore) join(ctx context.Context, lease clientv3.LeaseID) (int64, error) {
 	put := clientv3.OpPut(l.self, "", clientv3.WithLease(lease))
 	txn := l.s.client.Txn(ctx)
 	if p := l.powerOn; p != nil {
@@ -244,14 +241,23 @@ func (l *lunStore) watch(ctx context.Context, from int64, apply func(scsi.PRReco
 // keepMember keeps this node's member key: it puts it once the node holds
 // a lease, and again whenever it vanished (the node lost its lease and got
 // a new one), so that the others wait for this node's acknowledgements.
+// A lease etcd no longer knows (the key went with it before the node
+// learnt it lost the lease) is not tried again: the node joins once it
+// holds another one.
 func (l *lunStore) keepMember(ctx context.Context) {
 	defer l.wg.Done()
+	lost := clientv3.NoLease
 	for ctx.Err() == nil {
-		jctx, jcancel := context.WithTimeout(ctx, opTimeout)
-		rev, err := l.join(jctx)
-		jcancel()
-		if errors.Is(err, errNoLease) {
+		lease := l.s.lease()
+		if lease == clientv3.NoLease || lease == lost {
 			retry.Sleep(ctx, leasePoll)
+			continue
+		}
+		jctx, jcancel := context.WithTimeout(ctx, opTimeout)
+		rev, err := l.join(jctx, lease)
+		jcancel()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			lost = lease
 			continue
 		}
 		if err != nil {
