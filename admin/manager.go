@@ -19,6 +19,7 @@ import (
 
 	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/cluster"
+	"github.com/iserd/iserd/cluster/cawlock"
 	"github.com/iserd/iserd/cluster/prstore"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/scsi"
@@ -59,6 +60,7 @@ type Manager struct {
 	rdma     func() RDMAStatus
 	cluster  *cluster.Node
 	prStore  *prstore.Store // the LUNs' persistent reservations in etcd, with cluster
+	cawLocks *cawlock.Locks // the LUNs' COMPARE AND WRITE locks in etcd, with cluster
 
 	mu        sync.Mutex
 	sharedRev int64 // etcd revision of the cluster configuration applied (see syncShared)
@@ -116,6 +118,9 @@ func New(cfg *Config, o Options) (*Manager, error) {
 		}
 		// A PREEMPT AND ABORT waits for a silent node's lease to expire.
 		m.prStore.AbortWait = max(prstore.DefaultAbortWait, 2*time.Duration(cfg.Cluster.LeaseTTL))
+		if m.cawLocks, err = cawlock.New(m.cluster, o.Log); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
 	}
 	m.mu.Lock()
 	err = m.apply(cfg.Clone(), false)
@@ -650,6 +655,7 @@ func (m *Manager) openLUN(cfg *Config, target string, lc LUNConfig) (*liveLUN, e
 	if m.cluster != nil {
 		dc.Fence = m.cluster
 		dc.PRStore = m.prStore.LUN(dc.NAA)
+		dc.CAWLock = m.cawLocks.LUN(dc.NAA)
 	}
 	disk, err := scsi.NewDisk(dev, dc)
 	if err != nil {

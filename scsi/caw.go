@@ -7,8 +7,9 @@ import (
 )
 
 // compareAndWrite implements COMPARE AND WRITE (SBC-3 5.2): under an
-// exclusive range lock it reads the blocks, compares them with the first
-// half of the data-out buffer and, only if equal, writes the second half.
+// exclusive range lock (and the unit's CAWLock before it, in a cluster) it
+// reads the blocks, compares them with the first half of the data-out
+// buffer and, only if equal, writes the second half.
 // The data-out buffer must hold exactly 2 * NUMBER OF LOGICAL BLOCKS
 // blocks, else INVALID FIELD IN CDB points at that field.
 func (d *Disk) compareAndWrite(c *Command) result {
@@ -33,6 +34,9 @@ func (d *Disk) compareAndWrite(c *Command) result {
 	io := d.newIO(c)
 	io.fua = cdb[1]&0x08 != 0 || !d.mode.Load().wce
 	io.lba, io.left = lba, nb
+	if l := d.cfg.CAWLock; l != nil {
+		return io.lockCluster(l)
+	}
 	return io.lockAndRun(lba, nb, true, cawStart)
 }
 
@@ -79,6 +83,9 @@ func cawCompare(io *ioCtx, err error) result {
 	half := len(io.c.DataOut) / 2
 	if r := compare(io.req.Buf, io.c.DataOut[:half]); r.status != StatusGood {
 		return r
+	}
+	if !io.cawHeld() { // another node may own the blocks by now
+		return fail(fencedSense)
 	}
 	return io.submit(bdev.OpWrite, int64(io.lba)<<io.d.shift, io.c.DataOut[half:], writeDone)
 }

@@ -62,6 +62,12 @@ type DiskConfig struct {
 	// APTPL state included; StateDir then holds none. The disk owns it
 	// from NewDisk on and closes it with itself.
 	PRStore PRStore
+	// CAWLock, when set, makes COMPARE AND WRITE atomic across the
+	// processes that serve the unit (cluster/cawlock); commands that cannot
+	// get it end with BUSY, or NOT READY, LOGICAL UNIT NOT ACCESSIBLE,
+	// TARGET PORT IN UNAVAILABLE STATE once this process may not write.
+	// The disk owns it from NewDisk on and closes it with itself.
+	CAWLock CAWLock
 }
 
 // Limits the disk reports in the Block Limits VPD page and enforces.
@@ -248,6 +254,11 @@ func (d *Disk) Close() error {
 	d.closeOnce.Do(func() { close(d.sanStop) })
 	d.sanWG.Wait()
 	perr := d.closePRStore()
+	if l := d.cfg.CAWLock; l != nil {
+		if err := l.Close(); err != nil {
+			perr = errors.Join(perr, fmt.Errorf("close disk: compare and write lock: %w", err))
+		}
+	}
 	if err := d.dev.Close(); err != nil {
 		return fmt.Errorf("close disk: %w", err)
 	}

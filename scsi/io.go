@@ -32,6 +32,11 @@ type ioCtx struct {
 	left    uint64 // blocks still to process
 	fua     bool
 	scratch []byte
+
+	// cawToken is the CAWLock token a COMPARE AND WRITE holds, 0 for none;
+	// cawGrant is its continuation, bound once like lock.grant.
+	cawToken uint64
+	cawGrant func(tok uint64, err error)
 }
 
 // ioPool recycles ioCtx values; New is set in init because the callbacks
@@ -43,6 +48,7 @@ func init() {
 		io := &ioCtx{}
 		io.req.Done = io.done
 		io.lock.grant = io.granted
+		io.cawGrant = io.cawGranted
 		return io
 	}
 }
@@ -134,6 +140,7 @@ func (io *ioCtx) granted() {
 func (io *ioCtx) finish(res result) {
 	d, c := io.d, io.c
 	if io.locked {
+		io.releaseCAW() // its write is done: before the range lock runs waiters
 		d.locks.release(&io.lock)
 		io.locked = false
 	}
