@@ -339,6 +339,8 @@ func (k *keeper) step(ctx context.Context) bool {
 			if again := k.handOver(ctx, h); k.held.Load() != nil {
 				return again
 			}
+		default:
+			k.setYielding(false) // the node that waited left
 		}
 	}
 	if k.mine != 0 && k.rev >= k.mine && k.keys[k.key] != k.mine {
@@ -384,9 +386,7 @@ func (k *keeper) others() bool {
 func (k *keeper) lose() {
 	k.held.Store(nil)
 	k.mine = 0
-	k.mu.Lock()
-	k.yielding = false
-	k.mu.Unlock()
+	k.setYielding(false)
 	k.log.Warn("lost the compare and write lock with the node's lease: commands that held it fail (NOT READY, 04h/0Ch)")
 }
 
@@ -471,8 +471,13 @@ func (k *keeper) handOver(ctx context.Context, h *hold) bool {
 	}
 	k.held.Store(nil)
 	k.mine = 0
-	k.mu.Lock()
-	k.yielding = false
-	k.mu.Unlock()
+	k.setYielding(false)
 	return false
+}
+
+// setYielding sets whether commands must wait for a handover.
+func (k *keeper) setYielding(y bool) {
+	k.mu.Lock()
+	k.yielding = y
+	k.mu.Unlock()
 }

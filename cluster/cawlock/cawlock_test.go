@@ -1,0 +1,392 @@
+package cawlock_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/iserd/iserd/bdev"
+	"github.com/iserd/iserd/cluster"
+	"github.com/iserd/iserd/cluster/cawlock"
+	"github.com/iserd/iserd/internal/etcdtest"
+	"github.com/iserd/iserd/scsi"
+)
+
+// noLock runs the nodes without the cluster lock, to see the counter test
+// fail: go test ./cluster/cawlock -run Counter -nolock.
+var noLock = flag.Bool("nolock", false, "serve COMPARE AND WRITE without the cluster lock (TestCompareAndWriteCounter must then fail)")
+
+// Test set-up: cluster nodes on one etcd, each with its own scsi.Disk over
+// one shared backing file opened as a cluster opens LUNs (io_uring, direct
+// I/O only), its own target and one nexus.
+const (
+	testNAA    = 0x0abcdef12345678
+	blockSize  = 4096 // a direct-I/O multiple on every store, for the data-out halves
+	diskBytes  = 1 << 20
+	opCAW      = 0x89 // COMPARE AND WRITE
+	opRead16   = 0x88
+	keyNotRdy  = 0x02
+	keyUA      = 0x06
+	keyMiscmp  = 0x0e
+	ascUnavail = 0x040c // LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE
+)
+
+// member is a cluster node whose fence a test can close (cut), as the
+// node's own fence closes when it cannot renew its lease in time.
+type member struct {
+	*cluster.Node
+	cut atomic.Bool
+}
+
+// Allowed is false once cut, else the node's own fence.
+func (m *member) Allowed() bool { return !m.cut.Load() && m.Node.Allowed() }
+
+// gated passes a node's requests to the shared store, counts its writes
+// and, when armed, holds back the completion of its next read until
+// released: the read returned the data of that moment, and the command
+// goes on from there only later.
+type gated struct {
+	bdev.Device
+	writes  atomic.Int64
+	armed   atomic.Bool
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (g *gated) Submit(r *bdev.Request) {
+	if r.Op == bdev.OpWrite {
+		g.writes.Add(1)
+	}
+	if r.Op == bdev.OpRead && g.armed.CompareAndSwap(true, false) {
+		done := r.Done
+		r.Done = func(r *bdev.Request) {
+			r.Done = done
+			go func() {
+				g.reached <- struct{}{}
+				<-g.release
+				done(r)
+			}()
+		}
+	}
+	g.Device.Submit(r)
+}
+
+// node is one gateway of a test.
+type node struct {
+	t     *testing.T
+	name  string
+	m     *member
+	locks *cawlock.Locks
+	dev   *gated
+	disk  *scsi.Disk
+	tgt   *scsi.Target
+	x     *scsi.Nexus
+	pool  *bdev.Pool
+}
+
+// startNodes starts one node per name in cluster clusterName, on the
+// backing file path, and waits until they may write.
+func startNodes(t *testing.T, etcd *etcdtest.Server, clusterName, path string, wait time.Duration, names ...string) []*node {
+	t.Helper()
+	pool, err := bdev.NewPool(bdev.PoolOptions{Max: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	var ns []*node
+	for i, name := range names {
+		cn, err := cluster.New(cluster.Options{Name: clusterName, Node: name, Endpoints: etcd.Endpoints(),
+			LeaseTTL: cluster.MinLeaseTTL, Portals: []cluster.Portal{{Address: "192.0.2.1:3260", TPGT: uint16(i + 1)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cn.Close() })
+		n := &node{t: t, name: name, m: &member{Node: cn}, pool: pool}
+		u, err := bdev.NewUring(path, bdev.UringOptions{FileOptions: bdev.FileOptions{Size: diskBytes, Create: true}, DirectOnly: true})
+		if errors.Is(err, bdev.ErrNoUring) {
+			t.Skipf("io_uring: %v", err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.dev = &gated{Device: u, reached: make(chan struct{}), release: make(chan struct{})}
+		cfg := scsi.DiskConfig{BlockSize: blockSize, NAA: testNAA, Fence: n.m}
+		if !*noLock {
+			if n.locks, err = cawlock.New(n.m, nil); err != nil {
+				t.Fatal(err)
+			}
+			n.locks.Wait = wait
+			cfg.CAWLock = n.locks.LUN(testNAA)
+		}
+		if n.disk, err = scsi.NewDisk(n.dev, cfg); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.disk.Close() })
+		n.tgt = scsi.NewTarget("iqn.2026-12.test:caw")
+		if err := n.tgt.AddLUN(0, n.disk); err != nil {
+			t.Fatal(err)
+		}
+		n.x = &scsi.Nexus{ID: uint64(i + 1), InitiatorName: "iqn.2026-12.test:host", InitiatorPort: "iqn.2026-12.test:host,i,0x1",
+			TargetPort: fmt.Sprintf("iqn.2026-12.test:caw,t,0x%x", i+1), RelativePort: uint16(i + 1)}
+		n.tgt.AddNexus(n.x)
+		ns = append(ns, n)
+	}
+	for _, n := range ns {
+		waitFor(t, n.name+" allowed", n.m.Allowed)
+		for i := 0; ; i++ { // the power-on unit attention
+			if st, k, _ := n.exec(make([]byte, 6), nil, nil); st == scsi.StatusGood {
+				break
+			} else if k != keyUA || i == 10 {
+				t.Fatalf("%s: TEST UNIT READY: status %#x key %#x", n.name, st, k)
+			}
+		}
+	}
+	return ns
+}
+
+// buf is a page-aligned buffer from the node's pool, as commands get.
+func (n *node) buf(size int) []byte {
+	b, err := n.pool.Get(size)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// exec runs cdb with data-out out and data-in buffer in (page-aligned, as
+// the transports' buffers are) and returns its status, sense key and
+// ASC/ASCQ.
+func (n *node) exec(cdb, out, in []byte) (scsi.Status, byte, uint16) {
+	done := make(chan struct{})
+	c := &scsi.Command{Nexus: n.x, CDB: cdb, DataOut: out, DataIn: in}
+	c.Done = func(*scsi.Command) { close(done) }
+	n.tgt.Execute(c)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		panic(fmt.Sprintf("%s: cdb % x not done", n.name, cdb))
+	}
+	if c.Status == scsi.StatusCheckCondition && c.SenseLen >= 14 {
+		return c.Status, c.Sense[2] & 0x0f, binary.BigEndian.Uint16(c.Sense[12:])
+	}
+	return c.Status, 0, 0
+}
+
+// counter reads block 0 into block and returns its first 8 bytes.
+func (n *node) counter(block []byte) uint64 {
+	cdb := make([]byte, 16)
+	cdb[0], cdb[13] = opRead16, 1
+	if st, k, a := n.exec(cdb, nil, block); st != scsi.StatusGood {
+		n.t.Errorf("%s: READ: status %#x sense %x/%04x", n.name, st, k, a)
+	}
+	return binary.BigEndian.Uint64(block)
+}
+
+// caw runs COMPARE AND WRITE of block 0 from counter value old to new,
+// with data (two blocks) as its data-out buffer.
+func (n *node) caw(data []byte, old, new uint64) (scsi.Status, byte, uint16) {
+	clear(data)
+	binary.BigEndian.PutUint64(data, old)
+	binary.BigEndian.PutUint64(data[blockSize:], new)
+	cdb := make([]byte, 16)
+	cdb[0], cdb[13] = opCAW, 1
+	return n.exec(cdb, data, nil)
+}
+
+// TestCompareAndWriteCounter increments a counter in block 0 from every
+// worker of every node: read it, COMPARE AND WRITE old to old+1, again on
+// a miscompare or BUSY. No increment may be lost: the counter ends at the
+// number of successful commands. With two nodes it holds only with the
+// cluster lock (-nolock shows it failing); it reports the latency of the
+// commands.
+func TestCompareAndWriteCounter(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	tests := []struct {
+		name    string
+		nodes   []string
+		workers int // per node
+		incs    int // successful commands per worker
+	}{
+		{"one node", []string{"a"}, 4, 200},
+		{"two nodes", []string{"a", "b"}, 4, 100},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := startNodes(t, etcd, fmt.Sprintf("counter%d", i), filepath.Join(t.TempDir(), "lu"), cawlock.DefaultWait, tc.nodes...)
+			var (
+				wg       sync.WaitGroup
+				mu       sync.Mutex
+				lat      []time.Duration // of every COMPARE AND WRITE
+				ok       atomic.Int64
+				miscmp   atomic.Int64
+				busy     atomic.Int64
+				start    = time.Now()
+				failures atomic.Int64
+			)
+			for _, n := range ns {
+				for range tc.workers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						block, data := n.buf(blockSize), n.buf(2*blockSize)
+						var mine []time.Duration
+						for done := 0; done < tc.incs && failures.Load() == 0; {
+							cur := n.counter(block)
+							t0 := time.Now()
+							st, k, a := n.caw(data, cur, cur+1)
+							mine = append(mine, time.Since(t0))
+							switch {
+							case st == scsi.StatusGood:
+								ok.Add(1)
+								done++
+							case st == scsi.StatusCheckCondition && k == keyMiscmp:
+								miscmp.Add(1)
+							case st == scsi.StatusBusy:
+								busy.Add(1)
+							default:
+								failures.Add(1)
+								t.Errorf("%s: COMPARE AND WRITE: status %#x sense %x/%04x", n.name, st, k, a)
+							}
+						}
+						mu.Lock()
+						lat = append(lat, mine...)
+						mu.Unlock()
+					}()
+				}
+			}
+			wg.Wait()
+			took := time.Since(start)
+			got := ns[0].counter(ns[0].buf(blockSize))
+			slices.Sort(lat)
+			t.Logf("%d successful COMPARE AND WRITEs, %d miscompares, %d BUSY in %v; latency of all %d: median %v, p99 %v, max %v",
+				ok.Load(), miscmp.Load(), busy.Load(), took.Round(time.Millisecond), len(lat),
+				lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond), lat[len(lat)-1].Round(time.Microsecond))
+			if got != uint64(ok.Load()) {
+				t.Fatalf("the counter is %d after %d successful increments: %d lost", got, ok.Load(), int64(ok.Load())-int64(got))
+			}
+		})
+	}
+}
+
+// outcome is how a command of TestCompareAndWriteLeaseLoss ends.
+type outcome struct {
+	status scsi.Status
+	key    byte
+	asc    uint16
+}
+
+var (
+	good     = outcome{scsi.StatusGood, 0, 0}
+	busy     = outcome{scsi.StatusBusy, 0, 0}
+	notReady = outcome{scsi.StatusCheckCondition, keyNotRdy, ascUnavail}
+)
+
+// TestCompareAndWriteLeaseLoss: node h holds the lock for a COMPARE AND
+// WRITE whose read is held back; node w's command waits for it. Then
+// nothing happens (w's wait runs out: BUSY), or w loses its lease (its
+// command ends with NOT READY 04h/0Ch, without waiting out the bound), or
+// h loses its lease (w gets the lock and writes; h's command, whose compare
+// then matches the data it read before, ends with NOT READY 04h/0Ch). A
+// node whose command did not end GOOD never wrote.
+func TestCompareAndWriteLeaseLoss(t *testing.T) {
+	if *noLock {
+		t.Skip("needs the cluster lock")
+	}
+	etcd := etcdtest.Start(t)
+	const shortWait = 500 * time.Millisecond
+	tests := []struct {
+		name             string
+		wait             time.Duration // the lock's bound on w
+		cut              string        // the node that loses its lease: "h", "w" or none
+		holder, waiter   outcome
+		counter          uint64        // block 0 afterwards
+		maxWaiterLatency time.Duration // from the loss (or start) to w's answer
+	}{
+		{"wait bound", shortWait, "", good, busy, 1, shortWait + time.Second},
+		{"lease lost while waiting", cawlock.DefaultWait, "w", good, notReady, 1, cawlock.DefaultWait / 2},
+		{"lease lost while holding", cawlock.DefaultWait, "h", notReady, good, 1, cawlock.DefaultWait / 2},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := startNodes(t, etcd, fmt.Sprintf("loss%d", i), filepath.Join(t.TempDir(), "lu"), tc.wait, "h", "w")
+			h, w := ns[0], ns[1]
+			run := func(n *node) <-chan outcome {
+				ch := make(chan outcome, 1)
+				go func() {
+					st, k, a := n.caw(n.buf(2*blockSize), 0, 1)
+					ch <- outcome{st, k, a}
+				}()
+				return ch
+			}
+			h.dev.armed.Store(true)
+			hDone := run(h)
+			<-h.dev.reached // h holds the lock and read block 0
+			wDone := run(w)
+			time.Sleep(100 * time.Millisecond) // w asked for the lock
+			writes := map[*node]int64{h: h.dev.writes.Load(), w: w.dev.writes.Load()}
+			t0 := time.Now()
+			switch tc.cut {
+			case "h":
+				loseLease(t, etcd, h)
+			case "w":
+				loseLease(t, etcd, w)
+			}
+			var wGot outcome
+			select {
+			case wGot = <-wDone:
+			case <-time.After(tc.maxWaiterLatency):
+				close(h.dev.release)
+				t.Fatalf("w: no answer %v after the loss", tc.maxWaiterLatency)
+			}
+			waited := time.Since(t0)
+			close(h.dev.release)
+			hGot := <-hDone
+			t.Logf("w answered %+v %v after the loss, h %+v", wGot, waited.Round(time.Millisecond), hGot)
+			if hGot != tc.holder || wGot != tc.waiter {
+				t.Fatalf("h ended %+v, w %+v; want %+v, %+v", hGot, wGot, tc.holder, tc.waiter)
+			}
+			for n, got := range map[*node]outcome{h: hGot, w: wGot} {
+				if wrote := n.dev.writes.Load() - writes[n]; got != good && wrote != 0 {
+					t.Errorf("%s ended %+v but wrote %d times", n.name, got, wrote)
+				}
+			}
+			reader := h
+			if tc.cut == "h" {
+				reader = w
+			}
+			if c := reader.counter(reader.buf(blockSize)); c != tc.counter {
+				t.Errorf("counter %d, want %d", c, tc.counter)
+			}
+		})
+	}
+}
+
+// loseLease makes n lose its lease as a node does that cannot renew it:
+// its fence closes, then etcd drops the lease (and the keys on it).
+func loseLease(t *testing.T, etcd *etcdtest.Server, n *node) {
+	t.Helper()
+	n.m.cut.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := etcd.Client().Revoke(ctx, n.m.LeaseID()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitFor polls cond every 10 ms for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
