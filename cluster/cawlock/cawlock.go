@@ -282,7 +282,7 @@ func (l *lunLock) keep(ctx context.Context) {
 // load reads the lock keys and watches them from there.
 func (k *keeper) load(ctx context.Context) {
 	cli := k.s.m.Client()
-	gctx, cancel := context.WithTimeout(ctx, opTimeout)
+	gctx, cancel := k.requestContext(ctx)
 	resp, err := cli.Get(gctx, k.dir, clientv3.WithPrefix())
 	cancel()
 	if err != nil {
@@ -328,32 +328,24 @@ func (k *keeper) apply(wr clientv3.WatchResponse, ok bool) {
 // it (rev reaches its create revision): before that, keys may miss keys
 // created just before it.
 func (k *keeper) step(ctx context.Context) bool {
-	if k.keys == nil {
-		return true
-	}
-	if h := k.held.Load(); h != nil && k.rev >= h.rev {
-		switch {
-		case k.keys[k.key] != h.rev || k.s.m.LeaseID() != h.lease:
-			k.lose()
-		case k.others():
-			if again := k.handOver(ctx, h); k.held.Load() != nil {
-				return again
+	if k.keys != nil {
+		if h := k.held.Load(); h != nil && k.rev >= h.rev {
+			switch {
+			case k.keys[k.key] != h.rev || k.s.m.LeaseID() != h.lease:
+				k.lose()
+			case k.others():
+				if again := k.handOver(ctx, h); k.held.Load() != nil {
+					return again
+				}
+			default:
+				k.setYielding(false) // the node that waited left
 			}
-		default:
-			k.setYielding(false) // the node that waited left
+		}
+		if k.mine != 0 && k.rev >= k.mine && k.keys[k.key] != k.mine {
+			k.mine = 0 // the key went with its lease
 		}
 	}
-	if k.mine != 0 && k.rev >= k.mine && k.keys[k.key] != k.mine {
-		k.mine = 0 // the key went with its lease
-	}
-	k.mu.Lock()
-	n := len(k.waiters)
-	first := time.Time{}
-	if n > 0 {
-		first = k.waiters[0].until
-	}
-	k.mu.Unlock()
-	if n == 0 {
+	if !k.waiting() {
 		return false
 	}
 	if k.held.Load() == nil {
@@ -363,12 +355,31 @@ func (k *keeper) step(ctx context.Context) bool {
 		}
 		now := time.Now()
 		k.failWaiters(func(w waiter) bool { return now.After(w.until) }, scsi.ErrCAWBusy)
-		if !k.take(ctx, first) {
+		if k.keys == nil || !k.take(ctx) {
 			return true
 		}
 	}
 	k.grant()
 	return false
+}
+
+// waiting reports whether commands wait for the lock.
+func (k *keeper) waiting() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.waiters) > 0
+}
+
+// requestContext bounds one etcd request by opTimeout and by the wait of
+// the first waiting command.
+func (k *keeper) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	by := time.Now().Add(opTimeout)
+	k.mu.Lock()
+	if len(k.waiters) > 0 && k.waiters[0].until.Before(by) {
+		by = k.waiters[0].until
+	}
+	k.mu.Unlock()
+	return context.WithDeadline(ctx, by)
 }
 
 // others reports whether a node other than this one holds or wants the
@@ -391,20 +402,16 @@ func (k *keeper) lose() {
 }
 
 // take puts this node's key unless it is there and makes the node the
-// holder when its key is the first; by is when the first waiting command
-// gives up, which bounds the request. It reports whether the node holds
-// the lock.
-func (k *keeper) take(ctx context.Context, by time.Time) bool {
+// holder when its key is the first. It reports whether the node holds the
+// lock.
+func (k *keeper) take(ctx context.Context) bool {
 	lease := k.s.m.LeaseID()
 	if lease == 0 {
 		return false
 	}
 	first := false
 	if k.mine == 0 || k.mineFor != lease {
-		if limit := time.Now().Add(opTimeout); limit.Before(by) {
-			by = limit
-		}
-		tctx, cancel := context.WithDeadline(ctx, by)
+		tctx, cancel := k.requestContext(ctx)
 		resp, err := k.s.m.Client().Txn(tctx).Then(
 			clientv3.OpPut(k.key, "", clientv3.WithLease(lease)),
 			clientv3.OpGet(k.key),

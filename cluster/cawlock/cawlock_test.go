@@ -201,12 +201,81 @@ func (n *node) caw(data []byte, old, new uint64) (scsi.Status, byte, uint16) {
 	return n.exec(cdb, data, nil)
 }
 
-// TestCompareAndWriteCounter increments a counter in block 0 from every
-// worker of every node: read it, COMPARE AND WRITE old to old+1, again on
-// a miscompare or BUSY. No increment may be lost: the counter ends at the
-// number of successful commands. With two nodes it holds only with the
-// cluster lock (-nolock shows it failing); it reports the latency of the
+// counterRun is what increments saw.
+type counterRun struct {
+	ok, miscompares, busy int64
+	took                  time.Duration
+	lat                   []time.Duration // of every COMPARE AND WRITE, sorted
+}
+
+func (r *counterRun) String() string {
+	n := len(r.lat)
+	return fmt.Sprintf("%d successful COMPARE AND WRITEs, %d miscompares, %d BUSY in %v; latency of all %d: median %v, p99 %v, max %v",
+		r.ok, r.miscompares, r.busy, r.took.Round(time.Millisecond), n,
+		r.lat[n/2].Round(time.Microsecond), r.lat[n*99/100].Round(time.Microsecond), r.lat[n-1].Round(time.Microsecond))
+}
+
+// increment increments the counter in block 0 from workers goroutines on
+// every node until each had incs successful commands: read it, COMPARE
+// AND WRITE old to old+1, again on a miscompare or BUSY. Any other answer
+// fails the test. The counter must have grown by the number of successful
 // commands.
+func increment(t *testing.T, ns []*node, workers, incs int) *counterRun {
+	t.Helper()
+	before := ns[0].counter(ns[0].buf(blockSize))
+	var (
+		wg                     sync.WaitGroup
+		mu                     sync.Mutex
+		r                      counterRun
+		ok, miscompares, busys atomic.Int64
+		failed                 atomic.Bool
+	)
+	start := time.Now()
+	for _, n := range ns {
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				block, data := n.buf(blockSize), n.buf(2*blockSize)
+				var lat []time.Duration
+				for done := 0; done < incs && !failed.Load(); {
+					cur := n.counter(block)
+					t0 := time.Now()
+					st, k, a := n.caw(data, cur, cur+1)
+					lat = append(lat, time.Since(t0))
+					switch {
+					case st == scsi.StatusGood:
+						ok.Add(1)
+						done++
+					case st == scsi.StatusCheckCondition && k == keyMiscmp:
+						miscompares.Add(1)
+					case st == scsi.StatusBusy:
+						busys.Add(1)
+					default:
+						failed.Store(true)
+						t.Errorf("%s: COMPARE AND WRITE: status %#x sense %x/%04x", n.name, st, k, a)
+					}
+				}
+				mu.Lock()
+				r.lat = append(r.lat, lat...)
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+	r.took, r.ok, r.miscompares, r.busy = time.Since(start), ok.Load(), miscompares.Load(), busys.Load()
+	slices.Sort(r.lat)
+	t.Log(r.String())
+	if got := ns[0].counter(ns[0].buf(blockSize)) - before; got != uint64(r.ok) {
+		t.Fatalf("the counter grew by %d with %d successful increments: %d lost", got, r.ok, r.ok-int64(got))
+	}
+	return &r
+}
+
+// TestCompareAndWriteCounter increments a counter from every worker of
+// every node (see increment): no increment may be lost. With two nodes it
+// holds only with the cluster lock (-nolock shows it failing). It reports
+// the latency of the commands.
 func TestCompareAndWriteCounter(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	tests := []struct {
@@ -221,67 +290,60 @@ func TestCompareAndWriteCounter(t *testing.T) {
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := startNodes(t, etcd, fmt.Sprintf("counter%d", i), filepath.Join(t.TempDir(), "lu"), cawlock.DefaultWait, tc.nodes...)
-			var (
-				wg       sync.WaitGroup
-				mu       sync.Mutex
-				lat      []time.Duration // of every COMPARE AND WRITE
-				ok       atomic.Int64
-				miscmp   atomic.Int64
-				busy     atomic.Int64
-				start    = time.Now()
-				failures atomic.Int64
-			)
-			for _, n := range ns {
-				for range tc.workers {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						block, data := n.buf(blockSize), n.buf(2*blockSize)
-						var mine []time.Duration
-						for done := 0; done < tc.incs && failures.Load() == 0; {
-							cur := n.counter(block)
-							t0 := time.Now()
-							st, k, a := n.caw(data, cur, cur+1)
-							mine = append(mine, time.Since(t0))
-							switch {
-							case st == scsi.StatusGood:
-								ok.Add(1)
-								done++
-							case st == scsi.StatusCheckCondition && k == keyMiscmp:
-								miscmp.Add(1)
-							case st == scsi.StatusBusy:
-								busy.Add(1)
-							default:
-								failures.Add(1)
-								t.Errorf("%s: COMPARE AND WRITE: status %#x sense %x/%04x", n.name, st, k, a)
-							}
-						}
-						mu.Lock()
-						lat = append(lat, mine...)
-						mu.Unlock()
-					}()
-				}
-			}
-			wg.Wait()
-			took := time.Since(start)
-			got := ns[0].counter(ns[0].buf(blockSize))
-			slices.Sort(lat)
-			t.Logf("%d successful COMPARE AND WRITEs, %d miscompares, %d BUSY in %v; latency of all %d: median %v, p99 %v, max %v",
-				ok.Load(), miscmp.Load(), busy.Load(), took.Round(time.Millisecond), len(lat),
-				lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond), lat[len(lat)-1].Round(time.Microsecond))
-			if got != uint64(ok.Load()) {
-				t.Fatalf("the counter is %d after %d successful increments: %d lost", got, ok.Load(), int64(ok.Load())-int64(got))
-			}
+			increment(t, ns, tc.workers, tc.incs)
 		})
 	}
 }
 
-// outcome is how a command of TestCompareAndWriteLeaseLoss ends.
+// TestCompareAndWriteEtcdLoss stops etcd while node a holds the lock: a
+// goes on alone until its fence closes, b never gets the lock (NOT READY
+// 04h/0Ch once fenced, or BUSY before), neither writes once fenced; with
+// etcd back both increment again without a lost update.
+func TestCompareAndWriteEtcdLoss(t *testing.T) {
+	if *noLock {
+		t.Skip("needs the cluster lock")
+	}
+	etcd := etcdtest.Start(t)
+	ns := startNodes(t, etcd, "etcdloss", filepath.Join(t.TempDir(), "lu"), cawlock.DefaultWait, "a", "b")
+	a, b := ns[0], ns[1]
+	data := a.buf(2 * blockSize)
+	if st, k, asc := a.caw(data, 0, 1); st != scsi.StatusGood {
+		t.Fatalf("a: status %#x sense %x/%04x", st, k, asc)
+	}
+	etcd.Stop()
+	if st, k, asc := a.caw(data, 1, 2); st != scsi.StatusGood {
+		t.Fatalf("a, holding the lock, etcd away, not fenced yet: status %#x sense %x/%04x", st, k, asc)
+	}
+	bWrites := b.dev.writes.Load()
+	if got := outcomeOf(b.caw(b.buf(2*blockSize), 2, 3)); got != notReady && got != busy {
+		t.Fatalf("b, etcd away: %+v, want NOT READY 04h/0Ch or BUSY", got)
+	}
+	waitFor(t, "both fenced", func() bool { return !a.m.Allowed() && !b.m.Allowed() })
+	aWrites := a.dev.writes.Load()
+	for _, n := range ns {
+		if got := outcomeOf(n.caw(data, 2, 3)); got != notReady {
+			t.Fatalf("%s fenced: %+v, want NOT READY 04h/0Ch", n.name, got)
+		}
+	}
+	if a.dev.writes.Load() != aWrites || b.dev.writes.Load() != bWrites {
+		t.Fatalf("writes while fenced: a %d, b %d", a.dev.writes.Load()-aWrites, b.dev.writes.Load()-bWrites)
+	}
+	etcd.Restart()
+	waitFor(t, "both allowed again", func() bool { return a.m.Allowed() && b.m.Allowed() })
+	increment(t, ns, 2, 25)
+	if c := a.counter(a.buf(blockSize)); c != 2+2*2*25 {
+		t.Fatalf("counter %d, want %d", c, 2+2*2*25)
+	}
+}
+
+// outcome is how a command ends.
 type outcome struct {
 	status scsi.Status
 	key    byte
 	asc    uint16
 }
+
+func outcomeOf(st scsi.Status, key byte, asc uint16) outcome { return outcome{st, key, asc} }
 
 var (
 	good     = outcome{scsi.StatusGood, 0, 0}
@@ -294,8 +356,9 @@ var (
 // nothing happens (w's wait runs out: BUSY), or w loses its lease (its
 // command ends with NOT READY 04h/0Ch, without waiting out the bound), or
 // h loses its lease (w gets the lock and writes; h's command, whose compare
-// then matches the data it read before, ends with NOT READY 04h/0Ch). A
-// node whose command did not end GOOD never wrote.
+// then matches the data it read before, ends with NOT READY 04h/0Ch, also
+// when h is allowed to write again on a new lease by then). A node whose
+// command did not end GOOD never wrote.
 func TestCompareAndWriteLeaseLoss(t *testing.T) {
 	if *noLock {
 		t.Skip("needs the cluster lock")
@@ -306,13 +369,15 @@ func TestCompareAndWriteLeaseLoss(t *testing.T) {
 		name             string
 		wait             time.Duration // the lock's bound on w
 		cut              string        // the node that loses its lease: "h", "w" or none
+		renew            bool          // the node gets a new lease before h's command goes on
 		holder, waiter   outcome
 		counter          uint64        // block 0 afterwards
 		maxWaiterLatency time.Duration // from the loss (or start) to w's answer
 	}{
-		{"wait bound", shortWait, "", good, busy, 1, shortWait + time.Second},
-		{"lease lost while waiting", cawlock.DefaultWait, "w", good, notReady, 1, cawlock.DefaultWait / 2},
-		{"lease lost while holding", cawlock.DefaultWait, "h", notReady, good, 1, cawlock.DefaultWait / 2},
+		{"wait bound", shortWait, "", false, good, busy, 1, shortWait + time.Second},
+		{"lease lost while waiting", cawlock.DefaultWait, "w", false, good, notReady, 1, cawlock.DefaultWait / 2},
+		{"lease lost while holding", cawlock.DefaultWait, "h", false, notReady, good, 1, cawlock.DefaultWait / 2},
+		{"lease lost and replaced while holding", cawlock.DefaultWait, "h", true, notReady, good, 1, cawlock.DefaultWait / 2},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -321,8 +386,7 @@ func TestCompareAndWriteLeaseLoss(t *testing.T) {
 			run := func(n *node) <-chan outcome {
 				ch := make(chan outcome, 1)
 				go func() {
-					st, k, a := n.caw(n.buf(2*blockSize), 0, 1)
-					ch <- outcome{st, k, a}
+					ch <- outcomeOf(n.caw(n.buf(2*blockSize), 0, 1))
 				}()
 				return ch
 			}
@@ -347,6 +411,11 @@ func TestCompareAndWriteLeaseLoss(t *testing.T) {
 				t.Fatalf("w: no answer %v after the loss", tc.maxWaiterLatency)
 			}
 			waited := time.Since(t0)
+			if tc.renew { // the fence opens again on the node's next lease
+				lost := h.m.LeaseID()
+				h.m.cut.Store(false)
+				waitFor(t, "h on a new lease", func() bool { return h.m.LeaseID() != lost && h.m.Allowed() })
+			}
 			close(h.dev.release)
 			hGot := <-hDone
 			t.Logf("w answered %+v %v after the loss, h %+v", wGot, waited.Round(time.Millisecond), hGot)
