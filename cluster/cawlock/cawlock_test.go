@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/cluster"
 	"github.com/iserd/iserd/cluster/cawlock"
@@ -205,13 +207,14 @@ func (n *node) caw(data []byte, old, new uint64) (scsi.Status, byte, uint16) {
 type counterRun struct {
 	ok, miscompares, busy int64
 	took                  time.Duration
+	changes               int64           // etcd revisions: lock keys put and deleted
 	lat                   []time.Duration // of every COMPARE AND WRITE, sorted
 }
 
 func (r *counterRun) String() string {
 	n := len(r.lat)
-	return fmt.Sprintf("%d successful COMPARE AND WRITEs, %d miscompares, %d BUSY in %v; latency of all %d: median %v, p99 %v, max %v",
-		r.ok, r.miscompares, r.busy, r.took.Round(time.Millisecond), n,
+	return fmt.Sprintf("%d successful COMPARE AND WRITEs, %d miscompares, %d BUSY, %d lock keys put or deleted in %v; latency of all %d: median %v, p99 %v, max %v",
+		r.ok, r.miscompares, r.busy, r.changes, r.took.Round(time.Millisecond), n,
 		r.lat[n/2].Round(time.Microsecond), r.lat[n*99/100].Round(time.Microsecond), r.lat[n-1].Round(time.Microsecond))
 }
 
@@ -222,7 +225,7 @@ func (r *counterRun) String() string {
 // commands.
 func increment(t *testing.T, ns []*node, workers, incs int) *counterRun {
 	t.Helper()
-	before := ns[0].counter(ns[0].buf(blockSize))
+	before, rev := ns[0].counter(ns[0].buf(blockSize)), revision(t, ns[0])
 	var (
 		wg                     sync.WaitGroup
 		mu                     sync.Mutex
@@ -264,12 +267,25 @@ func increment(t *testing.T, ns []*node, workers, incs int) *counterRun {
 	}
 	wg.Wait()
 	r.took, r.ok, r.miscompares, r.busy = time.Since(start), ok.Load(), miscompares.Load(), busys.Load()
+	r.changes = revision(t, ns[0]) - rev
 	slices.Sort(r.lat)
 	t.Log(r.String())
 	if got := ns[0].counter(ns[0].buf(blockSize)) - before; got != uint64(r.ok) {
 		t.Fatalf("the counter grew by %d with %d successful increments: %d lost", got, r.ok, r.ok-int64(got))
 	}
 	return &r
+}
+
+// revision is etcd's current revision, as n sees it.
+func revision(t *testing.T, n *node) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := n.m.Client().Get(ctx, "/", clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Header.Revision
 }
 
 // TestCompareAndWriteCounter increments a counter from every worker of
