@@ -90,9 +90,9 @@ func New(m Member, log *zap.Logger) (*Locks, error) {
 	return &Locks{m: m, log: log, Wait: DefaultWait}, nil
 }
 
-// Dir is the etcd prefix of the lock keys of the logical unit whose NAA
+// dir is the etcd prefix of the lock keys of the logical unit whose NAA
 // value (scsi.DiskConfig.NAA) is naa.
-func (s *Locks) Dir(naa uint64) string {
+func (s *Locks) dir(naa uint64) string {
 	const naaLocal, naaMask = 3 << 60, 1<<60 - 1 // NAA 3h, locally assigned
 	return s.m.Key(fmt.Sprintf("caw/%016x/", naaLocal|naa&naaMask))
 }
@@ -101,7 +101,7 @@ func (s *Locks) Dir(naa uint64) string {
 // every node) is naa, for scsi.DiskConfig.CAWLock. It talks to etcd from
 // the first COMPARE AND WRITE on.
 func (s *Locks) LUN(naa uint64) scsi.CAWLock {
-	dir := s.Dir(naa)
+	dir := s.dir(naa)
 	return &lunLock{s: s, dir: dir, key: dir + s.m.Name(), log: s.log.With(zap.String("caw_lock", dir)),
 		kick: make(chan struct{}, 1)}
 }
@@ -138,13 +138,14 @@ type lunLock struct {
 	cancel   context.CancelFunc
 	done     chan struct{} // closed when the keeper ended
 	closed   bool
+	keyLeft  bool // the keeper ended with this node's key in etcd
 }
 
 // Acquire implements scsi.CAWLock: a held lock that no other node waits
 // for is granted at once; otherwise the command waits for the keeper.
 func (l *lunLock) Acquire(granted func(uint64, error)) uint64 {
 	l.mu.Lock()
-	if h := l.held.Load(); h != nil && !l.yielding && len(l.waiters) == 0 && l.valid(h) {
+	if h := l.held.Load(); h != nil && !l.yielding && !l.closed && len(l.waiters) == 0 && l.valid(h) {
 		l.inflight++
 		l.mu.Unlock()
 		return h.token
@@ -204,6 +205,9 @@ func (l *lunLock) Close() error {
 	<-done
 	l.failWaiters(func(waiter) bool { return true }, scsi.ErrFenced)
 	l.held.Store(nil)
+	if !l.keyLeft {
+		return nil
+	}
 	ctx, cancelDel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancelDel()
 	if _, err := l.s.m.Client().Delete(ctx, l.key); err != nil {
@@ -254,9 +258,12 @@ type keeper struct {
 
 // keep runs the keeper until ctx ends.
 func (l *lunLock) keep(ctx context.Context) {
-	defer close(l.done)
 	k := &keeper{lunLock: l}
-	defer k.unwatch()
+	defer func() {
+		k.unwatch()
+		l.keyLeft = k.mine != 0 // read by Close once done is closed
+		close(l.done)
+	}()
 	poll := time.NewTimer(pollEvery)
 	defer poll.Stop()
 	for {
