@@ -328,14 +328,24 @@ func (k *keeper) apply(wr clientv3.WatchResponse, ok bool) {
 	}
 }
 
-// step moves the lock on from what the keeper knows: it notices a lost
-// tenure, hands the lock over to a waiting node, takes it for waiting
-// commands and grants them. It reports whether it wants to look again
-// without an event. Decisions about a key wait until the watch has shown
-// it (rev reaches its create revision): before that, keys may miss keys
-// created just before it.
+// step moves the lock on from what the keeper knows: it ends the waits
+// that ran out, notices a lost tenure, takes the lock when this node's key
+// came first (waiting commands or not: a queued key blocks the others until
+// its node holds the lock and hands it over), hands the lock over to a
+// waiting node, puts this node's key for waiting commands and grants them.
+// It reports whether it wants to look again without an event. Decisions
+// about a key wait until the watch has shown it (rev reaches its create
+// revision): before that, keys may miss keys created just before it.
 func (k *keeper) step(ctx context.Context) bool {
+	now := time.Now()
+	k.failWaiters(func(w waiter) bool { return now.After(w.until) }, scsi.ErrCAWBusy)
 	if k.keys != nil {
+		if k.mine != 0 && k.rev >= k.mine && k.keys[k.key] != k.mine {
+			k.mine = 0 // the key went with its lease
+		}
+		if k.held.Load() == nil && k.first() {
+			k.hold()
+		}
 		if h := k.held.Load(); h != nil && k.rev >= h.rev {
 			switch {
 			case k.keys[k.key] != h.rev || k.s.m.LeaseID() != h.lease:
@@ -348,9 +358,6 @@ func (k *keeper) step(ctx context.Context) bool {
 				k.setYielding(false) // the node that waited left
 			}
 		}
-		if k.mine != 0 && k.rev >= k.mine && k.keys[k.key] != k.mine {
-			k.mine = 0 // the key went with its lease
-		}
 	}
 	if !k.waiting() {
 		return false
@@ -360,8 +367,6 @@ func (k *keeper) step(ctx context.Context) bool {
 			k.failWaiters(func(waiter) bool { return true }, scsi.ErrFenced)
 			return false
 		}
-		now := time.Now()
-		k.failWaiters(func(w waiter) bool { return now.After(w.until) }, scsi.ErrCAWBusy)
 		if k.keys == nil || !k.take(ctx) {
 			return true
 		}
@@ -408,46 +413,55 @@ func (k *keeper) lose() {
 	k.log.Warn("lost the compare and write lock with the node's lease: commands that held it fail (NOT READY, 04h/0Ch)")
 }
 
-// take puts this node's key unless it is there and makes the node the
-// holder when its key is the first. It reports whether the node holds the
-// lock.
+// take puts this node's key unless it is queued already, and makes the
+// node the holder when the key is the first. It reports whether the node
+// holds the lock.
 func (k *keeper) take(ctx context.Context) bool {
 	lease := k.s.m.LeaseID()
-	if lease == 0 {
+	if lease == 0 || k.mine != 0 && k.mineFor == lease {
+		return false // no lease, or queued: step takes the lock once the watch shows the key first
+	}
+	tctx, cancel := k.requestContext(ctx)
+	resp, err := k.s.m.Client().Txn(tctx).Then(
+		clientv3.OpPut(k.key, "", clientv3.WithLease(lease)),
+		clientv3.OpGet(k.key),
+		clientv3.OpGet(k.dir, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)),
+	).Commit()
+	cancel()
+	if err != nil {
+		return false // the poll tries again until the commands' waits run out
+	}
+	mine, head := resp.Responses[1].GetResponseRange().Kvs, resp.Responses[2].GetResponseRange().Kvs
+	if len(mine) == 0 || len(head) == 0 {
 		return false
 	}
-	first := false
-	if k.mine == 0 || k.mineFor != lease {
-		tctx, cancel := k.requestContext(ctx)
-		resp, err := k.s.m.Client().Txn(tctx).Then(
-			clientv3.OpPut(k.key, "", clientv3.WithLease(lease)),
-			clientv3.OpGet(k.key),
-			clientv3.OpGet(k.dir, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)),
-		).Commit()
-		cancel()
-		if err != nil {
-			return false // the poll tries again until the commands' waits run out
-		}
-		mine, head := resp.Responses[1].GetResponseRange().Kvs, resp.Responses[2].GetResponseRange().Kvs
-		if len(mine) == 0 || len(head) == 0 {
+	k.mine, k.mineFor = mine[0].CreateRevision, lease
+	if string(head[0].Key) != k.key { // at the transaction's revision
+		return false
+	}
+	k.hold()
+	return true
+}
+
+// first reports whether the watch shows this node's key first in line.
+func (k *keeper) first() bool {
+	if k.mine == 0 || k.rev < k.mine || k.keys[k.key] != k.mine {
+		return false
+	}
+	for _, rev := range k.keys {
+		if rev < k.mine {
 			return false
 		}
-		k.mine, k.mineFor = mine[0].CreateRevision, lease
-		first = string(head[0].Key) == k.key // at the transaction's revision
-	} else if k.rev >= k.mine && k.keys[k.key] == k.mine {
-		first = true
-		for _, rev := range k.keys {
-			first = first && rev >= k.mine
-		}
 	}
-	if !first {
-		return false
-	}
+	return true
+}
+
+// hold starts a tenure of this node's key.
+func (k *keeper) hold() {
 	k.mu.Lock()
 	k.tokens++
-	k.held.Store(&hold{token: k.tokens, lease: lease, rev: k.mine})
+	k.held.Store(&hold{token: k.tokens, lease: k.mineFor, rev: k.mine})
 	k.mu.Unlock()
-	return true
 }
 
 // grant hands the held lock to the waiting commands.
@@ -473,7 +487,7 @@ func (k *keeper) handOver(ctx context.Context, h *hold) bool {
 	busy := k.inflight > 0
 	k.mu.Unlock()
 	if busy {
-		return false // the last Release kicks
+		return k.waiting() // the last Release kicks; the poll ends waits that run out
 	}
 	dctx, cancel := context.WithTimeout(ctx, opTimeout)
 	_, err := k.s.m.Client().Txn(dctx).

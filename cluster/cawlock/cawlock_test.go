@@ -374,7 +374,8 @@ var (
 // h loses its lease (w gets the lock and writes; h's command, whose compare
 // then matches the data it read before, ends with NOT READY 04h/0Ch, also
 // when h is allowed to write again on a new lease by then). A node whose
-// command did not end GOOD never wrote.
+// command did not end GOOD never wrote. Afterwards the nodes that may
+// write get the lock in turn.
 func TestCompareAndWriteLeaseLoss(t *testing.T) {
 	if *noLock {
 		t.Skip("needs the cluster lock")
@@ -449,6 +450,17 @@ func TestCompareAndWriteLeaseLoss(t *testing.T) {
 			}
 			if c := reader.counter(reader.buf(blockSize)); c != tc.counter {
 				t.Errorf("counter %d, want %d", c, tc.counter)
+			}
+			// The nodes that may write get the lock again, in turn: a key
+			// left queued by a command that gave up (BUSY) blocks nobody.
+			for _, n := range []*node{h, w, h} {
+				if n.m.cut.Load() {
+					continue
+				}
+				c := n.counter(n.buf(blockSize))
+				if got := outcomeOf(n.caw(n.buf(2*blockSize), c, c+1)); got != good {
+					t.Errorf("%s afterwards: %+v", n.name, got)
+				}
 			}
 		})
 	}
