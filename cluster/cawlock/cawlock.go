@@ -254,6 +254,7 @@ type keeper struct {
 	stopW   context.CancelFunc // ends watch
 	mine    int64              // create revision of this node's key; 0: none
 	mineFor clientv3.LeaseID   // the lease it is attached to
+	gone    int64              // create revision of the key handOver or drop deleted last
 }
 
 // keep runs the keeper until ctx ends.
@@ -342,6 +343,11 @@ func (k *keeper) step(ctx context.Context) bool {
 	if k.keys != nil {
 		if k.mine != 0 && k.rev >= k.mine && k.keys[k.key] != k.mine {
 			k.mine = 0 // the key went with its lease
+		}
+		if c, ok := k.keys[k.key]; ok && k.mine == 0 && k.held.Load() == nil && c != k.gone && k.rev >= c {
+			if !k.drop(ctx, c) {
+				return true
+			}
 		}
 		if k.held.Load() == nil && k.first() {
 			k.hold()
@@ -498,9 +504,25 @@ func (k *keeper) handOver(ctx context.Context, h *hold) bool {
 		return true
 	}
 	k.held.Store(nil)
-	k.mine = 0
+	k.mine, k.gone = 0, h.rev
 	k.setYielding(false)
 	return false
+}
+
+// drop deletes a key of this node that the keeper does not know as its own
+// (a put whose answer was lost, that took effect): queued, it would block
+// the other nodes for good once first. It reports whether it succeeded.
+func (k *keeper) drop(ctx context.Context, rev int64) bool {
+	dctx, cancel := context.WithTimeout(ctx, opTimeout)
+	_, err := k.s.m.Client().Txn(dctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k.key), "=", rev)).
+		Then(clientv3.OpDelete(k.key)).Commit()
+	cancel()
+	if err != nil {
+		return false
+	}
+	k.gone = rev
+	return true
 }
 
 // setYielding sets whether commands must wait for a handover.

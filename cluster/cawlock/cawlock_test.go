@@ -510,3 +510,37 @@ func TestCompareAndWriteLockClose(t *testing.T) {
 	}
 	t.Logf("b granted %v after a closed the unit", time.Since(t0).Round(time.Millisecond))
 }
+
+// TestCompareAndWriteStrayKey: a key of node a that a's keeper does not
+// know as its own (a put whose answer was lost but that took effect)
+// appears behind b's: a deletes it, so b gets the lock again after handing
+// it over instead of queuing behind a key nobody will take.
+func TestCompareAndWriteStrayKey(t *testing.T) {
+	if *noLock {
+		t.Skip("needs the cluster lock")
+	}
+	etcd := etcdtest.Start(t)
+	const clusterName = "stray"
+	ns := startNodes(t, etcd, clusterName, filepath.Join(t.TempDir(), "lu"), cawlock.DefaultWait, "a", "b")
+	a, b := ns[0], ns[1]
+	for i, n := range []*node{a, b} { // a takes the lock, then hands it to b
+		if got := outcomeOf(n.caw(n.buf(2*blockSize), uint64(i), uint64(i+1))); got != good {
+			t.Fatalf("%s: %+v", n.name, got)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	key := fmt.Sprintf("/iserd/%s/caw/%016x/a", clusterName, 3<<60|testNAA)
+	if _, err := etcd.Client().Put(ctx, key, "", clientv3.WithLease(a.m.LeaseID())); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if got := outcomeOf(b.caw(b.buf(2*blockSize), uint64(2+i), uint64(3+i))); got != good {
+			t.Fatalf("b's command %d after a's stray key: %+v", i, got)
+		}
+	}
+	waitFor(t, "a's stray key gone", func() bool {
+		r, err := etcd.Client().Get(ctx, key, clientv3.WithCountOnly())
+		return err == nil && r.Count == 0
+	})
+}
