@@ -276,6 +276,18 @@ func increment(t *testing.T, ns []*node, workers, incs int) *counterRun {
 	return &r
 }
 
+// lockedPair starts etcd and nodes a and b of cluster clusterName with
+// the lock; the test is skipped with -nolock.
+func lockedPair(t *testing.T, clusterName string) (*etcdtest.Server, *node, *node) {
+	t.Helper()
+	if *noLock {
+		t.Skip("needs the cluster lock")
+	}
+	etcd := etcdtest.Start(t)
+	ns := startNodes(t, etcd, clusterName, filepath.Join(t.TempDir(), "lu"), cawlock.DefaultWait, "a", "b")
+	return etcd, ns[0], ns[1]
+}
+
 // revision is etcd's current revision, as n sees it.
 func revision(t *testing.T, n *node) int64 {
 	t.Helper()
@@ -316,12 +328,8 @@ func TestCompareAndWriteCounter(t *testing.T) {
 // 04h/0Ch once fenced, or BUSY before), neither writes once fenced; with
 // etcd back both increment again without a lost update.
 func TestCompareAndWriteEtcdLoss(t *testing.T) {
-	if *noLock {
-		t.Skip("needs the cluster lock")
-	}
-	etcd := etcdtest.Start(t)
-	ns := startNodes(t, etcd, "etcdloss", filepath.Join(t.TempDir(), "lu"), cawlock.DefaultWait, "a", "b")
-	a, b := ns[0], ns[1]
+	etcd, a, b := lockedPair(t, "etcdloss")
+	ns := []*node{a, b}
 	data := a.buf(2 * blockSize)
 	if st, k, asc := a.caw(data, 0, 1); st != scsi.StatusGood {
 		t.Fatalf("a: status %#x sense %x/%04x", st, k, asc)
@@ -492,12 +500,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // lock (a reload, a shutdown) gives the lock up at once, without waiting
 // for the node's lease: the other node's command is granted.
 func TestCompareAndWriteLockClose(t *testing.T) {
-	if *noLock {
-		t.Skip("needs the cluster lock")
-	}
-	etcd := etcdtest.Start(t)
-	ns := startNodes(t, etcd, "close", filepath.Join(t.TempDir(), "lu"), cawlock.DefaultWait, "a", "b")
-	a, b := ns[0], ns[1]
+	_, a, b := lockedPair(t, "close")
 	if got := outcomeOf(a.caw(a.buf(2*blockSize), 0, 1)); got != good {
 		t.Fatalf("a: %+v", got)
 	}
@@ -516,13 +519,8 @@ func TestCompareAndWriteLockClose(t *testing.T) {
 // appears behind b's: a deletes it, so b gets the lock again after handing
 // it over instead of queuing behind a key nobody will take.
 func TestCompareAndWriteStrayKey(t *testing.T) {
-	if *noLock {
-		t.Skip("needs the cluster lock")
-	}
-	etcd := etcdtest.Start(t)
 	const clusterName = "stray"
-	ns := startNodes(t, etcd, clusterName, filepath.Join(t.TempDir(), "lu"), cawlock.DefaultWait, "a", "b")
-	a, b := ns[0], ns[1]
+	etcd, a, b := lockedPair(t, clusterName)
 	for i, n := range []*node{a, b} { // a takes the lock, then hands it to b
 		if got := outcomeOf(n.caw(n.buf(2*blockSize), uint64(i), uint64(i+1))); got != good {
 			t.Fatalf("%s: %+v", n.name, got)
