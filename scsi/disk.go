@@ -97,6 +97,7 @@ type Disk struct {
 	res    atomic.Pointer[holder] // SCSI-2 reservation holder
 	ua     uaTable
 	locks  rangeLock
+	writes writeGate // writes in the device, for reservation changes to wait for
 
 	pr      atomic.Pointer[prState] // persistent reservations; nil: none ever
 	prMu    sync.Mutex              // serialises PERSISTENT RESERVE OUT

@@ -28,6 +28,11 @@ type ioCtx struct {
 	start func(io *ioCtx) result
 	next  func(io *ioCtx, err error) result
 
+	// gated: the request in flight is a write counted in d.writes, in
+	// slot gateSlot, until it completes.
+	gated    bool
+	gateSlot uint32
+
 	lba     uint64 // per-command cursor for multi-step commands
 	left    uint64 // blocks still to process
 	fua     bool
@@ -84,16 +89,32 @@ func (io *ioCtx) unmapRange(off, n int64, next func(*ioCtx, error) result) resul
 }
 
 // issue hands the prepared request to the device; next runs when it
-// completes. A write is checked against the disk's fence here, the last
-// moment before it leaves for the device: a fenced write completes at once
-// with ErrFenced.
+// completes. A write is checked here, the last moment before it leaves for
+// the device, against the disk's fence (a fenced write completes at once
+// with ErrFenced) and against the reservations as they are now: a write
+// that waited for the range lock, or a step of a multi-step command, after
+// a reservation change that fences its nexus off (PREEMPT AND ABORT, a
+// SCSI-2 RESERVE) ends in RESERVATION CONFLICT, which the transport does not
+// answer when it aborted the task meanwhile. The write is counted in
+// d.writes before the reservation check, so a change either refuses it or
+// waits for it (drainWrites).
 func (io *ioCtx) issue(next func(*ioCtx, error) result) result {
 	io.req.Inline, io.inline = io.inline, false
 	io.next = next
-	if writes(io.req.Op) && io.d.fenced() {
-		io.req.Err = ErrFenced
-		io.done(&io.req)
-		return pending
+	if writes(io.req.Op) {
+		d := io.d
+		io.gateSlot, io.gated = d.writes.enter(), true
+		if d.fenced() {
+			io.req.Err = ErrFenced
+			io.done(&io.req)
+			return pending
+		}
+		if io.c != nil && d.conflict(io.c, 0) {
+			d.writes.exit(io.gateSlot)
+			io.gated = false
+			io.finish(conflictResult)
+			return pending
+		}
 	}
 	io.d.dev.Submit(&io.req)
 	return pending
@@ -101,6 +122,10 @@ func (io *ioCtx) issue(next func(*ioCtx, error) result) result {
 
 // done is the bdev completion callback.
 func (io *ioCtx) done(r *bdev.Request) {
+	if io.gated {
+		io.gated = false
+		io.d.writes.exit(io.gateSlot)
+	}
 	if res := io.next(io, r.Err); !res.pending {
 		io.finish(res)
 	}

@@ -86,10 +86,19 @@ func (d *Disk) prOut(c *Command) result {
 		d.pr.Store(op.s)
 	}
 	d.prMu.Unlock()
-	if r.status == StatusGood {
-		d.prNotify(op.n, op.notes, op.preempted, 0)
+	if r.status != StatusGood {
+		return r
 	}
-	return r
+	d.prNotify(op.n, op.notes, op.preempted, 0)
+	if len(op.preempted) == 0 {
+		return r
+	}
+	// PREEMPT AND ABORT completes once no write of the preempted nexuses
+	// can reach the medium any more: those still queued see the new state
+	// when they are issued, those in the device are waited for, on a
+	// goroutine of its own rather than the transport's.
+	go func() { d.complete(c, d.drainWrites()) }()
+	return pending
 }
 
 // newPROp starts service action parameters p (reservation type typ) from

@@ -298,7 +298,9 @@ func (d *Disk) catchUp(r PRRecord) {
 // it is installed, the unit attentions it carries are queued on this
 // process's nexuses and the preempted nexuses' tasks are aborted, unless
 // this Disk committed r and handled it already; when another node
-// committed r, it is acknowledged, which completes the change there.
+// committed r, it is acknowledged, which completes the change there: after
+// the writes this process had in its device complete when r aborted tasks
+// (drainWrites), and not at all when they do not within the bound.
 func (d *Disk) delivered(r PRRecord) {
 	rec, err := decodePRRecord(r.Value)
 	if err != nil {
@@ -319,6 +321,9 @@ func (d *Disk) delivered(r PRRecord) {
 	}
 	d.prs.mu.Unlock()
 	if !mine {
+		if (len(rec.Preempted) > 0 || rec.Reset != 0) && d.drainWrites().status != StatusGood {
+			return // not acknowledged: a write of an aborted task may still land; the origin's wait ends at its bound
+		}
 		ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
 		_ = d.prs.store.Ack(ctx, r.Rev) // a node that cannot ack is waited for until its lease expires
 		cancel()
@@ -364,7 +369,8 @@ func (d *Disk) prOutShared(c *Command, sa, typ byte, p proParams) result {
 
 // prCommit applies service action sa to the stored record, commits it and
 // waits until the other nodes installed it (and, for a PREEMPT AND ABORT,
-// aborted the preempted nexuses' tasks).
+// aborted the preempted nexuses' tasks, and this and every other node saw
+// the writes complete that it had in its device: drainWrites).
 func (d *Disk) prCommit(n *Nexus, sa, typ byte, p proParams) result {
 	ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
 	defer cancel()
@@ -383,6 +389,11 @@ func (d *Disk) prCommit(n *Nexus, sa, typ byte, p proParams) result {
 	}
 	d.committed(done.Rev, op)
 	d.prMu.Unlock()
+	if len(op.preempted) > 0 {
+		if r := d.drainWrites(); r.status != StatusGood {
+			return r
+		}
+	}
 	if err := d.prs.store.WaitAcks(d.prs.ctx, done.Rev); err != nil {
 		return fail(prAbortTimeout)
 	}
