@@ -97,7 +97,8 @@ type Disk struct {
 	res    atomic.Pointer[holder] // SCSI-2 reservation holder
 	ua     uaTable
 	locks  rangeLock
-	writes writeGate // writes in the device, for reservation changes to wait for
+	writes writeGate     // writes in the device, for reservation changes to wait for
+	resets atomic.Uint64 // resets other nodes shared: they abort every task started before
 
 	pr      atomic.Pointer[prState] // persistent reservations; nil: none ever
 	prMu    sync.Mutex              // serialises PERSISTENT RESERVE OUT

@@ -56,22 +56,41 @@ func (h *harness) reserveB() {
 
 // remotePreemptAbort delivers, as if another node committed it, the record
 // of a PREEMPT AND ABORT of b's reservation by a.
-func (h *harness) remotePreemptAbort(m *memPRStore) {
+func (h *harness) remotePreemptAbort() {
 	h.t.Helper()
 	op := newPROp(h.a, h.disk.pr.Load(), proParams{rk: keyA, sark: keyB}, prWE)
 	if r := op.run(proPreemptAbort); r.status != StatusGood {
 		h.t.Fatalf("preempt and abort: status %#x", r.status)
 	}
-	v, err := encodePRRecord(&prRecord{State: *op.s, Origin: h.disk.prs.instance + 1, Issuer: h.a.ID,
-		Notes: op.notes, Preempted: op.preempted})
+	h.deliver(&prRecord{State: *op.s, Issuer: h.a.ID, Notes: op.notes, Preempted: op.preempted})
+}
+
+// remoteReset delivers, as if another node committed it, the record of a
+// LOGICAL UNIT RESET.
+func (h *harness) remoteReset() {
+	h.t.Helper()
+	rec := &prRecord{Reset: ascBusDeviceReset}
+	if p := h.disk.pr.Load(); p != nil {
+		rec.State = *p
+	}
+	h.deliver(rec)
+}
+
+// deliver has the disk's memPRStore commit rec as another node and deliver
+// it; it returns once the disk acknowledged it.
+func (h *harness) deliver(rec *prRecord) {
+	h.t.Helper()
+	m := h.disk.cfg.PRStore.(*memPRStore)
+	rec.Origin = h.disk.prs.instance + 1
+	v, err := encodePRRecord(rec)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	m.mu.Lock()
 	m.rec = PRRecord{Rev: m.rec.Rev + 1, Value: v}
-	rec, apply := m.rec, m.apply
+	r, apply := m.rec, m.apply
 	m.mu.Unlock()
-	apply(rec)
+	apply(r)
 }
 
 // TestQueuedWriteAfterReservationChange: a write that waits for the range
@@ -85,17 +104,19 @@ func TestQueuedWriteAfterReservationChange(t *testing.T) {
 		store  bool
 		setup  func(h *harness)
 		change func(h *harness)
+		want   Status
 	}{
 		{"preempt and abort", false, (*harness).reserveB, func(h *harness) {
 			h.mustPROut(h.a, proPreemptAbort, prWE, preemptAbortParams, StatusGood)
-		}},
+		}, StatusReservationConflict},
 		{"preempt and abort through a store", true, (*harness).reserveB, func(h *harness) {
 			h.mustPROut(h.a, proPreemptAbort, prWE, preemptAbortParams, StatusGood)
-		}},
+		}, StatusReservationConflict},
 		{"preempt and abort by another node", true, (*harness).reserveB, func(h *harness) {
-			h.remotePreemptAbort(h.disk.cfg.PRStore.(*memPRStore))
-		}},
-		{"SCSI-2 reserve", false, func(*harness) {}, func(h *harness) { h.mustGood(h.a, []byte{0x16, 0, 0, 0, 0, 0}) }},
+			h.remotePreemptAbort()
+		}, StatusReservationConflict},
+		{"SCSI-2 reserve", false, func(*harness) {}, func(h *harness) { h.mustGood(h.a, []byte{0x16, 0, 0, 0, 0, 0}) }, StatusReservationConflict},
+		{"reset by another node", true, func(*harness) {}, (*harness).remoteReset, StatusTaskAborted},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -114,9 +135,10 @@ func TestQueuedWriteAfterReservationChange(t *testing.T) {
 			notWithin(t, "b's WRITE behind the range lock", write, 50*time.Millisecond)
 			tt.change(h)
 			h.disk.locks.release(held)
-			if c := await(t, "b's WRITE", write); c.Status != StatusReservationConflict {
-				t.Fatalf("b's queued WRITE: status %#x sense %+v, want RESERVATION CONFLICT", c.Status, senseOf(c))
+			if c := await(t, "b's WRITE", write); c.Status != tt.want {
+				t.Fatalf("b's queued WRITE: status %#x sense %+v, want %#x", c.Status, senseOf(c), tt.want)
 			}
+			h.run(h.a, cdbTUR()) // takes a reset's unit attention
 			if got := data(h.mustGood(h.a, cdb10(0x28, 0, 1))); !bytes.Equal(got, make([]byte, 512)) {
 				t.Fatalf("block 0 holds % x... after the reservation change, want zeros", got[:8])
 			}
@@ -173,15 +195,10 @@ func TestPreemptAbortWaitsForWritesInDevice(t *testing.T) {
 			return h.start(h.a, cdbPROut(proPreemptAbort, prWE, len(preemptAbortParams)), preemptAbortParams)
 		}},
 		{"another node's preempt and abort", true, func(h *harness) <-chan *Command {
-			return acked(func() { h.remotePreemptAbort(h.disk.cfg.PRStore.(*memPRStore)) })
+			return acked(h.remotePreemptAbort)
 		}},
 		{"another node's reset", true, func(h *harness) <-chan *Command {
-			m := h.disk.cfg.PRStore.(*memPRStore)
-			v, err := encodePRRecord(&prRecord{State: *h.disk.pr.Load(), Origin: h.disk.prs.instance + 1, Reset: ascBusDeviceReset})
-			if err != nil {
-				h.t.Fatal(err)
-			}
-			return acked(func() { m.apply(PRRecord{Rev: m.rec.Rev + 1, Value: v}) })
+			return acked(h.remoteReset)
 		}},
 	}
 	for _, tt := range tests {

@@ -32,6 +32,9 @@ type ioCtx struct {
 	// slot gateSlot, until it completes.
 	gated    bool
 	gateSlot uint32
+	// resets is d.resets when the command started: a reset shared by
+	// another node since aborted its task.
+	resets uint64
 
 	lba     uint64 // per-command cursor for multi-step commands
 	left    uint64 // blocks still to process
@@ -63,6 +66,7 @@ func (d *Disk) newIO(c *Command) *ioCtx {
 	io := ioPool.Get().(*ioCtx)
 	io.d, io.c = d, c
 	io.inline = c != nil && c.Inline
+	io.resets = d.resets.Load()
 	return io
 }
 
@@ -91,13 +95,14 @@ func (io *ioCtx) unmapRange(off, n int64, next func(*ioCtx, error) result) resul
 // issue hands the prepared request to the device; next runs when it
 // completes. A write is checked here, the last moment before it leaves for
 // the device, against the disk's fence (a fenced write completes at once
-// with ErrFenced) and against the reservations as they are now: a write
-// that waited for the range lock, or a step of a multi-step command, after
-// a reservation change that fences its nexus off (PREEMPT AND ABORT, a
-// SCSI-2 RESERVE) ends in RESERVATION CONFLICT, which the transport does not
-// answer when it aborted the task meanwhile. The write is counted in
-// d.writes before the reservation check, so a change either refuses it or
-// waits for it (drainWrites).
+// with ErrFenced), against the resets other nodes shared since the command
+// started (it ends in TASK ABORTED: the reset aborted its task) and against
+// the reservations as they are now: a write that waited for the range
+// lock, or a step of a multi-step command, after a reservation change that
+// fences its nexus off (PREEMPT AND ABORT, a SCSI-2 RESERVE) ends in
+// RESERVATION CONFLICT. The transport does not answer either when it
+// aborted the task. The write is counted in d.writes before these checks,
+// so a change either refuses it or waits for it (drainWrites).
 func (io *ioCtx) issue(next func(*ioCtx, error) result) result {
 	io.req.Inline, io.inline = io.inline, false
 	io.next = next
@@ -109,15 +114,29 @@ func (io *ioCtx) issue(next func(*ioCtx, error) result) result {
 			io.done(&io.req)
 			return pending
 		}
-		if io.c != nil && d.conflict(io.c, 0) {
+		if r, refused := io.refused(); refused {
 			d.writes.exit(io.gateSlot)
 			io.gated = false
-			io.finish(conflictResult)
+			io.finish(r)
 			return pending
 		}
 	}
 	io.d.dev.Submit(&io.req)
 	return pending
+}
+
+// refused reports whether a write of io's command may no longer be issued,
+// and the result it ends with.
+func (io *ioCtx) refused() (result, bool) {
+	switch {
+	case io.c == nil:
+		return result{}, false
+	case io.resets != io.d.resets.Load():
+		return abortedResult, true
+	case io.d.conflict(io.c, 0):
+		return conflictResult, true
+	}
+	return result{}, false
 }
 
 // done is the bdev completion callback.

@@ -40,7 +40,9 @@ var errPRTooMany = errors.New("too many registrations")
 
 var (
 	conflictResult = result{status: StatusReservationConflict}
-	insufficient   = senseData{key: keyIllegalRequest, code: ascInsufficientRegRes}
+	// abortedResult ends a command whose task a reset aborted.
+	abortedResult = result{status: StatusTaskAborted}
+	insufficient  = senseData{key: keyIllegalRequest, code: ascInsufficientRegRes}
 )
 
 // prOut implements PERSISTENT RESERVE OUT (SPC-4 6.16, 5.13).
@@ -456,6 +458,7 @@ func (d *Disk) prNotify(skip *Nexus, notes []prNote, preempted []registration, r
 	t.mu.Lock()
 	if reset != 0 {
 		d.res.Store(nil)
+		d.resets.Add(1) // the writes of the tasks it aborts are not issued any more
 	}
 	for id, n := range t.nexuses {
 		if skip != nil && id == skip.ID {

@@ -399,6 +399,6 @@ func decodeSanitize(b []byte, bs int) (*sanitizeOp, error) {
 // goroutine: the caller may hold transport locks.
 func (d *Disk) abortSanitize(c *Command) {
 	if st := d.san.Load(); st != nil && st.waiter.CompareAndSwap(c, nil) {
-		go d.complete(c, result{status: StatusTaskAborted})
+		go d.complete(c, abortedResult)
 	}
 }
