@@ -99,44 +99,48 @@ func (h *harness) deliver(rec *prRecord) {
 // issued: it ends in RESERVATION CONFLICT and the medium keeps the data it
 // had, although the write had passed the reservation check when it arrived.
 func TestQueuedWriteAfterReservationChange(t *testing.T) {
+	preempt := func(h *harness) { h.mustPROut(h.a, proPreemptAbort, prWE, preemptAbortParams, StatusGood) }
+	reserve6 := func(h *harness) { h.mustGood(h.a, []byte{0x16, 0, 0, 0, 0, 0}) }
 	tests := []struct {
 		name   string
 		store  bool
 		setup  func(h *harness)
 		change func(h *harness)
 		want   Status
+		xcopy  bool // b's write is an EXTENDED COPY of block 1 to block 0
 	}{
-		{"preempt and abort", false, (*harness).reserveB, func(h *harness) {
-			h.mustPROut(h.a, proPreemptAbort, prWE, preemptAbortParams, StatusGood)
-		}, StatusReservationConflict},
-		{"preempt and abort through a store", true, (*harness).reserveB, func(h *harness) {
-			h.mustPROut(h.a, proPreemptAbort, prWE, preemptAbortParams, StatusGood)
-		}, StatusReservationConflict},
-		{"preempt and abort by another node", true, (*harness).reserveB, func(h *harness) {
-			h.remotePreemptAbort()
-		}, StatusReservationConflict},
-		{"SCSI-2 reserve", false, func(*harness) {}, func(h *harness) { h.mustGood(h.a, []byte{0x16, 0, 0, 0, 0, 0}) }, StatusReservationConflict},
-		{"reset by another node", true, func(*harness) {}, (*harness).remoteReset, StatusTaskAborted},
+		{"preempt and abort", false, (*harness).reserveB, preempt, StatusReservationConflict, false},
+		{"preempt and abort through a store", true, (*harness).reserveB, preempt, StatusReservationConflict, false},
+		{"preempt and abort by another node", true, (*harness).reserveB, (*harness).remotePreemptAbort, StatusReservationConflict, false},
+		{"SCSI-2 reserve", false, func(*harness) {}, reserve6, StatusReservationConflict, false},
+		{"reset by another node", true, func(*harness) {}, (*harness).remoteReset, StatusTaskAborted, false},
+		{"EXTENDED COPY, preempt and abort", false, (*harness).reserveB, preempt, StatusReservationConflict, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var cfg DiskConfig
+			cfg := DiskConfig{NAA: 0x100}
 			if tt.store {
 				cfg.PRStore = &memPRStore{}
 			}
 			h := newHarness(t, cfg)
 			tt.setup(h)
+			cdb, out := cdb10(0x2a, 0, 1), fill(512, 0xbb)
+			if tt.xcopy {
+				h.mustGood(h.b, cdb10(0x2a, 1, 1), out...)
+				out = xcList(1, 0, [][]byte{xcCSCD(cfg.NAA)}, [][]byte{xcSeg(0, 0, 1, 1, 0)})
+				cdb = cdbXCopy(len(out))
+			}
 			// A read-modify-write holds block 0: b's write queues behind it.
 			held := &lockReq{lba: 0, n: 1, excl: true, grant: func() {}}
 			if !h.disk.locks.acquire(held) {
 				t.Fatal("range lock on block 0 not granted")
 			}
-			write := h.start(h.b, cdb10(0x2a, 0, 1), fill(512, 0xbb))
+			write := h.start(h.b, cdb, out)
 			notWithin(t, "b's WRITE behind the range lock", write, 50*time.Millisecond)
 			tt.change(h)
 			h.disk.locks.release(held)
 			if c := await(t, "b's WRITE", write); c.Status != tt.want {
-				t.Fatalf("b's queued WRITE: status %#x sense %+v, want %#x", c.Status, senseOf(c), tt.want)
+				t.Fatalf("b's queued write: status %#x sense %+v, want %#x", c.Status, senseOf(c), tt.want)
 			}
 			h.run(h.a, cdbTUR()) // takes a reset's unit attention
 			if got := data(h.mustGood(h.a, cdb10(0x28, 0, 1))); !bytes.Equal(got, make([]byte, 512)) {

@@ -41,12 +41,26 @@ func (d *Disk) fenced() bool {
 // writes reports whether op changes the medium.
 func writes(op bdev.Op) bool { return op == bdev.OpWrite || op == bdev.OpUnmap }
 
+// errConflict refuses a write of a command that the reservations, as they
+// are when it leaves for the device, no longer allow.
+var errConflict = errors.New("reservation conflict")
+
 // syncIO runs req on d's device and waits for it; a write is refused with
-// ErrFenced while d is fenced. Copies and sanitize run on their own
-// goroutines, so waiting blocks no command path.
-func (d *Disk) syncIO(req *bdev.Request) error {
-	if writes(req.Op) && d.fenced() {
-		return ErrFenced
+// ErrFenced while d is fenced, and, when it is done for command c (nil:
+// for the logical unit itself, as a sanitize), with errConflict once the
+// reservations stop c's nexus from writing. Writes are counted in d.writes
+// like the command paths' (see ioCtx.issue). Copies and sanitize run on
+// their own goroutines, so waiting blocks no command path.
+func (d *Disk) syncIO(c *Command, req *bdev.Request) error {
+	if writes(req.Op) {
+		slot := d.writes.enter()
+		defer d.writes.exit(slot)
+		if d.fenced() {
+			return ErrFenced
+		}
+		if c != nil && d.conflict(c, 0) {
+			return errConflict
+		}
 	}
 	done := make(chan struct{})
 	req.Done = func(*bdev.Request) { close(done) }

@@ -209,7 +209,7 @@ func (d *Disk) runSanitize(st *sanitizeState) error {
 	}
 	defer d.locks.release(&lock)
 	if st.op.SA == sanBlockErase {
-		if err := d.syncIO(&bdev.Request{Op: bdev.OpUnmap, Length: int64(blocks) << d.shift}); err != nil {
+		if err := d.syncIO(nil, &bdev.Request{Op: bdev.OpUnmap, Length: int64(blocks) << d.shift}); err != nil {
 			return fmt.Errorf("sanitize block erase: %w", err)
 		}
 		st.done.Store(st.total)
@@ -234,7 +234,7 @@ func (d *Disk) runSanitize(st *sanitizeState) error {
 		for lba := uint64(0); lba < blocks; {
 			n := min(blocks-lba, uint64(len(buf))>>d.shift)
 			req := &bdev.Request{Op: bdev.OpWrite, Offset: int64(lba) << d.shift, Buf: buf[:n<<d.shift]}
-			if err := d.syncIO(req); err != nil {
+			if err := d.syncIO(nil, req); err != nil {
 				return fmt.Errorf("sanitize overwrite pass %d at LBA %d: %w", pass+1, lba, err)
 			}
 			lba += n
@@ -250,7 +250,7 @@ func (d *Disk) runSanitize(st *sanitizeState) error {
 
 // flushSanitize makes the sanitized medium stable.
 func (d *Disk) flushSanitize() error {
-	if err := d.syncIO(&bdev.Request{Op: bdev.OpFlush}); err != nil {
+	if err := d.syncIO(nil, &bdev.Request{Op: bdev.OpFlush}); err != nil {
 		return fmt.Errorf("sanitize flush: %w", err)
 	}
 	return nil

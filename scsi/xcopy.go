@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"encoding/binary"
+	"errors"
 	"sync"
 
 	"github.com/iserd/iserd/bdev"
@@ -222,7 +223,7 @@ func (d *Disk) copySegment(c *Command, cscds []cscd, sg segment) (result, uint64
 	for done := uint64(0); done < total; {
 		n := min(total-done, uint64(len(buf)))
 		chunk := buf[:n]
-		if err := src.syncIO(&bdev.Request{Op: bdev.OpRead, Offset: int64(sg.srcLBA<<src.shift + done), Buf: chunk}); err != nil {
+		if err := src.syncIO(c, &bdev.Request{Op: bdev.OpRead, Offset: int64(sg.srcLBA<<src.shift + done), Buf: chunk}); err != nil {
 			return fail(ioError(err, false)), done
 		}
 		lock := lockReq{lba: (sg.dstLBA<<dst.shift + done) >> dst.shift, n: n >> dst.shift}
@@ -231,8 +232,11 @@ func (d *Disk) copySegment(c *Command, cscds []cscd, sg segment) (result, uint64
 		if !dst.locks.beginWrite(&lock) {
 			<-granted
 		}
-		err := dst.syncIO(&bdev.Request{Op: bdev.OpWrite, Offset: int64(sg.dstLBA<<dst.shift + done), Buf: chunk})
+		err := dst.syncIO(c, &bdev.Request{Op: bdev.OpWrite, Offset: int64(sg.dstLBA<<dst.shift + done), Buf: chunk})
 		dst.locks.release(&lock)
+		if errors.Is(err, errConflict) {
+			return conflictResult, done
+		}
 		if err != nil {
 			return fail(ioError(err, true)), done
 		}
