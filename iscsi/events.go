@@ -17,7 +17,10 @@ func (s *Server) watchTarget(t *Target) {
 	t.SCSI.OnAbort(func(n *scsi.Nexus, lun uint64) {
 		for _, ss := range s.sessionsOf(t) {
 			if ss.nexus != nil && ss.nexus.ID == n.ID && ss.conn != nil {
-				var wg sync.WaitGroup // nobody waits: the PR command completes at once
+				// Nobody waits for them here: the SCSI layer refuses their
+				// writes not yet issued and waits for those in the backing
+				// store before the PR OUT completes.
+				var wg sync.WaitGroup
 				ss.abortTasks(&wg, func(x *task) bool { return x.cmd.LUN == lun }, false)
 			}
 		}

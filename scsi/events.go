@@ -53,7 +53,11 @@ func (t *Target) OnEvent(fn func(Event)) { t.onEvent.Store(&fn) }
 // nexus whose registration it preempted (SPC-4 5.13.11.2.5), after the
 // unit attentions are queued and before the command completes. fn runs
 // without Target locks held but must not wait for the aborted tasks to
-// finish. It replaces any earlier function.
+// finish: the logical unit itself keeps their writes off the medium (those
+// not yet issued are refused, those in the backing store are waited for,
+// at most writeDrainWait, before the command completes or the change is
+// acknowledged to the cluster node that made it). It replaces any earlier
+// function.
 func (t *Target) OnAbort(fn func(n *Nexus, lun uint64)) { t.onAbort.Store(&fn) }
 
 // eventKinds maps the codes that are reported as events.
