@@ -245,7 +245,7 @@ func acked(deliver func()) <-chan *Command {
 // TestWriteGate: a drain waits for the writes entered before it, not for
 // those entered during it, and gives up at its bound.
 func TestWriteGate(t *testing.T) {
-	const bound = 200 * time.Millisecond
+	const bound = time.Second
 	tests := []struct {
 		name   string
 		before int  // writes entered before the drain
@@ -266,7 +266,7 @@ func TestWriteGate(t *testing.T) {
 				slots[i] = g.enter()
 			}
 			go func() {
-				time.Sleep(bound / 4)
+				time.Sleep(20 * time.Millisecond)
 				for range tt.during {
 					g.enter()
 				}
