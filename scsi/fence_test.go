@@ -102,22 +102,6 @@ func TestFenceAtSubmission(t *testing.T) {
 	}
 }
 
-// TestFenceAllocs: an open fence costs the READ and WRITE paths no
-// allocation.
-func TestFenceAllocs(t *testing.T) {
-	f := &testFence{}
-	f.open()
-	h := newHarness(t, DiskConfig{Fence: f})
-	buf := make([]byte, 4096)
-	c := &Command{Nexus: h.a, DataIn: buf, DataOut: buf, Done: func(*Command) {}}
-	for _, cdb := range [][]byte{cdb10(0x2a, 64, 8), cdb10(0x28, 64, 8)} {
-		c.CDB = cdb
-		if allocs := testing.AllocsPerRun(1000, func() { h.tgt.Execute(c) }); allocs != 0 || c.Status != StatusGood {
-			t.Errorf("cdb % x: %.1f allocations per command, status %#x", cdb, allocs, c.Status)
-		}
-	}
-}
-
 // TestSetPortGroupsHook: with OnSetPortGroups, SET TARGET PORT GROUPS
 // applies the states only once the hook stored them, and its failure
 // becomes the command's sense.

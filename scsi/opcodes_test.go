@@ -90,27 +90,6 @@ func TestReportTMFs(t *testing.T) {
 	}
 }
 
-// TestReadWriteAllocs: the READ (10) and WRITE (10) paths allocate nothing
-// per command on the memory backend.
-func TestReadWriteAllocs(t *testing.T) {
-	h := newHarness(t, DiskConfig{})
-	buf := make([]byte, 4096)
-	c := &Command{Nexus: h.a, DataIn: buf, DataOut: buf}
-	c.Done = func(*Command) {}
-	for _, cdb := range [][]byte{cdb10(0x2a, 64, 8), cdb10(0x28, 64, 8)} {
-		c.CDB = cdb
-		allocs := testing.AllocsPerRun(1000, func() {
-			h.tgt.Execute(c)
-			if c.Status != StatusGood {
-				t.Fatalf("status %#x", c.Status)
-			}
-		})
-		if allocs != 0 {
-			t.Errorf("cdb % x: %.1f allocations per command", cdb, allocs)
-		}
-	}
-}
-
 func BenchmarkRead10(b *testing.B) {
 	d, _ := NewDisk(bdev.NewMemory(1<<30), DiskConfig{})
 	tgt := NewTarget("iqn.bench")
