@@ -49,7 +49,13 @@ type PRStore interface {
 	// the unit (once it may), unless the record changed by then; so no
 	// node, this one or another, works from the record of before the power
 	// on once this node takes part. Open returns the record powerOn saw.
-	Open(apply func(PRRecord), powerOn func(cur PRRecord) []byte) (PRRecord, error)
+	//
+	// Open also calls members, from a goroutine of its own, with the
+	// names (as Node returns them) of the nodes that serve the unit: once
+	// with those it read, then after every change, until Close.
+	Open(apply func(PRRecord), powerOn func(cur PRRecord) []byte, members func(nodes []string)) (PRRecord, error)
+	// Node names this node among those that serve the unit.
+	Node() string
 	// Get reads the current record.
 	Get(ctx context.Context) (PRRecord, error)
 	// Commit replaces the record with value if its revision is still prev.
@@ -116,6 +122,11 @@ type prRecord struct {
 	// and aborts their tasks on the unit, as SAM-5 requires of a reset for
 	// every I_T nexus of the logical unit, whichever target port it is on.
 	Reset asc `json:",omitempty"`
+	// Reserved is the SCSI-2 reservation (RESERVE (6) or (10)), nil when
+	// there is none: every node enforces it. A reset, a RELEASE or the
+	// loss of the holder's I_T nexus drops it, and so does the holder's
+	// node leaving the unit; it does not survive a power on.
+	Reserved *scsi2Holder `json:",omitempty"`
 }
 
 // maxPRNotes bounds the unit attention notes of a record: one PERSISTENT
@@ -205,6 +216,7 @@ type prShared struct {
 	// handled the events of itself.
 	mu                    sync.Mutex
 	rev, watchRev, ownRev int64
+	reserved              *scsi2Holder // the installed record's Reserved
 }
 
 // openPRStore loads the record of d's store and starts its deliveries.
@@ -218,23 +230,22 @@ func (d *Disk) openPRStore() error {
 	}
 	d.prs.store, d.prs.instance = st, binary.BigEndian.Uint64(b[:])
 	d.prs.ctx, d.prs.cancel = context.WithCancel(context.Background())
-	cleared := false
+	var cleared []byte
 	cur, err := st.Open(d.delivered, func(cur PRRecord) []byte {
-		v := d.powerOnRecord(cur)
-		cleared = v != nil
-		return v
-	})
+		cleared = d.powerOnRecord(cur)
+		return cleared
+	}, d.membersChanged)
 	if err != nil {
 		return fmt.Errorf("reservation store: %w", err)
+	}
+	if cleared != nil {
+		cur.Value = cleared
 	}
 	rec, err := decodePRRecord(cur.Value)
 	if err != nil {
 		d.prs.cancel()
 		st.Close()
 		return err
-	}
-	if cleared {
-		rec = &prRecord{}
 	}
 	d.prs.mu.Lock()
 	d.installState(cur.Rev, rec)
@@ -244,19 +255,28 @@ func (d *Disk) openPRStore() error {
 }
 
 // powerOnRecord is the record that replaces cur when the logical unit
-// powers on: an empty one (generation 0) when cur holds a state without
-// APTPL, nil when cur is to be kept (APTPL, nothing to clear, or a record
-// that does not decode, which openPRStore reports).
+// powers on: without the SCSI-2 reservation, and empty (generation 0)
+// when cur holds a state without APTPL; nil when cur is to be kept (APTPL
+// or nothing to clear, and no SCSI-2 reservation; or a record that does
+// not decode, which openPRStore reports).
 func (d *Disk) powerOnRecord(cur PRRecord) []byte {
 	rec, err := decodePRRecord(cur.Value)
-	if err != nil || rec.State.APTPL || len(rec.State.Regs) == 0 && rec.State.Gen == 0 {
-		return nil
-	}
-	empty, err := encodePRRecord(&prRecord{Origin: d.prs.instance})
 	if err != nil {
 		return nil
 	}
-	return empty
+	keep := rec.State.APTPL || len(rec.State.Regs) == 0 && rec.State.Gen == 0
+	if keep && rec.Reserved == nil {
+		return nil
+	}
+	next := &prRecord{Origin: d.prs.instance}
+	if rec.State.APTPL {
+		next.State = rec.State
+	}
+	v, err := encodePRRecord(next)
+	if err != nil {
+		return nil
+	}
+	return v
 }
 
 // closePRStore ends the PERSISTENT RESERVE OUT commands in flight and the
@@ -276,10 +296,17 @@ func (d *Disk) closePRStore() error {
 // installState makes rec, of revision rev, the local copy unless the copy
 // is as new already. The caller holds d.prs.mu.
 func (d *Disk) installState(rev int64, rec *prRecord) {
-	if rev > d.prs.rev {
-		d.prs.rev = rev
-		d.pr.Store(&rec.State)
+	if rev <= d.prs.rev {
+		return
 	}
+	d.prs.rev = rev
+	d.pr.Store(&rec.State)
+	if h := rec.Reserved; h == nil {
+		d.res.Store(nil)
+	} else if old := d.prs.reserved; old == nil || *old != *h {
+		d.res.Store(&holder{instance: h.Instance, nexus: h.Nexus})
+	}
+	d.prs.reserved = rec.Reserved
 }
 
 // catchUp installs r, read from the store, without handling its events:
@@ -332,10 +359,10 @@ func (d *Disk) delivered(r PRRecord) {
 
 // committed installs the record op committed at revision rev and handles
 // its events unless its delivery came first.
-func (d *Disk) committed(rev int64, op *prOp) {
+func (d *Disk) committed(rev int64, rec *prRecord, op *prOp) {
 	d.prs.mu.Lock()
 	defer d.prs.mu.Unlock()
-	d.installState(rev, &prRecord{State: *op.s})
+	d.installState(rev, rec)
 	if rev > d.prs.watchRev {
 		d.prs.ownRev = rev
 		d.prNotify(op.n, op.notes, op.preempted, 0)
@@ -376,18 +403,23 @@ func (d *Disk) prCommit(n *Nexus, sa, typ byte, p proParams) result {
 	defer cancel()
 	d.prMu.Lock()
 	var op *prOp
+	var rec *prRecord
 	done, r, ok := d.prChange(ctx, func(cur *prRecord) (*prRecord, result) {
+		if cur.Reserved != nil && !d.holds(cur.Reserved, nexusIDOf(n)) {
+			return nil, conflictResult // another nexus's SCSI-2 reservation, as conflict says
+		}
 		op = newPROp(n, &cur.State, p, typ)
 		if r := op.run(sa); r.status != StatusGood || !op.changed {
 			return nil, r
 		}
-		return &prRecord{State: *op.s, Issuer: op.n.ID, Notes: op.notes, Preempted: op.preempted}, good
+		rec = &prRecord{State: *op.s, Issuer: op.n.ID, Notes: op.notes, Preempted: op.preempted, Reserved: cur.Reserved}
+		return rec, good
 	})
 	if !ok {
 		d.prMu.Unlock()
 		return r
 	}
-	d.committed(done.Rev, op)
+	d.committed(done.Rev, rec, op)
 	d.prMu.Unlock()
 	if len(op.preempted) > 0 {
 		if r := d.drainWrites(); r.status != StatusGood {
@@ -478,23 +510,39 @@ func (d *Disk) shareReset(code asc) error {
 		return errResetNotShared
 	}
 	defer d.prs.wg.Done()
+	_, committed, err := d.changeAll(func(cur *prRecord) (*prRecord, result) {
+		return &prRecord{State: cur.State, Reset: code}, good
+	})
+	if !committed {
+		return errResetNotShared
+	}
+	if err != nil {
+		return fmt.Errorf("reset: the other nodes did not abort their tasks: %w", err)
+	}
+	return nil
+}
+
+// changeAll commits the record next makes of the current one (see
+// prChange), installs it and waits until every other node installed it
+// and handled its events. It returns the result to end a command with,
+// whether the record was committed, and why the wait failed. The caller
+// counted itself in d.prs.wg.
+func (d *Disk) changeAll(next func(cur *prRecord) (*prRecord, result)) (result, bool, error) {
 	ctx, cancel := context.WithTimeout(d.prs.ctx, prCommitTimeout)
 	defer cancel()
 	d.prMu.Lock()
-	done, _, ok := d.prChange(ctx, func(cur *prRecord) (*prRecord, result) {
-		return &prRecord{State: cur.State, Reset: code}, good
-	})
+	done, r, ok := d.prChange(ctx, next)
 	if ok {
 		d.catchUp(done) // its delivery here has nothing left to do
 	}
 	d.prMu.Unlock()
 	if !ok {
-		return errResetNotShared
+		return r, false, nil
 	}
 	if err := d.prs.store.WaitAcks(d.prs.ctx, done.Rev); err != nil {
-		return fmt.Errorf("reset: the other nodes did not abort their tasks: %w", err)
+		return fail(prAbortTimeout), true, err
 	}
-	return nil
+	return good, true, nil
 }
 
 // PRSummary describes a reservation record, for status reports and tests.

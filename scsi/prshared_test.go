@@ -23,13 +23,17 @@ type memPRStore struct {
 	pending  []byte
 	denied   atomic.Bool // Allowed reports false
 	failGet  atomic.Bool // Get fails as if the store were unreachable
+	members  func([]string)
 }
+
+// memNode is the name of the node of a memPRStore.
+const memNode = "mem"
 
 // Open joins at once unless unjoined: a power-on record is committed and
 // delivered before Open returns.
-func (m *memPRStore) Open(apply func(PRRecord), powerOn func(PRRecord) []byte) (PRRecord, error) {
+func (m *memPRStore) Open(apply func(PRRecord), powerOn func(PRRecord) []byte, members func([]string)) (PRRecord, error) {
 	m.mu.Lock()
-	m.apply = apply
+	m.apply, m.members = apply, members
 	cur := m.rec
 	var v []byte
 	if !m.served {
@@ -74,6 +78,7 @@ func (m *memPRStore) Ack(context.Context, int64) error      { return nil }
 func (m *memPRStore) WaitAcks(context.Context, int64) error { return nil }
 func (m *memPRStore) Allowed() bool                         { return !m.denied.Load() }
 func (m *memPRStore) Close() error                          { return nil }
+func (m *memPRStore) Node() string                          { return memNode }
 
 // TestPRStoreOutcomes: through a store, a fenced node refuses PR OUT and
 // PR IN with NOT READY 04h/0Ch; a store that does not answer fails PR OUT

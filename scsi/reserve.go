@@ -1,7 +1,25 @@
 package scsi
 
-// holder is the I_T nexus holding a SCSI-2 reservation.
-type holder struct{ nexus uint64 }
+// holder is the I_T nexus holding a SCSI-2 reservation: nexus on the Disk
+// instance (prShared.instance; 0 without a PRStore). With a PRStore it is
+// the local copy of the record's Reserved, so a nexus of another node,
+// another instance, never matches one of this process.
+type holder struct{ instance, nexus uint64 }
+
+// scsi2Holder is the SCSI-2 reservation in a PRStore's record: the nexus
+// that holds it, through the Disk instance of the node the store names
+// Node. Its node's leaving the unit releases it (Disk.membersChanged).
+type scsi2Holder struct {
+	Node     string
+	Instance uint64
+	Nexus    uint64
+}
+
+// holds reports whether h, a record's reservation (nil for none), is held
+// by nexus of d.
+func (d *Disk) holds(h *scsi2Holder, nexus uint64) bool {
+	return h != nil && h.Instance == d.prs.instance && h.Nexus == nexus
+}
 
 // conflict reports whether c, a command with flags f, must end in
 // RESERVATION CONFLICT. It is the single place that decides access under
@@ -10,7 +28,7 @@ type holder struct{ nexus uint64 }
 // and SBC-3 4.17 say for its type (fPRRead commands only under the
 // exclusive access types, fPRFree commands never).
 func (d *Disk) conflict(c *Command, f opFlags) bool {
-	if h := d.res.Load(); h != nil && f&fResOK == 0 && h.nexus != nexusIDOf(c.Nexus) {
+	if h := d.res.Load(); h != nil && f&fResOK == 0 && *h != (holder{d.prs.instance, nexusIDOf(c.Nexus)}) {
 		return true
 	}
 	if f&fPRFree != 0 {
@@ -27,17 +45,16 @@ func (d *Disk) conflict(c *Command, f opFlags) bool {
 	return p.conflicts(n, f&fPRRead != 0)
 }
 
-// scsi2UnderPR decides RESERVE and RELEASE while persistent reservation
-// registrations exist (SPC-4 5.13.3, CRH = 1): from the reservation holder,
-// or from a registrant under a registrants-only or all-registrants
-// reservation, they succeed without effect; otherwise they conflict.
-// It returns false when there are no registrations and SPC-2 rules apply.
-func (d *Disk) scsi2UnderPR(c *Command) (result, bool) {
-	p := d.pr.Load()
+// scsi2UnderPR decides RESERVE and RELEASE from n while persistent
+// reservation registrations exist in p (SPC-4 5.13.3, CRH = 1): from the
+// reservation holder, or from a registrant under a registrants-only or
+// all-registrants reservation, they succeed without effect; otherwise they
+// conflict. It returns false when there are no registrations and SPC-2
+// rules apply.
+func scsi2UnderPR(p *prState, n *Nexus) (result, bool) {
 	if p == nil || len(p.Regs) == 0 {
 		return result{}, false
 	}
-	n := c.Nexus
 	if n == nil {
 		n = &Nexus{}
 	}
@@ -49,17 +66,21 @@ func (d *Disk) scsi2UnderPR(c *Command) (result, bool) {
 }
 
 // reserve implements RESERVE (6) and RESERVE (10) (SPC-2 7.21): the whole
-// logical unit, no third-party or extent reservations.
+// logical unit, no third-party or extent reservations. With a PRStore the
+// reservation is committed to the record, for every node to enforce.
 func (d *Disk) reserve(c *Command) result {
-	if r, ok := d.scsi2UnderPR(c); ok {
+	if d.prs.store != nil {
+		return d.scsi2Shared(c, true)
+	}
+	if r, ok := scsi2UnderPR(d.pr.Load(), c.Nexus); ok {
 		return r
 	}
-	me := nexusIDOf(c.Nexus)
+	me := holder{nexus: nexusIDOf(c.Nexus)}
 	h := d.res.Load()
-	if h != nil && h.nexus == me {
+	if h != nil && *h == me {
 		return good
 	}
-	if h != nil || !d.res.CompareAndSwap(nil, &holder{nexus: me}) {
+	if h != nil || !d.res.CompareAndSwap(nil, &me) {
 		return conflictResult
 	}
 	return good
@@ -68,16 +89,105 @@ func (d *Disk) reserve(c *Command) result {
 // release implements RELEASE (6) and RELEASE (10): releasing a
 // reservation held by another nexus, or none, succeeds without effect.
 func (d *Disk) release(c *Command) result {
-	if r, ok := d.scsi2UnderPR(c); ok {
+	if d.prs.store != nil {
+		return d.scsi2Shared(c, false)
+	}
+	if r, ok := scsi2UnderPR(d.pr.Load(), c.Nexus); ok {
 		return r
 	}
 	d.releaseHeldBy(nexusIDOf(c.Nexus))
 	return good
 }
 
-// releaseHeldBy drops the reservation if nexus holds it.
+// releaseHeldBy drops the reservation if nexus holds it. With a PRStore it
+// commits the release, and returns once the other nodes installed it, when
+// the local copy says nexus holds it; the caller must not hold t.mu.
 func (d *Disk) releaseHeldBy(nexus uint64) {
-	if h := d.res.Load(); h != nil && h.nexus == nexus {
-		d.res.CompareAndSwap(h, nil)
+	h := d.res.Load()
+	if h == nil || *h != (holder{d.prs.instance, nexus}) {
+		return
 	}
+	if d.prs.store == nil {
+		d.res.CompareAndSwap(h, nil)
+		return
+	}
+	if !d.prBegin() {
+		return
+	}
+	defer d.prs.wg.Done()
+	d.scsi2Commit(&Nexus{ID: nexus}, false)
+}
+
+// scsi2Shared runs RESERVE (reserve set) or RELEASE through the store on a
+// goroutine of its own and completes c there.
+func (d *Disk) scsi2Shared(c *Command, reserve bool) result {
+	if !d.prBegin() {
+		return fail(prUnavailable)
+	}
+	go func() {
+		defer d.prs.wg.Done()
+		d.complete(c, d.scsi2Commit(c.Nexus, reserve))
+	}()
+	return pending
+}
+
+// scsi2Commit reserves the logical unit for n (reserve set) or releases
+// n's reservation in the store's record, under the rules of reserve and
+// release applied to the current record, and waits until the other nodes
+// installed the change. The caller counted itself in d.prs.wg.
+func (d *Disk) scsi2Commit(n *Nexus, reserve bool) result {
+	id := nexusIDOf(n)
+	r, _, _ := d.changeAll(func(cur *prRecord) (*prRecord, result) {
+		if r, ok := scsi2UnderPR(&cur.State, n); ok {
+			return nil, r
+		}
+		mine := d.holds(cur.Reserved, id)
+		switch {
+		case reserve == mine:
+			return nil, good
+		case reserve && cur.Reserved != nil:
+			return nil, conflictResult
+		}
+		next := &prRecord{State: cur.State, Issuer: id}
+		if reserve {
+			next.Reserved = &scsi2Holder{Node: d.prs.store.Node(), Instance: d.prs.instance, Nexus: id}
+		}
+		return next, good
+	})
+	return r
+}
+
+// membersChanged is called by the store with the nodes that serve the
+// unit now. A SCSI-2 reservation held through a node that left (its lease
+// ended: it died, or lost its lease and with it the right to hold the
+// unit), or through an earlier instance of this node (the process
+// restarted: its nexuses are gone), is released: I_T nexus loss.
+func (d *Disk) membersChanged(nodes []string) {
+	stale := func(h *scsi2Holder) bool {
+		if h == nil {
+			return false
+		}
+		if h.Node == d.prs.store.Node() && h.Instance != d.prs.instance {
+			return true
+		}
+		for _, m := range nodes {
+			if m == h.Node {
+				return false
+			}
+		}
+		return true
+	}
+	d.prs.mu.Lock()
+	h := d.prs.reserved
+	d.prs.mu.Unlock()
+	if !stale(h) || !d.prBegin() {
+		return
+	}
+	defer d.prs.wg.Done()
+	d.changeAll(func(cur *prRecord) (*prRecord, result) {
+		if cur.Reserved == nil || *cur.Reserved != *h {
+			return nil, good
+		}
+		return &prRecord{State: cur.State}, good
+	})
 }

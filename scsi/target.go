@@ -130,15 +130,21 @@ func (t *Target) AddNexus(n *Nexus) {
 
 // RemoveNexus forgets a nexus: its unit attentions, the SCSI-2
 // reservations it holds and its held EXTENDED COPY results. Persistent
-// reservation registrations survive it (SPC-4 5.13.2).
+// reservation registrations survive it (SPC-4 5.13.2). A SCSI-2
+// reservation of a logical unit with a PRStore is released in the store:
+// RemoveNexus returns once every node serving the unit installed the
+// release (or the store's bounds ran out).
 func (t *Target) RemoveNexus(n *Nexus) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	delete(t.nexuses, n.ID)
-	for _, d := range *t.luns.Load() {
+	luns := *t.luns.Load()
+	for _, d := range luns {
 		d.ua.remove(n.ID, 0, true)
-		d.releaseHeldBy(n.ID)
 		d.copies.forget(n.ID)
+	}
+	t.mu.Unlock()
+	for _, d := range luns {
+		d.releaseHeldBy(n.ID)
 	}
 }
 

@@ -5,7 +5,7 @@
 // Keys, under /iserd/<cluster>/, with <naa> the logical unit's NAA
 // designator as 16 hexadecimal digits:
 //
-//	pr/<naa>                       the record: state and the event of its last change
+//	pr/<naa>                       the record: state (persistent reservations, the SCSI-2 reservation) and the event of its last change
 //	pr-members/<naa>/<node>        the nodes serving the unit, on each node's lease
 //	pr-acks/<naa>/<node>           the last revision the node installed (and aborted what it preempted), on its lease
 //
@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -147,7 +148,7 @@ type lunStore struct {
 // as soon as the node holds a lease. When no node served the unit, the
 // first join also puts what powerOn made of the record, unless the record
 // changed by then.
-func (l *lunStore) Open(apply func(scsi.PRRecord), powerOn func(scsi.PRRecord) []byte) (scsi.PRRecord, error) {
+func (l *lunStore) Open(apply func(scsi.PRRecord), powerOn func(scsi.PRRecord) []byte, members func([]string)) (scsi.PRRecord, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed || l.cancel != nil {
@@ -160,21 +161,77 @@ func (l *lunStore) Open(apply func(scsi.PRRecord), powerOn func(scsi.PRRecord) [
 		return scsi.PRRecord{}, fmt.Errorf("read reservation record %s: %w", l.key, err)
 	}
 	cur := record(resp.Responses[0].GetResponseRange().Kvs)
+	nodes := make(map[string]bool)
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		nodes[strings.TrimPrefix(string(kv.Key), l.members)] = true
+	}
 	// Alone: no node serves the unit, this one included (a reopened unit,
 	// or a process that restarted within its old lease's TTL, is no power
 	// cycle).
-	if len(resp.Responses[1].GetResponseRange().Kvs) == 0 {
+	if len(nodes) == 0 {
 		if v := powerOn(cur); v != nil {
 			l.powerOn = &scsi.PRRecord{Rev: cur.Rev, Value: v}
 		}
 	}
 	wctx, wcancel := context.WithCancel(context.Background())
 	l.cancel = wcancel
-	l.wg.Add(2)
+	l.wg.Add(3)
 	go l.watch(wctx, resp.Header.Revision+1, apply)
 	go l.keepMember(wctx)
+	go l.watchMembers(wctx, resp.Header.Revision+1, nodes, members)
 	return cur, nil
 }
+
+// watchMembers calls members with the nodes that serve the unit: first
+// with nodes, read at revision from-1, then after every change of a member
+// key from revision from on. When the watch breaks it resumes from the
+// next revision; when that was compacted away, it reads the members again.
+func (l *lunStore) watchMembers(ctx context.Context, from int64, nodes map[string]bool, members func([]string)) {
+	defer l.wg.Done()
+	report := func() {
+		list := make([]string, 0, len(nodes))
+		for n := range nodes {
+			list = append(list, n)
+		}
+		slices.Sort(list)
+		members(list)
+	}
+	report()
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for wr := range l.s.client.Watch(wctx, l.members, clientv3.WithPrefix(), clientv3.WithRev(from)) {
+			if wr.CompactRevision != 0 {
+				if r, err := l.s.client.Get(wctx, l.members, clientv3.WithPrefix()); err == nil {
+					clear(nodes)
+					for _, kv := range r.Kvs {
+						nodes[strings.TrimPrefix(string(kv.Key), l.members)] = true
+					}
+					from = r.Header.Revision + 1
+					report()
+				}
+				break
+			}
+			if wr.Err() != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				node := strings.TrimPrefix(string(ev.Kv.Key), l.members)
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(nodes, node)
+				} else {
+					nodes[node] = true
+				}
+				from = ev.Kv.ModRevision + 1
+			}
+			report()
+		}
+		cancel()
+		retry.Sleep(ctx, retryDelay)
+	}
+}
+
+// Node is the name of this node.
+func (l *lunStore) Node() string { return l.s.node }
 
 // join puts this node's member key on lease and returns the revision of
 // the put. The first join puts the power-on record as well, in the same
