@@ -8,17 +8,18 @@
 #   multipath   the default LUN through both portals              ALL.MultipathIO
 #   read-only   a read-only LUN                                   ALL.ReadOnly
 #   cluster     one thin 64 MiB O_DIRECT LUN in /var/tmp, served  ALL but Sanitize
-#               by two clustered iserd gateways a and b           and Reserve6
+#               by two clustered iserd gateways a and b
 # The cluster pass runs its own etcd (Debian's etcd-server; the pass is
 # skipped, saying so, only when etcd is missing) and gateways a and b (one
 # portal each, tpgt 1 and 2, lease_ttl 3s) sharing the LUN's file (a cluster
 # LUN must take O_DIRECT, which tmpfs does not, hence /var/tmp); the first
 # URL is on a, the second on b, so every test that needs a second I_T
 # nexus (the Prout*, Prin* and MultipathIO ones among them) gets it on the
-# other gateway and sees only what the cluster shares through etcd. It
-# leaves out what is not shared across gateways: SCSI-2 RESERVE/RELEASE
-# (Reserve6) and mode pages (Sanitize.Readonly sets SWP on the second path),
-# and Sanitize, the suite's slow part (six minutes, the overwrites). It fails
+# other gateway and sees only what the cluster shares through etcd
+# (persistent and SCSI-2 reservations, resets). It leaves out Sanitize:
+# mode pages are not shared across gateways (Sanitize.Readonly sets SWP on
+# the second path), and it is the suite's slow part (six minutes, the
+# overwrites). It fails
 # when fewer than MIN_PASSED_CLUSTER tests pass in it. CLUSTER_FAMILY
 # replaces its test list.
 # Only the multipath pass gives libiscsi a second URL: with one, the tests
@@ -219,8 +220,8 @@ for p in "${passes[@]}"; do
     [ ${#cluster_pids[@]} -gt 0 ] || { echo "conformance: found no free ports for the cluster" >&2; exit 1; }
     echo "conformance: etcd and gateways a (127.0.0.1:$cluster_port) and b (:$cluster_port2), LUN in $shared"
     [ -n "${pass_family[cluster]}" ] || pass_family[cluster]=$(iscsi-test-cu -l |
-      grep -E '^ALL\.[A-Za-z0-9]+$' | grep -vx -e ALL.Sanitize -e ALL.Reserve6 | paste -sd,) &&
-      pass_desc[cluster]="ALL but ALL.Sanitize and ALL.Reserve6"
+      grep -E '^ALL\.[A-Za-z0-9]+$' | grep -vx -e ALL.Sanitize | paste -sd,) &&
+      pass_desc[cluster]="ALL but ALL.Sanitize"
     urls=("iscsi://127.0.0.1:$cluster_port/$t/0" "iscsi://127.0.0.1:$cluster_port2/$t/0")
   fi
   echo "== pass $p: ${pass_desc[$p]:-${pass_family[$p]}} on $t"
