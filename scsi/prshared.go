@@ -303,7 +303,7 @@ func (d *Disk) installState(rev int64, rec *prRecord) {
 	d.pr.Store(&rec.State)
 	if h := rec.Reserved; h == nil {
 		d.res.Store(nil)
-	} else if old := d.prs.reserved; old == nil || *old != *h {
+	} else {
 		d.res.Store(&holder{instance: h.Instance, nexus: h.Nexus})
 	}
 	d.prs.reserved = rec.Reserved

@@ -392,3 +392,114 @@ func TestPRStoreLostAnswer(t *testing.T) {
 		t.Fatalf("PR OUT whose outcome is unknown: status %#x sense %+v", c.Status, s)
 	}
 }
+
+// deliverRemote commits rec in m as another node would, and delivers it.
+func (m *memPRStore) deliverRemote(t *testing.T, rec *prRecord) {
+	t.Helper()
+	v, err := encodePRRecord(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Lock()
+	m.rec = PRRecord{Rev: m.rec.Rev + 1, Value: v}
+	r := m.rec
+	m.mu.Unlock()
+	m.apply(r)
+}
+
+// record decodes m's record.
+func (m *memPRStore) record(t *testing.T) *prRecord {
+	t.Helper()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rec, err := decodePRRecord(m.rec.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// TestPRStoreSCSI2: with a store, RESERVE (6) is committed to the record
+// and enforced from it, whether this Disk or another node committed it;
+// what ends it commits its release: RELEASE from the holder, the loss of
+// its I_T nexus, its node leaving the unit, an earlier instance of this
+// node, a power on (even with APTPL). A RELEASE from another nexus, a
+// PR OUT under it and a membership that still has its node keep it.
+func TestPRStoreSCSI2(t *testing.T) {
+	const other = "other"
+	reserve6, release6 := []byte{0x16, 0, 0, 0, 0, 0}, []byte{0x17, 0, 0, 0, 0, 0}
+	write := func(h *harness, n *Nexus) Status { return h.exec(n, 0, cdb10(0x2a, 0, 1), make([]byte, 512), 0).Status }
+	local := func(h *harness, m *memPRStore) { h.mustGood(h.a, reserve6) }
+	remote := func(instance uint64) func(h *harness, m *memPRStore) {
+		return func(h *harness, m *memPRStore) {
+			node := other
+			if instance != 0 {
+				node, instance = memNode, h.disk.prs.instance+instance
+			}
+			m.deliverRemote(t, &prRecord{Origin: instance + 1, Reserved: &scsi2Holder{Node: node, Instance: instance + 7, Nexus: h.a.ID}})
+		}
+	}
+	tests := []struct {
+		name     string
+		hold     func(h *harness, m *memPRStore)
+		end      func(h *harness, m *memPRStore) *harness // the harness to check, h unless the unit powered on
+		released bool
+	}{
+		{"RELEASE from the holder", local, func(h *harness, m *memPRStore) *harness { h.mustGood(h.a, release6); return h }, true},
+		{"RELEASE from another nexus", local, func(h *harness, m *memPRStore) *harness { h.mustGood(h.b, release6); return h }, false},
+		{"PR OUT from another nexus", local, func(h *harness, m *memPRStore) *harness {
+			h.mustPROut(h.b, proRegister, 0, scsitest.PROutParams(0, keyB, 0), StatusReservationConflict)
+			return h
+		}, false},
+		{"PR OUT from the holder", local, func(h *harness, m *memPRStore) *harness {
+			h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0), StatusGood)
+			return h
+		}, false},
+		{"nexus loss", local, func(h *harness, m *memPRStore) *harness { h.tgt.RemoveNexus(h.a); return h }, true},
+		{"its node serves", local, func(h *harness, m *memPRStore) *harness { m.members([]string{memNode}); return h }, false},
+		{"its node left", local, func(h *harness, m *memPRStore) *harness { m.members([]string{other}); return h }, true},
+		{"another node's, which serves", remote(0), func(h *harness, m *memPRStore) *harness { m.members([]string{memNode, other}); return h }, false},
+		{"another node's, which left", remote(0), func(h *harness, m *memPRStore) *harness { m.members([]string{memNode}); return h }, true},
+		{"an earlier instance's of this node", remote(1), func(h *harness, m *memPRStore) *harness { m.members([]string{memNode}); return h }, true},
+		{"power on, APTPL", local, func(h *harness, m *memPRStore) *harness {
+			h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0x01), StatusGood)
+			h2 := newHarnessOn(t, h.dev, DiskConfig{PRStore: m})
+			if _, ks := h2.keys(h2.b); len(ks) != 1 {
+				t.Fatalf("keys after the power on: %x, want the APTPL registration", ks)
+			}
+			return h2
+		}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &memPRStore{}
+			h := newHarness(t, DiskConfig{PRStore: m})
+			tt.hold(h, m)
+			held := m.record(t).Reserved
+			if held == nil {
+				t.Fatal("no SCSI-2 reservation in the record")
+			}
+			mine := held.Instance == h.disk.prs.instance
+			if mine && (held.Node != memNode || held.Nexus != h.a.ID) {
+				t.Fatalf("the record's reservation %+v, want a's on node %s", held, memNode)
+			}
+			if s := write(h, h.b); s != StatusReservationConflict {
+				t.Fatalf("write from b under the reservation: %#x", s)
+			}
+			if s := write(h, h.a); (s == StatusGood) != mine {
+				t.Fatalf("write from a under the reservation (held here: %v): %#x", mine, s)
+			}
+			h = tt.end(h, m)
+			if got := m.record(t).Reserved; (got == nil) != tt.released {
+				t.Fatalf("the record's reservation after it: %+v, want released=%v", got, tt.released)
+			}
+			if tt.released {
+				if s := write(h, h.b); s != StatusGood {
+					t.Fatalf("write from b once released: %#x", s)
+				}
+			} else if s := write(h, h.b); s != StatusReservationConflict {
+				t.Fatalf("write from b while still reserved: %#x", s)
+			}
+		})
+	}
+}
