@@ -456,6 +456,11 @@ func TestPRStoreSCSI2(t *testing.T) {
 			return h
 		}, false},
 		{"nexus loss", local, func(h *harness, m *memPRStore) *harness { h.tgt.RemoveNexus(h.a); return h }, true},
+		{"nexus loss of a registered holder", local, func(h *harness, m *memPRStore) *harness {
+			h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0), StatusGood)
+			h.tgt.RemoveNexus(h.a)
+			return h
+		}, true},
 		{"its node serves", local, func(h *harness, m *memPRStore) *harness { m.members([]string{memNode}); return h }, false},
 		{"its node left", local, func(h *harness, m *memPRStore) *harness { m.members([]string{other}); return h }, true},
 		{"another node's, which serves", remote(0), func(h *harness, m *memPRStore) *harness { m.members([]string{memNode, other}); return h }, false},

@@ -111,11 +111,24 @@ func (d *Disk) releaseHeldBy(nexus uint64) {
 		d.res.CompareAndSwap(h, nil)
 		return
 	}
+	d.dropReserved(func(r *scsi2Holder) bool { return d.holds(r, nexus) })
+}
+
+// dropReserved commits the record without its SCSI-2 reservation if held
+// says the reservation is still the one to drop, whatever the persistent
+// reservations (the I_T nexus that held it is gone), and waits until the
+// other nodes installed it.
+func (d *Disk) dropReserved(held func(r *scsi2Holder) bool) {
 	if !d.prBegin() {
 		return
 	}
 	defer d.prs.wg.Done()
-	d.scsi2Commit(&Nexus{ID: nexus}, false)
+	d.changeAll(func(cur *prRecord) (*prRecord, result) {
+		if !held(cur.Reserved) {
+			return nil, good
+		}
+		return &prRecord{State: cur.State}, good
+	})
 }
 
 // scsi2Shared runs RESERVE (reserve set) or RELEASE through the store on a
@@ -148,7 +161,7 @@ func (d *Disk) scsi2Commit(n *Nexus, reserve bool) result {
 		case reserve && cur.Reserved != nil:
 			return nil, conflictResult
 		}
-		next := &prRecord{State: cur.State, Issuer: id}
+		next := &prRecord{State: cur.State}
 		if reserve {
 			next.Reserved = &scsi2Holder{Node: d.prs.store.Node(), Instance: d.prs.instance, Nexus: id}
 		}
@@ -180,14 +193,7 @@ func (d *Disk) membersChanged(nodes []string) {
 	d.prs.mu.Lock()
 	h := d.prs.reserved
 	d.prs.mu.Unlock()
-	if !stale(h) || !d.prBegin() {
-		return
+	if stale(h) {
+		d.dropReserved(func(r *scsi2Holder) bool { return r != nil && *r == *h })
 	}
-	defer d.prs.wg.Done()
-	d.changeAll(func(cur *prRecord) (*prRecord, result) {
-		if cur.Reserved == nil || *cur.Reserved != *h {
-			return nil, good
-		}
-		return &prRecord{State: cur.State}, good
-	})
 }
