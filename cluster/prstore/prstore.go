@@ -144,7 +144,7 @@ type lunStore struct {
 }
 
 // Open reads the record and the members at one revision, watches the
-// record from there, and joins the logical unit (this node's member key)
+// record and the members from there (members gets the node names), and joins the logical unit (this node's member key)
 // as soon as the node holds a lease. When no node served the unit, the
 // first join also puts what powerOn made of the record, unless the record
 // changed by then.
