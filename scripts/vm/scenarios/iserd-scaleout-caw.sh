@@ -64,7 +64,7 @@ run() {
 }
 
 cluster_two_hosts "$IQN" caw # host1 ($H1) through gw-a, host2 ($H2) through gw-b
-block 0 | dd of="$H1" bs=512 count=1 oflag=direct status=none
+block 0 >"$PWD/zero" && dd if="$PWD/zero" of="$H1" bs=512 count=1 oflag=direct status=none # from a file: dd reads a pipe in pieces
 
 run "gw-a alone" "$H1"
 run "gw-a and gw-b at once" "$H1" "$H2"
