@@ -605,5 +605,22 @@ vm_cleanup() {
   iserd_stop || st=1
   tgt_teardown || st=1
   lio_teardown || st=1
+  loops_detach || st=1
+  return $st
+}
+
+# loops_detach: detaches the loop devices left on files of the scenarios' directories (a
+# scenario killed before its own cleanup), so that removing those files frees their memory.
+loops_detach() {
+  local f d st=0
+  for f in /sys/block/loop*/loop/backing_file; do
+    [ -e "$f" ] || continue
+    case $(cat "$f") in
+      /tmp/scenario.*)
+        d=${f#/sys/block/}
+        losetup -d "/dev/${d%%/*}" || st=1
+        ;;
+    esac
+  done
   return $st
 }
