@@ -87,6 +87,9 @@ run_one() {
   bash -c '. /usr/lib/vm/lib.sh; vm_cleanup' >/tmp/cleanup.log 2>&1 || {
     echo "vm: cleanup after $name failed:"; cat /tmp/cleanup.log
   }
+  # /tmp is the VM's memory: a scenario's files (LUN images, a cluster's shared device) go
+  # with it, or later scenarios run out of space.
+  rm -rf "$dir"
   marker "END:$name:$status:$(awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"
   [ "$status" -eq 0 ] || [ "$status" -eq 77 ]
 }

@@ -469,6 +469,31 @@ gw_stop() {
 # gw_status N: gateway N's `iserctl cluster status`.
 gw_status() { iserctl --socket "$CLUSTER_DIR/$1.sock" cluster status; }
 
+# now: seconds since boot (/proc/uptime, with hundredths); since T0: the seconds since now was T0.
+now() { cut -d' ' -f1 /proc/uptime; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+# settle DEV: TEST UNIT READY until GOOD, passing the unit attentions of new or recovered
+# sessions.
+settle() { wait_until 60 "TEST UNIT READY on $1" eval "sg_turs $1 >/dev/null 2>&1"; }
+
+# cluster_two_hosts IQN NAME: a cluster serving IQN (lease TTL 3 s): etcd, gw-a on $VM_ADDR and
+# gw-b on $VM_ADDR2, and two initiators, iqn.2026-12.org.iserd:NAME-host1 logged in through gw-a
+# only and NAME-host2 through gw-b only (open-iscsi ifaces if1, if2), each disk answering TEST
+# UNIT READY; sets H1 and H2 to their disks.
+cluster_two_hosts() {
+  cluster_init "$1" 3
+  etcd_start
+  gw_start a "$VM_ADDR" 1
+  gw_start b "$VM_ADDR2" 2
+  iface_new if1 "iqn.2026-12.org.iserd:$2-host1"
+  iface_new if2 "iqn.2026-12.org.iserd:$2-host2"
+  H1=$(iface_login "$1" "$VM_ADDR:3260" if1)
+  H2=$(iface_login "$1" "$VM_ADDR2:3260" if2)
+  log "host1 via gw-a: $H1, host2 via gw-b: $H2"
+  settle "$H1"
+  settle "$H2"
+}
+
 # ---- LIO (kernel target, configured through configfs) -----------------------------------
 
 # cfs_write VALUE FILE: writes a configfs attribute, reporting which one failed.
@@ -580,5 +605,22 @@ vm_cleanup() {
   iserd_stop || st=1
   tgt_teardown || st=1
   lio_teardown || st=1
+  loops_detach || st=1
+  return $st
+}
+
+# loops_detach: detaches the loop devices left on files of the scenarios' directories (a
+# scenario killed before its own cleanup), so that removing those files frees their memory.
+loops_detach() {
+  local f d st=0
+  for f in /sys/block/loop*/loop/backing_file; do
+    [ -e "$f" ] || continue
+    case $(cat "$f") in
+      /tmp/scenario.*)
+        d=${f#/sys/block/}
+        losetup -d "/dev/${d%%/*}" || st=1
+        ;;
+    esac
+  done
   return $st
 }

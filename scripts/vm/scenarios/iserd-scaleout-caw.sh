@@ -9,10 +9,6 @@
 IQN=iqn.2026-12.org.iserd:vm-scaleout-caw
 INCS=${CAW_INCS:-100} # successful increments per loop
 MISCOMPARE=14         # sg3_utils' exit status for a miscompare (SG_LIB_CAT_MISCOMPARE)
-now() { cut -d' ' -f1 /proc/uptime; }
-# since T0: the seconds since uptime T0.
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-settle() { wait_until 60 "TEST UNIT READY on $1" eval "sg_turs $1 >/dev/null 2>&1"; }
 # block N: a 512-byte block holding counter N (16 decimal digits, then zeroes).
 block() { printf '%016d' "$1" && head -c 496 /dev/zero; }
 # counter DEV: the counter in block 0, read through DEV without the page cache.
@@ -67,19 +63,9 @@ run() {
   assert_eq "$((before + sum))" "$after" "$what: the counter (from $before, $sum successful COMPARE AND WRITEs)"
 }
 
-cluster_init "$IQN" 3
-etcd_start
-gw_start a "$VM_ADDR" 1
-gw_start b "$VM_ADDR2" 2
-iface_new if1 iqn.2026-12.org.iserd:caw-host1
-iface_new if2 iqn.2026-12.org.iserd:caw-host2
-DA=$(iface_login "$IQN" "$VM_ADDR:3260" if1)  # host1 through gw-a
-DB=$(iface_login "$IQN" "$VM_ADDR2:3260" if2) # host2 through gw-b
-log "host1 via gw-a: $DA, host2 via gw-b: $DB"
-settle "$DA"
-settle "$DB"
-block 0 | dd of="$DA" bs=512 count=1 oflag=direct status=none
+cluster_two_hosts "$IQN" caw # host1 ($H1) through gw-a, host2 ($H2) through gw-b
+block 0 >"$PWD/zero" && dd if="$PWD/zero" of="$H1" bs=512 count=1 oflag=direct status=none # from a file: dd reads a pipe in pieces
 
-run "gw-a alone" "$DA"
-run "gw-a and gw-b at once" "$DA" "$DB"
+run "gw-a alone" "$H1"
+run "gw-a and gw-b at once" "$H1" "$H2"
 grep -h "compare and write" "$CLUSTER_DIR"/a.log "$CLUSTER_DIR"/b.log || true

@@ -11,9 +11,6 @@
 IQN=iqn.2026-12.org.iserd:vm-scaleout-pr
 A=$VM_ADDR
 B=$VM_ADDR2
-now() { cut -d' ' -f1 /proc/uptime; }
-# since T0: the seconds since uptime T0.
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 # restart_all: stops both gateways and etcd, starts them again and waits until both hosts'
 # sessions serve again; prints how long that took.
 restart_all() {
@@ -28,9 +25,6 @@ restart_all() {
   settle "$H2"
   log "FIGURE etcd and both gateways restarted, both sessions served again after $(since "$t0")s"
 }
-# settle DEV: TEST UNIT READY until GOOD, passing the unit attentions of new or recovered
-# sessions.
-settle() { wait_until 60 "TEST UNIT READY on $1" eval "sg_turs $1 >/dev/null 2>&1"; }
 # duration CMD...: runs sg3_utils command CMD (verbose enough to report the command's
 # duration) and prints that duration in ms; fails with CMD's output when CMD fails.
 duration() {
@@ -68,17 +62,7 @@ served() {
   out=$($3 "$2") || fail "$1's ${3%10} through $2 failed: $out"
 }
 
-cluster_init "$IQN" 3
-etcd_start
-gw_start a "$A" 1
-gw_start b "$B" 2
-iface_new if1 iqn.2026-12.org.iserd:pr-host1
-iface_new if2 iqn.2026-12.org.iserd:pr-host2
-H1=$(iface_login "$IQN" "$A:3260" if1) # host1 through gw-a
-H2=$(iface_login "$IQN" "$B:3260" if2) # host2 through gw-b
-log "host1 via gw-a: $H1, host2 via gw-b: $H2"
-settle "$H1"
-settle "$H2"
+cluster_two_hosts "$IQN" pr # host1 ($H1) through gw-a, host2 ($H2) through gw-b
 
 # 1. host1 registers and reserves Write Exclusive through gw-a; host2 registers through gw-b.
 pro "register 0x1 (host1, gw-a)" "$H1" --register --param-sark=0x1 --param-aptpl

@@ -33,7 +33,6 @@ log "sg_rtpg: $rtpg"
   fail "both gateways' groups should be active/optimized: $rtpg"
 
 ios() { awk '{print $1 + $5}' "/sys/block/$(basename "$(readlink -f "$1")")/stat"; }
-now() { cut -d' ' -f1 /proc/uptime; }
 # resumed_after MAP SINCE: waits until the map completes I/O again and prints the seconds since SINCE.
 resumed_after() {
   local n0
