@@ -336,6 +336,32 @@ mpath_login() {
   done
 }
 
+# mpath_up IQN ADDRESS...: logs in through every address (mpath_login), starts multipathd and
+# waits for one map with a path per address; sets MP to the map's device and TOPO to
+# `multipath -ll`, which must show the ALUA hardware handler.
+mpath_up() {
+  local iqn=$1
+  shift
+  mpath_login "$iqn" "$@" || return 1
+  timed "multipathd start" multipath_start || return 1
+  MP=$(timed "multipath map with $# paths" mpath_wait $#) || return 1
+  TOPO=$(multipath -ll)
+  log "multipath topology:"$'\n'"$TOPO"
+  assert_contains "$TOPO" "hwhandler='1 alua'" "multipath -ll"
+}
+
+# map_ios DEV: reads and writes DEV (a /dev/mapper name too) has completed so far.
+map_ios() { awk '{print $1 + $5}' "/sys/block/$(basename "$(readlink -f "$1")")/stat"; }
+
+# resumed_after DEV SINCE: waits until DEV completes I/O again and prints the seconds since
+# SINCE (a value of now).
+resumed_after() {
+  local n0
+  n0=$(map_ios "$1")
+  wait_until 60 "I/O to resume on $1" eval "[ \$(map_ios $1) -gt $n0 ]" || return 1
+  awk -v a="$2" -v b="$(now)" 'BEGIN { printf "%.1f\n", b - a }'
+}
+
 # mpath_wait PATHS [SECONDS]: waits (default 30 s) until one multipath map has PATHS paths the
 # checker calls ready, and prints its /dev/mapper device.
 mpath_wait() {

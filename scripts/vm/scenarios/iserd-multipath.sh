@@ -25,25 +25,10 @@ targets:
       - {lun: 0, path: lun0.img, size: 128MiB}
 EOC
 iserd_start /tmp/iserd-mpath.yaml
-mpath_login "$IQN" "$A" "$B"
-timed "multipathd start" multipath_start
-mp=$(timed "multipath map with 2 paths" mpath_wait 2)
-topo=$(multipath -ll)
-log "multipath topology:"$'\n'"$topo"
-assert_contains "$topo" "hwhandler='1 alua'" "multipath -ll"
-assert_contains "$topo" "prio=50" "multipath -ll (active/optimized group)"
-assert_contains "$topo" "prio=10" "multipath -ll (active/non-optimized group)"
-
-# iostat-like sampling: ios completed on a device, from /sys/block/*/stat (reads + writes).
-ios() { awk '{print $1 + $5}' "/sys/block/$(basename "$(readlink -f "$1")")/stat"; }
-# resumed_after MAP SINCE: waits until the map completes I/O again and prints the seconds since SINCE.
-resumed_after() {
-  local n0 now
-  n0=$(ios "$1")
-  wait_until 60 "I/O to resume on $1" eval "[ \$(ios $1) -gt $n0 ]" || return 1
-  now=$(cut -d' ' -f1 /proc/uptime)
-  awk -v a="$2" -v b="$now" 'BEGIN { printf "%.1f\n", b - a }'
-}
+mpath_up "$IQN" "$A" "$B"
+mp=$MP
+assert_contains "$TOPO" "prio=50" "multipath -ll (active/optimized group)"
+assert_contains "$TOPO" "prio=10" "multipath -ll (active/non-optimized group)"
 
 fio --name=mpath --filename="$mp" --ioengine=libaio --direct=1 --iodepth=8 --rw=randwrite \
   --bs=4k --size=64M --verify=crc32c --do_verify=1 --verify_fatal=1 --exitall_on_error \
@@ -52,10 +37,10 @@ fio_pid=$!
 sleep 5
 optimized=$(multipathd show paths raw format "%d %p" | awk '$2 == 50 {print $1}')
 [ -n "$optimized" ] || fail "no path with ALUA priority 50: $(multipathd show paths)"
-before=$(ios "/dev/$optimized")
+before=$(map_ios "/dev/$optimized")
 sleep 2
-[ "$(ios "/dev/$optimized")" -gt "$before" ] || fail "no I/O on the optimized path $optimized"
-lost=$(cut -d' ' -f1 /proc/uptime)
+[ "$(map_ios "/dev/$optimized")" -gt "$before" ] || fail "no I/O on the optimized path $optimized"
+lost=$(now)
 iserctl portal remove "$A:3260" >/dev/null
 ss -K dst "$A" dport = 3260 >/dev/null 2>&1 || true
 ss -K src "$A" sport = 3260 >/dev/null 2>&1 || true
@@ -75,7 +60,7 @@ sg_stpg --standby --tp=1 "/dev/$other" >/dev/null 2>&1 || sg_stpg --standby --tp
 wait_until 20 "multipath to see 192.0.2.1's group in standby" eval \
   "multipathd show paths raw format '%d %p' | grep -q '^$optimized 1\$'"
 log "after SET TARGET PORT GROUPS (group 1 standby): $(multipathd show paths raw format '%d %t %T %p' | tr '\n' ';')"
-before=$(ios "/dev/$other")
+before=$(map_ios "/dev/$other")
 dd if="$mp" of=/dev/null bs=4k count=256 iflag=direct status=none
-[ "$(ios "/dev/$other")" -gt "$before" ] || fail "reads did not go to $other once group 1 was in standby"
+[ "$(map_ios "/dev/$other")" -gt "$before" ] || fail "reads did not go to $other once group 1 was in standby"
 multipath_stop

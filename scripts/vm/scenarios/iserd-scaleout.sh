@@ -21,25 +21,13 @@ gw_start a "$A" 1
 gw_start b "$B" 2
 log "cluster:"$'\n'"$(gw_status a)"
 assert_eq yes "$(live_at a b)" "gw-b live at gw-a"
-mpath_login "$IQN" "$A" "$B"
-timed "multipathd start" multipath_start
-mp=$(timed "multipath map with 2 paths" mpath_wait 2)
-topo=$(multipath -ll)
-log "multipath topology:"$'\n'"$topo"
-assert_contains "$topo" "hwhandler='1 alua'" "multipath -ll"
+mpath_up "$IQN" "$A" "$B"
+mp=$MP
 rtpg=$(sg_rtpg -d "/dev/$(multipathd show paths raw format '%d' | head -1)" | tr '\n' ' ')
 log "sg_rtpg: $rtpg"
 [[ $rtpg == *"group id : 0x1"*"active/optimized"*"group id : 0x2"*"active/optimized"* ]] ||
   fail "both gateways' groups should be active/optimized: $rtpg"
 
-ios() { awk '{print $1 + $5}' "/sys/block/$(basename "$(readlink -f "$1")")/stat"; }
-# resumed_after MAP SINCE: waits until the map completes I/O again and prints the seconds since SINCE.
-resumed_after() {
-  local n0
-  n0=$(ios "$1")
-  wait_until 60 "I/O to resume on $1" eval "[ \$(ios $1) -gt $n0 ]" || return 1
-  awk -v a="$2" -v b="$(now)" 'BEGIN { printf "%.1f\n", b - a }'
-}
 # path_of ADDRESS: the sdX of the path through ADDRESS.
 path_of() {
   local s
@@ -57,9 +45,9 @@ fio --name=scaleout --filename="$mp" --ioengine=libaio --direct=1 --iodepth=8 --
   --time_based --runtime=120 --verify_backlog=1024 >"$D/fio.log" 2>&1 &
 fio_pid=$!
 sleep 5
-before=$(ios "/dev/$PA")
+before=$(map_ios "/dev/$PA")
 sleep 2
-[ "$(ios "/dev/$PA")" -gt "$before" ] || fail "no I/O on gw-a's path $PA"
+[ "$(map_ios "/dev/$PA")" -gt "$before" ] || fail "no I/O on gw-a's path $PA"
 
 # 1. gw-a killed.
 lost=$(now)
