@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -520,4 +521,33 @@ func TestPRTargetPorts(t *testing.T) {
 		}
 		h.mustPROut(other, proRegister, 0, scsitest.PROutParams(keyA, keyA, 0), want)
 	}
+}
+
+// TestPRRegistrationCap plays an initiator that registers from ever new I_T
+// nexuses: the unit keeps maxPRRegs registrations, refuses the next with
+// INSUFFICIENT REGISTRATION RESOURCES, and serves the registered ones as before.
+func TestPRRegistrationCap(t *testing.T) {
+	h := newHarness(t, DiskConfig{})
+	nexus := func(i int) *Nexus {
+		n := &Nexus{ID: uint64(100 + i), InitiatorPort: fmt.Sprintf("iqn.hostile-%d,i,0x1", i),
+			TargetPort: "iqn.2026-11.test:tgt,t,0x1", RelativePort: 1}
+		h.tgt.AddNexus(n)
+		h.run(n, cdbTUR()) // takes the power-on unit attention
+		return n
+	}
+	first := nexus(0)
+	h.mustPROut(first, proRegister, 0, scsitest.PROutParams(0, 1, 0), StatusGood)
+	for i := 1; i < maxPRRegs; i++ {
+		h.mustPROut(nexus(i), proRegister, 0, scsitest.PROutParams(0, uint64(i+1), 0), StatusGood)
+	}
+	c := h.prout(nexus(maxPRRegs), proRegister, 0, scsitest.PROutParams(0, 0xffff, 0))
+	if c.Status != StatusCheckCondition || senseOf(c).code != ascInsufficientRegRes {
+		t.Fatalf("registration %d: status %#x sense %+v, want INSUFFICIENT REGISTRATION RESOURCES", maxPRRegs+1, c.Status, senseOf(c))
+	}
+	b := data(h.mustGood(h.a, cdbPRIn(priReadKeys)))
+	if n := binary.BigEndian.Uint32(b[4:]) / 8; n != maxPRRegs {
+		t.Errorf("READ KEYS lists %d keys, want %d", n, maxPRRegs)
+	}
+	h.mustPROut(h.a, proRegister, 0, scsitest.PROutParams(0, keyA, 0), StatusCheckCondition)
+	h.mustPROut(first, proReserve, prWE, scsitest.PROutParams(1, 0, 0), StatusGood)
 }
