@@ -70,7 +70,10 @@ func (m *Manager) syncShared() {
 		}
 		return
 	}
-	if rev == m.sharedRev {
+	if rev <= m.sharedRev {
+		// Applied already, or older than this gateway's own last store: the
+		// watch may still show the revision before it (etcd revisions only
+		// grow), and applying that would drop the change just stored.
 		return
 	}
 	m.sharedRev = rev // applied or not, it is not tried again until it changes

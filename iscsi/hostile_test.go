@@ -115,27 +115,12 @@ func TestWindowEnforced(t *testing.T) {
 	sess := e.srv.Sessions()[0]
 	base := liveHeap()
 	g.Hold()
-	stop := make(chan struct{})
-	peak := make(chan int64)
-	go func() {
-		var most int64
-		for {
-			select {
-			case <-stop:
-				peak <- most
-				return
-			default:
-			}
-			most = max(most, sess.Stats().InFlight)
-			time.Sleep(200 * time.Microsecond)
-		}
-	}()
+	peak := watchInFlight(sess)
 	for i := range 2000 {
 		rawCommand(t, c, 0x80|0x40|1, 128<<10, initiator.Read16(uint64(i%64)*256, 256), nil)
 	}
 	time.Sleep(200 * time.Millisecond)
-	close(stop)
-	most := <-peak
+	most := peak()
 	t.Logf("most commands in flight: %d (window %d)", most, window)
 	if most > window {
 		t.Fatalf("%d commands in flight with a window of %d", most, window)
@@ -402,4 +387,25 @@ func TestLoginAnswerBounds(t *testing.T) {
 			}
 		})
 	}
+}
+
+// watchInFlight samples the session's commands in flight (received and not
+// yet answered, as the target counts them) every 200 us until the returned
+// function is called, which reports the most it saw.
+func watchInFlight(sess *iscsi.Session) (peak func() int64) {
+	stop, most := make(chan struct{}), make(chan int64)
+	go func() {
+		var n int64
+		for {
+			select {
+			case <-stop:
+				most <- n
+				return
+			default:
+			}
+			n = max(n, sess.Stats().InFlight)
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	return func() int64 { close(stop); return <-most }
 }

@@ -12,10 +12,9 @@ import (
 )
 
 // load keeps depth reads of 4 KiB outstanding on c until stop is closed,
-// and reports how many completed and the most it had in flight.
-func load(t *testing.T, c *initiator.Conn, depth int, stop <-chan struct{}) (done *atomic.Int64, peak *atomic.Int64, wait func()) {
-	done, peak = new(atomic.Int64), new(atomic.Int64)
-	var inFlight atomic.Int64
+// and reports how many completed.
+func load(t *testing.T, c *initiator.Conn, depth int, stop <-chan struct{}) (done *atomic.Int64, wait func()) {
+	done = new(atomic.Int64)
 	var wg sync.WaitGroup
 	for i := range depth {
 		wg.Add(1)
@@ -32,11 +31,7 @@ func load(t *testing.T, c *initiator.Conn, depth int, stop <-chan struct{}) (don
 					t.Error(err)
 					return
 				}
-				n := inFlight.Add(1)
-				for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
-				}
 				r, err := task.Wait(ctxT(t))
-				inFlight.Add(-1)
 				if err != nil || r.Status != 0 {
 					t.Errorf("read: %v %+v", err, r)
 					return
@@ -45,7 +40,7 @@ func load(t *testing.T, c *initiator.Conn, depth int, stop <-chan struct{}) (don
 			}
 		}()
 	}
-	return done, peak, wg.Wait
+	return done, wg.Wait
 }
 
 // sessionOf returns the server's session of c.
@@ -77,12 +72,14 @@ func TestQoSWindow(t *testing.T) {
 		t.Fatalf("the initiator may send %d commands, want 99", n)
 	}
 	stop := make(chan struct{})
-	done, peak, wait := load(t, c, 128, stop)
+	peak := watchInFlight(s)
+	done, wait := load(t, c, 128, stop)
 	time.Sleep(1500 * time.Millisecond)
 	close(stop)
 	wait()
-	if p := peak.Load(); p > 100 {
-		t.Errorf("%d commands in flight under a window of 100", p)
+	most := peak()
+	if most > 100 {
+		t.Errorf("%d commands in flight under a window of 100", most)
 	}
 	st := tgt.QoSStats()
 	if len(st) != 1 || st[0].Scope != "lun" {
@@ -98,7 +95,7 @@ func TestQoSWindow(t *testing.T) {
 	if ls.Throttled == 0 || done.Load() == 0 {
 		t.Errorf("nothing was throttled (%d done): %+v", done.Load(), ls)
 	}
-	t.Logf("%d reads in 1.5 s at QD128 under 200 IOPS; peak in flight %d; limiter %+v", done.Load(), peak.Load(), ls)
+	t.Logf("%d reads in 1.5 s at QD128 under 200 IOPS; peak in flight %d; limiter %+v", done.Load(), most, ls)
 
 	tgt.SetQoS(iscsi.QoS{})
 	for range 200 {
@@ -184,8 +181,8 @@ func TestQoSWeights(t *testing.T) {
 	}
 	clearUA(t, heavy)
 	stop := make(chan struct{})
-	nl, _, waitL := load(t, light, 32, stop)
-	nh, _, waitH := load(t, heavy, 32, stop)
+	nl, waitL := load(t, light, 32, stop)
+	nh, waitH := load(t, heavy, 32, stop)
 	time.Sleep(300 * time.Millisecond) // past the bucket's burst
 	l0, h0 := nl.Load(), nh.Load()
 	time.Sleep(2 * time.Second)
