@@ -16,8 +16,8 @@
 #         iserd, LIO and tgt over iSCSI/TCP and iserd and LIO over iSER.
 # Results: bench/results/samples.tsv (every run), latest.tsv (summary), latest.svg (chart).
 # Environment: BENCH_RUNS (3) and BENCH_SECONDS (4) per host figure, BENCH_VM_RUNS and
-# BENCH_VM_SECONDS (default: the same) in the VM. Host only: BENCH_BACKINGS (default "shm mem
-# disk") and BENCH_CASES (case names, default all) narrow the run; BENCH_BASELINE=path/to/iserd
+# BENCH_VM_SECONDS (default: the same) in the VM. BENCH_CASES (case names, default all) narrows
+# the run, and on the host so does BENCH_BACKINGS (default "shm mem disk"); BENCH_BASELINE=path/to/iserd
 # runs that binary beside bin/iserd as target "iserd-base" (before/after in one run).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -399,7 +399,7 @@ run_vm() {
   local scen=$WORK/vm/bench-targets.sh log=${VM_CACHE_DIR:-$ROOT/scripts/vm/.cache}/logs/bench-targets.log
   mkdir -p "$WORK/vm"
   { head -1 scripts/vm/scenarios/bench-targets.sh
-    echo "BENCH_RUNS=$VM_RUNS BENCH_SECONDS=$VM_SECS"
+    echo "BENCH_RUNS=$VM_RUNS BENCH_SECONDS=$VM_SECS BENCH_CASES='${BENCH_CASES:-}'"
     tail -n +2 scripts/vm/scenarios/bench-targets.sh; } >"$scen"
   note "vm: $VM_RUNS runs of ${VM_SECS}s per figure (console: $log)"
   if ! VM_VERBOSE='' scripts/vm/run.sh "$scen" >"$WORK/vm/run.out" 2>&1; then

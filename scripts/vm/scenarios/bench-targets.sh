@@ -10,7 +10,8 @@
 # CPU is the whole VM's busy time (initiator and target: LIO has no process to measure) per I/O;
 # for iserd and tgtd a line "INFO vm TRANSPORT/CASE TARGET process-cpu-us-per-io N" follows
 # with the target process's own utime+stime per I/O.
-# BENCH_RUNS and BENCH_SECONDS (set by bench/run.sh in a copy of this file) override the defaults.
+# BENCH_RUNS and BENCH_SECONDS (set by bench/run.sh in a copy of this file) override the defaults;
+# BENCH_CASES (case names) narrows the cases.
 RUNS=${BENCH_RUNS:-3}
 SECS=${BENCH_SECONDS:-4}
 SIZE_MB=192
@@ -125,6 +126,7 @@ cases=(
 )
 for c in "${cases[@]}"; do
   read -r name rw bs qd <<<"$c"
+  [ -z "${BENCH_CASES:-}" ] || [[ " $BENCH_CASES " == *" $name "* ]] || continue
   for run in $(seq "$RUNS"); do
     for e in "${entries[@]}"; do
       read -r transport target _ <<<"$e"
