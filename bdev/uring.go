@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/iserd/iserd/bdev/uring"
+	"github.com/iserd/iserd/internal/procscale"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -32,11 +33,12 @@ type UringOptions struct {
 	// every ring, so requests whose Buf comes from it skip the kernel's
 	// per-I/O page pinning.
 	Pool *Pool
-	// Rings is the number of rings and workers (default GOMAXPROCS).
+	// Rings is the number of rings and workers (default procscale.Limit:
+	// the CPUs iserd may use).
 	Rings int
 	// InlineRings is the number of further rings that Inline requests
 	// borrow to run to completion on their submitter's goroutine (default
-	// GOMAXPROCS; negative: none, every request goes to a worker).
+	// procscale.Limit; negative: none, every request goes to a worker).
 	InlineRings int
 	// Entries is the submission ring size of each ring (default 128).
 	Entries int
@@ -129,7 +131,7 @@ type Uring struct {
 // concern the backing store.
 func NewUring(path string, o UringOptions) (*Uring, error) {
 	if o.Rings <= 0 {
-		o.Rings = runtime.GOMAXPROCS(0)
+		o.Rings = procscale.Limit()
 	}
 	if o.Entries <= 0 {
 		o.Entries = 128
@@ -144,7 +146,7 @@ func NewUring(path string, o UringOptions) (*Uring, error) {
 		o.Log = zap.NewNop()
 	}
 	if o.InlineRings == 0 {
-		o.InlineRings = runtime.GOMAXPROCS(0)
+		o.InlineRings = procscale.Limit()
 	}
 	d := &Uring{file: f, direct: -1, pool: o.Pool, path: path, log: o.Log, directOnly: o.DirectOnly}
 	for i := range o.Rings + max(o.InlineRings, 0) {

@@ -28,6 +28,7 @@ import (
 	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/cluster"
 	"github.com/iserd/iserd/internal/cli"
+	"github.com/iserd/iserd/internal/procscale"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iser"
 	"github.com/iserd/iserd/rdma"
@@ -250,6 +251,7 @@ func run(f *flags) error {
 		idle = bdev.DefaultTrimInterval
 	}
 	go returnIdleHeap(ctx, idle)
+	go procscale.Run(ctx)
 	sd := newNotifier(log)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
