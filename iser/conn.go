@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -196,13 +197,22 @@ func (c *conn) completions(ctx context.Context) {
 			}
 			return
 		}
+		received := false
 		for i := range wcs[:n] {
-			c.complete(&wcs[i])
+			received = c.complete(&wcs[i]) || received
+		}
+		if received {
+			// The reader was made runnable on this P: let it take the
+			// command now, before this goroutine arms the CQ (a system
+			// call) and parks. With one P it would otherwise wait for that.
+			runtime.Gosched()
 		}
 	}
 }
 
-func (c *conn) complete(wc *rdma.WorkCompletion) {
+// complete dispatches one work completion; it reports whether it handed a
+// received PDU to the reader.
+func (c *conn) complete(wc *rdma.WorkCompletion) bool {
 	kind, idx := wc.ID&wrKindMask, int(wc.ID&^wrKindMask)
 	err := wc.Err()
 	if err != nil && kind != wrRead { // a failed READ fails its command; the QP's errors follow
@@ -212,7 +222,7 @@ func (c *conn) complete(wc *rdma.WorkCompletion) {
 		if err == nil {
 			c.recvCh <- uint64(idx)<<32 | uint64(wc.ByteLen)
 		}
-		return
+		return err == nil
 	}
 	var w iscsi.DataWaiter
 	c.sqMu.Lock()
@@ -239,6 +249,7 @@ func (c *conn) complete(wc *rdma.WorkCompletion) {
 	if w != nil {
 		w.DataDone(err)
 	}
+	return false
 }
 
 // fail marks the connection dead: readers see EOF, writers an error, and
