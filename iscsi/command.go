@@ -2,7 +2,6 @@ package iscsi
 
 import (
 	"encoding/binary"
-	"time"
 
 	"github.com/iserd/iserd/bdev"
 	"go.uber.org/zap"
@@ -340,7 +339,7 @@ func (c *conn) handleDataOut(h *Header, pl *payload) error {
 // releases a read whose data a DataMover has finished sending.
 func (t *task) DataDone(err error) {
 	if t.putting {
-		t.c.taskSent(t, time.Now())
+		t.c.taskSent(t, monoNow())
 		return
 	}
 	t.c.sess.mu.Lock()

@@ -40,7 +40,7 @@ type conn struct {
 	wclose   bool        // the handed-off batch ends in outClose
 	whalf    bool        // the handed-off batch ends in outShutdown
 	wdefer   atomic.Bool // the reader has more PDUs at hand: it wakes the writer once it runs dry
-	rxTime   time.Time   // reader: when the current burst of PDUs was taken in
+	rxTime   monoTime    // reader: when the current burst of PDUs was taken in
 	sent     []*task     // writer: tasks to release once the batch is flushed
 	wbhs     BHS         // writer: scratch header
 	statSN   uint32      // writer-owned after login

@@ -143,7 +143,7 @@ type sessionCounters struct {
 }
 
 // record counts one finished command.
-func (sc *sessionCounters) record(t *task, now time.Time) {
+func (sc *sessionCounters) record(t *task, now monoTime) {
 	sc.commands.Add(1)
 	sc.inFlight.Add(-1)
 	if t.read {
@@ -155,7 +155,7 @@ func (sc *sessionCounters) record(t *task, now time.Time) {
 	if t.cmd.Status != 0 {
 		sc.errors.Add(1)
 	}
-	d := now.Sub(t.start)
+	d := time.Duration(now - t.start)
 	sc.latencyNanos.Add(uint64(d))
 	i := 0
 	for i < len(LatencyBounds) && d >= LatencyBounds[i] {

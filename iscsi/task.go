@@ -43,7 +43,7 @@ type task struct {
 
 	putting  bool // a DataMover holds the data buffer until DataDone
 	fetching bool // a DataMover is fetching write data (under the session lock)
-	start    time.Time
+	start    monoTime
 	lun      *sessionCounters // the LUN's counters, nil for an unknown LUN
 	aborted  atomic.Bool
 	abortWG  *sync.WaitGroup // signalled when an aborted task has finished
@@ -126,7 +126,7 @@ func scsiDone(cmd *scsi.Command) {
 // taskSent runs on the writer once a task's response is out (or will never
 // be): the task leaves the session and, for a non-immediate command, the
 // CmdSN window opens by one.
-func (c *conn) taskSent(t *task, now time.Time) {
+func (c *conn) taskSent(t *task, now monoTime) {
 	s := c.sess
 	if t.answered {
 		s.answered.Add(-1)
@@ -149,3 +149,13 @@ func (c *conn) taskSent(t *task, now time.Time) {
 	}
 	t.release()
 }
+
+// monoTime is a reading of the monotonic clock: the time since clockBase.
+// Reading it (monoNow) costs one clock call where time.Now costs two (wall
+// and monotonic), which shows per command in an emulated VM, where each
+// call took about 8 us.
+type monoTime time.Duration
+
+var clockBase = time.Now()
+
+func monoNow() monoTime { return monoTime(time.Since(clockBase)) }

@@ -2,7 +2,6 @@ package iscsi
 
 import (
 	"net"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -41,7 +40,7 @@ func (c *conn) enqueue(it outItem) {
 	if c.wstopped {
 		c.wmu.Unlock()
 		if it.kind == outResponse {
-			c.taskSent(it.task, time.Now())
+			c.taskSent(it.task, monoNow())
 		}
 		c.controlSent(it.ctl)
 		return
@@ -63,7 +62,7 @@ func (c *conn) wakeWriter() {
 // beginBurst is called by the reader when it takes in a PDU after waiting
 // for the network: responses queued from now on wait for endBurst.
 func (c *conn) beginBurst() {
-	c.rxTime = time.Now()
+	c.rxTime = monoNow()
 	c.wdefer.Store(true)
 }
 
@@ -274,7 +273,7 @@ func (c *conn) releaseSent() {
 	if len(c.sent) == 0 {
 		return
 	}
-	now := time.Now()
+	now := monoNow()
 	for _, t := range c.sent {
 		c.taskSent(t, now)
 	}
@@ -295,7 +294,7 @@ func (c *conn) failQueued() {
 	if orphaned {
 		c.releaseSent()
 	}
-	now := time.Now()
+	now := monoNow()
 	for i := range q {
 		if q[i].kind == outResponse {
 			c.taskSent(q[i].task, now)
