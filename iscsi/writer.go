@@ -5,6 +5,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/iserd/iserd/internal/procscale"
 	"github.com/iserd/iserd/scsi"
 )
 
@@ -62,6 +63,7 @@ func (c *conn) wakeWriter() {
 // beginBurst is called by the reader when it takes in a PDU after waiting
 // for the network: responses queued from now on wait for endBurst.
 func (c *conn) beginBurst() {
+	procscale.Busy()
 	c.rxTime = monoNow()
 	c.wdefer.Store(true)
 }

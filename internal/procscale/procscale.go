@@ -15,6 +15,7 @@ import (
 	"context"
 	"os"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -29,11 +30,10 @@ var limit = runtime.GOMAXPROCS(0)
 func Limit() int { return limit }
 
 const (
-	// busyInterval is how often Run looks at the load while the process
-	// uses CPU; idleInterval while it does not, so that an idle iserd
-	// hardly wakes.
-	busyInterval = 100 * time.Millisecond
-	idleInterval = 250 * time.Millisecond
+	// interval is how often Run looks at the load while the process uses
+	// CPU. Once it is idle on one P, Run sleeps until Busy is called: an
+	// idle iserd does not wake for it.
+	interval = 100 * time.Millisecond
 	// raiseAt: n Ps busy for this share of the interval add Ps (double).
 	raiseAt = 0.8
 	// lowerAt: when n-1 Ps would be busy for less than this share, for
@@ -43,6 +43,23 @@ const (
 	// idleBelow is the CPU (in CPUs) under which the process counts as idle.
 	idleBelow = 0.02
 )
+
+var (
+	asleep atomic.Bool
+	wake   = make(chan struct{}, 1)
+)
+
+// Busy tells Run that requests are arriving, which matters only while it
+// sleeps because the process was idle; otherwise it costs one atomic load.
+// Readers call it when they take in requests after waiting for them.
+func Busy() {
+	if asleep.Load() && asleep.CompareAndSwap(true, false) {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+}
 
 // Fixed reports whether the user chose GOMAXPROCS (the environment
 // variable), which Run then leaves alone.
@@ -76,7 +93,7 @@ func Run(ctx context.Context) {
 	runtime.GOMAXPROCS(n)
 	defer runtime.GOMAXPROCS(limit)
 	last, lastCPU := time.Now(), cpuTime()
-	t := time.NewTimer(busyInterval)
+	t := time.NewTimer(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -94,10 +111,15 @@ func Run(ctx context.Context) {
 			calm = c
 		}
 		if cpu < idleBelow && n == 1 {
-			t.Reset(idleInterval)
-		} else {
-			t.Reset(busyInterval)
+			asleep.Store(true)
+			select {
+			case <-ctx.Done():
+				return
+			case <-wake:
+			}
+			last, lastCPU = time.Now(), cpuTime()
 		}
+		t.Reset(interval)
 	}
 }
 

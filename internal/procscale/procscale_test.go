@@ -31,3 +31,19 @@ func TestNext(t *testing.T) {
 		}
 	}
 }
+
+// TestBusyWakesSleepingRun: Busy wakes Run once when it sleeps, and does
+// nothing otherwise.
+func TestBusyWakesSleepingRun(t *testing.T) {
+	Busy()
+	if len(wake) != 0 {
+		t.Fatal("Busy woke a Run that was not asleep")
+	}
+	asleep.Store(true)
+	Busy()
+	Busy()
+	if len(wake) != 1 || asleep.Load() {
+		t.Fatalf("after Busy: %d wake-ups queued, asleep %v; want 1, false", len(wake), asleep.Load())
+	}
+	<-wake
+}
