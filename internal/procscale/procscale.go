@@ -45,8 +45,8 @@ const (
 )
 
 var (
-	asleep atomic.Bool
-	wake   = make(chan struct{}, 1)
+	running, asleep atomic.Bool
+	wake            = make(chan struct{}, 1)
 )
 
 // Busy tells Run that requests are arriving, which matters only while it
@@ -83,12 +83,14 @@ func Next(n, max int, cpu float64, calm int) (int, int) {
 }
 
 // Run adjusts GOMAXPROCS until ctx ends, starting with one P, and puts the
-// limit back when it returns. It does nothing when Fixed or when the
-// process may use one CPU only.
+// limit back when it returns. It does nothing when Fixed, when the process
+// may use one CPU only, or while another Run is at work (tests start
+// several servers in one process).
 func Run(ctx context.Context) {
-	if Fixed() || limit <= 1 {
+	if Fixed() || limit <= 1 || !running.CompareAndSwap(false, true) {
 		return
 	}
+	defer running.Store(false)
 	n, calm := 1, 0
 	runtime.GOMAXPROCS(n)
 	defer runtime.GOMAXPROCS(limit)
