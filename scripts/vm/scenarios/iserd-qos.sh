@@ -103,14 +103,20 @@ per_initiator() {
 # binding: true when the limiter made at least 60% of the commands wait (the limit, not the VM,
 # set the pace, so the rate says how exact it is).
 binding() { awk -v t="$(json_num throttled <<<"$1")" -v a="$(json_num admitted <<<"$1")" 'BEGIN { exit !(t * 10 >= a * 6) }'; }
-# accurate WHAT GOT WANT: GOT within 5% of WANT when the limiter was binding; reported otherwise.
+# accurate WHAT GOT WANT: judged after a limit chosen at most 1/1.3 of what the VM does without one.
+# GOT within 5% of WANT: measured (fewer than 60% of the commands may have waited in iserd: the
+# shrunken CmdSN window keeps the rest in the initiator's queue, which is where throttling is meant
+# to wait). Out of range: a miss when the limiter was binding, else reported (the VM fell short).
 accurate() {
-  local j
+  local j waited
   j=$(qos_json)
-  if binding "$j"; then
-    within "$2" "$3" 0.05 || miss "$1: $2, want $3 +-5%"
+  waited="$(json_num throttled <<<"$j") of $(json_num admitted <<<"$j") commands waited in iserd"
+  if within "$2" "$3" 0.05; then
+    log "$1: $2 within 5% of $3 ($waited)"
+  elif binding "$j"; then
+    miss "$1: $2, want $3 +-5%"
   else
-    log "NOT MEASURED: $1: the VM could not keep the limiter busy ($(json_num throttled <<<"$j") of $(json_num admitted <<<"$j") commands waited)"
+    log "NOT MEASURED: $1: $2 out of range, but the VM could not keep the limiter busy ($waited)"
   fi
 }
 # quick DEV FIO_OPTION...: 5 s of fio without a limit; prints "IOPS KiB/s".
