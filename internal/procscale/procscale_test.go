@@ -1,6 +1,11 @@
 package procscale
 
-import "testing"
+import (
+	"context"
+	"runtime"
+	"testing"
+	"time"
+)
 
 func TestNext(t *testing.T) {
 	tests := []struct {
@@ -46,4 +51,32 @@ func TestBusyWakesSleepingRun(t *testing.T) {
 		t.Fatalf("after Busy: %d wake-ups queued, asleep %v; want 1, false", len(wake), asleep.Load())
 	}
 	<-wake
+}
+
+// TestRunStartsAtOneAndRestores: Run takes the process to one P, a second
+// Run alongside does nothing, and the limit is back once Run returns.
+func TestRunStartsAtOneAndRestores(t *testing.T) {
+	if Fixed() || Limit() <= 1 {
+		t.Skip("GOMAXPROCS is set, or the process may use one CPU only: Run does nothing")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Run(ctx); close(done) }()
+	for deadline := time.Now().Add(5 * time.Second); runtime.GOMAXPROCS(0) != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("GOMAXPROCS %d 5 s after Run started, want 1", runtime.GOMAXPROCS(0))
+		}
+	}
+	second := make(chan struct{})
+	go func() { Run(ctx); close(second) }()
+	select {
+	case <-second:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a second Run did not return at once")
+	}
+	cancel()
+	<-done
+	if n := runtime.GOMAXPROCS(0); n != Limit() {
+		t.Fatalf("GOMAXPROCS %d after Run returned, want %d", n, Limit())
+	}
 }
