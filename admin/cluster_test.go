@@ -12,6 +12,7 @@ import (
 
 	"github.com/iserd/iserd/cluster"
 	"github.com/iserd/iserd/internal/etcdtest"
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/iscsi/initiator"
 	"github.com/iserd/iserd/scsi"
 )
@@ -96,7 +97,7 @@ func TestClusterGateway(t *testing.T) {
 		}
 		return m
 	}
-	waitUntil(t, "both groups active/optimized", func() bool {
+	polltest.Wait(t, "both groups active/optimized", func() bool {
 		g := groups()
 		return a.Allowed() && len(g) == 2 && g[1] == scsi.ActiveOptimized && g[2] == scsi.ActiveOptimized // (0 for a missing group too)
 	})
@@ -142,17 +143,7 @@ func TestClusterGateway(t *testing.T) {
 	}
 
 	b.Close()
-	waitUntil(t, "b's group unavailable", func() bool { return groups()[2] == scsi.Unavailable })
-}
-
-// waitUntil polls cond for up to 10 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10s", what)
-		}
-	}
+	polltest.Wait(t, "b's group unavailable", func() bool { return groups()[2] == scsi.Unavailable })
 }
 
 // TestClusterConfig: the targets, LUNs and ACLs are the cluster's: the
@@ -174,11 +165,11 @@ func TestClusterConfig(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { n.Close() })
-		waitUntil(t, node+" allowed", n.Allowed)
+		polltest.Wait(t, node+" allowed", n.Allowed)
 		return startIn(t, dir, cfg, n)
 	}
 	a := gw("a", 1)
-	waitUntil(t, "a's targets stored in etcd", func() bool { _, rev := a.m.cluster.Config(); return rev != 0 })
+	polltest.Wait(t, "a's targets stored in etcd", func() bool { _, rev := a.m.cluster.Config(); return rev != 0 })
 	b := gw("b", 2)
 
 	const t2 = "iqn.2026-11.org.iserd.test:t2"
@@ -188,7 +179,7 @@ func TestClusterConfig(t *testing.T) {
 	}, false); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "b serves the target a added", func() bool { return b.m.Server().Target(t2) != nil })
+	polltest.Wait(t, "b serves the target a added", func() bool { return b.m.Server().Target(t2) != nil })
 	if saved, err := LoadConfig(b.m.Path()); err != nil || saved.Target(t2) == nil {
 		t.Fatalf("b's file: %v, target %s saved: %v", err, t2, err == nil && saved.Target(t2) != nil)
 	}
@@ -198,7 +189,7 @@ func TestClusterConfig(t *testing.T) {
 	}, false); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "a has the ACL b added", func() bool { return a.m.Config().Target(t2).ACL(testInitiator) != nil })
+	polltest.Wait(t, "a has the ACL b added", func() bool { return a.m.Config().Target(t2).ACL(testInitiator) != nil })
 
 	_, rev := a.m.cluster.Config()
 	if _, err := a.m.cluster.PutConfig([]byte(`{}`), rev-1); !errors.Is(err, cluster.ErrConfigChanged) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/iserd/iserd/internal/etcdtest"
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/internal/targettest"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iscsi/initiator"
@@ -31,7 +32,7 @@ func TestFencedNode(t *testing.T) {
 	const target = "iqn.2026-12.org.iserd.test:cluster"
 	s := etcdtest.Start(t)
 	n := startNode(t, s, "a", 1, nil)
-	waitFor(t, "node allowed", 10*time.Second, n.Allowed)
+	polltest.Until(t, 10*time.Second, "node allowed", n.Allowed)
 	srv := targettest.NewServer(t, iscsi.DefaultOptions())
 	st := scsi.NewTarget(target)
 	targettest.AddDisk(t, st, 0, 1<<20, scsi.DiskConfig{BlockSize: targettest.BlockSize, Fence: n})
@@ -85,7 +86,7 @@ func TestFencedNode(t *testing.T) {
 	do("WRITE while allowed", write, 0)
 
 	s.Stop()
-	waitFor(t, "the node's own group unavailable", testTTL, func() bool {
+	polltest.Until(t, testTTL, "the node's own group unavailable", func() bool {
 		gs := st.PortGroups()
 		return !n.Allowed() && len(gs) == 1 && gs[0].State == scsi.Unavailable
 	})
@@ -93,7 +94,7 @@ func TestFencedNode(t *testing.T) {
 	do("READ while fenced", read, keyNotReady)
 
 	s.Restart()
-	waitFor(t, "the node allowed again", 10*time.Second, func() bool {
+	polltest.Until(t, 10*time.Second, "the node allowed again", func() bool {
 		gs := st.PortGroups()
 		return n.Allowed() && len(gs) == 1 && gs[0].State == scsi.ActiveOptimized
 	})

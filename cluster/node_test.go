@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/iserd/iserd/internal/etcdtest"
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/scsi"
 )
 
@@ -51,20 +52,6 @@ func startNode(t *testing.T, s *etcdtest.Server, name string, tpgt uint16, clock
 	return n
 }
 
-// waitFor polls cond every 10 ms for up to limit and returns how long it
-// took; it fails the test when cond stays false.
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > limit {
-			t.Fatalf("%s: not within %v", what, limit)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 // stateOf is the state node n reports for group id of target "t" (0xff
 // when it reports no such group).
 func stateOf(n *Node, id uint16) scsi.ALUAState {
@@ -81,7 +68,7 @@ func stateOf(n *Node, id uint16) scsi.ALUAState {
 func startPair(t *testing.T, s *etcdtest.Server, clock *testClock) (a, b *Node) {
 	t.Helper()
 	a, b = startNode(t, s, "a", 1, clock), startNode(t, s, "b", 2, nil)
-	waitFor(t, "both nodes allowed and seeing each other", 10*time.Second, func() bool {
+	polltest.Until(t, 10*time.Second, "both nodes allowed and seeing each other", func() bool {
 		return a.Allowed() && b.Allowed() && stateOf(a, 2) == scsi.ActiveOptimized && stateOf(b, 1) == scsi.ActiveOptimized
 	})
 	return a, b
@@ -116,7 +103,7 @@ func TestNodeLoss(t *testing.T) {
 			}
 			a, b := startPair(t, s, nil)
 			tc.lose(b)
-			took := waitFor(t, "b's group unavailable at a", tc.limit, func() bool { return stateOf(a, 2) == scsi.Unavailable })
+			took := polltest.Until(t, tc.limit, "b's group unavailable at a", func() bool { return stateOf(a, 2) == scsi.Unavailable })
 			t.Logf("a reports b unavailable %v after the loss", took.Round(time.Millisecond))
 			if stateOf(a, 1) != scsi.ActiveOptimized || !a.Allowed() {
 				t.Fatalf("a: own group %v, allowed %v", stateOf(a, 1), a.Allowed())
@@ -137,10 +124,10 @@ func TestLeaseLoss(t *testing.T) {
 	}
 	// The fence closes when the renewal finds the lease gone; the new
 	// lease follows within milliseconds, too fast to poll Allowed.
-	took := waitFor(t, "a fenced", testTTL-Margin(testTTL), func() bool { return a.Status().LeasesLost == 1 })
+	took := polltest.Until(t, testTTL-Margin(testTTL), "a fenced", func() bool { return a.Status().LeasesLost == 1 })
 	t.Logf("fenced %v after the revocation", took.Round(time.Millisecond))
-	waitFor(t, "a allowed on a new lease", 5*time.Second, func() bool { return a.Allowed() && a.LeaseID() != old })
-	waitFor(t, "b sees a again", 5*time.Second, func() bool { return stateOf(b, 1) == scsi.ActiveOptimized })
+	polltest.Until(t, 5*time.Second, "a allowed on a new lease", func() bool { return a.Allowed() && a.LeaseID() != old })
+	polltest.Until(t, 5*time.Second, "b sees a again", func() bool { return stateOf(b, 1) == scsi.ActiveOptimized })
 }
 
 // TestEtcdOutage: with etcd stopped both nodes are fenced within the
@@ -152,18 +139,18 @@ func TestEtcdOutage(t *testing.T) {
 	a, b := startPair(t, s, nil)
 	s.Stop()
 	for _, n := range []*Node{a, b} {
-		took := waitFor(t, n.Name()+" fenced", testTTL-Margin(testTTL)+100*time.Millisecond, func() bool { return !n.Allowed() })
+		took := polltest.Until(t, testTTL-Margin(testTTL)+100*time.Millisecond, n.Name()+" fenced", func() bool { return !n.Allowed() })
 		t.Logf("%s fenced %v after etcd stopped", n.Name(), took.Round(time.Millisecond))
-		waitFor(t, n.Name()+" reports its own group unavailable", time.Second, func() bool {
+		polltest.Until(t, time.Second, n.Name()+" reports its own group unavailable", func() bool {
 			return stateOf(n, n.record().Group()) == scsi.Unavailable
 		})
 	}
 	s.Restart()
 	for _, n := range []*Node{a, b} {
-		took := waitFor(t, n.Name()+" allowed again", 10*time.Second, func() bool { return n.Allowed() })
+		took := polltest.Until(t, 10*time.Second, n.Name()+" allowed again", func() bool { return n.Allowed() })
 		t.Logf("%s allowed %v after etcd restarted", n.Name(), took.Round(time.Millisecond))
 	}
-	waitFor(t, "both groups active everywhere", 5*time.Second, func() bool {
+	polltest.Until(t, 5*time.Second, "both groups active everywhere", func() bool {
 		return stateOf(a, 1) == scsi.ActiveOptimized && stateOf(a, 2) == scsi.ActiveOptimized &&
 			stateOf(b, 1) == scsi.ActiveOptimized && stateOf(b, 2) == scsi.ActiveOptimized
 	})
@@ -180,7 +167,7 @@ func TestPause(t *testing.T) {
 	if a.Allowed() {
 		t.Fatal("allowed right after a pause of twice the TTL")
 	}
-	waitFor(t, "a allowed after renewing", 5*time.Second, a.Allowed)
+	polltest.Until(t, 5*time.Second, "a allowed after renewing", a.Allowed)
 }
 
 // TestPortGroups: SET TARGET PORT GROUPS stored by one node reaches the
@@ -193,7 +180,7 @@ func TestPortGroups(t *testing.T) {
 	if err := a.SetPortGroupStates("t", map[uint16]scsi.ALUAState{2: scsi.Standby}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b in standby at b", 5*time.Second, func() bool { return stateOf(b, 2) == scsi.Standby })
+	polltest.Until(t, 5*time.Second, "b in standby at b", func() bool { return stateOf(b, 2) == scsi.Standby })
 	if got := stateOf(b, 1); got != scsi.ActiveOptimized {
 		t.Fatalf("b reports a %v", got)
 	}
@@ -201,7 +188,7 @@ func TestPortGroups(t *testing.T) {
 		t.Fatalf("another target's groups: %+v", got)
 	}
 	c := startNode(t, s, "c", 2, nil)
-	waitFor(t, "c live at a", 5*time.Second, func() bool { return a.LiveNodes() == 3 })
+	polltest.Until(t, 5*time.Second, "c live at a", func() bool { return a.LiveNodes() == 3 })
 	if gs := a.PortGroups("t"); len(gs) != 2 || !slices.Equal(gs[1].Ports, []uint16{2}) {
 		t.Fatalf("a's groups with a TPGT clash: %+v", gs)
 	}
@@ -222,7 +209,7 @@ func TestSetPortals(t *testing.T) {
 	s := etcdtest.Start(t)
 	a, b := startPair(t, s, nil)
 	a.SetPortals([]Portal{{Address: "192.0.2.1:3260", TPGT: 1}, {Address: "192.0.2.1:3261", TPGT: 5}})
-	waitFor(t, "b sees a's second port", 5*time.Second, func() bool {
+	polltest.Until(t, 5*time.Second, "b sees a's second port", func() bool {
 		gs := b.PortGroups("t")
 		return len(gs) == 2 && slices.Equal(gs[0].Ports, []uint16{1, 5})
 	})
@@ -244,7 +231,7 @@ func TestUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the warning", 5*time.Second, func() bool { return logs.FilterMessageSnippet("cannot reach etcd").Len() > 0 })
+	polltest.Until(t, 5*time.Second, "the warning", func() bool { return logs.FilterMessageSnippet("cannot reach etcd").Len() > 0 })
 	if n.Allowed() || stateOf(n, 1) != scsi.Unavailable || n.Status().Failures == 0 {
 		t.Fatalf("allowed %v, own group %v, status %+v", n.Allowed(), stateOf(n, 1), n.Status())
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/iserd/iserd/bdev"
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iscsi/initiator"
 )
@@ -34,16 +35,6 @@ func checkHeapGrowth(t *testing.T, what string, base, bound int64) {
 	t.Logf("%s: live heap grew %.1f MiB (bound %.1f MiB)", what, float64(grown)/(1<<20), float64(bound)/(1<<20))
 	if grown > bound {
 		t.Fatalf("%s: live heap grew %d bytes, more than the %d allowed", what, grown, bound)
-	}
-}
-
-// waitFor polls cond every 5 ms until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	for end := time.Now().Add(d); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatalf("after %v: %s", d, what)
-		}
 	}
 }
 
@@ -76,12 +67,12 @@ func TestResetWhileInitiatorOwesData(t *testing.T) {
 			a := e.login(t)
 			b := e.login(t, tc.keys...)
 			// The count of the logins' last TEST UNIT READY may still be 1.
-			waitFor(t, time.Second, "commands of the logins still in flight", func() bool { return e.lunInFlight() == 0 })
+			polltest.Until(t, time.Second, "commands of the logins still in flight", func() bool { return e.lunInFlight() == 0 })
 			rawCommand(t, b, tc.flags, 1<<20, initiator.Write16(0, (1<<20)/blockSize), nil)
 			if tc.flags&0x80 != 0 {
 				expectPDU(t, b, iscsi.OpR2T)
 			}
-			waitFor(t, time.Second, "the WRITE is not in flight", func() bool { return e.lunInFlight() == 1 })
+			polltest.Until(t, time.Second, "the WRITE is not in flight", func() bool { return e.lunInFlight() == 1 })
 			start := time.Now()
 			if tc.drop {
 				time.AfterFunc(200*time.Millisecond, func() { b.Close() })
@@ -98,7 +89,7 @@ func TestResetWhileInitiatorOwesData(t *testing.T) {
 			if !tc.drop {
 				expectClosed(t, b)
 			}
-			waitFor(t, 2*time.Second, "commands left in flight", func() bool { return e.lunInFlight() == 0 })
+			polltest.Until(t, 2*time.Second, "commands left in flight", func() bool { return e.lunInFlight() == 0 })
 			clearUA(t, a)
 			checkUsable(t, a)
 		})
@@ -150,7 +141,7 @@ func TestPoolServesEverySizeAfterExhaustion(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, 5*time.Second, "the 1 MiB READs did not exhaust the pool", func() bool {
+	polltest.Until(t, 5*time.Second, "the 1 MiB READs did not exhaust the pool", func() bool {
 		b, err := pool.Get(1 << 20)
 		if err == nil {
 			pool.Put(b)
@@ -160,7 +151,7 @@ func TestPoolServesEverySizeAfterExhaustion(t *testing.T) {
 	for _, s := range e.srv.Sessions() {
 		s.Close()
 	}
-	waitFor(t, 5*time.Second, "sessions still there", func() bool { return len(e.srv.Sessions()) == 0 })
+	polltest.Until(t, 5*time.Second, "sessions still there", func() bool { return len(e.srv.Sessions()) == 0 })
 	c := e.login(t)
 	for n := 4 << 10; n <= 16<<20; n <<= 2 {
 		readBlocks(t, c, 0, n)
@@ -230,7 +221,7 @@ func TestLoginPhaseBounds(t *testing.T) {
 		for _, nc := range open {
 			nc.Close()
 		}
-		waitFor(t, 2*time.Second, "logins refused after idle connections closed", func() bool {
+		polltest.Until(t, 2*time.Second, "logins refused after idle connections closed", func() bool {
 			c, err := initiator.Dial(ctxT(t), e.addr)
 			if err != nil {
 				return false

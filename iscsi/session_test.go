@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/iserd/iserd/bdev"
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iscsi/initiator"
 	"github.com/iserd/iserd/scsi"
@@ -969,7 +970,7 @@ func TestTaskManagementDuringSanitize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "no SANITIZE IN PROGRESS", func() bool { return sanitizing(b) })
+	polltest.Until(t, 2*time.Second, "no SANITIZE IN PROGRESS", func() bool { return sanitizing(b) })
 	if code, err := a.TaskManagement(ctxT(t), initiator.TMF{Function: initiator.TMFAbortTask, RefTask: san}); err != nil || code != 0 {
 		t.Fatalf("ABORT TASK: %d %v", code, err)
 	}
@@ -991,7 +992,7 @@ func TestTaskManagementDuringSanitize(t *testing.T) {
 	if n := e.srv.Target(name).LUNStats(0).InFlight; n != 0 {
 		t.Fatalf("%d commands in flight after the abort", n)
 	}
-	waitFor(t, 15*time.Second, "the overwrite did not end", func() bool { return !sanitizing(b) })
+	polltest.Until(t, 15*time.Second, "the overwrite did not end", func() bool { return !sanitizing(b) })
 	checkSame(t, "after the overwrite", readBlocks(t, b, 8191, blockSize).Data, bytes.Repeat(params[4:], blockSize/4))
 	clearUA(t, a) // the reset's
 	checkSame(t, "read by the aborting session", readBlocks(t, a, 0, blockSize).Data, bytes.Repeat(params[4:], blockSize/4))

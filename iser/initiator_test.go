@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/internal/targettest"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/scsi"
@@ -186,7 +187,7 @@ func (in *testInit) command(t testing.TB, cdb []byte, lun uint64, edtl uint32, i
 // far: it posts a PDU's receive again when it goes on to read the next.
 func (in *testInit) settle(t testing.TB) {
 	t.Helper()
-	waitFor(t, "the target to read every PDU", func() bool { return in.f.recvsPosted() == numRecv })
+	polltest.Wait(t, "the target to read every PDU", func() bool { return in.f.recvsPosted() == numRecv })
 }
 
 // status waits for the SCSI Response of task itt and returns its status;

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"testing"
 
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/internal/targettest"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/qos"
@@ -37,7 +38,7 @@ func TestQoS(t *testing.T) {
 	}
 	waitIdle(t, in.testConn)
 	s := in.srv.Sessions()[0]
-	waitFor(t, "the last answered command's slot", func() bool { w, _ := s.Window(); return w == 128-40 })
+	polltest.Wait(t, "the last answered command's slot", func() bool { w, _ := s.Window(); return w == 128-40 })
 	if _, limited := s.Window(); !limited {
 		t.Error("the session's window is not limited")
 	}
@@ -67,7 +68,7 @@ func TestFailedSwitchLeavesNoSession(t *testing.T) {
 	if err := tc.f.deliver(appendMessage(nil, &b, text, iscsi.RemoteBuffer{}, iscsi.RemoteBuffer{})); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the connection to end", func() bool {
+	polltest.Wait(t, "the connection to end", func() bool {
 		select {
 		case <-tc.f.Done():
 			return true
@@ -75,7 +76,7 @@ func TestFailedSwitchLeavesNoSession(t *testing.T) {
 			return false
 		}
 	})
-	waitFor(t, "the session to go", func() bool { return len(srv.Sessions()) == 0 })
+	polltest.Wait(t, "the session to go", func() bool { return len(srv.Sessions()) == 0 })
 	if w := srv.Target(testTarget).QoSStats(); len(w) != 1 {
 		t.Fatalf("limiters %+v", w)
 	}

@@ -2,10 +2,10 @@ package iser
 
 import (
 	"bytes"
-	"context"
 	"testing"
 	"time"
 
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/internal/targettest"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/rdma"
@@ -98,7 +98,7 @@ func TestAbortLeavesNothing(t *testing.T) {
 				sns = append(sns, in.cmdSN)
 				itts = append(itts, in.command(t, rw(true, uint64(i)*256, n), 0, n, nil, in.f.expose(pattern(n, 1)), iscsi.RemoteBuffer{}))
 			}
-			waitFor(t, "the READs to be posted and queued", func() bool {
+			polltest.Wait(t, "the READs to be posted and queued", func() bool {
 				return in.f.posts(rdma.OpRDMARead) == min(tc.writes, tc.depth) && queuedReads(in.testConn) == tc.writes-min(tc.writes, tc.depth)
 			})
 			last := len(itts) - 1
@@ -161,9 +161,9 @@ func TestTeardownWithDataInFlight(t *testing.T) {
 			for i := range 3 {
 				in.command(t, rw(true, uint64(i)*128, 65536), 0, 65536, nil, in.f.expose(make([]byte, 65536)), iscsi.RemoteBuffer{})
 			}
-			waitFor(t, "the READs to be posted and queued", func() bool { return queuedReads(in.testConn) == 2 })
+			polltest.Wait(t, "the READs to be posted and queued", func() bool { return queuedReads(in.testConn) == 2 })
 			tc.end(in)
-			waitFor(t, "the session to end", func() bool { return len(in.srv.Sessions()) == 0 })
+			polltest.Wait(t, "the session to end", func() bool { return len(in.srv.Sessions()) == 0 })
 		})
 	}
 }
@@ -198,19 +198,5 @@ func TestAsyncEvents(t *testing.T) {
 	in.srv.Sessions()[0].RequestLogout(time.Hour)
 	if h, _ := in.recv(t); h.Opcode() != iscsi.OpAsync || h[36] != 1 {
 		t.Fatalf("got %v (event %d), want the asynchronous logout request", h.Opcode(), h[36])
-	}
-}
-
-// waitFor polls cond for up to 10 s.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("waited 10 s for %s", what)
-		case <-time.After(time.Millisecond):
-		}
 	}
 }

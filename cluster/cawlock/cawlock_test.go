@@ -19,6 +19,7 @@ import (
 	"github.com/iserd/iserd/cluster"
 	"github.com/iserd/iserd/cluster/cawlock"
 	"github.com/iserd/iserd/internal/etcdtest"
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/scsi"
 )
 
@@ -142,7 +143,7 @@ func startNodes(t *testing.T, etcd *etcdtest.Server, clusterName, path string, w
 		ns = append(ns, n)
 	}
 	for _, n := range ns {
-		waitFor(t, n.name+" allowed", n.m.Allowed)
+		polltest.Wait(t, n.name+" allowed", n.m.Allowed)
 		for i := 0; ; i++ { // the power-on unit attention
 			if st, k, _ := n.exec(make([]byte, 6), nil, nil); st == scsi.StatusGood {
 				break
@@ -342,7 +343,7 @@ func TestCompareAndWriteEtcdLoss(t *testing.T) {
 	if got := outcomeOf(b.caw(b.buf(2*blockSize), 2, 3)); got != notReady && got != busy {
 		t.Fatalf("b, etcd away: %+v, want NOT READY 04h/0Ch or BUSY", got)
 	}
-	waitFor(t, "both fenced", func() bool { return !a.m.Allowed() && !b.m.Allowed() })
+	polltest.Wait(t, "both fenced", func() bool { return !a.m.Allowed() && !b.m.Allowed() })
 	aWrites := a.dev.writes.Load()
 	for _, n := range ns {
 		if got := outcomeOf(n.caw(data, 2, 3)); got != notReady {
@@ -353,7 +354,7 @@ func TestCompareAndWriteEtcdLoss(t *testing.T) {
 		t.Fatalf("writes while fenced: a %d, b %d", a.dev.writes.Load()-aWrites, b.dev.writes.Load()-bWrites)
 	}
 	etcd.Restart()
-	waitFor(t, "both allowed again", func() bool { return a.m.Allowed() && b.m.Allowed() })
+	polltest.Wait(t, "both allowed again", func() bool { return a.m.Allowed() && b.m.Allowed() })
 	increment(t, ns, 2, 25)
 	if c := a.counter(a.buf(blockSize)); c != 2+2*2*25 {
 		t.Fatalf("counter %d, want %d", c, 2+2*2*25)
@@ -439,7 +440,7 @@ func TestCompareAndWriteLeaseLoss(t *testing.T) {
 			if tc.renew { // the fence opens again on the node's next lease
 				lost := h.m.LeaseID()
 				h.m.cut.Store(false)
-				waitFor(t, "h on a new lease", func() bool { return h.m.LeaseID() != lost && h.m.Allowed() })
+				polltest.Wait(t, "h on a new lease", func() bool { return h.m.LeaseID() != lost && h.m.Allowed() })
 			}
 			close(h.dev.release)
 			hGot := <-hDone
@@ -486,16 +487,6 @@ func loseLease(t *testing.T, etcd *etcdtest.Server, n *node) {
 	}
 }
 
-// waitFor polls cond every 10 ms for up to 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 // TestCompareAndWriteLockClose: a unit closed on the node that holds its
 // lock (a reload, a shutdown) gives the lock up at once, without waiting
 // for the node's lease: the other node's command is granted.
@@ -537,7 +528,7 @@ func TestCompareAndWriteStrayKey(t *testing.T) {
 			t.Fatalf("b's command %d after a's stray key: %+v", i, got)
 		}
 	}
-	waitFor(t, "a's stray key gone", func() bool {
+	polltest.Wait(t, "a's stray key gone", func() bool {
 		r, err := etcd.Client().Get(ctx, key, clientv3.WithCountOnly())
 		return err == nil && r.Count == 0
 	})

@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/iserd/iserd/internal/etcdtest"
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/internal/scsitest"
 	"github.com/iserd/iserd/scsi"
 )
@@ -30,7 +31,7 @@ func TestCrashedNodeRestartsWithinTTL(t *testing.T) {
 	before := b.rec.last.Load()
 	done := make(chan *scsi.Command, 1)
 	go func() { done <- b.prout(b1, proRegister, 0, scsitest.PROutParams(0, keyB, 0)) }()
-	waitFor(t, "B to commit", func() bool { return b.rec.last.Load() != before })
+	polltest.Wait(t, "B to commit", func() bool { return b.rec.last.Load() != before })
 	// A starts again at once, well within its old lease's TTL.
 	a2 := newNode(t, etcd, "crash", "a", 1)
 	c := <-done
@@ -77,7 +78,7 @@ func TestRejoinAfterCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.grant()
-	waitFor(t, "A to join again on its new lease", func() bool {
+	polltest.Wait(t, "A to join again on its new lease", func() bool {
 		r, err := a.client.Get(ctx, member)
 		return err == nil && len(r.Kvs) == 1 && r.Kvs[0].Lease == a.lease.Load()
 	})
@@ -100,7 +101,7 @@ func TestAcksBounded(t *testing.T) {
 			t.Fatalf("REGISTER on a node whose client closed after the commit completed GOOD")
 		}
 		want := b.rec.last.Load()
-		waitFor(t, "A to install B's change", func() bool {
+		polltest.Wait(t, "A to install B's change", func() bool {
 			r, err := a.client.Get(context.Background(), a.store.RecordKey(testNAA))
 			gen, _ := a.keys(a1)
 			return err == nil && len(r.Kvs) == 1 && r.Kvs[0].ModRevision == want && gen == uint32(i+1)
@@ -108,7 +109,7 @@ func TestAcksBounded(t *testing.T) {
 	}
 	acks := strings.Replace(a.store.RecordKey(testNAA), "/pr/", "/pr-acks/", 1) + "/"
 	var n int64
-	waitFor(t, "A's acknowledgements", func() bool {
+	polltest.Wait(t, "A's acknowledgements", func() bool {
 		r, err := a.client.Get(context.Background(), acks, clientv3.WithPrefix(), clientv3.WithCountOnly())
 		n = r.Count
 		return err == nil && n > 0
@@ -135,7 +136,7 @@ func TestRejoinSoonAfterRegrant(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	a.grant()
 	granted := time.Now()
-	waitFor(t, "A to join on its new lease", func() bool {
+	polltest.Wait(t, "A to join on its new lease", func() bool {
 		r, err := a.client.Get(ctx, member)
 		return err == nil && len(r.Kvs) == 1 && r.Kvs[0].Lease == a.lease.Load()
 	})

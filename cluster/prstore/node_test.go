@@ -16,6 +16,7 @@ import (
 	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/cluster/prstore"
 	"github.com/iserd/iserd/internal/etcdtest"
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/scsi"
 )
 
@@ -88,7 +89,7 @@ func newNode(t *testing.T, etcd *etcdtest.Server, cluster, name string, port uin
 	n.open()
 	t.Cleanup(func() { n.disk.Close(); n.stopKA() })
 	// It joins the unit on its own goroutine; until then its PR OUT is refused.
-	waitFor(t, name+" to join", func() bool {
+	polltest.Wait(t, name+" to join", func() bool {
 		r, err := c.Get(context.Background(), memberKey(n, name))
 		return err == nil && len(r.Kvs) == 1 && r.Kvs[0].Lease == n.lease.Load()
 	})
@@ -268,7 +269,7 @@ func (n *node) expectUA(x *scsi.Nexus, code uint16) {
 func (n *node) pollUA(x *scsi.Nexus, code uint16) {
 	n.t.Helper()
 	var c *scsi.Command
-	waitFor(n.t, "a unit attention", func() bool {
+	polltest.Wait(n.t, "a unit attention", func() bool {
 		c = n.exec(x, make([]byte, 6), nil)
 		return c.Status != scsi.StatusGood
 	})
@@ -379,14 +380,4 @@ func history(t *testing.T, c *clientv3.Client, store *prstore.Store, from int64)
 	}
 	t.Fatal("history: watch ended")
 	return nil
-}
-
-// waitFor polls cond every 10 ms for up to 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/iserd/iserd/bdev"
 	"github.com/iserd/iserd/internal/etcdtest"
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/internal/scsitest"
 	"github.com/iserd/iserd/scsi"
 )
@@ -37,7 +38,7 @@ func TestTwoNodes(t *testing.T) {
 			if key, typ := a.reservation(a1); key != keyA || typ != typeWE {
 				t.Fatalf("A right after its RESERVE: %#x type %d", key, typ)
 			}
-			waitFor(t, "B to see the reservation", func() bool { _, typ := b.reservation(b1); return typ == typeWE })
+			polltest.Wait(t, "B to see the reservation", func() bool { _, typ := b.reservation(b1); return typ == typeWE })
 			if c := b.write(b1, 0); c.Status != scsi.StatusReservationConflict {
 				t.Fatalf("write from B's non-registrant: %#x", c.Status)
 			}
@@ -51,7 +52,7 @@ func TestTwoNodes(t *testing.T) {
 			b.mustPROut(b1, proRegister, 0, scsitest.PROutParams(0, keyB, 0), scsi.StatusGood)
 			a.mustPROut(a1, proRelease, typeWE, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
 			a.mustPROut(a1, proReserve, typeWERO, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
-			waitFor(t, "B to see the registrants-only reservation", func() bool { _, typ := b.reservation(b1); return typ == typeWERO })
+			polltest.Wait(t, "B to see the registrants-only reservation", func() bool { _, typ := b.reservation(b1); return typ == typeWERO })
 			if c := b.write(b1, 0); c.Status != scsi.StatusGood {
 				t.Fatalf("write from B's registrant under WERO: %#x", c.Status)
 			}
@@ -93,9 +94,9 @@ func TestTwoNodes(t *testing.T) {
 		}},
 		{"ALL_TG_PT registers the initiator port through B as well", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
 			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, flagAllTgPt), scsi.StatusGood)
-			waitFor(t, "B to see the registration", func() bool { _, ks := b.keys(ab); return len(ks) == 1 })
+			polltest.Wait(t, "B to see the registration", func() bool { _, ks := b.keys(ab); return len(ks) == 1 })
 			b.mustPROut(ab, proReserve, typeWERO, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
-			waitFor(t, "A to see the reservation", func() bool { _, typ := a.reservation(a1); return typ == typeWERO })
+			polltest.Wait(t, "A to see the reservation", func() bool { _, typ := a.reservation(a1); return typ == typeWERO })
 			if c := a.write(a1, 0); c.Status != scsi.StatusGood {
 				t.Fatalf("write through A by the all-ports registrant: %#x", c.Status)
 			}
@@ -106,22 +107,22 @@ func TestTwoNodes(t *testing.T) {
 		}},
 		{"without ALL_TG_PT the initiator port through B is another nexus", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
 			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0), scsi.StatusGood)
-			waitFor(t, "B to see the registration", func() bool { _, ks := b.keys(ab); return len(ks) == 1 })
+			polltest.Wait(t, "B to see the registration", func() bool { _, ks := b.keys(ab); return len(ks) == 1 })
 			b.mustPROut(ab, proRegister, 0, scsitest.PROutParams(keyA, keyB, 0), scsi.StatusReservationConflict)
 			b.mustPROut(ab, proRegister, 0, scsitest.PROutParams(0, keyB, 0), scsi.StatusGood)
-			waitFor(t, "A to see both registrations", func() bool {
+			polltest.Wait(t, "A to see both registrations", func() bool {
 				_, ks := a.keys(a1)
 				return slices.Equal(ks, []uint64{keyA, keyB})
 			})
 		}},
 		{"SPEC_I_PT with ALL_TG_PT registers B's initiator from A", func(t *testing.T, a, b *node, a1, b1, ab *scsi.Nexus) {
 			a.mustPROut(a1, proRegister, 0, scsitest.PROutParams(0, keyA, flagSpecIPT|flagAllTgPt, tid(b1.InitiatorPort, true)), scsi.StatusGood)
-			waitFor(t, "B to see the registrations", func() bool { _, ks := b.keys(b1); return len(ks) == 2 })
+			polltest.Wait(t, "B to see the registrations", func() bool { _, ks := b.keys(b1); return len(ks) == 2 })
 			b.mustPROut(b1, proReserve, typeWE, scsitest.PROutParams(keyA, 0, 0), scsi.StatusGood)
 			if c := b.write(b1, 0); c.Status != scsi.StatusGood {
 				t.Fatalf("write from the holder registered by SPEC_I_PT: %#x", c.Status)
 			}
-			waitFor(t, "A to see the reservation", func() bool { _, typ := a.reservation(a1); return typ == typeWE })
+			polltest.Wait(t, "A to see the reservation", func() bool { _, typ := a.reservation(a1); return typ == typeWE })
 			if c := a.write(a1, 0); c.Status != scsi.StatusReservationConflict {
 				t.Fatalf("write from a1 under b1's WE: %#x", c.Status)
 			}
@@ -133,7 +134,7 @@ func TestTwoNodes(t *testing.T) {
 			if key, typ := a.reservation(a1); key != keyB || typ != typeWE {
 				t.Fatalf("after the move: %#x type %d", key, typ)
 			}
-			waitFor(t, "B to see the move", func() bool { key, _ := b.reservation(b1); return key == keyB })
+			polltest.Wait(t, "B to see the move", func() bool { key, _ := b.reservation(b1); return key == keyB })
 			if c := b.write(b1, 0); c.Status != scsi.StatusGood {
 				t.Fatalf("write from the new holder on B: %#x", c.Status)
 			}
@@ -222,7 +223,7 @@ func TestTwoNodes(t *testing.T) {
 			}
 			b.mustPROut(b1, proRegister, 0, scsitest.PROutParams(0, keyB, 0), scsi.StatusGood)
 			a.allowed.Store(true)
-			waitFor(t, "A to see B's registration", func() bool { _, ks := a.keys(a1); return len(ks) == 1 })
+			polltest.Wait(t, "A to see B's registration", func() bool { _, ks := a.keys(a1); return len(ks) == 1 })
 		}},
 	}
 	for i, tt := range tests {
@@ -404,7 +405,7 @@ func TestConcurrentHistory(t *testing.T) {
 	for i, n := range nodes {
 		x := clients[3*i].x
 		n.drainUA(x)
-		waitFor(t, n.name+" to catch up", func() bool { return bytes.Equal(n.prin(x, 3), want) })
+		polltest.Wait(t, n.name+" to catch up", func() bool { return bytes.Equal(n.prin(x, 3), want) })
 	}
 	t.Logf("%d commands, %d committed revisions, final generation %d, %d registrations",
 		len(log), len(hist), prev.Generation, len(prev.Registrations))
@@ -478,7 +479,7 @@ func TestPowerOnClearedWithJoin(t *testing.T) {
 	a.lease.Store(lease)
 	member := memberKey(a, "a")
 	var joined *clientv3.GetResponse
-	waitFor(t, "A to join", func() bool {
+	polltest.Wait(t, "A to join", func() bool {
 		r, err := a.client.Get(context.Background(), member)
 		joined = r
 		return err == nil && len(r.Kvs) == 1
@@ -598,7 +599,7 @@ func TestEtcdUnreachable(t *testing.T) {
 	// cluster.Node does, and joins again on it.
 	a.stopKA()
 	a.grant()
-	waitFor(t, "PR OUT to work again", func() bool {
+	polltest.Wait(t, "PR OUT to work again", func() bool {
 		return a.prout(a2, proRegister, 0, scsitest.PROutParams(0, keyB, 0)).Status == scsi.StatusGood
 	})
 	t.Logf("PR OUT with etcd stopped failed after %v", took.Round(10*time.Millisecond))
@@ -619,7 +620,7 @@ func TestOpenBeforeLease(t *testing.T) {
 	}
 	a.lease.Store(lease)
 	granted := time.Now()
-	waitFor(t, "the node to join", func() bool {
+	polltest.Wait(t, "the node to join", func() bool {
 		return a.prout(a1, proRegister, 0, scsitest.PROutParams(0, keyA, 0)).Status == scsi.StatusGood
 	})
 	// It looks for the lease often: a reset or PR OUT right after the

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/iserd/iserd/internal/etcdtest"
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/scsi"
 )
 
@@ -72,7 +73,7 @@ func TestSCSI2AcrossNodes(t *testing.T) {
 			}
 			tt.end(t, a, b, a1, b1)
 			if tt.wait {
-				waitFor(t, "B to be free", func() bool { return b.write(b1, 0).Status == scsi.StatusGood })
+				polltest.Wait(t, "B to be free", func() bool { return b.write(b1, 0).Status == scsi.StatusGood })
 			} else if c := b.write(b1, 0); c.Status != scsi.StatusGood {
 				t.Fatalf("write through B once the reservation ended: %#x", c.Status)
 			}
