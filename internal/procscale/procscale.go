@@ -61,15 +61,15 @@ func Busy() {
 	}
 }
 
-// Fixed reports whether the user chose GOMAXPROCS (the environment
+// fixed reports whether the user chose GOMAXPROCS (the environment
 // variable), which Run then leaves alone.
-func Fixed() bool { return os.Getenv("GOMAXPROCS") != "" }
+func fixed() bool { return os.Getenv("GOMAXPROCS") != "" }
 
-// Next is the number of Ps, at most max, for a process that used cpu CPUs
+// next is the number of Ps, at most max, for a process that used cpu CPUs
 // on average with n Ps over the last interval, calm intervals in a row
 // having been quiet enough to lower it before this one; it returns the new
 // calm count too.
-func Next(n, max int, cpu float64, calm int) (int, int) {
+func next(n, max int, cpu float64, calm int) (int, int) {
 	switch {
 	case cpu >= raiseAt*float64(n) && n < max:
 		return min(2*n, max), 0
@@ -83,11 +83,11 @@ func Next(n, max int, cpu float64, calm int) (int, int) {
 }
 
 // Run adjusts GOMAXPROCS until ctx ends, starting with one P, and puts the
-// limit back when it returns. It does nothing when Fixed, when the process
+// limit back when it returns. It does nothing when fixed, when the process
 // may use one CPU only, or while another Run is at work (tests start
 // several servers in one process).
 func Run(ctx context.Context) {
-	if Fixed() || limit <= 1 || !running.CompareAndSwap(false, true) {
+	if fixed() || limit <= 1 || !running.CompareAndSwap(false, true) {
 		return
 	}
 	defer running.Store(false)
@@ -106,11 +106,9 @@ func Run(ctx context.Context) {
 		now, used := time.Now(), cpuTime()
 		cpu := float64(used-lastCPU) / float64(now.Sub(last))
 		last, lastCPU = now, used
-		if next, c := Next(n, limit, cpu, calm); next != n {
-			n, calm = next, c
+		was := n
+		if n, calm = next(n, limit, cpu, calm); n != was {
 			runtime.GOMAXPROCS(n)
-		} else {
-			calm = c
 		}
 		if cpu < idleBelow && n == 1 {
 			asleep.Store(true)

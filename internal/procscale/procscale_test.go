@@ -30,9 +30,9 @@ func TestNext(t *testing.T) {
 		{"two Ps with 0.5 CPU go to one", 2, 2, 0.5, lowerAfter - 1, 1, 0},
 	}
 	for _, tc := range tests {
-		got, calm := Next(tc.n, tc.max, tc.cpu, tc.calm)
+		got, calm := next(tc.n, tc.max, tc.cpu, tc.calm)
 		if got != tc.want || calm != tc.wantCal {
-			t.Errorf("%s: Next(%d, %d, %.2f, %d) = %d, %d; want %d, %d", tc.name, tc.n, tc.max, tc.cpu, tc.calm, got, calm, tc.want, tc.wantCal)
+			t.Errorf("%s: next(%d, %d, %.2f, %d) = %d, %d; want %d, %d", tc.name, tc.n, tc.max, tc.cpu, tc.calm, got, calm, tc.want, tc.wantCal)
 		}
 	}
 }
@@ -56,7 +56,7 @@ func TestBusyWakesSleepingRun(t *testing.T) {
 // TestRunStartsAtOneAndRestores: Run takes the process to one P, a second
 // Run alongside does nothing, and the limit is back once Run returns.
 func TestRunStartsAtOneAndRestores(t *testing.T) {
-	if Fixed() || Limit() <= 1 {
+	if fixed() || Limit() <= 1 {
 		t.Skip("GOMAXPROCS is set, or the process may use one CPU only: Run does nothing")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
