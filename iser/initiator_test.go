@@ -20,6 +20,7 @@ const (
 
 // SCSI Command flags and statuses the tests use.
 const (
+	opImmediate     = 0x40 // in the BHS's first byte, beside the opcode
 	cmdFinal        = 0x80
 	cmdRead         = 0x40
 	cmdWrite        = 0x20
@@ -61,6 +62,7 @@ type testInit struct {
 	itt       uint32
 	out       []byte    // message being sent
 	in        iscsi.BHS // header of the message last received
+	immediate bool      // commands go as immediate (no CmdSN slot)
 }
 
 // newInit starts a server with opts (NOP-In pings off unless tune turns
@@ -111,9 +113,13 @@ func (in *testInit) login(t testing.TB) {
 }
 
 // clearUA sends TEST UNIT READY until the unit attentions queued for the
-// nexus (a new one starts with POWER ON) are gone.
+// nexus (a new one starts with POWER ON) are gone. They go as immediate
+// commands: a test starts with every CmdSN slot with the initiator, none
+// of them still to come back when it sets limits.
 func (in *testInit) clearUA(t testing.TB) {
 	t.Helper()
+	in.immediate = true
+	defer func() { in.immediate = false }()
 	for range 4 {
 		itt := in.command(t, make([]byte, 6), 0, 0, nil, iscsi.RemoteBuffer{}, iscsi.RemoteBuffer{})
 		if in.status(t, itt) == statusGood {
@@ -177,7 +183,11 @@ func (in *testInit) command(t testing.TB, cdb []byte, lun uint64, edtl uint32, i
 	b.SetU32(16, itt)
 	b.SetU32(20, edtl)
 	b.SetU32(24, in.cmdSN)
-	in.cmdSN++
+	if in.immediate {
+		b[0] |= opImmediate
+	} else {
+		in.cmdSN++
+	}
 	copy(b[32:48], cdb)
 	in.send(t, &b, imm, write, read)
 	return itt
