@@ -190,6 +190,15 @@ func (c *conn) completions(ctx context.Context) {
 	defer close(c.cqDone)
 	wcs := make([]rdma.WorkCompletion, 64)
 	for {
+		// A post in progress brings completions: wait for it to end,
+		// parked, and take them in one batch, not a few of them before
+		// arming the CQ and sleeping until the next event. A provider
+		// called through C (libibverbs) gives its P away during a long
+		// post, and this goroutine would otherwise run in the middle of
+		// it; the native one posts without giving it up.
+		c.postMu.Lock()
+		//lint:ignore SA2001 the critical section waited for is the post
+		c.postMu.Unlock()
 		n, err := c.ep.Wait(ctx, wcs)
 		if err != nil {
 			if ctx.Err() == nil {
