@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/iscsi/initiator"
 	"github.com/iserd/iserd/qos"
@@ -158,13 +159,8 @@ func TestQoSScopes(t *testing.T) {
 	if _, err := b.Logout(ctxT(t), 0); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && len(tgt.QoSStats()) != 3 {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := len(tgt.QoSStats()); n != 3 {
-		t.Errorf("%d limiters after the session of iqn.2026-01.test.iserd:own ended, want 3", n)
-	}
+	polltest.Until(t, 5*time.Second, "3 limiters after the session of iqn.2026-01.test.iserd:own ended",
+		func() bool { return len(tgt.QoSStats()) == 3 })
 }
 
 // TestQoSWeights shares a contended LUN limit between two initiators of

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/iserd/iserd/bdev"
+	"github.com/iserd/iserd/internal/polltest"
 	"github.com/iserd/iserd/iscsi"
 	"github.com/iserd/iserd/rdma"
 )
@@ -393,19 +394,11 @@ func queuedReads(c *testConn) int {
 // checks it is idle.
 func waitIdle(t testing.TB, c *testConn) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for len(c.f.cq) > 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	c.sqMu.Lock()
-	free := c.sqFree
-	c.sqMu.Unlock()
-	for free != sqDepth && time.Now().Before(deadline) { // the last completion may be in hand
-		time.Sleep(time.Millisecond)
+	polltest.Wait(t, "every completion taken and every send queue entry free", func() bool {
 		c.sqMu.Lock()
-		free = c.sqFree
-		c.sqMu.Unlock()
-	}
+		defer c.sqMu.Unlock()
+		return len(c.f.cq) == 0 && c.sqFree == sqDepth // the last completion may be in hand
+	})
 	c.idle(t)
 }
 

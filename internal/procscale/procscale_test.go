@@ -5,6 +5,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/iserd/iserd/internal/polltest"
 )
 
 func TestNext(t *testing.T) {
@@ -62,11 +64,7 @@ func TestRunStartsAtOneAndRestores(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { Run(ctx); close(done) }()
-	for deadline := time.Now().Add(5 * time.Second); runtime.GOMAXPROCS(0) != 1; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("GOMAXPROCS %d 5 s after Run started, want 1", runtime.GOMAXPROCS(0))
-		}
-	}
+	polltest.Until(t, 5*time.Second, "GOMAXPROCS 1 after Run started", func() bool { return runtime.GOMAXPROCS(0) == 1 })
 	second := make(chan struct{})
 	go func() { Run(ctx); close(second) }()
 	select {
